@@ -1,0 +1,1 @@
+"""EEG-VLM: the shared data formats and the ``eeg-vlm`` command line that ties the pipeline together."""

@@ -1,0 +1,52 @@
+"""``eeg-vlm``: one command line for the pipeline, in data-flow order.
+
+    eeg-vlm synth     synthetic Sleep-EDF-style nights (EDF + hypnogram)
+    eeg-vlm prepare   EDF nights -> epoch images, train records, eval questions
+    eeg-vlm vision    train a specialized vision module / extract its high-level features
+    eeg-vlm score     answers -> accuracy, macro-F1, Cohen's kappa, per-class F1, plots
+    eeg-vlm demo      the whole pipeline on synthetic nights, on the CPU
+
+Training and evaluation keep LLaVA's entry points: ``deepspeed llava/train/train_mem.py`` and
+``python llava/eval/model_vqa.py``. Each subcommand is also ``python -m <module>``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from eeg_vlm.formats import FormatError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("sleep_eeg.synth", "synthetic Sleep-EDF-style nights (PSG + hypnogram EDF files)"),
+    "prepare": ("sleep_eeg.prepare", "EDF nights -> epoch images, train records and eval questions"),
+    "vision": ("vision_modules.cli", "specialized vision module: train | extract"),
+    "score": ("sleep_eeg.score", "answers -> sleep-staging metrics and plots"),
+    "demo": ("eeg_vlm.demo", "the whole pipeline on synthetic nights, on the CPU"),
+}
+
+
+def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Run a command's ``main``; bad input ends with one line on stderr and exit status 2."""
+    try:
+        status = main(argv)
+    except FormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(status if isinstance(status, int) else 0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            raise SystemExit(2)
+        raise SystemExit(0)
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    run(module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    main()
