@@ -298,7 +298,7 @@ def plot_hypnograms(rows: list[dict], out_dir: str | Path) -> list[Path]:
     written = []
     for subject, nights in by_subject.items():
         fig, axes = plt.subplots(2 * len(nights), 1, figsize=(10, 2.6 * len(nights) + 0.6), sharex=True,
-                                 squeeze=False)
+                                 squeeze=False, layout="constrained")
         for n, (night, night_rows) in enumerate(sorted(nights.items(), key=lambda kv: str(kv[0]))):
             night_rows = sorted(night_rows, key=lambda r: r["epoch"])
             epochs = np.asarray([int(r["epoch"]) for r in night_rows])
@@ -307,14 +307,16 @@ def plot_hypnograms(rows: list[dict], out_dir: str | Path) -> list[Path]:
                 ax = axes[2 * n + k, 0]
                 x, y = _steps(epochs, np.asarray([level[r[field]] for r in night_rows]))
                 ax.plot(x, y, drawstyle="steps-post", color=colour, lw=1)
-                ticks = list(HYPNOGRAM_ORDER) + ([UNPARSEABLE] if field == "pred" and np.any(y == level[UNPARSEABLE]) else [])
+                ticks = list(HYPNOGRAM_ORDER)
+                if np.any(y == level[UNPARSEABLE]):
+                    ticks.append(UNPARSEABLE)
                 ax.set_yticks([level[s] for s in ticks], ["?" if s == UNPARSEABLE else s for s in ticks])
                 ax.set_ylim(-0.5, max(level[s] for s in ticks) + 0.5)
-                title = f"{name}" + (f", night {night}" if night is not None else "")
-                if k == 1:
-                    title += f" (agreement {agree:.3f})"
-                ax.set_ylabel(title, fontsize=8)
-        axes[-1, 0].set_xlabel("time (h, from the first epoch of the night)")
+                ax.set_ylabel(name)
+                if k == 0:
+                    night_name = f"night {night}, " if night is not None else ""
+                    ax.set_title(f"{night_name}{len(night_rows)} epochs, agreement {agree:.3f}", fontsize=9)
+        axes[-1, 0].set_xlabel("time (h from epoch 0, 30-s epochs)")
         fig.suptitle(f"subject {subject}: scored vs predicted")
         path = Path(out_dir) / f"hypnogram_{re.sub(r'[^A-Za-z0-9._-]', '_', str(subject))}.png"
         _save(fig, path)
