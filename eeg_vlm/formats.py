@@ -81,6 +81,20 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows to a JSONL file and make them durable (flush + fsync) before returning.
+
+    Rows are written ASCII-escaped: a line cut short by a killed writer is then still valid UTF-8,
+    so ``read_jsonl(path, allow_torn_tail=True)`` sees it as a torn last line and drops it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row, ensure_ascii=True) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
