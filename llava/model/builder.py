@@ -1,0 +1,152 @@
+"""load_pretrained_model: a LLaVA checkpoint folder -> (tokenizer, model, image_processor, context_len).
+
+Three layouts, told apart by their files (never by the folder name):
+- full: ``config.json`` + weights (safetensors or ``pytorch_model*.bin``);
+- LoRA: ``adapter_config.json`` (+ adapter weights, ``non_lora_trainables.bin|.safetensors``), needs ``model_base``;
+- projector only: ``mm_projector.bin`` without language-model weights, needs ``model_base``.
+The CLIP tower is read from ``mm_vision_tower`` after the language model (it is never in the weights file).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from eeg_vlm.formats import FormatError
+from llava.model.config import LlavaConfig, load_config
+from llava.model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.vision_tower import resolve_model_dir
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def checkpoint_kind(folder: Path) -> str:
+    """'lora', 'projector' or 'full', from the files in ``folder``."""
+    if (folder / "adapter_config.json").is_file():
+        return "lora"
+    has_weights = any(any(folder.glob(p)) for p in WEIGHT_PATTERNS)
+    if not has_weights and (folder / "mm_projector.bin").is_file():
+        return "projector"
+    if not has_weights:
+        raise FormatError(f"{folder}: no model weights (model.safetensors, pytorch_model.bin), no adapter_config.json "
+                          "and no mm_projector.bin")
+    return "full"
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """peft's saved names -> ours: ``base_model.model.model.mm_projector.0.weight`` -> ``model.mm_projector.0.weight``."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("base_model.model.")
+        if key.startswith("model.model."):
+            key = key.removeprefix("model.")
+        out[key] = value
+    return out
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one line naming it
+        raise FormatError(f"{path}: unreadable weights ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def load_extra_weights(model, path: Path) -> None:
+    """Weights saved beside an adapter or alone (projector): every key must name one of the model's tensors."""
+    state = strip_prefixes(read_state(path))
+    if path.name.startswith("mm_projector"):  # LLaVA's pretrain output: keys "model.mm_projector.*" (or bare)
+        state = {("model.mm_projector." + k.split("mm_projector.", 1)[1]) if "mm_projector." in k else k: v
+                 for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise FormatError(f"{path}: keys that match nothing in the model: {', '.join(result.unexpected_keys[:5])}")
+
+
+def _dtype(torch_dtype, device) -> torch.dtype:
+    if isinstance(torch_dtype, str):
+        torch_dtype = getattr(torch, torch_dtype)
+    if torch_dtype is not None:
+        return torch_dtype
+    return torch.float16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
+                          device_map=None, device="cpu", torch_dtype=None, **kwargs):
+    """LLaVA's loader. ``model_name`` is accepted for compatibility; the layout is read from the files."""
+    folder = resolve_model_dir(model_path, what="model", hint="--model-path")
+    base = resolve_model_dir(model_base, what="model base", hint="--model-base") if model_base else None
+    kind = checkpoint_kind(folder)
+    config = load_config(folder)
+    dtype = _dtype(torch_dtype, device)
+    load_kwargs = dict(dtype=dtype, **kwargs)
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map
+    if load_8bit or load_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=load_8bit, load_in_4bit=load_4bit, bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+
+    if kind == "full":
+        if base is not None:
+            logger.info("%s holds full weights: model_base %s is not used", folder, base)
+        model = _from_pretrained(folder, config, load_kwargs, (folder,))
+    else:
+        if base is None:
+            raise FormatError(f"{folder}: a {'LoRA' if kind == 'lora' else 'projector-only'} checkpoint needs "
+                              "model_base (--model-base) naming the base model it was trained on")
+        model = _from_pretrained(base, config, load_kwargs, (folder, base))
+        if kind == "lora":
+            for name in ("non_lora_trainables.bin", "non_lora_trainables.safetensors"):
+                if (folder / name).is_file():
+                    load_extra_weights(model, folder / name)
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        else:
+            load_extra_weights(model, folder / "mm_projector.bin")
+
+    if device_map is None and not (load_8bit or load_4bit):
+        model.to(device)
+    model.eval()
+
+    from llava.tokenizer import load_tokenizer
+
+    tokenizer_dir = folder if any((folder / n).is_file() for n in ("tokenizer.model", "tokenizer.json")) else base
+    tokenizer = load_tokenizer(tokenizer_dir or folder, padding_side="left")
+    _check_special_ids(model.config, tokenizer, folder)
+
+    tower = model.get_vision_tower()
+    image_processor = tower.image_processor if tower is not None else None
+    context_len = (getattr(model.config, "max_sequence_length", None)
+                   or getattr(model.config, "tokenizer_model_max_length", None) or 2048)
+    return tokenizer, model, image_processor, context_len
+
+
+def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict, tower_dirs) -> LlavaLlamaForCausalLM:
+    """The language model + projector from ``weights_dir``, then the CLIP tower from ``mm_vision_tower``."""
+    model = LlavaLlamaForCausalLM.from_pretrained(str(weights_dir), config=config, **load_kwargs)
+    tower = model.get_vision_tower()
+    if tower is not None:
+        tower.load_model(base_dirs=tuple(str(d) for d in tower_dirs))
+        tower.vision_tower.to(dtype=load_kwargs["dtype"], device=model.device)
+    return model
+
+
+def _check_special_ids(config, tokenizer, folder: Path) -> None:
+    """BOS/EOS in the config must be the tokenizer's, or generation never stops."""
+    for key in ("bos_token_id", "eos_token_id"):
+        ours, theirs = getattr(config, key, None), getattr(tokenizer, key, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise FormatError(f"{folder}: config {key}={ours} but the tokenizer's is {theirs}")
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id

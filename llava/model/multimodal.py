@@ -1,0 +1,158 @@
+"""The multimodal splice: image tokens (-200) in ``input_ids`` become projected CLIP patch features, and a
+sample's placeholder image slot takes its high-level feature (fusion ``add`` or ``token``).
+
+Per sample, in order: drop its padding, embed its text, replace each ``<image>`` by its features, mark those
+positions IGNORE_INDEX in the labels, truncate to ``tokenizer_model_max_length``; then pad the batch (right for
+training, left for generation) with an attention mask and position ids counted over the real tokens only.
+
+A sample that carries a feature: its LAST ``<image>`` is the placeholder; it consumes no real image.
+``add``: slot = P(CLIP(first real image of the sample)) + P_hl(h), P_hl(h) broadcast over every patch token.
+``token``: slot = the single token P_hl(h). CLIP runs once per forward, on the real images only.
+"""
+from __future__ import annotations
+
+import torch
+
+from eeg_vlm.formats import FormatError
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+
+def normalise_features(high_level_features, batch_size: int, feature_size: int) -> list[torch.Tensor | None]:
+    """None | Tensor [B,1,D] (or [B,D]) | list of B (Tensor [1,D] | [1,1,D] | [D] | None) -> list of [1,D] or None."""
+    if high_level_features is None:
+        return [None] * batch_size
+    if isinstance(high_level_features, torch.Tensor):
+        high_level_features = list(high_level_features)
+    if len(high_level_features) != batch_size:
+        raise FormatError(f"{len(high_level_features)} high-level features for a batch of {batch_size} samples")
+    features = []
+    for feature in high_level_features:
+        if feature is not None:
+            feature = torch.as_tensor(feature).reshape(1, -1)
+            if feature.shape[-1] != feature_size:
+                raise FormatError(f"high-level feature size {feature.shape[-1]} does not match the projector's "
+                                  f"input size mm_hidden_size={feature_size}")
+        features.append(feature)
+    return features
+
+
+def concat_images(images) -> torch.Tensor | None:
+    """The real images as one Tensor [N,3,H,W] (from a Tensor, or a list of [n_i,3,H,W] / [3,H,W] tensors)."""
+    if images is None:
+        return None
+    if isinstance(images, torch.Tensor):
+        return images if images.ndim == 4 else images.reshape(-1, *images.shape[-3:])
+    images = [image if image.ndim == 4 else image.unsqueeze(0) for image in images if image is not None]
+    return torch.cat(images) if images else None
+
+
+class LlavaMetaForCausalLM:
+    """Mixed into LlavaLlamaForCausalLM; needs ``get_model()`` (with vision tower and projectors) and ``config``."""
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[N,3,H,W] -> projected patch features [N,P,hidden]."""
+        return self.get_model().mm_projector(self.get_vision_tower()(images))
+
+    def project_high_level(self, features: torch.Tensor) -> torch.Tensor:
+        """[K,D] high-level features -> [K,hidden] through P_hl (the shared mm_projector unless ``separate``)."""
+        model = self.get_model()
+        projector = model.mm_hl_projector if self.config.mm_hl_projector == "separate" else model.mm_projector
+        weight = next(projector.parameters(), None)
+        if weight is not None:
+            features = features.to(device=weight.device, dtype=weight.dtype)
+        return projector(features)
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
+                                             labels, images, image_sizes=None, high_level_features=None,
+                                             padding_side=None):
+        """LLaVA's signature and return value: (None, position_ids, attention_mask, past_key_values,
+        inputs_embeds, labels). Batches without any ``<image>`` (and decoding steps) pass through unchanged."""
+        has_features = high_level_features is not None and any(f is not None for f in high_level_features)
+        if input_ids is None or (not has_features and not (input_ids == IMAGE_TOKEN_INDEX).any()):
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        embeds, position_ids, attention_mask, labels = self.splice(
+            input_ids, attention_mask, labels, images, high_level_features, padding_side)
+        return None, position_ids, attention_mask, past_key_values, embeds, labels
+
+    def splice(self, input_ids, attention_mask, labels, images, high_level_features=None, padding_side=None):
+        """-> (inputs_embeds [B,L,hidden], position_ids [B,L], attention_mask [B,L], labels [B,L] or None)."""
+        config = self.config
+        batch_size = input_ids.shape[0]
+        mask_dtype = attention_mask.dtype if attention_mask is not None else torch.long
+        attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                          else attention_mask.bool())
+        label_rows = labels if labels is not None else torch.full_like(input_ids, IGNORE_INDEX)
+        features = normalise_features(high_level_features, batch_size, config.mm_hidden_size)
+
+        # Which <image> tokens take a real image: all but a feature-carrying sample's last one.
+        image_counts = ((input_ids == IMAGE_TOKEN_INDEX) & attention_mask).sum(dim=1).tolist()
+        real_counts = []
+        for i, (count, feature) in enumerate(zip(image_counts, features)):
+            if feature is not None and count == 0:
+                raise FormatError(f"sample {i} carries a high-level feature but has no <image> token for it")
+            if feature is not None and count == 1 and config.mm_hl_fusion == "add":
+                raise FormatError(f"sample {i}: fusion 'add' needs a real image before the placeholder <image>")
+            real_counts.append(count - (feature is not None))
+        images = concat_images(images)
+        n_images = 0 if images is None else images.shape[0]
+        if n_images != sum(real_counts):
+            raise FormatError(f"{n_images} images given for {sum(real_counts)} real <image> tokens in the batch "
+                              "(placeholder images are not passed; their slot takes the feature)")
+
+        # One CLIP call for the whole batch, one P_hl call for all features, one embedding call for all text.
+        image_features = list(self.encode_images(images)) if n_images else []
+        rows = [i for i, f in enumerate(features) if f is not None]
+        projected_hl = dict(zip(rows, self.project_high_level(torch.cat([features[i] for i in rows])))) if rows else {}
+        text_embeds = self.get_model().embed_tokens(input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, 0))
+
+        sample_embeds, sample_labels = [], []
+        next_image = 0
+        max_length = getattr(config, "tokenizer_model_max_length", None)
+        for i in range(batch_size):
+            keep = attention_mask[i]
+            ids, embeds, labs = input_ids[i][keep], text_embeds[i][keep], label_rows[i][keep]
+            image_positions = torch.nonzero(ids == IMAGE_TOKEN_INDEX).flatten().tolist()
+            pieces, piece_labels, start, first_image = [], [], 0, None
+            for j, position in enumerate(image_positions):
+                pieces.append(embeds[start:position])
+                piece_labels.append(labs[start:position])
+                if i in projected_hl and j == len(image_positions) - 1:
+                    hl = projected_hl[i].unsqueeze(0)  # [1, hidden]
+                    slot = first_image + hl if config.mm_hl_fusion == "add" else hl
+                else:
+                    slot = image_features[next_image]
+                    next_image += 1
+                    first_image = slot if first_image is None else first_image
+                pieces.append(slot.to(embeds.dtype))
+                piece_labels.append(labs.new_full((slot.shape[0],), IGNORE_INDEX))
+                start = position + 1
+            pieces.append(embeds[start:])
+            piece_labels.append(labs[start:])
+            sample_embeds.append(torch.cat(pieces)[:max_length])
+            sample_labels.append(torch.cat(piece_labels)[:max_length])
+
+        return pad_batch(sample_embeds, sample_labels, padding_side or getattr(config, "tokenizer_padding_side", "right"),
+                         mask_dtype, labels is not None)
+
+
+def pad_batch(sample_embeds, sample_labels, padding_side: str, mask_dtype, with_labels: bool):
+    """Pad per-sample [L_i,hidden] embeddings to [B,L,hidden]; mask and positions 0..L_i-1 over real tokens."""
+    if padding_side not in ("left", "right"):
+        raise FormatError(f"padding side {padding_side!r} is not left or right")
+    batch_size, length = len(sample_embeds), max(e.shape[0] for e in sample_embeds)
+    first = sample_embeds[0]
+    embeds = first.new_zeros((batch_size, length, first.shape[-1]))
+    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long, device=first.device)
+    attention_mask = torch.zeros((batch_size, length), dtype=mask_dtype, device=first.device)
+    position_ids = torch.zeros((batch_size, length), dtype=torch.long, device=first.device)
+    for i, (e, lab) in enumerate(zip(sample_embeds, sample_labels)):
+        n = e.shape[0]
+        span = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        embeds[i, span] = e
+        labels[i, span] = lab
+        attention_mask[i, span] = 1
+        position_ids[i, span] = torch.arange(n, device=first.device)
+    return embeds, position_ids, attention_mask, (labels if with_labels else None)

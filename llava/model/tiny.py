@@ -1,0 +1,122 @@
+"""A tiny random LLaVA-1.5 in the original layout, built here, offline, in seconds (for tests and the demo).
+
+``python -m llava.model.tiny --out DIR [--seed N] [--hidden-size 128] [--num-layers 2] ...`` writes::
+
+    DIR/config.json              model_type llava_llama, llava-v1.5's mm_* keys, mm_vision_tower "clip"
+    DIR/model.safetensors        Llama + model.mm_projector.0.* / .2.* (mlp2x_gelu)
+    DIR/tokenizer.model (+ json) sentencepiece trained here on the EEG prompts/answers and the system prompts
+    DIR/generation_config.json
+    DIR/clip/                    a CLIP vision tower: hidden size 1024 (features [N,1,1024] as in the real system)
+
+Same seed and sizes -> byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+LLAVA_V15_MM_KEYS = {  # as in liuhaotian/llava-v1.5-13b's config.json
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch",
+    "mm_patch_merge_type": "flat",
+    "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": False,
+    "image_aspect_ratio": "pad",
+    "use_mm_proj": True,
+    "freeze_mm_mlp_adapter": False,
+    "tune_mm_mlp_adapter": False,
+    "tune_mm_vision_resampler": False,
+    "unfreeze_mm_vision_tower": False,
+}
+
+
+def tokenizer_corpus() -> list[str]:
+    """EEG questions and chain-of-thought answers, the conversation prompts and role names."""
+    from llava.conversation import conv_templates
+    from sleep_eeg.cot import example_texts
+
+    texts = list(example_texts())
+    for conv in conv_templates.values():
+        texts += [conv.system, *conv.roles]
+    texts += ["<image>", "USER: <image>\n<image>\nWhat is the sleep stage? ASSISTANT:"]
+    return [t for t in texts if t]
+
+
+def build_tiny_clip(out_dir: Path, seed: int, image_size: int = 56, patch_size: int = 14, num_layers: int = 2,
+                    hidden_size: int = 1024, intermediate_size: int = 512, num_heads: int = 8) -> Path:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                              num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                              image_size=image_size, patch_size=patch_size, projection_dim=hidden_size)
+    CLIPVisionModel(config).save_pretrained(out_dir)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, hidden_size: int = 128, num_layers: int = 2,
+                     num_heads: int = 4, intermediate_size: int | None = None, vocab_size: int = 1000,
+                     max_position_embeddings: int = 2048, image_size: int = 56, patch_size: int = 14,
+                     clip_layers: int = 2, mm_hidden_size: int = 1024, hl_fusion: str = "add",
+                     hl_projector: str = "shared") -> Path:
+    """Write the tiny checkpoint into ``out_dir`` (created) and return it."""
+    from llava.model.config import LlavaConfig
+    from llava.model.llava_llama import LlavaLlamaForCausalLM
+    from llava.tokenizer import load_tokenizer, train_sentencepiece
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_sentencepiece(tokenizer_corpus(), out_dir, vocab_size=vocab_size, seed=seed, model_max_length=max_position_embeddings)
+    tokenizer = load_tokenizer(out_dir)
+    build_tiny_clip(out_dir / "clip", seed, image_size, patch_size, clip_layers, mm_hidden_size)
+
+    config = LlavaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size, max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        architectures=["LlavaLlamaForCausalLM"],
+        mm_vision_tower="clip", mm_hidden_size=mm_hidden_size, tokenizer_model_max_length=max_position_embeddings,
+        tokenizer_padding_side="right", mm_hl_fusion=hl_fusion, mm_hl_projector=hl_projector,
+        **LLAVA_V15_MM_KEYS,
+    )
+    torch.manual_seed(seed)
+    model = LlavaLlamaForCausalLM(config)  # the CLIP shell holds no weights: only Llama + projector are saved
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--intermediate-size", type=int, default=None)
+    parser.add_argument("--vocab-size", type=int, default=1000)
+    parser.add_argument("--max-position-embeddings", type=int, default=2048)
+    parser.add_argument("--image-size", type=int, default=56)
+    parser.add_argument("--clip-layers", type=int, default=2)
+    parser.add_argument("--hl-fusion", choices=("add", "token"), default="add")
+    parser.add_argument("--hl-projector", choices=("shared", "separate"), default="shared")
+    args = parser.parse_args(argv)
+    out = build_tiny_llava(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                           num_heads=args.num_heads, intermediate_size=args.intermediate_size,
+                           vocab_size=args.vocab_size, max_position_embeddings=args.max_position_embeddings,
+                           image_size=args.image_size, clip_layers=args.clip_layers, hl_fusion=args.hl_fusion,
+                           hl_projector=args.hl_projector)
+    print(out)
+
+
+if __name__ == "__main__":
+    from eeg_vlm.cli import run
+
+    run(main)
