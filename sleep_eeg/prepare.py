@@ -1,0 +1,153 @@
+"""``eeg-vlm prepare``: EDF nights -> epoch images, LLaVA train records and eval questions.
+
+    <out>/eeg_images_ft/<night>_<epoch>.png     <out>/eeg_ft.json      (train records, JSON array)
+    <out>/eeg_images_eval/<night>_<epoch>.png   <out>/eeg_eval.jsonl   (eval questions with labels)
+
+Every night is read and checked before anything is written; the records files are written atomically.
+The split is by subject: no subject has epochs on both sides.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from eeg_vlm.formats import STAGES, FormatError, make_question, make_train_record, write_json, write_jsonl
+from sleep_eeg import cot
+from sleep_eeg.edf import DEFAULT_CHANNEL, Night, find_nights, read_night
+from sleep_eeg.measures import epoch_measures
+from sleep_eeg.render import RenderConfig, bandpass, render_epochs
+from sleep_eeg.stages import epoch_array, scorable_epochs
+
+TRAIN_IMAGES, EVAL_IMAGES = "eeg_images_ft", "eeg_images_eval"
+TRAIN_RECORDS, EVAL_RECORDS = "eeg_ft.json", "eeg_eval.jsonl"
+
+
+def split_subjects(
+    subjects: Sequence[str], eval_fraction: float, eval_subjects: Sequence[str] | None, seed: int
+) -> set[str]:
+    """The eval subjects: those named, else a seeded ``eval_fraction`` of them (at least one when the
+    fraction is positive and there are two subjects or more)."""
+    subjects = sorted(set(subjects))
+    if eval_subjects:
+        unknown = sorted(set(eval_subjects) - set(subjects))
+        if unknown:
+            raise FormatError(f"--eval-subjects: unknown subject(s) {', '.join(unknown)}; present: {', '.join(subjects)}")
+        return set(eval_subjects)
+    if eval_fraction <= 0 or len(subjects) < 2:
+        return set()
+    k = min(len(subjects) - 1, max(1, round(eval_fraction * len(subjects))))
+    return set(random.Random(seed).sample(subjects, k))
+
+
+def count_table(rows: dict[str, Counter]) -> str:
+    """Per-stage counts, one line per split."""
+    head = f"{'split':<6}" + "".join(f"{s:>7}" for s in STAGES) + f"{'total':>8}"
+    lines = [head]
+    for name, c in rows.items():
+        lines.append(f"{name:<6}" + "".join(f"{c.get(s, 0):>7}" for s in STAGES) + f"{sum(c.values()):>8}")
+    return "\n".join(lines)
+
+
+def prepare(
+    edf_dir: str | Path,
+    out: str | Path,
+    channel: str = DEFAULT_CHANNEL,
+    cot_mode: str = "stage",
+    eval_fraction: float = 0.2,
+    eval_subjects: Sequence[str] | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    fs: float | None = None,
+    trim_minutes: float | None = 30.0,
+    render: RenderConfig = RenderConfig(),
+) -> dict[str, Counter]:
+    """Run the whole conversion; returns the per-stage counts of each split."""
+    if cot_mode not in cot.COT_MODES:
+        raise FormatError(f"--cot must be one of {'|'.join(cot.COT_MODES)}, got {cot_mode!r}")
+    out = Path(out)
+    nights = find_nights(edf_dir)
+    # Read and check every night before writing anything.
+    loaded: list[tuple[Night, object, float, list[int], list[str]]] = []
+    for night in nights:
+        signal, rate, annotations = read_night(night, channel, fs)
+        epochs, labels = scorable_epochs(annotations, len(signal), rate, trim_minutes)
+        if len(epochs) == 0:
+            raise FormatError(f"{night.psg}: no scorable 30-s epoch (only '?' / movement, or none inside the signal)")
+        loaded.append((night, signal, rate, epochs.tolist(), labels))
+    eval_set = split_subjects([n.subject for n, *_ in loaded], eval_fraction, eval_subjects, seed)
+
+    rng = random.Random(seed)
+    train, questions = [], []
+    counts = {"train": Counter(), "eval": Counter()}
+    pool = mp.Pool(workers) if workers > 1 else None
+    try:
+        for night, signal, rate, epochs, labels in loaded:
+            is_eval = night.subject in eval_set
+            folder = out / (EVAL_IMAGES if is_eval else TRAIN_IMAGES)
+            filtered = bandpass(signal, rate, render.band)
+            names = [f"{night.name}_{e:04d}.png" for e in epochs]
+            render_epochs(filtered, rate, epochs, [folder / n for n in names], render, pool, desc=night.name)
+            measures = (
+                [epoch_measures(x, rate) for x in epoch_array(filtered, rate, epochs)]
+                if cot_mode == "measured" and not is_eval
+                else [None] * len(epochs)
+            )
+            for e, label, name, m in zip(epochs, labels, names, measures):
+                rid = f"{night.name}_{e:04d}"
+                meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e}
+                q = cot.question(rng)
+                if is_eval:
+                    questions.append(make_question(rid, [name, name], q, **meta))
+                else:
+                    answer = cot.build_answer(label, cot_mode, m)
+                    train.append(make_train_record(rid, [name, name], q, answer, **meta))
+                counts["eval" if is_eval else "train"][label] += 1
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    write_json(out / TRAIN_RECORDS, train)
+    write_jsonl(out / EVAL_RECORDS, questions)
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="eeg-vlm prepare", description=__doc__.splitlines()[0])
+    p.add_argument("--edf-dir", required=True, help="folder of *-PSG.edf + *-Hypnogram.edf (or EDF+ with stages)")
+    p.add_argument("--out", default="sleep_data")
+    p.add_argument("--channel", default=DEFAULT_CHANNEL)
+    p.add_argument("--cot", default="stage", choices=cot.COT_MODES, help="chain of thought in the answers")
+    p.add_argument("--eval-fraction", type=float, default=0.2, help="share of subjects held out for eval")
+    p.add_argument("--eval-subjects", default="", help="comma-separated subjects for eval (overrides the fraction)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--fs", type=float, default=None, help="resample the channel to this rate (Hz)")
+    p.add_argument("--trim-minutes", type=float, default=30.0, help="wake kept around sleep; negative keeps all")
+    p.add_argument("--px-per-s", type=float, default=RenderConfig.px_per_s)
+    p.add_argument("--height", type=int, default=RenderConfig.height)
+    p.add_argument("--uv", type=float, default=RenderConfig.uv, help="µV at the panel's edge (clipped beyond)")
+    p.add_argument("--band", type=float, nargs=2, default=RenderConfig.band, metavar=("LO", "HI"))
+    p.add_argument("--context", type=float, default=0.0, help="seconds of neighbouring epochs drawn in grey")
+    p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below the waveform")
+    args = p.parse_args(argv)
+    cfg = RenderConfig(px_per_s=args.px_per_s, height=args.height, uv=args.uv, band=tuple(args.band),
+                       context_s=args.context, spectrogram=args.spectrogram)
+    counts = prepare(
+        args.edf_dir, args.out, args.channel, args.cot, args.eval_fraction,
+        [s for s in args.eval_subjects.split(",") if s] or None, args.seed, max(1, args.workers), args.fs,
+        None if args.trim_minutes < 0 else args.trim_minutes, cfg,
+    )
+    print(count_table(counts))
+    print(f"images {cfg.size[0]}x{cfg.size[1]} px -> {Path(args.out) / TRAIN_IMAGES}, {Path(args.out) / EVAL_IMAGES}")
+    return 0
+
+
+if __name__ == "__main__":
+    from eeg_vlm.cli import run
+
+    run(main)
