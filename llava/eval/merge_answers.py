@@ -1,0 +1,60 @@
+"""Join the answers files of a ``--num-chunks`` run into one, in question order.
+
+    for K in 0 1 2 3; do
+        python llava/eval/model_vqa.py ... --num-chunks 4 --chunk-idx $K \
+            --answers-file sleep_data/answers/chunks/4_$K.jsonl &
+    done; wait
+    python llava/eval/merge_answers.py --question-file sleep_data/eeg_eval.jsonl \
+        --answers-file sleep_data/answers/eeg_answers.jsonl sleep_data/answers/chunks/4_*.jsonl
+
+Every question must be answered exactly once across the chunk files (a chunk killed part-way: rerun it
+with the same arguments, it resumes). The merged file is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from eeg_vlm.formats import FormatError, read_jsonl, read_records, record_id, write_jsonl
+
+
+def merge_answers(question_file: str | Path, chunk_files: Sequence[str | Path], answers_file: str | Path) -> int:
+    """Write the answers of ``chunk_files`` to ``answers_file`` in the order of ``question_file``; returns the count."""
+    order = {record_id(q): i for i, q in enumerate(read_records(question_file))}
+    by_id: dict = {}
+    for path in chunk_files:
+        if not Path(path).is_file():
+            raise FormatError(f"{path}: answers file not found")
+        for lineno, row in enumerate(read_jsonl(path), 1):
+            qid = row.get("question_id") if isinstance(row, dict) else None
+            if qid not in order:
+                raise FormatError(f"{path}: answer #{lineno} is for question_id {qid!r}, not in {question_file}")
+            if qid in by_id:
+                raise FormatError(f"{path}: question_id {qid!r} (answer #{lineno}) is answered twice")
+            by_id[qid] = row
+    missing = [qid for qid in order if qid not in by_id]
+    if missing:
+        raise FormatError(
+            f"{question_file}: {len(missing)} of {len(order)} questions have no answer in the chunk files "
+            f"(first: {missing[0]!r}); rerun the unfinished chunks, they resume"
+        )
+    write_jsonl(answers_file, sorted(by_id.values(), key=lambda row: order[row["question_id"]]))
+    return len(by_id)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Join the per-chunk answers files of model_vqa.py --num-chunks runs.")
+    p.add_argument("--question-file", required=True, help="the question file all chunks answered")
+    p.add_argument("--answers-file", required=True, help="the merged answers file to write")
+    p.add_argument("chunk_files", nargs="+", help="the per-chunk answers files")
+    args = p.parse_args(argv)
+    n = merge_answers(args.question_file, args.chunk_files, args.answers_file)
+    print(f"{n} answers from {len(args.chunk_files)} files -> {args.answers_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    from eeg_vlm.cli import run as run_command
+
+    run_command(main)

@@ -1,0 +1,354 @@
+"""Answer eval questions with a LLaVA checkpoint: LLaVA-1.5's ``model_vqa.py``, batched and resumable.
+
+    python llava/eval/model_vqa.py --model-path checkpoints/<run>/ --model-base <LLaVA-v1.5-13b>/ \
+        --question-file sleep_data/eeg_eval.jsonl --image-folder sleep_data/eeg_images_eval \
+        --answers-file sleep_data/answers/eeg_answers.jsonl
+
+- Questions: JSONL ``{"question_id", "image": img | [img, img], "text", ...}``. The prompt is one ``<image>``
+  line per listed image, then the text, in the conversation template (``--conv-mode``, default the
+  checkpoint's ``conv_version``, else ``llava_v1``). With ``[Image1, Image2]`` only Image1 is opened; the
+  Image2 slot is filled from the high-level features (row = the question's position in the whole question
+  file, or its ``feature_index``); the checkpoint's config says how (``mm_hl_fusion``).
+- Answers: LLaVA's schema, one line per question, in question order; the question's other fields
+  (``label``, ``subject``, ``epoch``, ...) go into ``metadata``.
+- Resumable: each batch is appended and fsync'd as it finishes. A rerun with the same ``--answers-file``
+  skips the questions already answered and first repairs a torn last line left by a killed run (so a
+  kill loses at most the batch in flight). To start over, delete the answers file.
+- ``--num-chunks N --chunk-idx K`` answers the K-th of N contiguous slices of the question file (for
+  parallel jobs; give each its own ``--answers-file``); ``llava/eval/merge_answers.py`` joins them.
+- Greedy by default (``--temperature 0``): batched generation (left padding, KV cache) gives the same
+  answers as ``--batch-size 1`` in float32; in float16 on a GPU, padding may change rare near-ties.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from eeg_vlm.formats import (
+    FormatError,
+    append_jsonl,
+    default_features_path,
+    feature_row,
+    has_placeholder,
+    load_features,
+    make_answer,
+    read_jsonl,
+    read_records,
+    record_id,
+    record_images,
+    write_jsonl,
+)
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+# Question fields that make the prompt; every other field is carried into the answer's metadata.
+PROMPT_FIELDS = ("question_id", "text", "image")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Answer eval questions with a LLaVA checkpoint (batched, resumable).")
+    p.add_argument("--model-path", required=True, help="checkpoint folder (full, LoRA or projector-only)")
+    p.add_argument("--model-base", default=None, help="base model folder for LoRA / projector-only checkpoints")
+    p.add_argument("--question-file", required=True, help="questions, JSONL")
+    p.add_argument("--image-folder", default="", help="folder the questions' image paths are relative to")
+    p.add_argument("--answers-file", required=True, help="answers, JSONL (appended to: reruns resume)")
+    p.add_argument("--high-level-features", default=None,
+                   help="features .npy [N,1,D] for the placeholder images "
+                        "(default: eval_high_level_features.npy beside the question file)")
+    p.add_argument("--conv-mode", default=None,
+                   help="conversation template (default: the checkpoint's conv_version, else llava_v1)")
+    p.add_argument("--num-chunks", type=int, default=1)
+    p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
+    p.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
+    # 256, not LLaVA's 128: the longest chain-of-thought answers (REM) run to about 150 Llama tokens.
+    p.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    summary = run(**vars(args))
+    print(
+        f"{summary['answered']} answered, {summary['skipped']} already in {summary['answers_file']}"
+        f" ({summary['seconds']:.1f} s)"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: questions, chunk, previous answers, images, features
+# ---------------------------------------------------------------------------------------------
+def read_questions(path: str | Path) -> list[dict]:
+    """Questions in file order, each with a ``question_id`` (unique) and a ``text``."""
+    questions = read_records(path)
+    seen: set = set()
+    for i, q in enumerate(questions):
+        qid = q.get("question_id")
+        if qid is None:
+            raise FormatError(f"{path}: record #{i} has no question_id")
+        if qid in seen:
+            raise FormatError(f"{path}: duplicate question_id {qid!r} (record #{i})")
+        seen.add(qid)
+        if not isinstance(q.get("text"), str):
+            raise FormatError(f"{path}: question {qid!r} has no 'text' string")
+        n_tokens = q["text"].count(DEFAULT_IMAGE_TOKEN)
+        n_images = len(record_images(q))
+        if n_tokens and n_tokens != n_images:
+            raise FormatError(f"{path}: question {qid!r} has {n_tokens} <image> in its text but {n_images} images")
+    return questions
+
+
+def chunk_positions(n: int, num_chunks: int, chunk_idx: int) -> range:
+    """Positions of the ``chunk_idx``-th of ``num_chunks`` contiguous, near-equal slices of ``n`` questions."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise FormatError(f"--chunk-idx {chunk_idx} is not in 0..{num_chunks - 1} (--num-chunks {num_chunks})")
+    return range(chunk_idx * n // num_chunks, (chunk_idx + 1) * n // num_chunks)
+
+
+def previous_answers(path: Path, chunk_ids: set, model_id: str) -> set:
+    """Question ids already answered in ``path``. A torn last line (a killed run) is dropped and the
+    file rewritten atomically without it. Answers for other questions or another model are an error."""
+    if not path.exists():
+        return set()
+    raw = path.read_bytes()
+    rows = read_jsonl(path, allow_torn_tail=True)
+    if raw.strip() and not raw.endswith(b"\n"):
+        write_jsonl(path, rows)  # repair: keep the complete lines only
+    done: set = set()
+    for lineno, row in enumerate(rows, 1):
+        qid = row.get("question_id") if isinstance(row, dict) else None
+        if qid not in chunk_ids:
+            raise FormatError(
+                f"{path}: answer #{lineno} is for question_id {qid!r}, which is not among this run's questions "
+                "(another question file or chunk?)"
+            )
+        if qid in done:
+            raise FormatError(f"{path}: question_id {qid!r} is answered twice (answer #{lineno})")
+        if row.get("model_id") != model_id:
+            raise FormatError(
+                f"{path}: answer #{lineno} comes from model {row.get('model_id')!r}, this run is {model_id!r}; "
+                "use another --answers-file or delete this one"
+            )
+        done.add(qid)
+    return done
+
+
+def real_images(question: dict) -> list[str]:
+    """The images that are opened: all listed, less the placeholder Image2 of an ``[Image1, Image2]`` pair."""
+    images = record_images(question)
+    return images[:-1] if has_placeholder(question) else images
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and prompts
+# ---------------------------------------------------------------------------------------------
+def load_model(model_path: str, model_base: str | None, device: str):
+    """``(tokenizer, model, image_processor)`` through LLaVA's loader; float16 on a GPU, float32 on the CPU."""
+    from llava.model.builder import load_pretrained_model
+    from llava.mm_utils import get_model_name_from_path
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        model_path, model_base, get_model_name_from_path(model_path), device=device, torch_dtype=dtype
+    )
+    model.eval()
+    return tokenizer, model, image_processor
+
+
+def build_prompt(question: dict, conv_template, use_im_start_end: bool) -> str:
+    """One ``<image>`` line per listed image, then the text, as the user turn; the assistant turn left open."""
+    image_token = DEFAULT_IMAGE_TOKEN
+    if use_im_start_end:
+        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    text = question["text"]
+    if DEFAULT_IMAGE_TOKEN in text:  # the question placed its own image tokens
+        text = text.replace(DEFAULT_IMAGE_TOKEN, image_token)
+    else:
+        text = "".join(image_token + "\n" for _ in record_images(question)) + text
+    conv = conv_template.copy()
+    conv.append_message(conv.roles[0], text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def stop_string(conv_template) -> str:
+    from llava.conversation import SeparatorStyle
+
+    return conv_template.sep2 if conv_template.sep_style == SeparatorStyle.TWO else conv_template.sep
+
+
+@torch.inference_mode()
+def answer_batch(
+    model,
+    tokenizer,
+    image_processor,
+    prompts: list[str],
+    image_paths: list[list[Path]],
+    features: list[np.ndarray | None],
+    stop_str: str | None,
+    generate_kwargs: dict,
+) -> list[str]:
+    """Greedy (or sampled) answers for one batch: left-padded prompts, images and features spliced by the model."""
+    from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
+
+    device, dtype = model.device, model.dtype
+    ids = [tokenizer_image_token(p, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for p in prompts]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for b, x in enumerate(ids):
+        input_ids[b, width - len(x):] = x
+        attention_mask[b, width - len(x):] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+
+    pil_images = [load_image(str(path)) for paths in image_paths for path in paths]
+    images = image_sizes = None
+    if pil_images:
+        aspect = getattr(model.config, "image_aspect_ratio", None)
+        images = process_images(pil_images, image_processor, aspect).to(device=device, dtype=dtype)
+        image_sizes = [img.size for img in pil_images]
+    hl = [None if f is None else torch.from_numpy(np.array(f, dtype=np.float32)).to(device, dtype) for f in features]
+
+    eos = tokenizer.eos_token_id
+    stopping = None
+    if stop_str and stop_str != tokenizer.eos_token:
+        stopping = [KeywordsStoppingCriteria([stop_str], tokenizer, input_ids)]
+    output_ids = model.generate(
+        input_ids,
+        attention_mask=attention_mask,
+        images=images,
+        image_sizes=image_sizes,
+        high_level_features=hl if any(f is not None for f in hl) else None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+        stopping_criteria=stopping,
+        use_cache=True,
+        **generate_kwargs,
+    )
+    answers = []
+    for row in output_ids.tolist():
+        if eos in row:  # finished rows are padded after their EOS
+            row = row[: row.index(eos)]
+        text = tokenizer.decode(row, skip_special_tokens=True).strip()
+        if stop_str and stop_str in text:
+            text = text[: text.index(stop_str)].strip()
+        answers.append(text)
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def run(
+    model_path: str,
+    question_file: str,
+    answers_file: str,
+    image_folder: str = "",
+    model_base: str | None = None,
+    high_level_features: str | None = None,
+    conv_mode: str | None = None,
+    num_chunks: int = 1,
+    chunk_idx: int = 0,
+    batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    num_beams: int = 1,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    device: str | None = None,
+    loaded: tuple[Any, Any, Any] | None = None,
+) -> dict:
+    """Answer the chunk's questions not yet in ``answers_file``. ``loaded`` = ``(tokenizer, model,
+    image_processor)`` reuses a loaded model (``model_path`` then only names it in the answers)."""
+    from llava.mm_utils import get_model_name_from_path
+
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise FormatError(f"--batch-size must be at least 1, got {batch_size}")
+    question_file, answers_file, image_folder = Path(question_file), Path(answers_file), Path(image_folder)
+    model_id = get_model_name_from_path(str(model_path))
+
+    # Everything that can be checked without the model is checked first.
+    questions = read_questions(question_file)
+    chunk = [(i, questions[i]) for i in chunk_positions(len(questions), num_chunks, chunk_idx)]
+    done = previous_answers(answers_file, {record_id(q) for _, q in chunk}, model_id)
+    todo = [(i, q) for i, q in chunk if record_id(q) not in done]
+    summary = {"answered": 0, "skipped": len(chunk) - len(todo), "answers_file": str(answers_file)}
+    if not todo:
+        return {**summary, "seconds": time.perf_counter() - started}
+    for _, q in todo:
+        for name in real_images(q):
+            if not (image_folder / name).is_file():
+                raise FormatError(f"{question_file}: question {record_id(q)!r}: image {image_folder / name} not found")
+    feats = None
+    if any(has_placeholder(q) for _, q in todo):
+        features_path = high_level_features or default_features_path(question_file, train=False)
+        feats = load_features(features_path, questions, records_path=question_file)
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer, model, image_processor = loaded if loaded is not None else load_model(model_path, model_base, device)
+    config = model.config
+    dim = getattr(config, "mm_hidden_size", None)
+    if feats is not None and dim is not None and feats.shape[2] != dim:
+        raise FormatError(
+            f"{features_path}: feature size D={feats.shape[2]} does not match the projector's input "
+            f"mm_hidden_size={dim}"
+        )
+
+    from llava.conversation import get_conv_template
+
+    conv_template = get_conv_template(conv_mode or getattr(config, "conv_version", None) or "llava_v1")
+    stop_str = stop_string(conv_template)
+    use_im_start_end = bool(getattr(config, "mm_use_im_start_end", False))
+    generate_kwargs: dict = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    if temperature > 0:
+        torch.manual_seed(seed)
+        generate_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        generate_kwargs.update(do_sample=False)
+
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        texts = answer_batch(
+            model,
+            tokenizer,
+            image_processor,
+            prompts=[build_prompt(q, conv_template, use_im_start_end) for _, q in batch],
+            image_paths=[[image_folder / name for name in real_images(q)] for _, q in batch],
+            features=[feats[feature_row(q, i)] if has_placeholder(q) else None for i, q in batch],
+            stop_str=stop_str,
+            generate_kwargs=generate_kwargs,
+        )
+        append_jsonl(
+            answers_file,
+            [
+                make_answer(
+                    question_id=record_id(q),
+                    prompt=q["text"],
+                    text=text,
+                    answer_id=uuid.uuid4().hex,
+                    model_id=model_id,
+                    metadata={k: v for k, v in q.items() if k not in PROMPT_FIELDS},
+                )
+                for (_, q), text in zip(batch, texts)
+            ],
+        )
+        summary["answered"] += len(batch)
+    return {**summary, "seconds": time.perf_counter() - started}
+
+
+if __name__ == "__main__":
+    from eeg_vlm.cli import run as run_command
+
+    run_command(main)

@@ -1,0 +1,242 @@
+"""llava/eval/model_vqa.py and merge_answers.py on the tiny random LLaVA: batching, resuming, chunks, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eeg_vlm.formats import FormatError, make_question, read_jsonl, save_features, write_jsonl
+from llava.eval import merge_answers as merge_mod
+from llava.eval import model_vqa
+from sleep_eeg.cot import QUESTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_NEW = 12  # tokens per answer: enough to tell answers apart, cheap on 2 cores
+N_QUESTIONS = 10
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """10 questions over 4 PNGs: eight [img, img] pairs, one with a feature_index, one single image;
+    12 feature rows beside the question file (the default path)."""
+    root = tmp_path_factory.mktemp("vqa")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    names = []
+    for k in range(4):
+        name = f"epoch_{k}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 120, 3), dtype=np.uint8)).save(images / name)
+        names.append(name)
+    stages = ["W", "N1", "N2", "N3", "REM"]
+    questions = []
+    for i in range(N_QUESTIONS):
+        img = names[i % 4]
+        extra = {"subject": f"S{i // 5}", "night": 1, "epoch": i}
+        if i == 3:
+            extra["feature_index"] = 11
+        q = make_question(f"q{i}", [img, img], QUESTIONS[i % len(QUESTIONS)], stages[i % 5], **extra)
+        if i == 9:
+            q["image"] = img  # one real image, no placeholder, no feature
+        questions.append(q)
+    qfile = root / "eeg_eval.jsonl"
+    write_jsonl(qfile, questions)
+    save_features(root / "eval_high_level_features.npy", rng.normal(size=(12, 1, 1024)).astype(np.float32))
+    return {"root": root, "questions": qfile, "images": images, "records": questions}
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_llava):
+    return model_vqa.load_model(str(tiny_llava), None, "cpu")
+
+
+def answer(data, tiny_llava, loaded, answers_file, **kw):
+    kw.setdefault("max_new_tokens", MAX_NEW)
+    return model_vqa.run(
+        model_path=str(tiny_llava),
+        question_file=str(kw.pop("question_file", data["questions"])),
+        answers_file=str(answers_file),
+        image_folder=str(data["images"]),
+        device="cpu",
+        loaded=loaded,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(data, tiny_llava):
+    """The documented command, as a script, one question at a time: the answers every other run must match."""
+    out = data["root"] / "answers" / "reference.jsonl"
+    cmd = [sys.executable, "llava/eval/model_vqa.py", "--model-path", str(tiny_llava),
+           "--question-file", str(data["questions"]), "--image-folder", str(data["images"]),
+           "--answers-file", str(out), "--batch-size", "1", "--max-new-tokens", str(MAX_NEW)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return read_jsonl(out)
+
+
+def texts(rows):
+    return {r["question_id"]: r["text"] for r in rows}
+
+
+def test_reference_answers_follow_llava_schema(reference, data, tiny_llava):
+    assert [r["question_id"] for r in reference] == [q["question_id"] for q in data["records"]]
+    for row, q in zip(reference, data["records"]):
+        assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        assert row["prompt"] == q["text"]
+        assert row["model_id"] == tiny_llava.name
+        assert row["metadata"]["label"] == q["label"] and row["metadata"]["epoch"] == q["epoch"]
+        assert row["metadata"]["subject"] == q["subject"]
+    assert reference[3]["metadata"]["feature_index"] == 11
+    assert len({r["answer_id"] for r in reference}) == len(reference)
+    # the model really answers: different inputs, different greedy answers
+    assert len(set(texts(reference).values())) > 1
+
+
+def test_batch_4_gives_the_answers_of_batch_1(reference, data, tiny_llava, loaded, tmp_path):
+    out = tmp_path / "b4.jsonl"
+    summary = answer(data, tiny_llava, loaded, out, batch_size=4)
+    rows = read_jsonl(out)
+    assert summary["answered"] == N_QUESTIONS
+    assert [r["question_id"] for r in rows] == [r["question_id"] for r in reference]
+    assert texts(rows) == texts(reference)
+    assert [r["metadata"] for r in rows] == [r["metadata"] for r in reference]
+
+
+def test_features_reach_the_answers(reference, data, tiny_llava, loaded, tmp_path):
+    """Shifted feature rows change answers: so equal answers elsewhere mean the right rows were used."""
+    feats = np.load(data["root"] / "eval_high_level_features.npy")
+    shifted = tmp_path / "shifted.npy"
+    save_features(shifted, np.roll(feats, 1, axis=0))
+    out = tmp_path / "shifted.jsonl"
+    answer(data, tiny_llava, loaded, out, batch_size=4, high_level_features=str(shifted))
+    new, ref = texts(read_jsonl(out)), texts(reference)
+    assert new["q9"] == ref["q9"]  # the question without a placeholder uses no feature
+    assert any(new[q] != ref[q] for q in ref if q != "q9")
+
+
+def test_killed_run_resumes_without_gaps_or_repeats(reference, data, tiny_llava, loaded, tmp_path, monkeypatch):
+    out = tmp_path / "killed.jsonl"
+    real = model_vqa.answer_batch
+    calls = []
+
+    def dies_on_third_batch(*args, **kwargs):
+        calls.append(len(kwargs["prompts"]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_vqa, "answer_batch", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        answer(data, tiny_llava, loaded, out, batch_size=3)
+    assert [r["question_id"] for r in read_jsonl(out)] == ["q0", "q1", "q2", "q3", "q4", "q5"]
+
+    calls.clear()
+    monkeypatch.setattr(model_vqa, "answer_batch", real)
+    summary = answer(data, tiny_llava, loaded, out, batch_size=3)
+    assert (summary["answered"], summary["skipped"]) == (4, 6)
+    rows = read_jsonl(out)
+    assert [r["question_id"] for r in rows] == [r["question_id"] for r in reference]
+    assert texts(rows) == texts(reference)
+    # a third run has nothing left to do
+    assert answer(data, tiny_llava, loaded, out, batch_size=3)["answered"] == 0
+
+
+def test_torn_last_line_is_repaired(reference, data, tiny_llava, loaded, tmp_path):
+    out = tmp_path / "torn.jsonl"
+    lines = [json.dumps(r) for r in reference[:4]]
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2], encoding="utf-8")
+    summary = answer(data, tiny_llava, loaded, out, batch_size=4)
+    assert (summary["answered"], summary["skipped"]) == (7, 3)
+    rows = read_jsonl(out)  # strict: no torn line left anywhere
+    assert [r["question_id"] for r in rows] == [r["question_id"] for r in reference]
+    assert texts(rows) == texts(reference)
+
+
+def test_two_chunks_merged_equal_the_unchunked_run(reference, data, tiny_llava, loaded, tmp_path):
+    parts = [tmp_path / f"chunk_{k}.jsonl" for k in range(2)]
+    for k, part in enumerate(parts):
+        answer(data, tiny_llava, loaded, part, batch_size=4, num_chunks=2, chunk_idx=k)
+    assert [r["question_id"] for r in read_jsonl(parts[1])] == ["q5", "q6", "q7", "q8", "q9"]
+    merged = tmp_path / "merged.jsonl"
+    assert merge_mod.main(["--question-file", str(data["questions"]), "--answers-file", str(merged),
+                           *map(str, reversed(parts))]) == 0
+    rows = read_jsonl(merged)
+    assert [r["question_id"] for r in rows] == [r["question_id"] for r in reference]
+    assert texts(rows) == texts(reference)
+    assert [r["metadata"] for r in rows] == [r["metadata"] for r in reference]
+
+
+def test_merge_refuses_missing_and_repeated_answers(reference, data, tmp_path):
+    part = tmp_path / "part.jsonl"
+    write_jsonl(part, reference[:6])
+    with pytest.raises(FormatError, match="4 of 10 questions have no answer"):
+        merge_mod.merge_answers(data["questions"], [part], tmp_path / "m.jsonl")
+    rest = tmp_path / "rest.jsonl"
+    write_jsonl(rest, reference[5:])
+    with pytest.raises(FormatError, match="'q5'.*answered twice"):
+        merge_mod.merge_answers(data["questions"], [part, rest], tmp_path / "m.jsonl")
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def bad_question_file(tmp_path, data, kind):
+    qfile = tmp_path / "eeg_eval.jsonl"
+    records = [dict(q) for q in data["records"]]
+    if kind == "empty":
+        qfile.write_text("")
+        return qfile
+    if kind == "duplicate":
+        records[4]["question_id"] = "q2"
+    if kind == "missing image":
+        records[6]["image"] = ["gone.png", "gone.png"]
+    write_jsonl(qfile, records)
+    if kind == "too few feature rows":
+        save_features(tmp_path / "eval_high_level_features.npy", np.zeros((5, 1, 1024), np.float32))
+    elif kind == "feature size":
+        save_features(tmp_path / "eval_high_level_features.npy", np.zeros((12, 1, 16), np.float32))
+    else:
+        (tmp_path / "eval_high_level_features.npy").write_bytes(
+            (data["root"] / "eval_high_level_features.npy").read_bytes())
+    return qfile
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "records file is empty"),
+    ("duplicate", "duplicate question_id 'q2'"),
+    ("missing image", "question 'q6': image .*gone.png not found"),
+    ("too few feature rows", "5 feature rows but record 'q3'"),
+    ("feature size", "D=16 does not match .*mm_hidden_size=1024"),
+])
+def test_bad_input_gives_one_line_error(kind, message, data, tiny_llava, loaded, tmp_path):
+    qfile = bad_question_file(tmp_path, data, kind)
+    with pytest.raises(FormatError, match=message) as err:
+        answer(data, tiny_llava, loaded, tmp_path / "a.jsonl", question_file=qfile)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_answers_for_unknown_questions_are_refused(reference, data, tiny_llava, loaded, tmp_path):
+    out = tmp_path / "foreign.jsonl"
+    write_jsonl(out, [dict(reference[0], question_id="other-7")])
+    with pytest.raises(FormatError, match="'other-7', which is not among this run's questions"):
+        answer(data, tiny_llava, loaded, out)
+    # a chunk's answers file only holds that chunk's questions
+    write_jsonl(out, reference[:2])
+    with pytest.raises(FormatError, match="'q0', which is not among"):
+        answer(data, tiny_llava, loaded, out, num_chunks=2, chunk_idx=1)
+
+
+def test_script_reports_bad_input_in_one_line(data, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "llava/eval/model_vqa.py", "--model-path", "checkpoints/x", "--question-file", str(missing),
+         "--image-folder", str(data["images"]), "--answers-file", str(tmp_path / "a.jsonl")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {missing}: records file not found"
