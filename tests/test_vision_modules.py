@@ -1,0 +1,116 @@
+"""Vision modules: shapes, declared input/normalisation, tapped stage, registry, weights loading."""
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from eeg_vlm.formats import FormatError
+from vision_modules import VisionOutput, create_vision_module, list_vision_modules, register_vision_module
+
+
+def _forward(model, batch=2):
+    c, h, w = model.input_size
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return model.eval()(torch.randn(batch, c, h, w))
+
+
+@pytest.mark.parametrize(
+    "name, kw, channels",
+    [
+        ("resnet18", dict(image_size=(32, 96)), 256),  # layer3
+        ("convnext_base", dict(image_size=(32, 32)), 512),  # stage 2
+        ("timm:vit_small_patch16_224", dict(image_size=(32, 64)), 384),  # a transformer, block 10
+        ("timm:mambaout_tiny", dict(image_size=(32, 32)), 384),  # channels-last feature maps
+    ],
+)
+def test_module_returns_feature_token_and_logits(name, kw, channels):
+    model = create_vision_module(name, feature_dim=1024, num_classes=5, **kw)
+    out = _forward(model)
+    assert isinstance(out, VisionOutput)
+    assert out.features.shape == (2, 1, 1024) and out.features.dtype == torch.float32
+    assert out.logits.shape == (2, 5)
+    assert torch.isfinite(out.features).all()
+    assert model.input_size == (3, *kw["image_size"]) and model.feature_dim == 1024
+    assert len(model.mean) == 3 and len(model.std) == 3
+    assert model.expand[0].in_channels == channels  # the default tap is the second-to-last stage
+
+
+def test_channels_last_maps_are_permuted():
+    model = create_vision_module("timm:mambaout_tiny", image_size=(32, 64))
+    assert model.channels_last_maps
+    fmap = model.backbone(torch.randn(1, 3, 32, 64))[-1]
+    assert fmap.shape[-1] == model.expand[0].in_channels  # timm gives [B, H, W, C] here
+
+
+def test_tap_and_feature_dim_are_arguments():
+    model = create_vision_module("resnet18", feature_dim=64, tap=-1, image_size=(32, 32))
+    assert model.expand[0].in_channels == 512  # layer4
+    assert _forward(model).features.shape == (2, 1, 64)
+    model = create_vision_module("resnet18", tap=2, image_size=32)
+    assert model.expand[0].in_channels == 128  # layer2
+
+
+def test_default_input_size_is_wide():
+    model = create_vision_module("resnet18")
+    assert model.input_size == (3, 64, 192)
+
+
+def test_unknown_names_give_one_line_errors():
+    with pytest.raises(FormatError, match="unknown vision module 'nope'"):
+        create_vision_module("nope")
+    with pytest.raises(FormatError, match="not_a_timm_model"):
+        create_vision_module("timm:not_a_timm_model")
+
+
+def test_user_module_registers_in_a_few_lines():
+    @register_vision_module("test_tiny_cnn")
+    class TinyCNN(nn.Module):
+        def __init__(self, feature_dim=1024, num_classes=5, pretrained=False, image_size=(16, 48)):
+            super().__init__()
+            self.feature_dim, self.input_size = feature_dim, (3, *image_size)
+            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+            self.body = nn.Sequential(nn.Conv2d(3, feature_dim, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.head = nn.Linear(feature_dim, num_classes)
+
+        def forward(self, images):
+            h = self.body(images).flatten(1)
+            return VisionOutput(h[:, None, :], self.head(h))
+
+    assert "test_tiny_cnn" in list_vision_modules()
+    model = create_vision_module("test_tiny_cnn", feature_dim=32)
+    assert _forward(model).features.shape == (2, 1, 32)
+    with pytest.raises(ValueError, match="already registered"):
+        register_vision_module("test_tiny_cnn")(nn.Identity)
+    with pytest.raises(ValueError, match="reserved"):
+        register_vision_module("timm:x")
+
+
+def test_module_without_declarations_is_refused():
+    register_vision_module("test_bare")(lambda **kw: nn.Identity())
+    with pytest.raises(FormatError, match="does not declare"):
+        create_vision_module("test_bare")
+
+
+def test_hub_weights_offline_fail_fast():
+    t0 = time.perf_counter()
+    with pytest.raises(FormatError, match="--pretrained PATH"):
+        create_vision_module("resnet18", pretrained=True, image_size=32)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_local_pretrained_weights_are_loaded(tmp_path):
+    torch.manual_seed(123)
+    reference = timm.create_model("resnet18")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    for where in (tmp_path / "model.safetensors", tmp_path):  # a file or a downloaded model folder
+        model = create_vision_module("resnet18", pretrained=where, image_size=32)
+        assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+        assert torch.equal(model.backbone.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    random_init = create_vision_module("resnet18", image_size=32)
+    assert not torch.equal(random_init.backbone.conv1.weight, reference.conv1.weight)
+    with pytest.raises(FormatError, match="not found"):
+        create_vision_module("resnet18", pretrained=tmp_path / "missing.safetensors")

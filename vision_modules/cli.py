@@ -1,0 +1,21 @@
+"""``eeg-vlm vision train|extract``: train a specialized vision module, or extract its high-level features."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from eeg_vlm.cli import run
+from vision_modules import extract, train
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eeg-vlm vision", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train.add_arguments(sub.add_parser("train", help="train a vision module on EEG epoch images"))
+    extract.add_arguments(sub.add_parser("extract", help="write [N, 1, D] features, one row per record"))
+    args = parser.parse_args(argv)
+    return {"train": train.main_from_args, "extract": extract.main_from_args}[args.command](args)
+
+
+if __name__ == "__main__":
+    run(main)

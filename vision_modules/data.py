@@ -1,0 +1,76 @@
+"""Records -> an image dataset for a vision module (train records or eval questions, in file order).
+
+Each record's *first* image is read (in ``[img, img]`` the second is the feature placeholder), resized
+to the module's ``input_size`` and normalised with its mean/std. Every image is checked up front
+(exists, is an image) so that bad input fails before any work, with one line naming file and record.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import functional as TF
+from torchvision.transforms import InterpolationMode
+
+from eeg_vlm.formats import STAGE_INDEX, FormatError, check_stage, record_id, record_images
+
+
+def record_image_paths(records: Sequence[dict], image_folder: str | os.PathLike, where: str) -> list[Path]:
+    """The first image of every record, checked to exist and to be a readable image."""
+    folder = Path(image_folder)
+    paths: list[Path] = []
+    for i, rec in enumerate(records):
+        images = record_images(rec)
+        if not images:
+            raise FormatError(f"{where}: record {record_id(rec)!r} (#{i}) has no image")
+        path = folder / images[0]
+        if not path.is_file():
+            raise FormatError(f"{where}: record {record_id(rec)!r} (#{i}): image {path} not found")
+        try:
+            with Image.open(path) as im:  # reads the header only
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise FormatError(f"{where}: record {record_id(rec)!r} (#{i}): {path} is not a readable image ({e})") from None
+        paths.append(path)
+    return paths
+
+
+def record_labels(records: Sequence[dict], where: str) -> list[int]:
+    """Stage index (``formats.STAGES`` order) of every record's ``label``."""
+    return [STAGE_INDEX[check_stage(rec.get("label"), f"{where}: record {record_id(rec)!r} (#{i})")] for i, rec in enumerate(records)]
+
+
+class EEGImageDataset(Dataset):
+    """``(image tensor [3, H, W], label)``; label is -1 when the records carry none (extraction)."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int] | None,
+        input_size: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.size = [int(input_size[-2]), int(input_size[-1])]
+        self.mean, self.std = list(mean), list(std)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as e:
+            raise FormatError(f"{path}: not a readable image ({e})") from None
+        x = TF.pil_to_tensor(im)
+        x = TF.resize(x, self.size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        x = TF.normalize(x.float().div_(255.0), self.mean, self.std)
+        return x, self.labels[i]

@@ -1,0 +1,95 @@
+"""Extract a trained vision module's high-level features: one ``[1, D]`` row per record, in file order.
+
+Writes float32 ``[N, 1, D]`` with ``formats.save_features`` (atomic) and the sidecar ``<out>.json``
+(checkpoint and records hashes, N, D). Same inputs (and batch size), same bytes: eval mode, fixed
+order, deterministic torch algorithms. Nothing is written when any input is bad.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from eeg_vlm.formats import FormatError, file_sha256, read_records, save_features
+from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
+from vision_modules.data import EEGImageDataset, record_image_paths
+
+
+@torch.no_grad()
+def extract_features(
+    checkpoint: str | os.PathLike,
+    records: str | os.PathLike,
+    image_folder: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    workers: int = 0,
+    feature_dim: int | None = 1024,
+    progress: bool = True,
+) -> np.ndarray:
+    """Features ``[N, 1, D]`` (float32) of the records' first images; saved to ``out`` when given.
+    ``feature_dim``: the size the consumer expects (the projector's ``mm_hidden_size``); ``None`` skips the check."""
+    checkpoint, records = Path(checkpoint), Path(records)
+    recs = read_records(records)
+    paths = record_image_paths(recs, image_folder, str(records))
+    model, config = load_vision_module(checkpoint, device)
+    if feature_dim is not None and int(config["feature_dim"]) != int(feature_dim):
+        raise FormatError(
+            f"{checkpoint}: the checkpoint gives {config['feature_dim']}-d features but {feature_dim} were asked"
+        )
+    dataset = EEGImageDataset(paths, None, model.input_size, model.mean, model.std)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        rows = []
+        for images, _ in tqdm(loader, desc="extract", disable=not progress):
+            feats = model(images.to(device, memory_format=torch.channels_last)).features
+            rows.append(feats.float().cpu())
+        features = torch.cat(rows).numpy()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    if features.shape != (len(recs), 1, int(config["feature_dim"])):
+        raise FormatError(f"{checkpoint}: arch {config['arch']!r} returned features {list(features.shape)}, expected [N, 1, D]")
+    if not np.isfinite(features).all():
+        raise FormatError(f"{checkpoint}: features hold NaN or inf (record #{int(np.flatnonzero(~np.isfinite(features).all(axis=(1, 2)))[0])})")
+    if out is not None:
+        save_features(
+            out,
+            features,
+            sidecar={
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": file_sha256(checkpoint / WEIGHTS_NAME),
+                "arch": config["arch"],
+                "records": str(records),
+                "records_sha256": file_sha256(records),
+            },
+        )
+    return features
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="folder written by `eeg-vlm vision train`")
+    p.add_argument("--records", required=True, help="train records (JSON array) or questions (JSONL)")
+    p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
+    p.add_argument("--out", required=True, help="features file, e.g. sleep_data/train_high_level_features.npy")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--feature-dim", type=int, default=1024, help="feature size the projector expects (mm_hidden_size)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main_from_args(a: argparse.Namespace) -> int:
+    features = extract_features(
+        a.checkpoint, a.records, a.image_folder, a.out, batch_size=a.batch_size, device=a.device,
+        workers=a.workers, feature_dim=a.feature_dim, progress=not a.no_progress,
+    )
+    print(f"wrote {a.out}: {list(features.shape)} float32 (+ {a.out}.json)")
+    return 0

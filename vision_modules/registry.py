@@ -1,0 +1,115 @@
+"""Registry of specialized vision modules: a name -> a function that builds the module.
+
+A vision module is an ``nn.Module`` whose ``forward(images)`` takes a normalised image batch
+``[B, 3, H, W]`` and returns :class:`VisionOutput` ``(features [B, 1, feature_dim], logits [B, num_classes])``.
+It declares ``feature_dim``, ``input_size`` ``(3, H, W)`` and the normalisation ``mean`` / ``std``
+(one value per channel) that its images get.
+
+Built-ins (see ``modules.py``): ``resnet18``, ``convnext_base`` and ``timm:<any timm model name>``.
+
+Register your own module in a few lines; training, extraction and the CLI then take it by name::
+
+    import torch
+    from torch import nn
+    from vision_modules import VisionOutput, register_vision_module
+
+    @register_vision_module("tiny_cnn")
+    class TinyCNN(nn.Module):
+        def __init__(self, feature_dim=1024, num_classes=5, pretrained=False, image_size=(64, 192)):
+            super().__init__()
+            self.feature_dim, self.input_size = feature_dim, (3, *image_size)
+            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+            self.body = nn.Sequential(nn.Conv2d(3, feature_dim, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.head = nn.Linear(feature_dim, num_classes)
+
+        def forward(self, images):
+            h = self.body(images).flatten(1)               # [B, feature_dim]
+            return VisionOutput(h[:, None, :], self.head(h))
+
+    # eeg-vlm vision train --arch tiny_cnn ...   (the module that registers it must be importable:
+    # the checkpoint records it and extraction imports it again)
+
+The builder is called as ``builder(feature_dim=..., num_classes=..., pretrained=..., **kw)`` where
+``kw`` may hold ``image_size`` (H, W) and ``tap`` when the user passes them; accept what you use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from eeg_vlm.formats import FormatError
+
+TIMM_PREFIX = "timm:"
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+class VisionOutput(NamedTuple):
+    """What a vision module's forward returns."""
+
+    features: torch.Tensor  # [B, 1, feature_dim]: the high-level token handed to the VLM
+    logits: torch.Tensor  # [B, num_classes]: the module's own sleep-stage prediction (for its training)
+
+
+def register_vision_module(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a class or factory under ``name`` (must not start with ``timm:``)."""
+    if name.startswith(TIMM_PREFIX):
+        raise ValueError(f"vision module names starting with {TIMM_PREFIX!r} are reserved for timm backbones")
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name] is not builder:
+            raise ValueError(f"vision module {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_vision_modules() -> list[str]:
+    """Registered names (``timm:<name>`` takes any timm model besides these)."""
+    return sorted(_REGISTRY)
+
+
+def builder_import_path(name: str) -> str | None:
+    """The Python module that registered ``name`` (stored in checkpoints so extraction can import it again)."""
+    builder = _REGISTRY.get(name)
+    return getattr(builder, "__module__", None) if builder is not None else None
+
+
+def create_vision_module(
+    name: str,
+    feature_dim: int = 1024,
+    num_classes: int = 5,
+    pretrained: bool | str = False,
+    import_path: str | None = None,
+    **kw: Any,
+) -> nn.Module:
+    """Build a registered module, or ``timm:<name>`` for any timm backbone.
+
+    ``pretrained``: ``False`` (random init, the default: no hub), a local weights file or folder, or
+    ``True`` for hub weights (a one-line error when they are not cached and the hub is unreachable).
+    ``import_path``: a Python module to import first when ``name`` is not registered yet.
+    """
+    from vision_modules.modules import TimmVisionModule  # registers the built-ins
+
+    if name.startswith(TIMM_PREFIX):
+        return TimmVisionModule(
+            name[len(TIMM_PREFIX):], feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw
+        )
+    if name not in _REGISTRY and import_path and import_path != "__main__":
+        try:
+            importlib.import_module(import_path)
+        except ImportError as e:
+            raise FormatError(f"vision module {name!r}: cannot import {import_path!r} that registers it ({e})") from None
+    if name not in _REGISTRY:
+        raise FormatError(
+            f"unknown vision module {name!r}; registered: {', '.join(list_vision_modules())}, or timm:<timm model name>"
+        )
+    module = _REGISTRY[name](feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw)
+    for attr in ("feature_dim", "input_size", "mean", "std"):
+        if not hasattr(module, attr):
+            raise FormatError(f"vision module {name!r} does not declare {attr!r}")
+    return module
