@@ -58,7 +58,7 @@ class Subject:
             theta_hz=rng.uniform(4.5, 7.0),
             spindle_hz=rng.uniform(12.0, 14.0),
             spindle_uv=rng.uniform(18.0, 32.0),
-            delta_uv=rng.uniform(70.0, 110.0),
+            delta_uv=rng.uniform(38.0, 55.0),
             background_uv=rng.uniform(6.0, 11.0),
             emg_uv=rng.uniform(3.0, 7.0),
             noise_uv=rng.uniform(1.0, 4.0),
@@ -76,8 +76,8 @@ def synth_hypnogram(rng: np.random.Generator, hours: float = 8.0) -> list[str]:
     def ep(minutes: float) -> int:
         return max(1, int(round(minutes * scale * 60 / EPOCH_S)))
 
-    onset = ["W"] * ep(rng.uniform(8, 25))
-    morning = ["W"] * ep(rng.uniform(5, 20))
+    onset = ["W"] * ep(rng.uniform(10, 30))
+    morning = ["W"] * ep(rng.uniform(10, 30))
     sleep: list[str] = []
     for k in range(6):
         n3 = (rng.uniform(25, 45), rng.uniform(10, 25), rng.uniform(0, 10), 0, 0, 0)[k]
