@@ -1,0 +1,90 @@
+"""Renderer (fixed scale, nothing but the trace), measured numbers, chain-of-thought texts."""
+import numpy as np
+import pytest
+
+from eeg_vlm.formats import STAGES, stage_line
+from sleep_eeg import cot
+from sleep_eeg.measures import epoch_measures
+from sleep_eeg.render import RenderConfig, render_epoch, segment
+
+FS = 100.0
+T = np.arange(3000) / FS
+
+
+def ink(img):
+    return np.asarray(img) < 255
+
+
+def test_flat_signal_draws_one_line_and_nothing_else():
+    cfg = RenderConfig()
+    img = render_epoch(np.zeros(3000), FS, cfg)
+    assert img.size == (360, 128) and img.mode == "L"
+    mask = ink(img)
+    assert (mask.sum(axis=0) == 1).all()  # one pixel per column: no text, no axes, no frame
+    assert set(np.flatnonzero(mask.any(axis=1))) == {64}
+
+
+def test_fixed_microvolt_scale_and_clipping():
+    cfg = RenderConfig(uv=150.0, height=129)
+    rows = np.flatnonzero(ink(render_epoch(75 * np.sin(2 * np.pi * 0.5 * T), FS, cfg)).any(axis=1))
+    assert rows.min() == 32 and rows.max() == 96  # ±75 µV is half of ±150 µV
+    rows = np.flatnonzero(ink(render_epoch(1000 * np.sin(2 * np.pi * 0.5 * T), FS, cfg)).any(axis=1))
+    assert rows.min() == 0 and rows.max() == 128  # clipped at the edges
+
+
+def test_context_and_spectrogram_panels():
+    cfg = RenderConfig(context_s=5, spectrogram=True)
+    night = 30 * np.sin(2 * np.pi * 10 * np.arange(9000) / FS)
+    img = np.asarray(render_epoch(segment(night, FS, 0, 5), FS, cfg))
+    assert img.shape == (128 + 48, 480)
+    assert (img[:128, :60] == 255).all()  # before the recording: nothing drawn
+    assert set(np.unique(img[:128, 60:420])) == {0, 255} and 170 in img[:128, 420:]  # grey context
+    spec = img[128:].astype(float)
+    alpha_row = int(round((1 - 10 / 30) * 47))  # 10 Hz, low frequencies at the bottom
+    assert spec[alpha_row].mean() < spec[5].mean()  # darker = more power
+
+
+def test_band_powers_against_analytic_values():
+    x = 40 * np.sin(2 * np.pi * 2 * T) + 30 * np.sin(2 * np.pi * 10 * T) + 10 * np.sin(2 * np.pi * 20 * T)
+    m = epoch_measures(x, FS)
+    total = 40**2 + 30**2 + 10**2
+    assert m["delta"] == pytest.approx(100 * 40**2 / total, abs=0.5)
+    assert m["alpha"] == pytest.approx(100 * 30**2 / total, abs=0.5)
+    assert m["beta"] == pytest.approx(100 * 10**2 / total, abs=0.5)
+    assert m["theta"] < 0.5 and m["sigma"] < 0.5
+    assert m["ptp"] == pytest.approx(x.max() - x.min())
+
+
+def test_slow_wave_share_and_spindle_count():
+    big = 100 * np.sin(2 * np.pi * 1.0 * T)
+    half = np.where(T < 15, big, 20 * np.sin(2 * np.pi * 1.0 * T))
+    assert epoch_measures(big, FS)["slow_waves"] > 90
+    assert 40 < epoch_measures(half, FS)["slow_waves"] < 52
+    assert epoch_measures(half * 0.2, FS)["slow_waves"] == 0
+    x = 3 * np.random.default_rng(0).standard_normal(3000)
+    for c in (400, 1500, 2500):
+        x[c:c + 100] += 30 * np.hanning(100) * np.sin(2 * np.pi * 13 * T[:100])
+    m = epoch_measures(x, FS)
+    assert m["spindles"] == 3 and m["sigma"] > 40
+
+
+@pytest.mark.parametrize("mode", cot.COT_MODES)
+def test_answers_end_with_the_stage_line(mode):
+    m = epoch_measures(30 * np.sin(2 * np.pi * 10 * T), FS)
+    for stage in STAGES:
+        answer = cot.build_answer(stage, mode, m)
+        assert answer.splitlines()[-1] == stage_line(stage)
+    if mode == "measured":
+        assert f"{m['alpha']:.0f}%" in cot.build_answer("W", mode, m)
+        with pytest.raises(ValueError):
+            cot.build_answer("W", mode, None)
+
+
+def test_example_texts_cover_every_template_mode_and_stage():
+    texts = cot.example_texts(200, seed=1)
+    assert len(texts) == 200 and texts == cot.example_texts(200, seed=1)
+    assert set(cot.QUESTIONS) <= set(texts)
+    for stage in STAGES:
+        assert stage_line(stage) in texts  # the 'none' answers
+        assert any(t.endswith(stage_line(stage)) and "carries" in t for t in texts)  # measured
+        assert cot.build_answer(stage, "stage") in texts
