@@ -1,0 +1,122 @@
+"""`eeg-vlm prepare`: records schema, split by subject, label alignment, label-free images, bad inputs."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from eeg_vlm.cli import run
+from eeg_vlm.formats import FormatError, read_records, stage_line
+from sleep_eeg import edf, prepare, stages, synth
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("edf")
+    synth.synth_nights(out, nights=4, seed=5, hours=0.25, nights_per_subject=2)
+    return out
+
+
+def test_records_schema_split_and_alignment(nights, tmp_path, capsys):
+    out = tmp_path / "sleep_data"
+    assert prepare.main(["--edf-dir", str(nights), "--out", str(out), "--workers", "2",
+                         "--eval-fraction", "0.5", "--cot", "measured"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["split", "W", "N1", "N2", "N3", "REM", "total"]
+    train = json.loads((out / "eeg_ft.json").read_text())
+    evals = read_records(out / "eeg_eval.jsonl")
+    assert train and evals
+    assert {r["subject"] for r in train}.isdisjoint({r["subject"] for r in evals})
+    truth = {}
+    for night in edf.find_nights(nights):
+        x, fs, ann = edf.read_night(night)
+        idx, labels = stages.scorable_epochs(ann, len(x), fs)
+        truth.update({f"{night.name}_{i:04d}": lab for i, lab in zip(idx, labels)})
+    assert len(train) + len(evals) == len(truth)
+    for r in train:
+        assert set(r) == {"id", "image", "conversations", "label", "subject", "night", "epoch"}
+        assert r["image"] == [f"{r['id']}.png"] * 2 and (out / "eeg_images_ft" / r["image"][0]).is_file()
+        human, gpt = r["conversations"]
+        assert human["from"] == "human" and human["value"].startswith("<image>\n<image>\n")
+        assert gpt["from"] == "gpt" and gpt["value"].splitlines()[-1] == stage_line(r["label"])
+        assert r["label"] == truth[r["id"]] and r["id"].endswith(f"_{r['epoch']:04d}")
+    for q in evals:
+        assert set(q) == {"question_id", "image", "text", "label", "subject", "night", "epoch"}
+        assert "<image>" not in q["text"] and (out / "eeg_images_eval" / q["image"][0]).is_file()
+        assert q["label"] == truth[q["question_id"]]
+    named = prepare.split_subjects(["SC400", "SC401", "SC402"], 0.0, ["SC401"], 0)
+    assert named == {"SC401"}
+    with pytest.raises(FormatError, match="unknown subject"):
+        prepare.split_subjects(["SC400"], 0.0, ["SC499"], 0)
+
+
+def test_images_do_not_depend_on_labels(nights, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for d in (a, b):
+        shutil.copy(nights / "SC4001E0-PSG.edf", d)
+    shutil.copy(nights / "SC4001EC-Hypnogram.edf", a)
+    # same signal, every stage replaced by another one
+    hyp = edf.read_edf(nights / "SC4001EC-Hypnogram.edf")
+    swap = {"Sleep stage W": "Sleep stage 2", "Sleep stage 1": "Sleep stage R", "Sleep stage 2": "Sleep stage 3",
+            "Sleep stage 3": "Sleep stage W", "Sleep stage 4": "Sleep stage 1", "Sleep stage R": "Sleep stage 4"}
+    ann = [(x.onset, x.duration, swap.get(x.text, x.text)) for x in hyp.annotations]
+    night, = edf.find_nights(a)
+    x, fs, _ = edf.read_night(night, "EEG Fpz-Cz")
+    edf.write_night(b / "ignored-PSG.edf", b / "SC4001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, fs, ann,
+                    hyp.startdatetime)
+    (b / "ignored-PSG.edf").unlink()
+    for d in (a, b):
+        prepare.prepare(d, d / "out", eval_fraction=0, trim_minutes=None)
+    ra = {r["id"]: r for r in json.loads((a / "out" / "eeg_ft.json").read_text())}
+    rb = {r["id"]: r for r in json.loads((b / "out" / "eeg_ft.json").read_text())}
+    common = sorted(set(ra) & set(rb))
+    assert len(common) > 20 and any(ra[k]["label"] != rb[k]["label"] for k in common)
+    for k in common:
+        pa, pb = (d / "out" / "eeg_images_ft" / f"{k}.png" for d in (a, b))
+        assert pa.read_bytes() == pb.read_bytes()
+
+
+def _expect_error(tmp_path, edf_dir, pattern, capsys, *extra):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run(prepare.main, ["--edf-dir", str(edf_dir), "--out", str(out), "--workers", "1", *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert pattern in err
+    assert not (out / "eeg_ft.json").exists() and not (out / "eeg_eval.jsonl").exists()
+    assert not list(out.glob(".*.tmp")) if out.exists() else True
+    return err
+
+
+def test_bad_inputs_give_one_line_errors_and_no_records(nights, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf"):
+        shutil.copy(nights / name, src)
+    err = _expect_error(tmp_path, src, "no channel 'EEG C3-A2'", capsys, "--channel", "EEG C3-A2")
+    assert "EEG Fpz-Cz, EEG Pz-Oz" in err
+    (src / "SC4001E0-PSG.edf").rename(src / "x.bin")
+    _expect_error(tmp_path, src, "SC4001EC-Hypnogram.edf: hypnogram has no matching PSG", capsys)
+    (src / "x.bin").rename(src / "SC4001E0-PSG.edf")
+    (src / "SC4001EC-Hypnogram.edf").rename(src / "y.bin")
+    _expect_error(tmp_path, src, "SC4001E0-PSG.edf: no hypnogram file", capsys)
+    psg = src / "SC4001E0-PSG.edf"
+    data = psg.read_bytes()
+    psg.write_bytes(data[: len(data) // 2 + 17])
+    (src / "y.bin").rename(src / "SC4001EC-Hypnogram.edf")
+    _expect_error(tmp_path, src, "truncated EDF", capsys)
+    psg.write_bytes(data)
+    hyp = edf.read_edf(src / "SC4001EC-Hypnogram.edf")
+    n = int(hyp.annotations[-1].onset + hyp.annotations[-1].duration)
+    x = edf.read_night(edf.find_nights(src)[0])[0]
+    edf.write_night(tmp_path / "unused.edf", src / "SC4001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, 100.0,
+                    [(0, n, "Sleep stage ?")], hyp.startdatetime)
+    _expect_error(tmp_path, src, "no scorable 30-s epoch", capsys)
+
+
+def test_cot_none_answers_are_the_stage_line(nights, tmp_path):
+    prepare.prepare(nights, tmp_path, cot_mode="none", eval_fraction=0.5, seed=1)
+    train = read_records(tmp_path / "eeg_ft.json")
+    assert all(r["conversations"][1]["value"] == stage_line(r["label"]) for r in train)
