@@ -10,7 +10,7 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from eeg_vlm.formats import FormatError
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model.config import HL_FUSIONS, HL_PROJECTORS, LlavaConfig
+from llava.model.config import HL_FUSIONS, HL_PROJECTORS, LlavaConfig, load_config
 from llava.model.multimodal import LlavaMetaForCausalLM
 from llava.model.projector import build_vision_projector
 from llava.model.vision_tower import CLIPVisionTower, build_vision_tower
@@ -90,6 +90,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        """As transformers', but a local folder's config.json is read by ``load_config`` (so model_type ``llava``,
+        the released LLaVA-1.5 checkpoints, loads through our LlavaConfig without AutoConfig)."""
+        if config is None and (Path(pretrained_model_name_or_path) / "config.json").is_file():
+            config = load_config(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
 
     def get_model(self) -> LlavaLlamaModel:
         return self.model

@@ -54,16 +54,15 @@ class LlavaMetaForCausalLM:
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[N,3,H,W] -> projected patch features [N,P,hidden]."""
-        return self.get_model().mm_projector(self.get_vision_tower()(images))
+        projector = self.get_model().mm_projector
+        return projector(self.get_vision_tower()(images).to(_param_dtype(projector, images.dtype)))
 
     def project_high_level(self, features: torch.Tensor) -> torch.Tensor:
         """[K,D] high-level features -> [K,hidden] through P_hl (the shared mm_projector unless ``separate``)."""
         model = self.get_model()
         projector = model.mm_hl_projector if self.config.mm_hl_projector == "separate" else model.mm_projector
-        weight = next(projector.parameters(), None)
-        if weight is not None:
-            features = features.to(device=weight.device, dtype=weight.dtype)
-        return projector(features)
+        return projector(features.to(device=self.get_model().embed_tokens.weight.device,
+                                     dtype=_param_dtype(projector, features.dtype)))
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, image_sizes=None, high_level_features=None,
@@ -136,6 +135,10 @@ class LlavaMetaForCausalLM:
 
         return pad_batch(sample_embeds, sample_labels, padding_side or getattr(config, "tokenizer_padding_side", "right"),
                          mask_dtype, labels is not None)
+
+
+def _param_dtype(module: torch.nn.Module, default: torch.dtype) -> torch.dtype:
+    return next((p.dtype for p in module.parameters()), default)
 
 
 def pad_batch(sample_embeds, sample_labels, padding_side: str, mask_dtype, with_labels: bool):
