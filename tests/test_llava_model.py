@@ -183,9 +183,10 @@ def test_tiny_config_matches_its_tokenizer(loaded):
 
 
 def test_tiny_build_is_byte_identical(tiny_llava, tmp_path):
-    from llava.model.tiny import build_tiny_llava
+    from llava.model.tiny import main
 
-    again = build_tiny_llava(tmp_path / "again", seed=0)
+    again = tmp_path / "again"
+    main(["--out", str(again), "--seed", "0"])  # the command line, same defaults as the fixture's build
     files = sorted(p.relative_to(tiny_llava) for p in tiny_llava.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert "model.safetensors" in {str(f) for f in files} and "clip/model.safetensors" in {str(f) for f in files}
@@ -250,7 +251,8 @@ def test_model_type_llava_checkpoint_loads_through_our_classes(tiny_llava, loade
     assert torch.equal(ours.logits, ref.logits)
 
 
-def test_lora_checkpoint_loads_with_base_and_gives_the_same_logits(tiny_llava, tmp_path):
+@pytest.mark.parametrize("non_lora_file", ["non_lora_trainables.bin", "non_lora_trainables.safetensors"])
+def test_lora_checkpoint_loads_with_base_and_gives_the_same_logits(tiny_llava, tmp_path, non_lora_file):
     from peft import LoraConfig, get_peft_model
 
     from llava.model import load_pretrained_model
@@ -266,7 +268,12 @@ def test_lora_checkpoint_loads_with_base_and_gives_the_same_logits(tiny_llava, t
     peft_model.save_pretrained(out)
     non_lora = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "mm_projector" in n}
     assert all(k.startswith("base_model.model.model.mm_projector.") for k in non_lora)
-    torch.save(non_lora, out / "non_lora_trainables.bin")
+    if non_lora_file.endswith(".bin"):
+        torch.save(non_lora, out / non_lora_file)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(non_lora, str(out / non_lora_file))
     peft_model.base_model.model.config.save_pretrained(out)
 
     input_ids, attention_mask, labels, images, features = mixed_batch()
