@@ -1,0 +1,184 @@
+"""Training a vision module on a separable image set, extracting its features, and bad input."""
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eeg_vlm.cli import main as eeg_vlm_main
+from eeg_vlm.cli import run
+from eeg_vlm.formats import STAGES, FormatError, file_sha256, load_features, read_records, write_json, write_jsonl
+from vision_modules import extract_features, train_vision_module
+from vision_modules.cli import main as vision_main
+
+SIZE = (32, 96)  # H, W of the module input in these tests
+
+
+def make_images(root: Path, n_per_class: int = 24, seed: int = 0) -> Path:
+    """Wide white images with a black sine trace whose period (and so the class) differs per stage;
+    four subjects; records shuffled. Returns the records file."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    h, w = 40, 120
+    cols, rows = np.arange(w), np.arange(h)[:, None]
+    records = []
+    for c, stage in enumerate(STAGES):
+        for j in range(n_per_class):
+            y = h / 2 + h / 3 * np.sin(2 * np.pi * cols / (4 + 7 * c) + rng.uniform(0, 2 * np.pi))
+            ink = np.abs(rows - y[None, :]) < 1.5
+            img = np.where(ink, 0, 255).astype(np.int16) + rng.integers(-25, 25, (h, w))
+            name = f"{stage}_{j}.png"
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).convert("RGB").save(root / "img" / name)
+            records.append({"id": f"{stage}_{j}", "image": [name, name], "label": stage, "subject": f"s{j % 4}"})
+    random.Random(seed).shuffle(records)
+    write_json(root / "records.json", records)
+    return root / "records.json"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vision")
+    records = make_images(root)
+    metrics = train_vision_module(
+        "resnet18", records, root / "img", root / "ckpt", epochs=6, batch_size=16, lr=2e-3,
+        image_size=SIZE, val_fraction=0.25, seed=0, progress=False,
+    )
+    return root, records, root / "ckpt", metrics
+
+
+def test_training_reaches_high_validation_accuracy(trained):
+    root, records, ckpt, metrics = trained
+    assert metrics["accuracy"] >= 0.9 and metrics["macro_f1"] >= 0.9
+    assert metrics["n"] == 30  # one of the four subjects (6 epochs each of 5 stages) held out
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["arch"] == "resnet18" and config["classes"] == list(STAGES)
+    assert config["feature_dim"] == 1024 and config["input_size"] == [3, *SIZE]
+    assert config["split"] == {"by": "subject", "n_train": 90, "n_val": 30}
+    assert config["val_metrics"]["accuracy"] == metrics["accuracy"]
+    assert len(config["history"]) == metrics["epoch"]
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "resume.pt").is_file()
+
+
+def test_extraction_rows_follow_records_and_sidecar_matches(trained, tmp_path):
+    root, records, ckpt, _ = trained
+    out = tmp_path / "train_feats.npy"
+    feats = extract_features(ckpt, records, root / "img", out, batch_size=7, progress=False)
+    recs = read_records(records)
+    loaded = load_features(out, recs, dim=1024)
+    assert loaded.shape == (len(recs), 1, 1024) and loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, feats)
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["n"] == len(recs) and sidecar["d"] == 1024
+    assert sidecar["checkpoint_sha256"] == file_sha256(ckpt / "model.safetensors")
+    assert sidecar["records_sha256"] == file_sha256(records)
+
+    # shuffle the records (as JSONL questions without labels): rows follow the records
+    order = list(range(len(recs)))
+    random.Random(1).shuffle(order)
+    shuffled = [{"question_id": recs[i]["id"], "image": recs[i]["image"], "text": "stage?"} for i in order]
+    write_jsonl(tmp_path / "questions.jsonl", shuffled)
+    feats2 = extract_features(ckpt, tmp_path / "questions.jsonl", root / "img", tmp_path / "q.npy", batch_size=7, progress=False)
+    np.testing.assert_allclose(feats2, feats[order], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(feats[0], feats[1])  # rows do differ between records
+
+
+def test_cli_extraction_is_byte_identical(trained, tmp_path):
+    root, records, ckpt, _ = trained
+    outs = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    for out in outs:
+        argv = ["extract", "--checkpoint", str(ckpt), "--records", str(records), "--image-folder", str(root / "img"),
+                "--out", str(out), "--no-progress"]
+        with pytest.raises(SystemExit) as e:
+            eeg_vlm_main(["vision", *argv])  # what `eeg-vlm vision extract ...` runs
+        assert e.value.code == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_resume_continues_training(trained, tmp_path):
+    root, records, _, _ = trained
+    out = tmp_path / "ckpt"
+    kw = dict(batch_size=16, image_size=SIZE, val_fraction=0.25, seed=0, progress=False)
+    train_vision_module("resnet18", records, root / "img", out, epochs=1, **kw)
+    train_vision_module("resnet18", records, root / "img", out, epochs=2, resume=True, **kw)
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["epoch"] == 1 and [h["epoch"] for h in state["history"]] == [1, 2]
+    with pytest.raises(FormatError, match="--resume with feature_dim"):
+        train_vision_module("resnet18", records, root / "img", out, epochs=3, resume=True, feature_dim=512, **kw)
+    with pytest.raises(FormatError, match="nothing to resume"):
+        train_vision_module("resnet18", records, root / "img", tmp_path / "fresh", epochs=1, resume=True, **kw)
+
+
+def _bad_copy(root: Path, tmp_path: Path, edit) -> tuple[Path, Path]:
+    """A copy of the image set whose records (or images) ``edit`` spoils; returns (records, image folder)."""
+    folder = tmp_path / "img"
+    shutil.copytree(root / "img", folder)
+    recs = read_records(root / "records.json")[:10]
+    records = tmp_path / "records.json"
+    edit(recs, folder)
+    records.write_text(json.dumps(recs))
+    return records, folder
+
+
+def _missing_image(recs, folder):
+    recs[3]["image"] = ["gone.png", "gone.png"]
+
+
+def _not_an_image(recs, folder):
+    (folder / recs[3]["image"][0]).write_text("not a png")
+
+
+def _empty(recs, folder):
+    recs.clear()
+
+
+def _bad_label(recs, folder):
+    recs[3]["label"] = "S4"
+
+
+@pytest.mark.parametrize(
+    "edit, message, stage",
+    [
+        (_missing_image, r"record '[^']+' \(#3\): image .*gone\.png not found", "both"),
+        (_not_an_image, r"record '[^']+' \(#3\): .*\.png is not a readable image", "both"),
+        (_empty, r"records\.json: records file holds no records", "both"),
+        (_bad_label, r"records\.json: record '[^']+' \(#3\): label 'S4' is not one of W N1 N2 N3 REM", "train"),
+    ],
+)
+def test_bad_input_one_line_error_and_nothing_written(trained, tmp_path, capsys, edit, message, stage):
+    root, _, ckpt, _ = trained
+    records, folder = _bad_copy(root, tmp_path, edit)
+    runs = {
+        "train": (["train", "--records", str(records), "--image-folder", str(folder), "--out", str(tmp_path / "out"),
+                   "--epochs", "1", "--image-size", "32", "96", "--no-progress"], tmp_path / "out"),
+        "extract": (["extract", "--checkpoint", str(ckpt), "--records", str(records), "--image-folder", str(folder),
+                     "--out", str(tmp_path / "f.npy"), "--no-progress"], tmp_path / "f.npy"),
+    }
+    for name in (["train", "extract"] if stage == "both" else [stage]):
+        argv, target = runs[name]
+        with pytest.raises(SystemExit) as e:
+            run(vision_main, argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert re.search(message, err), err
+        assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "records.json"]
+
+
+def test_feature_size_mismatch_is_refused(trained, tmp_path):
+    root, records, ckpt, _ = trained
+    with pytest.raises(FormatError, match="gives 1024-d features but 4096 were asked"):
+        extract_features(ckpt, records, root / "img", tmp_path / "f.npy", feature_dim=4096, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_needs_a_checkpoint(trained, tmp_path):
+    root, records, _, _ = trained
+    with pytest.raises(FormatError, match="not a vision-module checkpoint"):
+        extract_features(tmp_path, records, root / "img", tmp_path / "f.npy", progress=False)
+    assert list(tmp_path.iterdir()) == []
