@@ -1,0 +1,108 @@
+"""Command-line arguments of ``llava/train/train.py``: LLaVA-1.5's three dataclasses, plus the EEG flags.
+
+Compatibility with the documented command on transformers 5:
+- ``--evaluation_strategy`` is accepted and copied into ``eval_strategy``;
+- ``--warmup_ratio`` is accepted and becomes ``warmup_steps`` (transformers 5 reads a value in [0, 1) there as
+  a ratio of the total steps);
+- without a GPU, ``--bf16`` / ``--fp16`` / ``--tf32`` log a warning and the run trains in float32.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import transformers
+
+logger = logging.getLogger("llava.train")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Base LLaVA-1.5 / LLM checkpoint folder."})
+    version: str = field(default="v1", metadata={"help": "Conversation template (llava.conversation)."})
+    freeze_backbone: bool = field(default=False)
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "Train the projector(s) only."})
+    vision_tower: str | None = field(default=None)
+    mm_vision_select_layer: int = field(default=-1)
+    pretrain_mm_mlp_adapter: str | None = field(default=None)
+    mm_projector_type: str = field(default="linear")
+    mm_use_im_start_end: bool = field(default=False)
+    mm_use_im_patch_token: bool = field(default=True)
+    mm_patch_merge_type: str = field(default="flat")
+    mm_vision_select_feature: str = field(default="patch")
+    # EEG-VLM
+    hl_fusion: Literal["add", "token"] = field(
+        default="add",
+        metadata={"help": "How a high-level feature fills its placeholder slot: 'add' P(CLIP(Image1)) + P(h) "
+                  "(the paper's), or 'token' the single token P(h)."},
+    )
+    hl_projector: Literal["shared", "separate"] = field(
+        default="shared",
+        metadata={"help": "P for the features: the shared mm_projector (the paper's) or a separate projector "
+                  "of the same type (learns faster from a random start)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(default=None, metadata={"help": "Train records: a JSON array (LLaVA format)."})
+    lazy_preprocess: bool = field(default=False, metadata={"help": "Accepted for LLaVA compatibility; always lazy."})
+    is_multimodal: bool = field(default=False)
+    image_folder: str | None = field(default=None)
+    image_aspect_ratio: str = field(default="square", metadata={"help": "pad | square"})
+    # EEG-VLM
+    high_level_features: str | None = field(
+        default=None,
+        metadata={"help": "[N, 1, D] .npy features, row i for record i (or its feature_index); default "
+                  "train_high_level_features.npy beside --data_path."},
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: str | None = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False)
+    mpt_attn_impl: str | None = field(default="triton")
+    model_max_length: int = field(default=512, metadata={"help": "Sequences are right-padded and truncated to this."})
+    double_quant: bool = field(default=True)
+    quant_type: str = field(default="nf4")
+    bits: int = field(default=16, metadata={"help": "Only 16 (no quantised training here)."})
+    lora_enable: bool = False
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_weight_path: str = ""
+    lora_bias: str = "none"
+    mm_projector_lr: float | None = None
+    group_by_modality_length: bool = field(default=False)
+    # Flags that transformers 5 renamed or folded; accepted so LLaVA-1.5 commands run verbatim.
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "Old name of --eval_strategy."})
+    warmup_ratio: float | None = field(default=None, metadata={"help": "Warm-up as a ratio of the total steps."})
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps and self.warmup_ratio:
+                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+            if self.warmup_ratio:
+                self.warmup_steps = self.warmup_ratio
+        if self.gradient_checkpointing is not None and self.activation_checkpointing is None:
+            # transformers 5 renamed it; same meaning, without the deprecation warning.
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False
+            for flag in ("bf16", "fp16"):
+                if getattr(self, flag):
+                    logger.warning("no GPU: --%s True ignored, training in float32", flag)
+                    setattr(self, flag, False)
+            if self.tf32:
+                logger.warning("no GPU: --tf32 True ignored")
+                self.tf32 = None
+        super().__post_init__()
