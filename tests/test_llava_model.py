@@ -149,6 +149,19 @@ def test_feature_size_mismatch_is_one_line(model):
     assert "512" in message and "1024" in message and "\n" not in message
 
 
+def test_images_as_per_sample_list_and_features_as_tensor(model):
+    input_ids, attention_mask, labels, images, features = mixed_batch()
+    stacked = torch.stack([features[0], torch.zeros(1, 1024)])  # [B,1,D]: every sample carries a feature
+    with torch.no_grad():
+        ref = model.splice(input_ids[:2], attention_mask[:2], labels[:2], images, features[:2])
+        got = model.splice(input_ids[:2], attention_mask[:2], labels[:2], [images[:1], images[1]],
+                           [features[0].reshape(1, 1, 1024), None])
+        with pytest.raises(FormatError, match="sample 1 carries a high-level feature but has no <image>"):
+            model.splice(input_ids[[0, 2]], attention_mask[[0, 2]], labels[[0, 2]], images[:1], stacked)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
 def test_image_count_mismatch_is_an_error(model):
     input_ids, attention_mask, labels, images, features = mixed_batch()
     extra = torch.cat([images, images[:1]])  # the placeholder passed as a real image
