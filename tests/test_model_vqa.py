@@ -240,3 +240,61 @@ def test_script_reports_bad_input_in_one_line(data, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {missing}: records file not found"
+
+
+def test_documented_command_runs_as_written_on_a_lora_checkpoint(reference, data, tiny_llava, tmp_path, monkeypatch):
+    """The paper's command verbatim (relative paths, default flags): LoRA checkpoint + base, as training saves them."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llava.model.builder import load_pretrained_model
+
+    monkeypatch.chdir(tmp_path)
+    base = Path("your_checkpoints_path/LLaVA-v1.5-13b")
+    shutil.copytree(tiny_llava, base)
+    lora = Path("checkpoints/your_checkpoints_save_path")
+    _, model, _, _ = load_pretrained_model(str(base), None)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,  # random B: the adapter changes the answers
+                        target_modules=r"model\.layers\.\d+\.self_attn\.(q_proj|v_proj)")
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(lora)
+    model.config.save_pretrained(lora)
+    projector = {f"base_model.model.{k}": v for k, v in peft_model.base_model.model.state_dict().items()
+                 if "mm_projector" in k}
+    torch.save(projector, lora / "non_lora_trainables.bin")
+    shutil.copytree(data["images"], "sleep_data/eeg_images_eval")
+    shutil.copy(data["questions"], "sleep_data/eeg_eval.jsonl")
+    shutil.copy(data["root"] / "eval_high_level_features.npy", "sleep_data/eval_high_level_features.npy")
+
+    argv = ("--model-path checkpoints/your_checkpoints_save_path/ --model-base your_checkpoints_path/LLaVA-v1.5-13b/ "
+            "--question-file sleep_data/eeg_eval.jsonl --image-folder sleep_data/eeg_images_eval "
+            "--answers-file sleep_data/answers/eeg_answers.jsonl").split()
+    assert model_vqa.main(argv) == 0
+    rows = read_jsonl("sleep_data/answers/eeg_answers.jsonl")
+    assert [r["question_id"] for r in rows] == [r["question_id"] for r in reference]
+    assert {r["model_id"] for r in rows} == {"your_checkpoints_save_path"}
+    # the adapter was applied: the base alone answers differently
+    assert model_vqa.main(["--model-path", str(base), "--question-file", "sleep_data/eeg_eval.jsonl",
+                           "--image-folder", "sleep_data/eeg_images_eval", "--answers-file", "base.jsonl"]) == 0
+    assert texts(rows) != texts(read_jsonl("base.jsonl"))
+
+
+def test_conv_mode_defaults_to_the_checkpoints_conv_version(reference, data, tiny_llava, loaded, tmp_path, monkeypatch):
+    answer(data, tiny_llava, loaded, tmp_path / "explicit.jsonl", conv_mode="eeg_vqa")
+    monkeypatch.setattr(loaded[1].config, "conv_version", "eeg_vqa", raising=False)
+    answer(data, tiny_llava, loaded, tmp_path / "default.jsonl")
+    explicit, default = texts(read_jsonl(tmp_path / "explicit.jsonl")), texts(read_jsonl(tmp_path / "default.jsonl"))
+    assert default == explicit
+    assert default != texts(reference)  # reference: no conv_version in the tiny config -> llava_v1
+
+
+def test_sampling_is_repeatable_with_a_seed(reference, data, tiny_llava, loaded, tmp_path):
+    runs = []
+    for k in range(2):
+        answer(data, tiny_llava, loaded, tmp_path / f"s{k}.jsonl", temperature=1.0, top_p=0.9, seed=3, batch_size=4)
+        runs.append(texts(read_jsonl(tmp_path / f"s{k}.jsonl")))
+    assert runs[0] == runs[1]
+    assert runs[0] != texts(reference)
