@@ -298,3 +298,12 @@ def test_sampling_is_repeatable_with_a_seed(reference, data, tiny_llava, loaded,
         runs.append(texts(read_jsonl(tmp_path / f"s{k}.jsonl")))
     assert runs[0] == runs[1]
     assert runs[0] != texts(reference)
+
+
+def test_answers_from_another_model_are_not_mixed_in(reference, data, tiny_llava, loaded, tmp_path):
+    out = tmp_path / "other_model.jsonl"
+    write_jsonl(out, [dict(r, model_id="llava-v1.5-13b") for r in reference[:3]])
+    before = out.read_bytes()
+    with pytest.raises(FormatError, match="comes from model 'llava-v1.5-13b'"):
+        answer(data, tiny_llava, loaded, out)
+    assert out.read_bytes() == before

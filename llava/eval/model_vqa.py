@@ -120,10 +120,7 @@ def previous_answers(path: Path, chunk_ids: set, model_id: str) -> set:
     file rewritten atomically without it. Answers for other questions or another model are an error."""
     if not path.exists():
         return set()
-    raw = path.read_bytes()
     rows = read_jsonl(path, allow_torn_tail=True)
-    if raw.strip() and not raw.endswith(b"\n"):
-        write_jsonl(path, rows)  # repair: keep the complete lines only
     done: set = set()
     for lineno, row in enumerate(rows, 1):
         qid = row.get("question_id") if isinstance(row, dict) else None
@@ -140,6 +137,9 @@ def previous_answers(path: Path, chunk_ids: set, model_id: str) -> set:
                 "use another --answers-file or delete this one"
             )
         done.add(qid)
+    raw = path.read_bytes()
+    if raw.strip() and not raw.endswith(b"\n"):
+        write_jsonl(path, rows)  # repair: keep the complete lines only
     return done
 
 
