@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
     p.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    # 256, not LLaVA's 128: the longest chain-of-thought answers (REM) run to about 150 Llama tokens.
+    # 256, not LLaVA's 128: the longest chain-of-thought answers (REM, ~450 characters) exceed 128 Llama tokens.
     p.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
