@@ -1,0 +1,342 @@
+"""Training: the documented command under DeepSpeed ZeRO-3 on CPU, feature injection by record, bad input.
+
+All on the tiny checkpoint (``tiny_llava``) with tiny data made here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eeg_vlm import formats
+from eeg_vlm.formats import FormatError
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What is the sleep stage of this EEG epoch?"
+
+# The README's command, verbatim; the tests replace only its paths (and append a step limit).
+DOCUMENTED = (
+    "deepspeed llava/train/train_mem.py --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 "
+    "--deepspeed ./scripts/zero3.json --model_name_or_path your_checkpoints_path/LLaVA-v1.5-13b --version v1 "
+    "--data_path sleep_data/eeg_ft.json --image_folder sleep_data/eeg_images_ft "
+    "--vision_tower openai/clip-vit-large-patch14-336 --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 "
+    "--mm_use_im_start_end False --mm_use_im_patch_token False --image_aspect_ratio pad "
+    "--group_by_modality_length True --bf16 True --output_dir ./checkpoints/your_checkpoints_save_path "
+    "--num_train_epochs 2 --per_device_train_batch_size 16 --per_device_eval_batch_size 4 "
+    "--gradient_accumulation_steps 1 --evaluation_strategy \"no\" --save_strategy \"steps\" --save_steps 50000 "
+    "--save_total_limit 1 --learning_rate 3e-4 --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type \"cosine\" "
+    "--logging_steps 1 --tf32 True --model_max_length 4096 --gradient_checkpointing True "
+    "--dataloader_num_workers 1 --lazy_preprocess True --report_to wandb"
+)
+
+
+def documented_argv(tiny: Path, data: Path, out: Path) -> list[str]:
+    """The documented command's arguments (after the script), with its paths pointed at the tiny run."""
+    paths = {
+        "./scripts/zero3.json": str(REPO / "scripts" / "zero3.json"),
+        "your_checkpoints_path/LLaVA-v1.5-13b": str(tiny),
+        "sleep_data/eeg_ft.json": str(data / "eeg_ft.json"),
+        "sleep_data/eeg_images_ft": str(data / "images"),
+        "openai/clip-vit-large-patch14-336": str(tiny / "clip"),
+        "./checkpoints/your_checkpoints_save_path": str(out),
+    }
+    argv = shlex.split(DOCUMENTED)[2:]
+    return [paths.get(a, a) for a in argv]
+
+
+def make_data(root: Path, n: int, classes: list[int] | None = None, identical_images: bool = False,
+              dim: int = 1024, seed: int = 0, strength: float = 3.0) -> Path:
+    """``n`` records ``[img, img]`` with answers ``Sleep stage: X``; features [n, 1, dim] whose block ``c``
+    (of five) is raised for class ``c`` on top of noise. Images are noise, or all the same file."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    classes = list(rng.integers(0, 5, n)) if classes is None else classes
+    records, feats = [], np.zeros((n, 1, dim), np.float32)
+    for i, c in enumerate(classes):
+        name = "same.png" if identical_images else f"e{i}.png"
+        if not (root / "images" / name).exists():
+            Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / "images" / name)
+        stage = formats.STAGES[c]
+        records.append(formats.make_train_record(f"r{i}", [name, name], QUESTION, formats.stage_line(stage),
+                                                 label=stage))
+        feats[i, 0] = rng.standard_normal(dim) * 0.5
+        block = dim // 5
+        feats[i, 0, c * block : (c + 1) * block] += strength
+    formats.write_json(root / "eeg_ft.json", records)
+    formats.save_features(root / formats.FEATURES_TRAIN_NAME, feats)
+    return root
+
+
+def quick_argv(tiny: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """A small plain-PyTorch run (no DeepSpeed) of the documented flags."""
+    argv = documented_argv(tiny, data, out)
+    i = argv.index("--deepspeed")
+    del argv[i : i + 2]
+    argv[argv.index("--report_to") + 1] = "none"
+    argv[argv.index("--lora_r") + 1] = "8"
+    argv[argv.index("--dataloader_num_workers") + 1] = "0"
+    return argv + ["--max_steps", "1", "--save_strategy", "no", *extra]
+
+
+def stage_of(text: str) -> str | None:
+    m = re.search(r"Sleep stage:\s*(W|N1|N2|N3|REM)\b", text)
+    return m.group(1) if m else None
+
+
+def generate_stages(model, tokenizer, processor, image: Path, feats: np.ndarray) -> list[str | None]:
+    from llava.conversation import get_conv_template
+    from llava.mm_utils import load_image, process_images, tokenizer_image_token
+
+    conv = get_conv_template("v1")
+    conv.append_message(conv.roles[0], f"<image>\n<image>\n{QUESTION}")
+    conv.append_message(conv.roles[1], None)
+    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+    pixels = process_images([load_image(image)], processor, "pad")
+    n = len(feats)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(ids.repeat(n, 1), images=pixels.repeat(n, 1, 1, 1),
+                             high_level_features=torch.from_numpy(np.asarray(feats, np.float32)),
+                             max_new_tokens=8, do_sample=False)
+    return [stage_of(t) for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) The documented command under the deepspeed launcher, ZeRO-3 on CPU
+# ---------------------------------------------------------------------------------------------
+def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_path):
+    from llava.model.builder import load_pretrained_model
+
+    data = make_data(tmp_path / "data", n=6)
+    out = tmp_path / "run"
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(deepspeed), "llava/train/train_mem.py", *documented_argv(tiny_llava, data, out),
+           "--max_steps", "2", "--save_steps", "1"]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "--bf16 True ignored" in log and "attention: sdpa" in log
+
+    for folder in (out, out / "checkpoint-2"):
+        for name in ("config.json", "adapter_config.json", "adapter_model.safetensors", "non_lora_trainables.bin",
+                     "tokenizer.model", "tokenizer_config.json"):
+            assert (folder / name).is_file(), f"{folder / name} missing"
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["mm_hl_fusion"], config["mm_hl_projector"], config["conv_version"]) == ("add", "shared", "v1")
+        assert config["tokenizer_model_max_length"] == 4096 and config["tokenizer_padding_side"] == "right"
+        non_lora = torch.load(folder / "non_lora_trainables.bin", weights_only=True)
+        assert sorted(non_lora) == [f"base_model.model.model.mm_projector.{i}.{p}" for i in (0, 2)
+                                    for p in ("bias", "weight")]
+        assert non_lora["base_model.model.model.mm_projector.0.weight"].shape == (128, 1024)  # gathered, not a shard
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        targets = adapter["target_modules"]
+        assert targets and all(t.startswith("model.layers.") for t in targets)
+        assert adapter["r"] == 128
+    assert (out / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed state for --resume_from_checkpoint
+    assert not (out / "checkpoint-1").exists()  # --save_total_limit 1
+
+    # The projector moved during training: the saved one differs from the base's.
+    from safetensors.torch import load_file
+
+    base = load_file(tiny_llava / "model.safetensors")
+    saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    assert not torch.equal(base["model.mm_projector.0.weight"], saved["base_model.model.model.mm_projector.0.weight"])
+
+    tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava))
+    assert context_len == 4096
+    feats = np.load(data / formats.FEATURES_TRAIN_NAME)[:2, 0]
+    with torch.no_grad():
+        from llava.mm_utils import load_image, process_images, tokenizer_image_token
+
+        ids = tokenizer_image_token(f"USER: <image>\n<image>\n{QUESTION} ASSISTANT:", tokenizer,
+                                    return_tensors="pt")[None]
+        pixels = process_images([load_image(data / "images" / "e0.png")], processor, "pad")
+        new = model.generate(ids, images=pixels, high_level_features=torch.from_numpy(feats[:1])[None],
+                             max_new_tokens=4, do_sample=False)
+    assert new.shape == (1, 4)
+
+    # Resume the DeepSpeed run from its checkpoint for one more step.
+    resume = cmd[:-4] + ["--max_steps", "3", "--save_steps", "50000", "--resume_from_checkpoint",
+                         str(out / "checkpoint-2")]
+    proc = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) Features reach the model: a task only the features can answer
+# ---------------------------------------------------------------------------------------------
+def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
+    from llava.train.train import train
+
+    torch.manual_seed(0)
+    n_train, n_test = 160, 40
+    classes = [i % 5 for i in range(n_train + n_test)]
+    data = make_data(tmp_path / "data", n=n_train + n_test, classes=classes, identical_images=True)
+    records = formats.read_records(data / "eeg_ft.json")
+    feats = np.load(data / formats.FEATURES_TRAIN_NAME)
+    formats.write_json(data / "eeg_ft.json", records[:n_train])  # rows n_train.. are held out
+    out = tmp_path / "run"
+    argv = quick_argv(tiny_llava, data, out, "--lora_enable", "False", "--hl_fusion", "token",
+                      "--hl_projector", "separate", "--learning_rate", "1e-3", "--mm_projector_lr", "1e-3",
+                      "--max_steps", "60", "--warmup_ratio", "0", "--gradient_checkpointing", "False")
+    trainer = train(argv)
+    model = trainer.model
+    tokenizer = trainer.processing_class
+    processor = model.get_model().get_vision_tower().image_processor
+    image = data / "images" / "same.png"
+    labels = [formats.STAGES[c] for c in classes[n_train:]]
+    pred = generate_stages(model, tokenizer, processor, image, feats[n_train:])
+    acc = np.mean([p == t for p, t in zip(pred, labels)])
+    pred0 = generate_stages(model, tokenizer, processor, image, np.zeros_like(feats[n_train:]))
+    acc0 = np.mean([p == t for p, t in zip(pred0, labels)])
+    assert acc >= 0.8, (acc, pred)
+    assert acc0 <= 0.4, (acc0, pred0)  # chance is 0.2: without the features the answer is not there
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) Any batch size, both fusion modes; features matched by record
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch,fusion,projector", [(1, "add", "shared"), (3, "token", "separate"),
+                                                    (16, "add", "separate")])
+def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, batch, fusion, projector):
+    from llava.train.train import train
+
+    data = make_data(tmp_path / "data", n=5)
+    out = tmp_path / "run"
+    trainer = train(quick_argv(tiny_llava, data, out, "--per_device_train_batch_size", str(batch),
+                               "--hl_fusion", fusion, "--hl_projector", projector))
+    assert trainer.state.global_step == 1 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mm_hl_fusion"], config["mm_hl_projector"]) == (fusion, projector)
+    non_lora = torch.load(out / "non_lora_trainables.bin", weights_only=True)
+    assert any(".mm_hl_projector." in k for k in non_lora) == (projector == "separate")
+
+
+def test_features_follow_the_record_not_the_batch_position(tiny_llava, tmp_path):
+    """Item i carries features row i (or its feature_index), whatever order the sampler asks in."""
+    from llava.tokenizer import load_tokenizer
+    from llava.train.dataset import DataCollatorForSupervisedDataset, SupervisedDataset
+    from transformers import CLIPImageProcessor
+
+    data = make_data(tmp_path / "data", n=4)
+    records = formats.read_records(data / "eeg_ft.json")
+    records[2]["feature_index"] = 0
+    feats = formats.load_features(data / formats.FEATURES_TRAIN_NAME, records, dim=1024)
+    tokenizer = load_tokenizer(tiny_llava)
+    processor = CLIPImageProcessor.from_pretrained(tiny_llava / "clip")
+    ds = SupervisedDataset(records, tokenizer, "v1", str(data / "images"), processor, "pad", feats)
+    batch = DataCollatorForSupervisedDataset(tokenizer)([ds[i] for i in (3, 1, 2)])
+    got = batch["high_level_features"]
+    assert [torch.equal(g, torch.from_numpy(np.array(feats[r]))) for g, r in zip(got, (3, 1, 0))] == [True] * 3
+    assert batch["images"].shape[0] == 3  # one real image per record: the placeholder is never loaded
+    assert (batch["attention_mask"].sum(1) == torch.tensor([len(ds[i]["input_ids"]) for i in (3, 1, 2)])).all()
+
+
+def test_modality_grouping_with_one_modality_and_mixed():
+    from llava.train.trainer import modality_grouped_indices
+
+    g = torch.Generator().manual_seed(0)
+    same = modality_grouped_indices([5, 7, 3, 9, 4, 6, 2], batch_size=3, generator=g)
+    assert sorted(same) == list(range(7))
+    mixed_lengths = [5, -7, 3, -9, 4, -6, 2, -8]
+    mixed = modality_grouped_indices(mixed_lengths, batch_size=2, generator=g)
+    assert sorted(mixed) == list(range(8))
+    for k in range(0, 8, 2):  # every batch holds one modality
+        assert len({mixed_lengths[i] > 0 for i in mixed[k : k + 2]}) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) Bad input: one line, before the first step, nothing in the output folder
+# ---------------------------------------------------------------------------------------------
+def _break_missing_image(data):
+    (data / "images" / "e1.png").unlink()
+    return "e1.png: image not found"
+
+
+def _break_unreadable_image(data):
+    (data / "images" / "e1.png").write_bytes(b"not a png")
+    return "e1.png: unreadable image"
+
+
+def _break_few_rows(data):
+    feats = np.load(data / formats.FEATURES_TRAIN_NAME)
+    np.save(data / formats.FEATURES_TRAIN_NAME, feats[:2])
+    return "2 feature rows but record 'r2'"
+
+
+def _break_shape(data):
+    np.save(data / formats.FEATURES_TRAIN_NAME, np.zeros((4, 1024), np.float32))
+    return "features must be shaped [N, 1, D]"
+
+
+def _break_dim(data):
+    np.save(data / formats.FEATURES_TRAIN_NAME, np.zeros((4, 1, 512), np.float32))
+    return "D=512 does not match the projector's input mm_hidden_size=1024"
+
+
+def _break_nan(data):
+    feats = np.load(data / formats.FEATURES_TRAIN_NAME)
+    feats[3, 0, 7] = np.inf
+    np.save(data / formats.FEATURES_TRAIN_NAME, feats)
+    return "row 3 holds NaN or inf"
+
+
+def _break_pickled(data):
+    arr = np.empty((4, 1, 1024), dtype=object)
+    np.save(data / formats.FEATURES_TRAIN_NAME, arr, allow_pickle=True)
+    return "without pickle"
+
+
+def _break_image_count(data):
+    records = formats.read_records(data / "eeg_ft.json")
+    records[2]["conversations"][0]["value"] = records[2]["conversations"][0]["value"].replace("<image>\n", "", 1)
+    formats.write_json(data / "eeg_ft.json", records)
+    return "record 'r2' (#2) has 1 <image> tokens but 2 images"
+
+
+def _break_data_file(data):
+    (data / "eeg_ft.json").unlink()
+    return "records file not found"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing_image, _break_unreadable_image, _break_few_rows, _break_shape,
+                                     _break_dim, _break_nan, _break_pickled, _break_image_count, _break_data_file])
+def test_bad_input_fails_before_training_and_writes_nothing(tiny_llava, tmp_path, breaker):
+    from llava.train.train import train
+
+    data = make_data(tmp_path / "data", n=4)
+    expected = breaker(data)
+    out = tmp_path / "run"
+    with pytest.raises(FormatError) as err:
+        train(quick_argv(tiny_llava, data, out))
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert not out.exists()
+
+
+def test_unknown_version_and_cli_exit_status(tiny_llava, tmp_path):
+    data = make_data(tmp_path / "data", n=2)
+    out = tmp_path / "run"
+    argv = quick_argv(tiny_llava, data, out)
+    argv[argv.index("--version") + 1] = "v9"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "llava/train/train_mem.py", *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "unknown conversation version 'v9'" in last
+    assert not out.exists()
