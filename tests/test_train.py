@@ -190,8 +190,9 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     feats = np.load(data / formats.FEATURES_TRAIN_NAME)
     formats.write_json(data / "eeg_ft.json", records[:n_train])  # rows n_train.. are held out
     out = tmp_path / "run"
-    argv = quick_argv(tiny_llava, data, out, "--lora_enable", "False", "--hl_fusion", "token",
-                      "--hl_projector", "separate", "--learning_rate", "1e-3", "--mm_projector_lr", "1e-3",
+    # DESIGN.md's fast recipe on a random base: full fine-tune with a separate feature projector.
+    argv = quick_argv(tiny_llava, data, out, "--lora_enable", "False", "--hl_fusion", "add",
+                      "--hl_projector", "separate", "--learning_rate", "3e-3", "--mm_projector_lr", "3e-3",
                       "--max_steps", "60", "--warmup_ratio", "0", "--gradient_checkpointing", "False")
     trainer = train(argv)
     model = trainer.model
@@ -205,6 +206,13 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     acc0 = np.mean([p == t for p, t in zip(pred0, labels)])
     assert acc >= 0.8, (acc, pred)
     assert acc0 <= 0.4, (acc0, pred0)  # chance is 0.2: without the features the answer is not there
+
+    # The saved full checkpoint (with its separate feature projector) answers the same after reloading.
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer2, model2, processor2, _ = load_pretrained_model(str(out), None)
+    assert model2.config.mm_hl_projector == "separate" and model2.config.mm_hl_fusion == "add"
+    assert generate_stages(model2, tokenizer2, processor2, image, feats[n_train:n_train + 10]) == pred[:10]
 
 
 # ---------------------------------------------------------------------------------------------
