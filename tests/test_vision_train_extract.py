@@ -3,6 +3,7 @@ import json
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,43 @@ def test_extract_needs_a_checkpoint(trained, tmp_path):
     with pytest.raises(FormatError, match="not a vision-module checkpoint"):
         extract_features(tmp_path, records, root / "img", tmp_path / "f.npy", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+USER_MODULE = '''
+from torch import nn
+from vision_modules import VisionOutput, register_vision_module
+
+@register_vision_module("user_tiny_cnn")
+class TinyCNN(nn.Module):
+    def __init__(self, feature_dim=1024, num_classes=5, pretrained=False, image_size=(32, 96)):
+        super().__init__()
+        self.feature_dim, self.input_size = feature_dim, (3, *image_size)
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 5, stride=2), nn.ReLU(), nn.Conv2d(16, feature_dim, 3, stride=2),
+                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, images):
+        h = self.body(images).view(images.shape[0], -1)  # a plain (not channels-last) layout is assumed
+        return VisionOutput(h[:, None, :], self.head(h))
+'''
+
+
+def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, monkeypatch):
+    import vision_modules.registry as registry
+
+    root, records, _, _ = trained
+    (tmp_path / "my_eeg_modules.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_eeg_modules  # noqa: F401  (registers user_tiny_cnn)
+
+    train_vision_module("user_tiny_cnn", records, root / "img", tmp_path / "ck", epochs=1, batch_size=32,
+                        feature_dim=64, val_fraction=0.25, progress=False)
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert config["arch"] == "user_tiny_cnn" and config["import_path"] == "my_eeg_modules"
+    # a fresh process has not imported the user's module: extraction imports it from the checkpoint's config
+    monkeypatch.delitem(registry._REGISTRY, "user_tiny_cnn")
+    monkeypatch.delitem(sys.modules, "my_eeg_modules")
+    feats = extract_features(tmp_path / "ck", records, root / "img", tmp_path / "f.npy", feature_dim=64, progress=False)
+    assert feats.shape == (len(read_records(records)), 1, 64)
+    assert "user_tiny_cnn" in registry._REGISTRY

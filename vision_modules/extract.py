@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from eeg_vlm.formats import FormatError, file_sha256, read_records, save_features
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
 from vision_modules.data import EEGImageDataset, record_image_paths
+from vision_modules.modules import memory_format
 
 
 @torch.no_grad()
@@ -50,7 +51,7 @@ def extract_features(
     try:
         rows = []
         for images, _ in tqdm(loader, desc="extract", disable=not progress):
-            feats = model(images.to(device, memory_format=torch.channels_last)).features
+            feats = model(images.to(device, memory_format=memory_format(model))).features
             rows.append(feats.float().cpu())
         features = torch.cat(rows).numpy()
     finally:

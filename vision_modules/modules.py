@@ -155,6 +155,11 @@ class TimmVisionModule(nn.Module):
         return VisionOutput(features=h[:, None, :], logits=self.classifier(h))
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last for timm CNN backbones (faster convolutions on CPU); user modules get plain layout."""
+    return torch.channels_last if isinstance(model, TimmVisionModule) else torch.contiguous_format
+
+
 @register_vision_module("resnet18")
 def resnet18(feature_dim: int = 1024, num_classes: int = 5, pretrained: Any = False, **kw: Any) -> TimmVisionModule:
     """ResNet-18 tapped after ``layer3`` (256 ch) by default, expanded to ``feature_dim``."""

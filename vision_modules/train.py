@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from eeg_vlm.formats import STAGES, FormatError, atomic_path, read_records
 from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
 from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
+from vision_modules.modules import memory_format
 from vision_modules.registry import builder_import_path, create_vision_module
 
 RESUME_NAME = "resume.pt"
@@ -59,7 +60,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
     model.eval()
     y_true, y_pred = [], []
     for images, labels in loader:
-        logits = model(images.to(device, memory_format=torch.channels_last)).logits
+        logits = model(images.to(device, memory_format=memory_format(model))).logits
         y_pred.append(logits.argmax(1).cpu())
         y_true.append(labels)
     y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
@@ -124,7 +125,7 @@ def train_vision_module(
     model = create_vision_module(
         arch, feature_dim=feature_dim, num_classes=len(STAGES), pretrained=(pretrained or False) if state is None else False, **module_kwargs
     )
-    model.to(device_, memory_format=torch.channels_last)
+    model.to(device_, memory_format=memory_format(model))
 
     dataset = EEGImageDataset(paths, labels, model.input_size, model.mean, model.std)
     train_labels = np.asarray(labels)[train_idx]
@@ -174,7 +175,7 @@ def train_vision_module(
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for images, targets in bar:
-            images = images.to(device_, memory_format=torch.channels_last)
+            images = images.to(device_, memory_format=memory_format(model))
             targets = targets.to(device_)
             loss = criterion(model(images).logits, targets)
             optimizer.zero_grad(set_to_none=True)
