@@ -59,6 +59,7 @@ def test_training_reaches_high_validation_accuracy(trained):
     config = json.loads((ckpt / "config.json").read_text())
     assert config["arch"] == "resnet18" and config["classes"] == list(STAGES)
     assert config["feature_dim"] == 1024 and config["input_size"] == [3, *SIZE]
+    assert config["module_kwargs"] == {"image_size": list(SIZE), "tap": -2}  # defaults pinned for extraction
     assert config["split"] == {"by": "subject", "n_train": 90, "n_val": 30}
     assert config["val_metrics"]["accuracy"] == metrics["accuracy"]
     assert len(config["history"]) == metrics["epoch"]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from eeg_vlm.formats import STAGES, FormatError, atomic_path, read_records
 from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
 from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
-from vision_modules.modules import memory_format
+from vision_modules.modules import TimmVisionModule, memory_format
 from vision_modules.registry import builder_import_path, create_vision_module
 
 RESUME_NAME = "resume.pt"
@@ -93,9 +93,8 @@ def train_vision_module(
 ) -> dict[str, Any]:
     """Train ``arch`` and save the best checkpoint in ``out``; returns its validation metrics
     (``accuracy``, ``macro_f1``, ``n``, ``epoch``; accuracy is None without a validation split)."""
+    args = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in locals().items()}  # recorded in config.json
     records_path, out = Path(records), Path(out)
-    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k not in ("records_path", "out")}
-    args.update(records=str(records_path), out=str(out), image_folder=str(image_folder))
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     module_kwargs: dict[str, Any] = {}
@@ -117,7 +116,8 @@ def train_vision_module(
             raise FormatError(f"{resume_path}: nothing to resume from")
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
         saved = read_config(out)
-        for key, value in (("arch", arch), ("feature_dim", feature_dim), ("module_kwargs", module_kwargs)):
+        saved = {**saved, **saved.get("module_kwargs", {})}
+        for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
             if saved.get(key) != value:
                 raise FormatError(f"{out / CONFIG_NAME}: --resume with {key}={value!r} but the checkpoint has {saved.get(key)!r}")
 
@@ -126,6 +126,8 @@ def train_vision_module(
         arch, feature_dim=feature_dim, num_classes=len(STAGES), pretrained=(pretrained or False) if state is None else False, **module_kwargs
     )
     model.to(device_, memory_format=memory_format(model))
+    if isinstance(model, TimmVisionModule):  # pin the defaults in the checkpoint: later defaults may change
+        module_kwargs = {"image_size": list(model.input_size[1:]), "tap": model.tap}
 
     dataset = EEGImageDataset(paths, labels, model.input_size, model.mean, model.std)
     train_labels = np.asarray(labels)[train_idx]
