@@ -348,3 +348,61 @@ def test_unknown_version_and_cli_exit_status(tiny_llava, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "unknown conversation version 'v9'" in last
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags of the documented command on transformers 5; wandb offline; plain-PyTorch resume
+# ---------------------------------------------------------------------------------------------
+def test_documented_flags_map_onto_transformers_5(tmp_path):
+    from llava.train.train import parse_args
+
+    model_args, data_args, training_args = parse_args(documented_argv(tmp_path, tmp_path, tmp_path / "run"))
+    assert training_args.eval_strategy == "no" and training_args.warmup_steps == 0.03
+    assert training_args.get_warmup_steps(1000) == 30
+    assert not training_args.bf16 and not training_args.tf32  # no GPU here: float32
+    assert training_args.lora_enable and training_args.lora_r == 128 and training_args.mm_projector_lr == 2e-5
+    assert training_args.activation_checkpointing and training_args.group_by_modality_length
+    assert data_args.lazy_preprocess and data_args.image_aspect_ratio == "pad"
+    assert (model_args.hl_fusion, model_args.hl_projector, model_args.version) == ("add", "shared", "v1")
+
+
+def test_wandb_without_api_key_runs_offline(tmp_path, monkeypatch, caplog):
+    from llava.train.train import setup_reporting
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = type("Args", (), {"report_to": ["wandb"]})()
+    with caplog.at_level("WARNING", logger="llava.train"):
+        setup_reporting(args)
+    assert os.environ["WANDB_MODE"] == "offline" and "offline" in caplog.text
+
+
+def test_plain_pytorch_checkpoint_resumes(tiny_llava, tmp_path):
+    from llava.train.train import train
+
+    data = make_data(tmp_path / "data", n=4)
+    out = tmp_path / "run"
+    argv = quick_argv(tiny_llava, data, out, "--per_device_train_batch_size", "2", "--save_strategy", "steps",
+                      "--save_steps", "1", "--mm_projector_lr", "1e-2", "--warmup_ratio", "0")
+    train(argv)
+    ckpt = out / "checkpoint-1"
+    trainer = train(argv + ["--max_steps", "2", "--resume_from_checkpoint", str(ckpt)])
+    assert trainer.state.global_step == 2 and (out / "checkpoint-2" / "non_lora_trainables.bin").is_file()
+
+    from safetensors.torch import load_file
+
+    # Loading a checkpoint restores the adapter AND the projector (non_lora_trainables.bin).
+    other = train(quick_argv(tiny_llava, data, tmp_path / "other", "--learning_rate", "0", "--mm_projector_lr", "0"))
+    ckpt = out / "checkpoint-2"  # checkpoint-1 was rotated away (--save_total_limit 1)
+    other._load_from_checkpoint(str(ckpt))
+    params = dict(other.model.named_parameters())
+    saved = torch.load(ckpt / "non_lora_trainables.bin", weights_only=True)
+    key = "base_model.model.model.mm_projector.0.weight"
+    assert torch.equal(params[key].detach(), saved[key])
+    adapter = load_file(ckpt / "adapter_model.safetensors")
+    lora_key = next(k for k in adapter if "lora_B" in k)
+    assert torch.equal(params[lora_key.replace(".weight", ".default.weight")].detach(), adapter[lora_key])
+    from safetensors.torch import load_file
+
+    assert not torch.equal(saved[key], load_file(tiny_llava / "model.safetensors")["model.mm_projector.0.weight"])
