@@ -58,11 +58,11 @@ class Size:
 
     nights: int = 10  # one subject per night; 20 % held out for evaluation
     hours: float = 4.0  # 480 epochs per night
-    vision_epochs: int = 3
+    vision_epochs: int = 5
     vision_image_size: tuple[int, int] = (32, 96)
     tiny_hidden: int = 256
     tiny_layers: int = 4
-    train_steps: int = 200  # batch 16: ~3,200 of ~3,800 records
+    train_steps: int = 240  # batch 16: one pass over the ~3,800 train records
     max_new_tokens: int = 64  # the longest chain-of-thought answer is ~40 tokens
 
 
@@ -280,7 +280,7 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]]) -> dict:
           f"{', ...' if len(plots) > 4 else ''})")
     print("\n== time per step ==")
     for name, (seconds, ran) in timings.items():
-        print(f"{name:<22}{seconds:>8.1f} s{'' if ran else '  (current, skipped; time of its last run)'}")
+        print(f"{name:<22}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
     total = sum(s for s, ran in timings.values() if ran)
     print(f"{'this run':<22}{total:>8.1f} s")
     result = {"vision": {k: vision[k] for k in ("n", "accuracy", "macro_f1", "kappa")},

@@ -1,0 +1,129 @@
+"""The demo: the whole pipeline at ``--quick`` size under the real launchers, then a rerun that skips it all.
+
+One run (~1 min on 2 cores; the deepspeed launcher with ZeRO-3 included) shared by the tests below.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eeg_vlm import demo, formats
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = [s.name for s in demo.pipeline(demo.QUICK, seed=0)]
+
+
+def run_demo(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-m", "eeg_vlm.demo", "--workdir", str(workdir), "--quick", *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    return workdir, run_demo(workdir)
+
+
+def test_each_step_writes_its_files(quick_run):
+    workdir, proc = quick_run
+    data = workdir / "sleep_data"
+
+    # synth + prepare: Sleep-EDF-style nights -> the seed's layout, split by subject.
+    assert len(list((workdir / "edf").glob("*-PSG.edf"))) == demo.QUICK.nights
+    assert len(list((workdir / "edf").glob("*-Hypnogram.edf"))) == demo.QUICK.nights
+    train = formats.read_records(data / "eeg_ft.json")
+    questions = formats.read_records(data / "eeg_eval.jsonl")
+    assert train and questions
+    for rec in train:
+        assert rec["image"][0] == rec["image"][1] and (data / "eeg_images_ft" / rec["image"][0]).is_file()
+        human, gpt = rec["conversations"]
+        assert human["value"].startswith("<image>\n<image>\n")
+        assert gpt["value"].splitlines()[-1] == formats.stage_line(rec["label"])
+    for q in questions:
+        assert {"question_id", "image", "text", "label", "subject", "epoch"} <= set(q)
+        assert (data / "eeg_images_eval" / q["image"][0]).is_file()
+    assert not {r["subject"] for r in train} & {q["subject"] for q in questions}
+
+    # vision module: checkpoint, [N, 1, 1024] float32 features row per record, its own scores.
+    assert (workdir / demo.VISION / "model.safetensors").is_file()
+    for name, n in ((formats.FEATURES_TRAIN_NAME, len(train)), (formats.FEATURES_EVAL_NAME, len(questions))):
+        feats = np.load(data / name, allow_pickle=False)
+        assert feats.shape == (n, 1, 1024) and feats.dtype == np.float32 and np.isfinite(feats).all()
+        assert json.loads((data / (name + ".json")).read_text())["n"] == n
+    vision = json.loads((workdir / demo.VISION_METRICS).read_text())
+    assert vision["n"] == len(questions) and vision["arch"] == "resnet18"
+    assert 0.0 <= vision["accuracy"] <= 1.0
+
+    # tiny base, then the LoRA run in LLaVA's layout with the demo's recipe in its config.
+    assert (workdir / demo.TINY / "tokenizer.model").is_file() and (workdir / demo.TINY / "clip").is_dir()
+    run = workdir / demo.RUN
+    for name in ("config.json", "adapter_config.json", "adapter_model.safetensors", "non_lora_trainables.bin"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert (config["mm_hl_fusion"], config["mm_hl_projector"]) == ("token", "separate")
+    non_lora = torch.load(run / "non_lora_trainables.bin", weights_only=True)
+    assert any("mm_hl_projector" in k for k in non_lora) and all(v.numel() > 0 for v in non_lora.values())
+
+    # model_vqa answers: one per question, LLaVA's schema, labels carried in metadata.
+    answers = formats.read_jsonl(data / "answers" / "eeg_answers.jsonl")
+    assert sorted(a["question_id"] for a in answers) == sorted(q["question_id"] for q in questions)
+    for a in answers:
+        assert {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"} <= set(a)
+        assert "label" in a["metadata"]
+
+    # score: metrics.json + plots; the summary puts both models side by side and times every step.
+    metrics = json.loads((workdir / demo.SCORES / "metrics.json").read_text())
+    assert metrics["n"] == len(questions)
+    for key in ("accuracy", "macro_f1", "kappa"):
+        assert key in metrics and key in vision
+    assert (workdir / demo.SCORES / "confusion_matrix.png").is_file()
+    summary = json.loads((workdir / "results" / "demo_summary.json").read_text())
+    assert summary["ran"] == STEPS and summary["vlm"]["accuracy"] == metrics["accuracy"]
+    out = proc.stdout
+    assert "vision (resnet18)" in out and "EEG-VLM" in out and "Cohen's kappa" in out
+    # each command is printed as a user would type it before it runs
+    for command in ("$ eeg-vlm synth", "$ eeg-vlm prepare", "$ eeg-vlm vision train", "$ eeg-vlm vision extract",
+                    "llava.model.tiny", "llava/train/train_mem.py", "llava/eval/model_vqa.py", "$ eeg-vlm score"):
+        assert command in out, command
+    assert "--deepspeed" in out and "zero3.json" in out
+
+
+def test_rerun_skips_current_steps_and_redoes_only_what_changed(quick_run):
+    workdir, _ = quick_run
+    stamps = {p.name: p.read_text() for p in (workdir / demo.STAMPS).iterdir()}
+    answers = workdir / demo.ANSWERS
+    mtime = answers.stat().st_mtime_ns
+
+    out = run_demo(workdir).stdout
+    assert out.count(": current, skipped") == len(STEPS)
+    assert {p.name: p.read_text() for p in (workdir / demo.STAMPS).iterdir()} == stamps
+    assert answers.stat().st_mtime_ns == mtime
+    assert json.loads((workdir / "results" / "demo_summary.json").read_text())["ran"] == []
+
+    # A lost output reruns its step and nothing upstream of it.
+    (workdir / demo.SCORES / "metrics.json").unlink()
+    run_demo(workdir)
+    assert json.loads((workdir / "results" / "demo_summary.json").read_text())["ran"] == ["score"]
+    assert (workdir / demo.SCORES / "metrics.json").is_file()
+
+
+def test_stamp_follows_arguments_inputs_and_upstream(tmp_path):
+    step = demo.Step("x", ["eeg-vlm", "score", "--out", "a"], outputs=["o"], inputs=["in.txt"], after=["up"])
+    (tmp_path / "in.txt").write_text("1")
+    key = demo.stamp_key(step, tmp_path, {"up": "k1"})
+    assert demo.stamp_key(step, tmp_path, {"up": "k1"}) == key
+    assert demo.stamp_key(step, tmp_path, {"up": "k2"}) != key
+    (tmp_path / "in.txt").write_text("2")
+    assert demo.stamp_key(step, tmp_path, {"up": "k1"}) != key
+    other = demo.Step("x", ["eeg-vlm", "score", "--out", "b"], outputs=["o"], inputs=["in.txt"], after=["up"])
+    assert demo.stamp_key(other, tmp_path, {"up": "k1"}) != demo.stamp_key(step, tmp_path, {"up": "k1"})
