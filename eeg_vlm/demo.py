@@ -75,6 +75,7 @@ class Step:
     name: str
     argv: list[str]  # as printed; argv[0] is eeg-vlm | python | deepspeed
     outputs: list[str]  # removed before the step runs; must all exist for the step to be current
+    # (a folder and the files inside it that prove the folder complete)
     inputs: list[str] = field(default_factory=list)  # files whose bytes are part of the stamp
     after: list[str] = field(default_factory=list)  # steps whose stamps are part of this one's
     call: Callable[[Path], None] | None = None  # in-process step (argv then only describes it)
@@ -111,7 +112,8 @@ def pipeline(size: Size, seed: int) -> list[Step]:
                               "--image-folder", TRAIN_IMAGES, "--out", VISION, "--epochs", str(size.vision_epochs),
                               "--batch-size", "64", "--lr", "2e-3", "--image-size", str(h), str(w),
                               "--seed", str(seed)],
-             outputs=[VISION], inputs=[TRAIN_RECORDS], after=["prepare"]),
+             outputs=[VISION, f"{VISION}/config.json", f"{VISION}/model.safetensors"], inputs=[TRAIN_RECORDS],
+             after=["prepare"]),
         Step("vision-extract-train", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
                                       TRAIN_RECORDS, "--image-folder", TRAIN_IMAGES, "--out", TRAIN_FEATURES,
                                       "--batch-size", "128"],
@@ -125,8 +127,9 @@ def pipeline(size: Size, seed: int) -> list[Step]:
              outputs=[VISION_METRICS], inputs=[EVAL_RECORDS], after=["vision-train"], call=score_vision_module),
         Step("tiny-llava", ["python", "-m", "llava.model.tiny", "--out", TINY, "--seed", str(seed),
                             "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
-             outputs=[TINY]),
-        Step("train", train, outputs=[RUN], inputs=[TRAIN_RECORDS, TRAIN_FEATURES],
+             outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
+        Step("train", train, outputs=[RUN, f"{RUN}/config.json", f"{RUN}/non_lora_trainables.bin"],
+             inputs=[TRAIN_RECORDS, TRAIN_FEATURES],
              after=["prepare", "vision-extract-train", "tiny-llava"]),
         Step("eval", ["python", model_vqa, "--model-path", RUN, "--model-base", TINY, "--question-file", EVAL_RECORDS,
                       "--image-folder", EVAL_IMAGES, "--answers-file", ANSWERS, "--batch-size", "32",
@@ -134,7 +137,7 @@ def pipeline(size: Size, seed: int) -> list[Step]:
              outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
         Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", ANSWERS,
                        "--out", SCORES],
-             outputs=[SCORES], inputs=[EVAL_RECORDS, ANSWERS], after=["eval"]),
+             outputs=[SCORES, f"{SCORES}/metrics.json"], inputs=[EVAL_RECORDS, ANSWERS], after=["eval"]),
     ]
 
 
