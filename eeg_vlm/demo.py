@@ -34,6 +34,7 @@ from eeg_vlm.formats import FormatError, file_sha256, read_records, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 STAMPS = ".demo"
+BAR = 0.7  # the full demo's VLM must reach this accuracy on the held-out subjects
 
 # Folders and files inside the workdir (the seed's sleep_data/ layout).
 EDF = "edf"
@@ -273,6 +274,9 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]]) -> dict:
         print(f"{name:<16}{a:>22}{b:>24}")
     print(f"{'unparseable':<16}{'-':>22}{vlm['unparseable']:>24}")
     print(f"(majority-class baseline: accuracy {chance:.3f}; kappa 0)")
+    if vlm["accuracy"] < BAR:
+        print(f"note: EEG-VLM accuracy {vlm['accuracy']:.3f} is below the demo's bar of {BAR} "
+              f"(expected with --quick; otherwise see docs/benchmarks.md, 'Demo')")
     val = vision.get("val_metrics") or {}
     if val.get("accuracy") is not None:
         print(f"(vision module on its own validation subjects: accuracy {val['accuracy']:.3f}, "
