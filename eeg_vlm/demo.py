@@ -13,6 +13,8 @@ The recipe (see docs/benchmarks.md, "Demo"): the documented LoRA command (``--lo
 ZeRO-3) on a random tiny LLaVA, with the feature given its own projector and its own token
 (``--hl_projector separate --hl_fusion token``) and a projector learning rate of 1e-3 instead of the
 paper's 2e-5: a random base learns the paper's shared projector too slowly for a demo on two cores.
+Answers are the stage alone (``--cot none``); ``--cot stage`` keeps the paper's stage-wise chain of
+thought, which the tiny model learns more slowly (the N1 / REM decision comes after three shared sentences).
 """
 from __future__ import annotations
 
@@ -64,11 +66,13 @@ class Size:
     tiny_hidden: int = 256
     tiny_layers: int = 4
     train_steps: int = 240  # batch 16: one pass over the ~3,800 train records
-    max_new_tokens: int = 64  # the longest chain-of-thought answer is ~40 tokens
+    max_new_tokens: int = 16  # answers 'Sleep stage: X' (--cot none)
+    max_new_tokens_cot: int = 128  # stage-wise chain of thought: up to ~70 tokens
 
 
 FULL = Size()
-QUICK = Size(nights=3, hours=0.25, vision_epochs=1, tiny_hidden=64, tiny_layers=1, train_steps=3, max_new_tokens=12)
+QUICK = Size(nights=3, hours=0.25, vision_epochs=1, tiny_hidden=64, tiny_layers=1, train_steps=3,
+             max_new_tokens=12, max_new_tokens_cot=12)
 
 
 @dataclass
@@ -82,7 +86,7 @@ class Step:
     call: Callable[[Path], None] | None = None  # in-process step (argv then only describes it)
 
 
-def pipeline(size: Size, seed: int) -> list[Step]:
+def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
     train_mem = str(REPO / "llava" / "train" / "train_mem.py")
     model_vqa = str(REPO / "llava" / "eval" / "model_vqa.py")
     zero3 = str(REPO / "scripts" / "zero3.json")
@@ -106,7 +110,7 @@ def pipeline(size: Size, seed: int) -> list[Step]:
     return [
         Step("synth", ["eeg-vlm", "synth", "--out", EDF, "--nights", str(size.nights), "--hours", str(size.hours),
                        "--seed", str(seed)], outputs=[EDF]),
-        Step("prepare", ["eeg-vlm", "prepare", "--edf-dir", EDF, "--out", DATA, "--cot", "stage",
+        Step("prepare", ["eeg-vlm", "prepare", "--edf-dir", EDF, "--out", DATA, "--cot", cot,
                          "--eval-fraction", "0.2", "--seed", str(seed), "--workers", "2"],
              outputs=[TRAIN_IMAGES, EVAL_IMAGES, TRAIN_RECORDS, EVAL_RECORDS], after=["synth"]),
         Step("vision-train", ["eeg-vlm", "vision", "train", "--arch", "resnet18", "--records", TRAIN_RECORDS,
@@ -134,7 +138,7 @@ def pipeline(size: Size, seed: int) -> list[Step]:
              after=["prepare", "vision-extract-train", "tiny-llava"]),
         Step("eval", ["python", model_vqa, "--model-path", RUN, "--model-base", TINY, "--question-file", EVAL_RECORDS,
                       "--image-folder", EVAL_IMAGES, "--answers-file", ANSWERS, "--batch-size", "32",
-                      "--max-new-tokens", str(size.max_new_tokens)],
+                      "--max-new-tokens", str(size.max_new_tokens if cot == "none" else size.max_new_tokens_cot)],
              outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
         Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", ANSWERS,
                        "--out", SCORES],
@@ -304,13 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a toy size (3 short nights, 3 training steps) for CI")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cot", default="none", choices=("none", "stage", "measured"),
+                   help="answers: the stage alone (default: the tiny model learns it in time) or a chain of thought")
     p.add_argument("--force", action="store_true", help="rerun every step even when its outputs are current")
     args = p.parse_args(argv)
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     size = QUICK if args.quick else FULL
-    steps = pipeline(size, args.seed)
+    steps = pipeline(size, args.seed, args.cot)
     env = subprocess_env(args.threads)
     keys: dict[str, str] = {}
     timings: dict[str, tuple[float, bool]] = {}
