@@ -315,3 +315,40 @@ def test_projector_only_checkpoint_loads_with_base(tiny_llava, loaded, tmp_path)
     _, model, _, _ = load_pretrained_model(str(out), str(tiny_llava))
     got = model.get_model().mm_projector.state_dict()
     assert all(torch.equal(got[k], projector.state_dict()[k] + 1.0) for k in got)
+
+
+def test_lora_run_with_its_own_feature_projector_loads_it_and_says_when_it_is_absent(tiny_llava, tmp_path, caplog):
+    """A run with ``mm_hl_projector: separate`` trained a projector the base does not have: it comes from
+    non_lora_trainables.bin, silently; without it the loader warns that it is left random."""
+    import logging
+
+    from peft import LoraConfig, get_peft_model
+
+    from llava.model import LlavaLlamaForCausalLM, load_pretrained_model
+    from llava.model.config import load_config
+
+    config = load_config(tiny_llava)
+    config.mm_hl_projector = "separate"
+    torch.manual_seed(5)
+    model = LlavaLlamaForCausalLM.from_pretrained(str(tiny_llava), config=config)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    out = tmp_path / "run"
+    peft_model.save_pretrained(out)
+    model.config.save_pretrained(out)
+    trained = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "mm_" in n and "projector" in n}
+    assert any("mm_hl_projector" in n for n in trained)
+    torch.save(trained, out / "non_lora_trainables.bin")
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, merged, _, _ = load_pretrained_model(str(out), str(tiny_llava))
+    assert "MISSING" not in caplog.text and "left random" not in caplog.text
+    expected = model.get_model().mm_hl_projector.state_dict()
+    for key, value in merged.get_model().mm_hl_projector.state_dict().items():
+        assert torch.equal(value, expected[key])
+
+    torch.save({n: p for n, p in trained.items() if "mm_hl_projector" not in n}, out / "non_lora_trainables.bin")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_pretrained_model(str(out), str(tiny_llava))
+    assert "left random" in caplog.text and "mm_hl_projector" in caplog.text

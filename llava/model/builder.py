@@ -59,8 +59,9 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         raise FormatError(f"{path}: unreadable weights ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def load_extra_weights(model, path: Path) -> None:
-    """Weights saved beside an adapter or alone (projector): every key must name one of the model's tensors."""
+def load_extra_weights(model, path: Path) -> set[str]:
+    """Weights saved beside an adapter or alone (projector): every key must name one of the model's tensors.
+    Returns the names loaded."""
     state = strip_prefixes(read_state(path))
     if path.name.startswith("mm_projector"):  # LLaVA's pretrain output: keys "model.mm_projector.*" (or bare)
         state = {("model.mm_projector." + k.split("mm_projector.", 1)[1]) if "mm_projector." in k else k: v
@@ -68,6 +69,7 @@ def load_extra_weights(model, path: Path) -> None:
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise FormatError(f"{path}: keys that match nothing in the model: {', '.join(result.unexpected_keys[:5])}")
+    return set(state)
 
 
 def _dtype(torch_dtype, device) -> torch.dtype:
@@ -99,21 +101,26 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if kind == "full":
         if base is not None:
             logger.info("%s holds full weights: model_base %s is not used", folder, base)
-        model = _from_pretrained(folder, config, load_kwargs, (folder,))
+        model, _ = _from_pretrained(folder, config, load_kwargs, (folder,))
     else:
         if base is None:
             raise FormatError(f"{folder}: a {'LoRA' if kind == 'lora' else 'projector-only'} checkpoint needs "
                               "model_base (--model-base) naming the base model it was trained on")
-        model = _from_pretrained(base, config, load_kwargs, (folder, base))
+        # The base lacks what the run trained beside it (e.g. a separate feature projector): load it quietly,
+        # then the checkpoint's own weights must cover every missing tensor.
+        model, missing = _from_pretrained(base, config, load_kwargs, (folder, base), quiet=True)
+        extra_files = (["non_lora_trainables.bin", "non_lora_trainables.safetensors"] if kind == "lora"
+                       else ["mm_projector.bin"])
+        for name in extra_files:
+            if (folder / name).is_file():
+                missing -= load_extra_weights(model, folder / name)
+        if missing:
+            logger.warning("%s: %d tensors are in neither the base %s nor the checkpoint (left random): %s",
+                           folder, len(missing), base, ", ".join(sorted(missing)[:5]))
         if kind == "lora":
-            for name in ("non_lora_trainables.bin", "non_lora_trainables.safetensors"):
-                if (folder / name).is_file():
-                    load_extra_weights(model, folder / name)
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-        else:
-            load_extra_weights(model, folder / "mm_projector.bin")
 
     if device_map is None and not (load_8bit or load_4bit):
         model.to(device)
@@ -132,14 +139,25 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     return tokenizer, model, image_processor, context_len
 
 
-def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict, tower_dirs) -> LlavaLlamaForCausalLM:
-    """The language model + projector from ``weights_dir``, then the CLIP tower from ``mm_vision_tower``."""
-    model = LlavaLlamaForCausalLM.from_pretrained(str(weights_dir), config=config, **load_kwargs)
+def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict, tower_dirs,
+                     quiet: bool = False) -> tuple[LlavaLlamaForCausalLM, set[str]]:
+    """The language model + projector from ``weights_dir``, then the CLIP tower from ``mm_vision_tower``.
+    Returns the model and the names of the tensors ``weights_dir`` lacked. ``quiet`` silences transformers'
+    load report (the caller checks the missing tensors itself)."""
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    level = report_logger.level
+    if quiet:
+        report_logger.setLevel(logging.ERROR)
+    try:
+        model, info = LlavaLlamaForCausalLM.from_pretrained(str(weights_dir), config=config, output_loading_info=True,
+                                                            **load_kwargs)
+    finally:
+        report_logger.setLevel(level)
     tower = model.get_vision_tower()
     if tower is not None:
         tower.load_model(base_dirs=tuple(str(d) for d in tower_dirs))
         tower.vision_tower.to(dtype=load_kwargs["dtype"], device=model.device)
-    return model
+    return model, set(info["missing_keys"])
 
 
 def _check_special_ids(config, tokenizer, folder: Path) -> None:
