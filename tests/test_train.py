@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,10 @@ def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_pat
     data = make_data(tmp_path / "data", n=6)
     out = tmp_path / "run"
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed), "llava/train/train_mem.py", *documented_argv(tiny_llava, data, out),
+    with socket.socket() as s:  # a free port: another deepspeed job may hold the default 29500
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(deepspeed), "--master_port", str(port), "llava/train/train_mem.py", *documented_argv(tiny_llava, data, out),
            "--max_steps", "2", "--save_steps", "1"]
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
