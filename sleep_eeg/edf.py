@@ -92,17 +92,23 @@ def find_nights(edf_dir: str | Path) -> list[Night]:
     for p in files:
         stem, _, kind = p.stem.rpartition("-")
         if kind.lower() == "psg":
-            psgs[_key(stem)] = (stem, p)
+            psgs[stem] = p
         elif kind.lower() == "hypnogram":
-            hyps[_key(stem)] = p
+            hyps[stem] = p
         else:
             plain.append(p)
-    for key, hyp in hyps.items():
-        if key not in psgs:
-            raise FormatError(f"{hyp}: hypnogram has no matching PSG file ({key}?-PSG.edf) in {edf_dir}")
-    nights = []
-    for key, (stem, psg) in sorted(psgs.items()):
-        nights.append(Night(stem, psg, hyps.get(key, psg), *subject_and_night(stem)))
+    # A hypnogram pairs with the PSG of the same stem, else with the one PSG that agrees up to the last character.
+    paired: dict[str, Path] = {}
+    for stem, hyp in hyps.items():
+        candidates = [stem] if stem in psgs else [s for s in psgs if _key(s) == _key(stem)]
+        if not candidates:
+            raise FormatError(f"{hyp}: hypnogram has no matching PSG file ({_key(stem)}?-PSG.edf) in {edf_dir}")
+        if len(candidates) > 1:
+            raise FormatError(f"{hyp}: hypnogram matches several PSG files ({', '.join(c + '-PSG.edf' for c in candidates)})")
+        if candidates[0] in paired:
+            raise FormatError(f"{hyp}: {psgs[candidates[0]].name} already has the hypnogram {paired[candidates[0]].name}")
+        paired[candidates[0]] = hyp
+    nights = [Night(stem, psg, paired.get(stem, psg), *subject_and_night(stem)) for stem, psg in sorted(psgs.items())]
     for p in plain:
         nights.append(Night(p.stem, p, p, *subject_and_night(p.stem)))
     return nights

@@ -3,8 +3,9 @@
     <out>/eeg_images_ft/<night>_<epoch>.png     <out>/eeg_ft.json      (train records, JSON array)
     <out>/eeg_images_eval/<night>_<epoch>.png   <out>/eeg_eval.jsonl   (eval questions with labels)
 
-Every night is read and checked before anything is written; the records files are written atomically.
-The split is by subject: no subject has epochs on both sides.
+Every night is read and checked before anything is written. The images are drawn into temporary folders
+that then replace the two image folders whole (no image of an earlier run is left behind), and the
+records files are written atomically. The split is by subject: no subject has epochs on both sides.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -81,14 +83,20 @@ def prepare(
         loaded.append((night, signal, rate, epochs.tolist(), labels))
     eval_set = split_subjects([n.subject for n, *_ in loaded], eval_fraction, eval_subjects, seed)
 
+    # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
+    staging = {name: out / f".{name}.tmp" for name in (TRAIN_IMAGES, EVAL_IMAGES)}
+    for folder in staging.values():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
     rng = random.Random(seed)
     train, questions = [], []
     counts = {"train": Counter(), "eval": Counter()}
     pool = mp.Pool(workers) if workers > 1 else None
+    drawn = False
     try:
         for night, signal, rate, epochs, labels in loaded:
             is_eval = night.subject in eval_set
-            folder = out / (EVAL_IMAGES if is_eval else TRAIN_IMAGES)
+            folder = staging[EVAL_IMAGES if is_eval else TRAIN_IMAGES]
             filtered = bandpass(signal, rate, render.band)
             names = [f"{night.name}_{e:04d}.png" for e in epochs]
             render_epochs(filtered, rate, epochs, [folder / n for n in names], render, pool, desc=night.name)
@@ -107,10 +115,21 @@ def prepare(
                     answer = cot.build_answer(label, cot_mode, m)
                     train.append(make_train_record(rid, [name, name], q, answer, **meta))
                 counts["eval" if is_eval else "train"][label] += 1
+        drawn = True
     finally:
         if pool is not None:
             pool.close()
             pool.join()
+        if not drawn:
+            for folder in staging.values():
+                shutil.rmtree(folder, ignore_errors=True)
+    for name, folder in staging.items():
+        old = out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (out / name).exists():
+            os.replace(out / name, old)
+        os.replace(folder, out / name)
+        shutil.rmtree(old, ignore_errors=True)
     write_json(out / TRAIN_RECORDS, train)
     write_jsonl(out / EVAL_RECORDS, questions)
     return counts

@@ -1,4 +1,4 @@
-"""``eeg-vlm synth``: synthetic Sleep-EDF-style nights (``*-PSG.edf`` + ``*-Hypnogram.edf``).
+"""``eeg-vlm synth``: synthetic Sleep-EDF-style nights (``SC9ssNE0-PSG.edf`` + ``SC9ssNEC-Hypnogram.edf``).
 
 The stage sequence follows sleep cycles of ~90 min: N3 early in the night, REM longer later, brief
 awakenings between cycles, a little stage flicker and rare movement time. Each 30-s epoch carries what a
@@ -245,10 +245,14 @@ def synth_signal(
     return {"EEG Fpz-Cz": fpz, "EEG Pz-Oz": pz}, texts
 
 
+SYNTH_PREFIX = "SC9"  # real Sleep-EDF nights are SC4ss / ST7ss: synthetic ones never share their names
+
+
 def night_names(index: int, nights_per_subject: int) -> tuple[str, str]:
-    """Sleep-EDF names for the ``index``-th night: (``SC4ssNE0-PSG.edf``, ``SC4ssNEC-Hypnogram.edf``)."""
+    """Sleep-EDF-style names for the ``index``-th night, in their own ``SC9`` series so that they cannot
+    collide with real Sleep-EDF files in one folder: (``SC9ssNE0-PSG.edf``, ``SC9ssNEC-Hypnogram.edf``)."""
     subject, night = divmod(index, nights_per_subject)
-    stem = f"SC4{subject:02d}{night + 1}E"
+    stem = f"{SYNTH_PREFIX}{subject:02d}{night + 1}E"
     return f"{stem}0-PSG.edf", f"{stem}C-Hypnogram.edf"
 
 

@@ -1,6 +1,7 @@
 """EDF round trip, R&K -> AASM mapping, wake trimming, epoching, and the real Sleep-EDF fixtures."""
 import datetime
 import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -43,11 +44,34 @@ def test_hypnogram_has_cycles_early_n3_and_late_rem():
 def test_synth_command_writes_sleep_edf_names(tmp_path, capsys):
     assert synth.main(["--out", str(tmp_path), "--nights", "3", "--nights-per-subject", "2", "--hours", "0.25"]) == 0
     names = sorted(os.listdir(tmp_path))
-    assert names == ["SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf", "SC4002E0-PSG.edf", "SC4002EC-Hypnogram.edf",
-                     "SC4011E0-PSG.edf", "SC4011EC-Hypnogram.edf"]
+    assert names == ["SC9001E0-PSG.edf", "SC9001EC-Hypnogram.edf", "SC9002E0-PSG.edf", "SC9002EC-Hypnogram.edf",
+                     "SC9011E0-PSG.edf", "SC9011EC-Hypnogram.edf"]
     nights = edf.find_nights(tmp_path)
-    assert [(n.subject, n.night) for n in nights] == [("SC400", 1), ("SC400", 2), ("SC401", 1)]
+    assert [(n.subject, n.night) for n in nights] == [("SC900", 1), ("SC900", 2), ("SC901", 1)]
     assert edf.read_edf(tmp_path / names[0]).labels == ("EEG Fpz-Cz", "EEG Pz-Oz")
+    # beside a real Sleep-EDF night of the same subject number, nothing is overwritten or mispaired
+    real = tmp_path / "SC4001E0-PSG.edf", tmp_path / "SC4001EC-Hypnogram.edf"
+    for src, dst in zip(names[:2], real):
+        shutil.copy(tmp_path / src, dst)
+    pairs = {n.psg.name: (n.hypnogram.name, n.subject) for n in edf.find_nights(tmp_path)}
+    assert pairs["SC4001E0-PSG.edf"] == ("SC4001EC-Hypnogram.edf", "SC400")
+    assert pairs["SC9001E0-PSG.edf"] == ("SC9001EC-Hypnogram.edf", "SC900")
+
+
+def test_pairing_by_stem_and_ambiguous_hypnograms(tmp_path):
+    for name in ("a1-PSG.edf", "a1-Hypnogram.edf", "a2-PSG.edf", "a2-Hypnogram.edf", "b1-PSG.edf"):
+        (tmp_path / name).write_bytes(b"")
+    pairs = {n.psg.name: n.hypnogram.name for n in edf.find_nights(tmp_path)}
+    assert pairs == {"a1-PSG.edf": "a1-Hypnogram.edf", "a2-PSG.edf": "a2-Hypnogram.edf", "b1-PSG.edf": "b1-PSG.edf"}
+    (tmp_path / "a1-Hypnogram.edf").rename(tmp_path / "a3-Hypnogram.edf")  # agrees with a1 and a2 up to the end
+    with pytest.raises(FormatError, match=r"a3-Hypnogram.edf: hypnogram matches several PSG files \(a1-PSG.edf, a2-PSG.edf\)"):
+        edf.find_nights(tmp_path)
+    (tmp_path / "a3-Hypnogram.edf").unlink()
+    (tmp_path / "a2-Hypnogram.edf").rename(tmp_path / "a2H-Hypnogram.edf")
+    (tmp_path / "a2C-Hypnogram.edf").write_bytes(b"")
+    (tmp_path / "a2E-PSG.edf").write_bytes(b"")
+    with pytest.raises(FormatError, match="a2E-PSG.edf already has the hypnogram"):
+        edf.find_nights(tmp_path)
 
 
 def test_rk_to_aasm_mapping():

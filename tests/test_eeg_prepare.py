@@ -54,16 +54,16 @@ def test_images_do_not_depend_on_labels(nights, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     for d in (a, b):
-        shutil.copy(nights / "SC4001E0-PSG.edf", d)
-    shutil.copy(nights / "SC4001EC-Hypnogram.edf", a)
+        shutil.copy(nights / "SC9001E0-PSG.edf", d)
+    shutil.copy(nights / "SC9001EC-Hypnogram.edf", a)
     # same signal, every stage replaced by another one
-    hyp = edf.read_edf(nights / "SC4001EC-Hypnogram.edf")
+    hyp = edf.read_edf(nights / "SC9001EC-Hypnogram.edf")
     swap = {"Sleep stage W": "Sleep stage 2", "Sleep stage 1": "Sleep stage R", "Sleep stage 2": "Sleep stage 3",
             "Sleep stage 3": "Sleep stage W", "Sleep stage 4": "Sleep stage 1", "Sleep stage R": "Sleep stage 4"}
     ann = [(x.onset, x.duration, swap.get(x.text, x.text)) for x in hyp.annotations]
     night, = edf.find_nights(a)
     x, fs, _ = edf.read_night(night, "EEG Fpz-Cz")
-    edf.write_night(b / "ignored-PSG.edf", b / "SC4001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, fs, ann,
+    edf.write_night(b / "ignored-PSG.edf", b / "SC9001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, fs, ann,
                     hyp.startdatetime)
     (b / "ignored-PSG.edf").unlink()
     for d in (a, b):
@@ -93,25 +93,25 @@ def _expect_error(tmp_path, edf_dir, pattern, capsys, *extra):
 def test_bad_inputs_give_one_line_errors_and_no_records(nights, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf"):
+    for name in ("SC9001E0-PSG.edf", "SC9001EC-Hypnogram.edf"):
         shutil.copy(nights / name, src)
     err = _expect_error(tmp_path, src, "no channel 'EEG C3-A2'", capsys, "--channel", "EEG C3-A2")
     assert "EEG Fpz-Cz, EEG Pz-Oz" in err
-    (src / "SC4001E0-PSG.edf").rename(src / "x.bin")
-    _expect_error(tmp_path, src, "SC4001EC-Hypnogram.edf: hypnogram has no matching PSG", capsys)
-    (src / "x.bin").rename(src / "SC4001E0-PSG.edf")
-    (src / "SC4001EC-Hypnogram.edf").rename(src / "y.bin")
-    _expect_error(tmp_path, src, "SC4001E0-PSG.edf: no hypnogram file", capsys)
-    psg = src / "SC4001E0-PSG.edf"
+    (src / "SC9001E0-PSG.edf").rename(src / "x.bin")
+    _expect_error(tmp_path, src, "SC9001EC-Hypnogram.edf: hypnogram has no matching PSG", capsys)
+    (src / "x.bin").rename(src / "SC9001E0-PSG.edf")
+    (src / "SC9001EC-Hypnogram.edf").rename(src / "y.bin")
+    _expect_error(tmp_path, src, "SC9001E0-PSG.edf: no hypnogram file", capsys)
+    psg = src / "SC9001E0-PSG.edf"
     data = psg.read_bytes()
     psg.write_bytes(data[: len(data) // 2 + 17])
-    (src / "y.bin").rename(src / "SC4001EC-Hypnogram.edf")
+    (src / "y.bin").rename(src / "SC9001EC-Hypnogram.edf")
     _expect_error(tmp_path, src, "truncated EDF", capsys)
     psg.write_bytes(data)
-    hyp = edf.read_edf(src / "SC4001EC-Hypnogram.edf")
+    hyp = edf.read_edf(src / "SC9001EC-Hypnogram.edf")
     n = int(hyp.annotations[-1].onset + hyp.annotations[-1].duration)
     x = edf.read_night(edf.find_nights(src)[0])[0]
-    edf.write_night(tmp_path / "unused.edf", src / "SC4001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, 100.0,
+    edf.write_night(tmp_path / "unused.edf", src / "SC9001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, 100.0,
                     [(0, n, "Sleep stage ?")], hyp.startdatetime)
     _expect_error(tmp_path, src, "no scorable 30-s epoch", capsys)
 
@@ -120,3 +120,14 @@ def test_cot_none_answers_are_the_stage_line(nights, tmp_path):
     prepare.prepare(nights, tmp_path, cot_mode="none", eval_fraction=0.5, seed=1)
     train = read_records(tmp_path / "eeg_ft.json")
     assert all(r["conversations"][1]["value"] == stage_line(r["label"]) for r in train)
+
+
+def test_rerun_with_another_split_leaves_no_stale_images(nights, tmp_path):
+    for eval_subject in ("SC900", "SC901"):
+        prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=[eval_subject])
+        for records, folder in (("eeg_ft.json", "eeg_images_ft"), ("eeg_eval.jsonl", "eeg_images_eval")):
+            named = {r["image"][0] for r in read_records(tmp_path / records)}
+            assert {p.name for p in (tmp_path / folder).iterdir()} == named
+        assert {r["subject"] for r in read_records(tmp_path / "eeg_eval.jsonl")} == {eval_subject}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eeg_eval.jsonl", "eeg_ft.json", "eeg_images_eval",
+                                                          "eeg_images_ft"]
