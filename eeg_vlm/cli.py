@@ -38,12 +38,12 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip())
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
-            raise SystemExit(2)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip().replace("``", ""))
         raise SystemExit(0)
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (eeg-vlm --help)", file=sys.stderr)
+        raise SystemExit(2)
     module = importlib.import_module(COMMANDS[argv[0]][0])
     run(module.main, argv[1:])
 

@@ -5,9 +5,11 @@
 
 The stage of each answer is parsed from its final ``Sleep stage: X`` line, else from the last stage the
 text states (``parse_stage``). Unparseable answers are counted and scored as wrong: they get the separate
-prediction ``unparseable``, which is never a true label. Metrics (scikit-learn): accuracy, macro-F1 over
-the AASM stages present in the labels or predictions, Cohen's kappa, per-class precision / recall / F1 /
-support, the confusion matrix (rows: scored stage, columns: predicted stage plus ``unparseable``).
+prediction ``unparseable``, which is never a true label. Metrics (scikit-learn): accuracy, macro-F1 (the
+unweighted mean of the per-stage F1 over the AASM stages that occur in the labels or the parsed
+predictions, listed in ``macro_f1_stages``: the usual five-stage macro-F1 whenever every stage is scored
+or predicted, as on any whole night), Cohen's kappa, per-class precision / recall / F1 / support, the
+confusion matrix (rows: scored stage, columns: predicted stage plus ``unparseable``).
 
 Every question must have an answer: a missing answer is an error naming how many are missing, because a
 score over a silently smaller set is not comparable. ``--allow-missing`` scores the answered subset and

@@ -131,3 +131,16 @@ def test_rerun_with_another_split_leaves_no_stale_images(nights, tmp_path):
         assert {r["subject"] for r in read_records(tmp_path / "eeg_eval.jsonl")} == {eval_subject}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eeg_eval.jsonl", "eeg_ft.json", "eeg_images_eval",
                                                           "eeg_images_ft"]
+
+
+def test_eeg_vlm_unknown_command_is_one_line_on_stderr(capsys):
+    from eeg_vlm import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prepar"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert err.strip() == "error: unknown command 'prepar'; commands: synth, prepare, vision, score, demo (eeg-vlm --help)"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0 and "eeg-vlm prepare" in capsys.readouterr().out
