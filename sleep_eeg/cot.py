@@ -5,7 +5,9 @@ Answer modes (``--cot``):
 - ``stage``: stage-wise reasoning that walks the scoring criteria in precedence order
   (W, N3, N2, N1, REM) and stops at the first one met; the last line is ``Sleep stage: <stage>``.
 - ``measured``: the same steps, each citing a number computed from the epoch's own signal
-  (see ``sleep_eeg.measures.epoch_measures``); the verdicts follow the scored stage.
+  (see ``sleep_eeg.measures.epoch_measures``). Comparisons with a numeric criterion ("above / below the
+  20% criterion") follow the number; the verdicts follow the scored stage, so a line never claims a
+  number the signal does not have.
 - ``none``: only the line ``Sleep stage: <stage>``.
 
 A ``measures`` mapping holds: ``delta theta alpha sigma beta`` (relative band power, % of 0.5-30 Hz),
@@ -61,9 +63,10 @@ _MEASURED_STEPS: dict[str, tuple[str, str]] = {
         "Wake: alpha (8-12 Hz) carries {alpha:.0f}% of the power; no sustained alpha rhythm, not wake.",
     ),
     "N3": (
-        "N3: slow waves above 75 µV cover {slow_waves:.0f}% of the epoch (delta {delta:.0f}%, "
-        "{ptp:.0f} µV peak to peak); more than 20%, so N3.",
-        "N3: slow waves above 75 µV cover {slow_waves:.0f}% of the epoch; not enough for N3.",
+        "N3: slow waves above 75 µV cover {slow_waves:.0f}% of the epoch, {slow_vs_criterion} the 20% criterion "
+        "(delta {delta:.0f}%, {ptp:.0f} µV peak to peak); scored N3.",
+        "N3: slow waves above 75 µV cover {slow_waves:.0f}% of the epoch, {slow_vs_criterion} the 20% criterion; "
+        "not N3.",
     ),
     "N2": (
         "N2: {spindles:d} spindle-like sigma bursts (sigma {sigma:.0f}%) with K-complexes; the N2 criteria are met.",
@@ -80,6 +83,8 @@ _MEASURED_STEPS: dict[str, tuple[str, str]] = {
         "REM: no sawtooth waves at {ptp:.0f} µV peak to peak.",
     ),
 }
+
+N3_SLOW_WAVE_SHARE = 20.0  # AASM: N3 when high-amplitude slow waves cover more than 20% of the epoch
 
 MEASURE_KEYS: tuple[str, ...] = ("delta", "theta", "alpha", "sigma", "beta", "ptp", "slow_waves", "spindles")
 
@@ -104,6 +109,7 @@ def build_answer(stage: str, mode: str = "stage", measures: Mapping[str, float] 
             raise ValueError(f"measures lack {', '.join(missing)}")
         values = {k: float(measures[k]) for k in MEASURE_KEYS}
         values["spindles"] = int(measures["spindles"])
+        values["slow_vs_criterion"] = "above" if values["slow_waves"] > N3_SLOW_WAVE_SHARE else "below"
         steps = _MEASURED_STEPS
     else:
         values = {}

@@ -88,3 +88,15 @@ def test_example_texts_cover_every_template_mode_and_stage():
         assert stage_line(stage) in texts  # the 'none' answers
         assert any(t.endswith(stage_line(stage)) and "carries" in t for t in texts)  # measured
         assert cot.build_answer(stage, "stage") in texts
+
+
+def test_measured_answer_never_claims_a_number_the_signal_lacks():
+    """An epoch scored N3 whose slow waves cover only 12% says "below the 20% criterion", not "more than 20%"."""
+    from sleep_eeg.cot import build_answer
+
+    measures = dict(delta=60, theta=15, alpha=5, sigma=5, beta=5, ptp=180, slow_waves=12, spindles=0)
+    scored_n3 = build_answer("N3", "measured", measures)
+    assert "cover 12% of the epoch, below the 20% criterion" in scored_n3
+    assert scored_n3.endswith("Sleep stage: N3")
+    not_n3 = build_answer("N2", "measured", dict(measures, slow_waves=35))
+    assert "cover 35% of the epoch, above the 20% criterion; not N3" in not_n3
