@@ -224,13 +224,16 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch,fusion,projector", [(1, "add", "shared"), (3, "token", "separate"),
                                                     (16, "add", "separate")])
-def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, batch, fusion, projector):
+def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, recwarn, batch, fusion, projector):
     from llava.train.train import train
 
     data = make_data(tmp_path / "data", n=5)
     out = tmp_path / "run"
     trainer = train(quick_argv(tiny_llava, data, out, "--per_device_train_batch_size", str(batch),
                                "--hl_fusion", fusion, "--hl_projector", projector))
+    deprecated = [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)
+                  and "checkpointing" in str(w.message)]
+    assert not deprecated  # LoRA + --gradient_checkpointing through transformers 5's new names only
     assert trainer.state.global_step == 1 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
     config = json.loads((out / "config.json").read_text())
     assert (config["mm_hl_fusion"], config["mm_hl_projector"]) == (fusion, projector)
@@ -380,6 +383,29 @@ def test_wandb_without_api_key_runs_offline(tmp_path, monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="llava.train"):
         setup_reporting(args)
     assert os.environ["WANDB_MODE"] == "offline" and "offline" in caplog.text
+
+
+def test_no_wandb_line_when_not_reporting_to_wandb(tmp_path):
+    """WANDB_MODE=offline in the environment, --report_to none: transformers' "Running in WANDB offline mode"
+    (printed when the Trainer is imported) must not appear."""
+    code = ("from llava.train.train import parse_args, setup_reporting; "
+            f"setup_reporting(parse_args({documented_argv(tmp_path, tmp_path, tmp_path / 'run')!r} "
+            "+ ['--report_to', 'none'])[2]); import llava.train.trainer, os; "
+            "assert os.environ['WANDB_MODE'] == 'offline'")  # the user's setting is left as it was
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WANDB" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["zero2.json", "zero3.json", "zero3_offload.json"])
+def test_deepspeed_configs_leave_optimizer_and_schedule_to_the_trainer(name):
+    """An ``optimizer`` section makes DeepSpeed build its own optimizer over all trainable parameters
+    (--mm_projector_lr's group is lost); a ``scheduler`` section overrides --lr_scheduler_type."""
+    config = json.loads((REPO / "scripts" / name).read_text())
+    assert "optimizer" not in config and "scheduler" not in config
+    if "offload_optimizer" in config["zero_optimization"]:  # DeepSpeed refuses a client optimizer unless told
+        assert config["zero_force_ds_cpu_optimizer"] is False
 
 
 def test_plain_pytorch_checkpoint_resumes(tiny_llava, tmp_path):

@@ -101,14 +101,14 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if kind == "full":
         if base is not None:
             logger.info("%s holds full weights: model_base %s is not used", folder, base)
-        model, _ = _from_pretrained(folder, config, load_kwargs, (folder,))
+        model, _ = _from_pretrained(folder, config, load_kwargs)
     else:
         if base is None:
             raise FormatError(f"{folder}: a {'LoRA' if kind == 'lora' else 'projector-only'} checkpoint needs "
                               "model_base (--model-base) naming the base model it was trained on")
         # The base lacks what the run trained beside it (e.g. a separate feature projector): load it quietly,
         # then the checkpoint's own weights must cover every missing tensor.
-        model, missing = _from_pretrained(base, config, load_kwargs, (folder, base), quiet=True)
+        model, missing = _from_pretrained(base, config, load_kwargs, quiet=True)
         extra_files = (["non_lora_trainables.bin", "non_lora_trainables.safetensors"] if kind == "lora"
                        else ["mm_projector.bin"])
         for name in extra_files:
@@ -122,6 +122,12 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
             model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
 
+    # The CLIP tower last (as LLaVA): an adapter whose target_modules are short names (q_proj, v_proj, as
+    # LLaVA-1.5's LoRA checkpoints have) must not reach CLIP's layers of the same names.
+    tower = model.get_vision_tower()
+    if tower is not None:
+        tower.load_model(base_dirs=tuple(str(d) for d in (folder, base) if d is not None))
+        tower.vision_tower.to(dtype=dtype, device=model.device)
     if device_map is None and not (load_8bit or load_4bit):
         model.to(device)
     model.eval()
@@ -132,16 +138,15 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     tokenizer = load_tokenizer(tokenizer_dir or folder, padding_side="left")
     _check_special_ids(model.config, tokenizer, folder)
 
-    tower = model.get_vision_tower()
     image_processor = tower.image_processor if tower is not None else None
     context_len = (getattr(model.config, "max_sequence_length", None)
                    or getattr(model.config, "tokenizer_model_max_length", None) or 2048)
     return tokenizer, model, image_processor, context_len
 
 
-def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict, tower_dirs,
+def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict,
                      quiet: bool = False) -> tuple[LlavaLlamaForCausalLM, set[str]]:
-    """The language model + projector from ``weights_dir``, then the CLIP tower from ``mm_vision_tower``.
+    """The language model + projector from ``weights_dir`` (the CLIP tower is not loaded yet).
     Returns the model and the names of the tensors ``weights_dir`` lacked. ``quiet`` silences transformers'
     load report (the caller checks the missing tensors itself)."""
     report_logger = logging.getLogger("transformers.modeling_utils")
@@ -153,10 +158,6 @@ def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict, 
                                                             **load_kwargs)
     finally:
         report_logger.setLevel(level)
-    tower = model.get_vision_tower()
-    if tower is not None:
-        tower.load_model(base_dirs=tuple(str(d) for d in tower_dirs))
-        tower.vision_tower.to(dtype=load_kwargs["dtype"], device=model.device)
     return model, set(info["missing_keys"])
 
 

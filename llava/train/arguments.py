@@ -9,6 +9,7 @@ Compatibility with the documented command on transformers 5:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,4 +106,12 @@ class TrainingArguments(transformers.TrainingArguments):
             if self.tf32:
                 logger.warning("no GPU: --tf32 True ignored")
                 self.tf32 = None
-        super().__post_init__()
+        # With WANDB_MODE=offline, the first import of transformers' integrations (in super().__post_init__)
+        # prints "Running in WANDB offline mode": hidden from it unless this run reports to wandb.
+        targets = self.report_to if isinstance(self.report_to, list) else [self.report_to]
+        wandb_mode = None if {"wandb", "all"} & set(targets) else os.environ.pop("WANDB_MODE", None)
+        try:
+            super().__post_init__()
+        finally:
+            if wandb_mode is not None:
+                os.environ["WANDB_MODE"] = wandb_mode

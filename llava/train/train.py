@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +22,6 @@ from transformers import HfArgumentParser
 from eeg_vlm.formats import FormatError
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.dataset import make_supervised_data_module
-from llava.train.trainer import LLaVATrainer, is_projector_param
 
 logger = logging.getLogger("llava.train")
 
@@ -148,9 +147,12 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
         if getattr(tokenizer, key, None) is not None:
             setattr(config, key, getattr(tokenizer, key))
 
+    # Imported late: the Trainer's import reads WANDB_MODE (see TrainingArguments.__post_init__).
+    from llava.train.trainer import LLaVATrainer, is_projector_param
+
     set_trainable(model, model_args, training_args,
                   freeze_lm=training_args.lora_enable or model_args.tune_mm_mlp_adapter or model_args.freeze_backbone)
-    if training_args.gradient_checkpointing:
+    if training_args.activation_checkpointing:
         model.enable_input_require_grads()
     if training_args.lora_enable:
         from peft import LoraConfig, get_peft_model
@@ -163,8 +165,11 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
             bias=training_args.lora_bias,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora_config)
+        with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora_config)
         set_trainable(model.get_base_model(), model_args, training_args, freeze_lm=False)  # peft froze the projector(s)
+
     def numel(p):  # a ZeRO-3 shard's numel() is 0; ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())
 
