@@ -168,6 +168,12 @@ def has_placeholder(record: dict) -> bool:
     return len(record_images(record)) == 2
 
 
+def real_images(record: dict) -> list[str]:
+    """The images that are opened and run through CLIP: all listed, less the placeholder of ``[Image1, Image2]``."""
+    images = record_images(record)
+    return images[:-1] if has_placeholder(record) else images
+
+
 def make_train_record(
     record_id_: str, images: Sequence[str], question: str, answer: str, **metadata: Any
 ) -> dict:

@@ -307,3 +307,28 @@ def test_keywords_stopping_waits_for_every_sequence(tok_dir, prompt_in_ids):
 def test_get_model_name_from_path():
     assert get_model_name_from_path("/ckpt/llava-v1.5-13b/") == "llava-v1.5-13b"
     assert get_model_name_from_path("runs/eeg-lora/checkpoint-50") == "eeg-lora_checkpoint-50"
+
+
+def test_original_llava_tokenizer_config_loads(tiny_llava, tmp_path):
+    """liuhaotian/llava-v1.5-* ship tokenizer.model with a tokenizer_config.json of dict-style AddedTokens,
+    ``pad_token: null`` and ``legacy: false``: it loads with BOS, no EOS, pad = unk, like our own."""
+    import json
+    import shutil
+
+    from llava.tokenizer import load_tokenizer
+
+    added = lambda content: {"__type": "AddedToken", "content": content, "lstrip": False,  # noqa: E731
+                             "normalized": False, "rstrip": False, "single_word": False}
+    shutil.copy(tiny_llava / "tokenizer.model", tmp_path / "tokenizer.model")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "add_eos_token": False, "bos_token": added("<s>"), "eos_token": added("</s>"),
+        "unk_token": added("<unk>"), "pad_token": None, "clean_up_tokenization_spaces": False, "legacy": False,
+        "model_max_length": 2048, "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+    }))
+    original = load_tokenizer(tmp_path)
+    ours = load_tokenizer(tiny_llava)
+    text = "USER: What is the sleep stage? ASSISTANT: Sleep stage: N2</s>USER: and now?"
+    assert original(text).input_ids == ours(text).input_ids
+    assert original(text).input_ids[0] == original.bos_token_id == 1
+    assert original.pad_token_id == original.unk_token_id == 0
+    assert original.eos_token_id == 2

@@ -40,6 +40,7 @@ from eeg_vlm.formats import (
     make_answer,
     read_jsonl,
     read_records,
+    real_images,
     record_id,
     record_images,
     write_jsonl,
@@ -141,12 +142,6 @@ def previous_answers(path: Path, chunk_ids: set, model_id: str) -> set:
     if raw.strip() and not raw.endswith(b"\n"):
         write_jsonl(path, rows)  # repair: keep the complete lines only
     return done
-
-
-def real_images(question: dict) -> list[str]:
-    """The images that are opened: all listed, less the placeholder Image2 of an ``[Image1, Image2]`` pair."""
-    images = record_images(question)
-    return images[:-1] if has_placeholder(question) else images
 
 
 # ---------------------------------------------------------------------------------------------

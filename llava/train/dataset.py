@@ -29,12 +29,6 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 logger = logging.getLogger("llava.train")
 
 
-def real_images(record: dict) -> list[str]:
-    """The images that are opened and run through CLIP: all but the placeholder of ``[Image1, Image2]``."""
-    images = formats.record_images(record)
-    return images[:-1] if formats.has_placeholder(record) else images
-
-
 def check_records(records: Sequence[dict], data_path: str | os.PathLike, image_folder: str | None) -> None:
     """Structure of each record, its ``<image>`` count against its images, and every real image readable.
 
@@ -60,7 +54,7 @@ def check_records(records: Sequence[dict], data_path: str | os.PathLike, image_f
                               f"but {len(images)} images")
         if images and image_folder is None:
             raise FormatError(f"{where}: record {rid!r} (#{i}) names images but --image_folder is not given")
-        for name in real_images(rec):
+        for name in formats.real_images(rec):
             needed.setdefault(name, (i, rec))
     for name, (i, rec) in tqdm(needed.items(), desc="checking images", unit="img", disable=len(needed) < 2000):
         path = Path(image_folder) / name
@@ -95,6 +89,7 @@ class SupervisedDataset(Dataset):
         self.image_processor = image_processor
         self.image_aspect_ratio = image_aspect_ratio
         self.features = features
+        self.data_path = str(data_path)
         self.rows = [
             formats.feature_row(rec, i, str(data_path)) if formats.has_placeholder(rec) else None
             for i, rec in enumerate(records)
@@ -128,9 +123,9 @@ class SupervisedDataset(Dataset):
         from llava.train.preprocess import preprocess
 
         rec = self.records[i]
-        names = real_images(rec)
+        names = formats.real_images(rec)
         text = preprocess([rec["conversations"]], self.tokenizer, has_image=bool(formats.record_images(rec)),
-                          version=self.version)
+                          version=self.version, where=f"{self.data_path}: record {formats.record_id(rec)!r}")
         item = dict(input_ids=text["input_ids"][0], labels=text["labels"][0])
         if names:
             pil = [load_image(os.path.join(self.image_folder, n)) for n in names]
