@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,7 +121,9 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         if kind == "lora":
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+            with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
 
     # The CLIP tower last (as LLaVA): an adapter whose target_modules are short names (q_proj, v_proj, as
     # LLaVA-1.5's LoRA checkpoints have) must not reach CLIP's layers of the same names.
