@@ -248,10 +248,7 @@ def load_features(
         raise FormatError(f"{path}: features must be shaped [N, 1, D], got {list(feats.shape)}")
     if feats.dtype not in (np.float32, np.float16):
         raise FormatError(f"{path}: features must be float32 or float16, got {feats.dtype}")
-    if dim is not None and feats.shape[2] != dim:
-        raise FormatError(
-            f"{path}: feature size D={feats.shape[2]} does not match the projector's input mm_hidden_size={dim}"
-        )
+    check_feature_size(path, feats, dim)
     bad = ~np.isfinite(feats).all(axis=(1, 2))
     if bad.any():
         raise FormatError(f"{path}: row {int(np.flatnonzero(bad)[0])} holds NaN or inf")
@@ -264,6 +261,14 @@ def load_features(
                     f"{path}: {feats.shape[0]} feature rows but record {record_id(rec)!r} (#{i} of {where}) needs row {row}"
                 )
     return feats
+
+
+def check_feature_size(path: str | os.PathLike, features: np.ndarray, dim: int | None) -> None:
+    """D of ``[N, 1, D]`` features must be the projector's input size (``mm_hidden_size``)."""
+    if dim is not None and features.shape[2] != dim:
+        raise FormatError(
+            f"{path}: feature size D={features.shape[2]} does not match the projector's input mm_hidden_size={dim}"
+        )
 
 
 def save_features(path: str | os.PathLike, features: np.ndarray, sidecar: dict | None = None) -> None:

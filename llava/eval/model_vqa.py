@@ -33,6 +33,7 @@ import torch
 from eeg_vlm.formats import (
     FormatError,
     append_jsonl,
+    check_feature_size,
     default_features_path,
     feature_row,
     has_placeholder,
@@ -156,7 +157,6 @@ def load_model(model_path: str, model_base: str | None, device: str):
     tokenizer, model, image_processor, _ = load_pretrained_model(
         model_path, model_base, get_model_name_from_path(model_path), device=device, torch_dtype=dtype
     )
-    model.eval()
     return tokenizer, model, image_processor
 
 
@@ -294,12 +294,8 @@ def run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer, model, image_processor = loaded if loaded is not None else load_model(model_path, model_base, device)
     config = model.config
-    dim = getattr(config, "mm_hidden_size", None)
-    if feats is not None and dim is not None and feats.shape[2] != dim:
-        raise FormatError(
-            f"{features_path}: feature size D={feats.shape[2]} does not match the projector's input "
-            f"mm_hidden_size={dim}"
-        )
+    if feats is not None:
+        check_feature_size(features_path, feats, getattr(config, "mm_hidden_size", None))
 
     from llava.conversation import get_conv_template
 

@@ -68,6 +68,10 @@ def check_records(records: Sequence[dict], data_path: str | os.PathLike, image_f
                               f"(record {formats.record_id(rec)!r}, #{i} of {where})") from None
 
 
+def _word_count(record: dict) -> int:
+    return sum(len(turn["value"].split()) for turn in record["conversations"])
+
+
 class SupervisedDataset(Dataset):
     """LLaVA train records (lazy: text tokenised and images read per item)."""
 
@@ -103,20 +107,12 @@ class SupervisedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Rough length of each record (words + 128 per image), as LLaVA's length grouping uses."""
-        return [
-            sum(len(t["value"].split()) for t in rec["conversations"]) + 128 * len(formats.record_images(rec))
-            for rec in self.records
-        ]
+        return [_word_count(rec) + 128 * len(formats.record_images(rec)) for rec in self.records]
 
     @property
     def modality_lengths(self) -> list[int]:
         """Word counts, positive for records with images and negative for text-only ones."""
-        return [
-            n if formats.record_images(rec) else -n
-            for n, rec in zip(
-                (sum(len(t["value"].split()) for t in rec["conversations"]) for rec in self.records), self.records
-            )
-        ]
+        return [_word_count(rec) if formats.record_images(rec) else -_word_count(rec) for rec in self.records]
 
     def __getitem__(self, i: int) -> dict:
         from llava.mm_utils import load_image, process_images
