@@ -155,18 +155,20 @@ def write_night(
     psg_path: str | Path,
     hyp_path: str | Path,
     signals: dict[str, np.ndarray],
-    fs: float,
+    fs: float | dict[str, float],
     annotations: Sequence[tuple[float, float, str]],
     start: datetime.datetime,
     physical_range: tuple[float, float] = (-500.0, 500.0),
     record_s: float = 30.0,
 ) -> None:
     """Write a Sleep-EDF-style pair: a PSG (µV channels, 30-s data records) and an annotation-only
-    EDF+ hypnogram. Values outside ``physical_range`` are clipped."""
+    EDF+ hypnogram. ``fs`` is one rate for all channels or one per label. Values outside
+    ``physical_range`` are clipped."""
     recording = edfio.Recording(startdate=start.date())
+    rates = fs if isinstance(fs, dict) else {label: fs for label in signals}
     edf_signals = [
         edfio.EdfSignal(
-            np.clip(x, *physical_range), fs, label=label, physical_dimension="uV",
+            np.clip(x, *physical_range), rates[label], label=label, physical_dimension="uV",
             physical_range=physical_range, prefiltering="HP:0.1Hz LP:40Hz",
         )
         for label, x in signals.items()

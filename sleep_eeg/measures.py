@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import butter, sosfiltfilt, welch
 
+from sleep_eeg.stages import EPOCH_S
+
 BANDS: dict[str, tuple[float, float]] = {
     "delta": (0.5, 4.0),
     "theta": (4.0, 8.0),
@@ -34,6 +36,43 @@ def band_powers(x: np.ndarray, fs: float) -> dict[str, float]:
         m = (f >= lo) & (f < hi)
         out[name] = float(100.0 * p[m].sum() / total) if total > 0 else 0.0
     return out
+
+
+def log_relative_band_power(signal: np.ndarray, fs: float, epoch_s: float = EPOCH_S) -> np.ndarray:
+    """The reference spectral features: natural log of each band's power over the 0.5-30 Hz power.
+
+    The same definition as the real Sleep-EDF figures the synthetic nights are calibrated against:
+    the signal is band-passed to 0.5-30 Hz, each 30-s epoch gets a Welch spectrum (4-s Hamming
+    windows, half overlap, **median** averaging, which ignores brief bursts), and the bands
+    0.5-4, 4-8, 8-12, 12-16 and 16-30 Hz are summed.
+
+    Parameters
+    ----------
+    signal : ndarray, shape (n_samples,) or (n_epochs, n_per_epoch)
+        A whole channel in µV (cut into complete epochs) or its epochs already stacked.
+    fs : float
+        Sampling rate in Hz.
+
+    Returns
+    -------
+    ndarray, shape (n_epochs, 5)
+
+    Examples
+    --------
+    >>> x = np.sin(2 * np.pi * 10 * np.arange(3000) / 100)
+    >>> int(log_relative_band_power(x, 100.0).argmax())  # alpha, 8-12 Hz
+    2
+    """
+    n_per = int(round(epoch_s * fs))
+    x = np.asarray(signal, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[: len(x) // n_per * n_per].reshape(-1, n_per)
+    sos = butter(4, (0.5, 30.0), btype="bandpass", fs=fs, output="sos")
+    x = sosfiltfilt(sos, x, axis=-1)
+    f, p = welch(x, fs=fs, window="hamming", nperseg=int(4 * fs), average="median", axis=-1)
+    total = p[:, (f >= 0.5) & (f < 30.0)].sum(axis=1, keepdims=True)
+    bands = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in BANDS.values()], axis=1)
+    return np.log(np.maximum(bands, 1e-30) / np.maximum(total, 1e-30))
 
 
 def slow_wave_share(x: np.ndarray, fs: float, min_uv: float = SLOW_WAVE_UV) -> float:

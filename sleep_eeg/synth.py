@@ -1,110 +1,155 @@
-"""``eeg-vlm synth``: synthetic Sleep-EDF-style nights (``SC9ssNE0-PSG.edf`` + ``SC9ssNEC-Hypnogram.edf``).
+"""``eeg-vlm synth``: synthetic Sleep-EDF-style nights, calibrated to real sleep-cassette figures.
 
-The stage sequence follows sleep cycles of ~90 min: N3 early in the night, REM longer later, brief
-awakenings between cycles, a little stage flicker and rare movement time. Each 30-s epoch carries what a
-scorer looks for in its stage:
+Each night is a pair ``SC9ssNE0-PSG.edf`` + ``SC9ssNEC-Hypnogram.edf`` (its own ``SC9`` series, so it
+never shares a name with a real Sleep-EDF file) holding EEG Fpz-Cz, EEG Pz-Oz and EOG horizontal at
+100 Hz and EMG submental at 1 Hz, as in Sleep-EDF's sleep-cassette files. Every figure used here lives
+in ``sleepedf_calibration.json`` beside this file, with its source; ``scripts/fit_synth_calibration.py``
+rebuilds it from the real figures and hypnograms.
 
-- W: alpha (8-12 Hz) over most of the epoch, muscle activity, eye blinks;
-- N1: theta (4-8 Hz), vertex sharp waves, slow eye movements, little alpha;
-- N2: sleep spindles (12-14 Hz) and K-complexes on a theta / delta background;
-- N3: high-amplitude 0.5-2 Hz waves over 20-90 % of the epoch (R&K S4 when over half);
-- REM: low-amplitude mixed frequencies, sawtooth-wave trains, rapid eye movements, no muscle tone.
+How a night is made:
 
-Amplitudes, peak frequencies and noise vary per subject (and a little per night and per epoch), so the
-stages are learnable from one epoch but not trivially.
+1. **Stages**: a semi-Markov chain fitted to 115 real hypnograms (bout lengths per stage, transitions
+   between bouts, both by third of the sleep period so N3 comes early and REM late), then calibrated
+   so that stage shares by third and overall match all 153 real nights; 30 min of wake before and
+   after sleep (as Sleep-EDF is usually trimmed), and a few unscored (``?``) and movement epochs.
+2. **Spectra**: per epoch and channel, the five log relative band powers (0.5-4, 4-8, 8-12, 12-16,
+   16-30 Hz) are drawn from the real per-stage means, spreads and correlations. A night-level shift of
+   the real between-night size (shared in part by a subject's nights) and an epoch-to-epoch
+   autocorrelation are part of the draw, not added on top of it.
+3. **Morphology** at realistic rates: alpha in eyes-closed wake, blinks and saccades in wake, vertex
+   waves and slow eye movements in N1, spindles and K-complexes in N2, high-amplitude slow waves in
+   N3, sawtooth waves and rapid eye movements in REM; the rates follow each epoch's drawn spectrum.
+4. **Calibration of the signal**: each band of each epoch is rescaled so that the reference measure
+   (:func:`sleep_eeg.measures.log_relative_band_power`) reads the drawn spectrum back.
+5. **EMG** as a 1-Hz level whose stage distributions overlap (lowest in REM), with twitches, and
+   **artefacts**: movement bursts in a few scored epochs and in the movement epochs.
+
+Same seed, same files.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
-from scipy.special import ndtri
+from scipy import fft as sp_fft
 
+from eeg_vlm.formats import STAGES
 from sleep_eeg.edf import write_night
+from sleep_eeg.measures import BANDS, log_relative_band_power
+from sleep_eeg.stages import EPOCH_S, TEXT_TO_STAGE
 
+CALIBRATION = Path(__file__).with_name("sleepedf_calibration.json")
 FS = 100.0
-EPOCH_S = 30
-MOVE = "MT"  # movement time in the generated sequence
-RK_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage 1", "N2": "Sleep stage 2", "REM": "Sleep stage R",
-           MOVE: "Movement time"}
+EEG_CHANNELS = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
+EMG_CHANNEL = "EMG submental"
+RATES = {**{c: FS for c in EEG_CHANNELS}, EMG_CHANNEL: 1.0}
+UNSCORED, MOVE = "?", "MT"  # epochs without a stage in the generated sequence
+# R&K annotation text of each generated stage (N3 is written as S3 or S4 by its slow-wave content).
+RK_TEXT = {stage: text for text, stage in TEXT_TO_STAGE.items() if stage and len(text) == len("Sleep stage W")}
+RK_TEXT.update({UNSCORED: "Sleep stage ?", MOVE: "Movement time"})
+N_PER = int(EPOCH_S * FS)
+
+
+@functools.cache
+def load_calibration(path: str | Path = CALIBRATION) -> dict:
+    """The figures the generator uses (see ``scripts/fit_synth_calibration.py``)."""
+    return json.loads(Path(path).read_text())
 
 
 @dataclass(frozen=True)
 class Subject:
-    """Per-subject signal parameters."""
+    """What stays the same across one subject's nights."""
 
-    gain: float
     alpha_hz: float
-    alpha_uv: float
-    theta_hz: float
     spindle_hz: float
-    spindle_uv: float
-    delta_uv: float
-    background_uv: float
-    emg_uv: float
-    noise_uv: float
+    z: np.ndarray  # [channel, 5] standard-normal subject part of the night-level spectral shift
+    log_gain: np.ndarray  # [channel] amplitude, natural log
+    emg_log: float  # EMG level offset, natural log
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "Subject":
+        amp = load_calibration()["amplitude"]
         return cls(
-            gain=rng.uniform(0.75, 1.25),
             alpha_hz=rng.uniform(8.5, 11.5),
-            alpha_uv=rng.uniform(14.0, 28.0),
-            theta_hz=rng.uniform(4.5, 7.0),
-            spindle_hz=rng.uniform(12.0, 14.0),
-            spindle_uv=rng.uniform(18.0, 32.0),
-            delta_uv=rng.uniform(38.0, 55.0),
-            background_uv=rng.uniform(6.0, 11.0),
-            emg_uv=rng.uniform(3.0, 7.0),
-            noise_uv=rng.uniform(1.0, 4.0),
+            spindle_hz=rng.uniform(12.0, 14.5),
+            z=rng.standard_normal((len(EEG_CHANNELS), len(BANDS))),
+            log_gain=rng.normal(0.0, amp["between_subject_log_sd"], len(EEG_CHANNELS)),
+            emg_log=rng.normal(0.0, load_calibration()["emg"]["between_subject_log_sd"]),
         )
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage sequence
+# 1. Stage sequence
 # ---------------------------------------------------------------------------------------------
-def synth_hypnogram(rng: np.random.Generator, hours: float = 8.0) -> list[str]:
-    """One label per 30-s epoch (W N1 N2 N3 REM, or MT for movement); durations scale with ``hours``."""
-    n_total = max(4, int(round(hours * 3600 / EPOCH_S)))
-    scale = hours / 8.0
+def _pick(rng: np.random.Generator, weights: Sequence[float]) -> int:
+    """An index drawn with probability proportional to ``weights`` (stored rounded, so not exactly 1)."""
+    c = np.cumsum(weights)
+    return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(c) - 1)
 
-    def ep(minutes: float) -> int:
-        return max(1, int(round(minutes * scale * 60 / EPOCH_S)))
 
-    onset = ["W"] * ep(rng.uniform(10, 30))
-    morning = ["W"] * ep(rng.uniform(10, 30))
-    sleep: list[str] = []
-    for k in range(6):
-        n3 = (rng.uniform(25, 45), rng.uniform(10, 25), rng.uniform(0, 10), 0, 0, 0)[k]
-        rem = (rng.uniform(5, 12), rng.uniform(12, 22), rng.uniform(18, 28), rng.uniform(22, 35),
-               rng.uniform(25, 40), rng.uniform(25, 40))[k]
-        n1 = rng.uniform(1, 5) if k == 0 else rng.uniform(0.5, 3)
-        n2 = max(10.0, rng.uniform(80, 110) - n1 - n3 - rem)
-        split = rng.uniform(0.4, 0.7)
-        cycle = ["N1"] * ep(n1) + ["N2"] * ep(n2 * split)
-        cycle += ["N3"] * ep(n3) if n3 >= 2 else []
-        cycle += ["N2"] * ep(n2 * (1 - split)) + ["REM"] * ep(rem)
-        if rng.random() < 0.6:  # brief awakening after REM, back to sleep through N1
-            cycle += ["W"] * int(rng.integers(1, 4)) + ["N1"] * int(rng.integers(1, 3))
-        sleep += cycle
-    sleep = sleep[: max(1, n_total - len(onset) - len(morning))]
-    seq = onset + sleep + morning
-    seq = (seq + ["W"] * n_total)[:n_total]
-    # stage flicker and movement time inside the night (not at its edges)
-    for i in range(1, n_total - 1):
+def _duration(rng: np.random.Generator, model: dict, stage: str, third: int) -> int:
+    """A bout length (epochs) from the fitted histogram: exact lengths, then wider bins drawn uniformly."""
+    edges = model["duration_bin_edges"]
+    pmf = model["duration_pmf"][stage][third]
+    k = _pick(rng, pmf)
+    return int(rng.integers(edges[k], edges[k + 1]))
+
+
+def sample_hypnogram(
+    rng: np.random.Generator, n_epochs: int | None = None, calibration: dict | None = None
+) -> list[str]:
+    """One night's stages, one per 30-s epoch: W N1 N2 N3 REM, ``?`` (unscored) or ``MT`` (movement).
+
+    Parameters
+    ----------
+    rng : numpy Generator
+    n_epochs : int, optional
+        Length of the recording; by default the sleep period is drawn from the fitted real
+        distribution and 30 min of wake is added on each side (trailing wake may be shorter).
+    calibration : dict, optional
+        The figures (default: ``sleepedf_calibration.json``).
+    """
+    cal = calibration or load_calibration()
+    model = cal["hypnogram_model"]
+    lead = model["edge_wake_epochs"]
+    trail = lead if rng.random() < model["trail_full_prob"] else int(rng.integers(0, lead))
+    if n_epochs is None:
+        spt = int(np.clip(np.exp(rng.normal(*model["sleep_period_lognormal"])), *model["sleep_period_range"]))
+    else:
+        lead = min(lead, max(1, n_epochs // 8))
+        trail = min(trail, lead)
+        spt = max(1, n_epochs - lead - trail)
+    seq: list[str] = []
+    stage = model["first_sleep_stage"]
+    while len(seq) < spt:  # bout lengths by the third the bout starts in, transitions by the next one's
+        seq += [stage] * _duration(rng, model, stage, min(2, 3 * len(seq) // spt))
+        row = model["transition"][min(2, 3 * len(seq) // spt)][STAGES.index(stage)]
+        stage = STAGES[_pick(rng, row)]
+    seq = seq[:spt]
+    while len(seq) > 1 and seq[-1] == "W":  # the sleep period ends with sleep
+        seq.pop()
+    seq = ["W"] * lead + seq + ["W"] * trail
+    if n_epochs is not None:
+        seq = (seq + ["W"] * n_epochs)[:n_epochs]
+    # unscored and movement epochs, inside the sleep period only
+    for i in range(lead + 1, len(seq) - trail - 1):
         u = rng.random()
-        if seq[i] == "N2" and seq[i - 1] == seq[i + 1] == "N2" and u < 0.04:
-            seq[i] = "N1"
-        elif seq[i] == "N3" and seq[i - 1] == seq[i + 1] == "N3" and u < 0.08:
-            seq[i] = "N2"
-        elif seq[i] != "W" and u > 0.995:
+        if u < model["unscored_rate"]:
+            seq[i] = UNSCORED
+        elif u < model["unscored_rate"] + model["movement_rate"]:
             seq[i] = MOVE
     return seq
+
+
+def synth_hypnogram(rng: np.random.Generator, hours: float | None = 8.0) -> list[str]:
+    """:func:`sample_hypnogram` for a recording of ``hours`` (``None``: a real-length night)."""
+    return sample_hypnogram(rng, None if hours is None else max(4, int(round(hours * 3600 / EPOCH_S))))
 
 
 def hypnogram_annotations(texts: Sequence[str]) -> list[tuple[float, float, str]]:
@@ -119,132 +164,305 @@ def hypnogram_annotations(texts: Sequence[str]) -> list[tuple[float, float, str]
 
 
 # ---------------------------------------------------------------------------------------------
-# Signal
+# 2. Per-epoch spectra
 # ---------------------------------------------------------------------------------------------
-def _shaped_noise(rng: np.random.Generator, n: int, fs: float, lo: float, hi: float, pink: bool = False) -> np.ndarray:
-    """Unit-rms noise limited to ``lo..hi`` Hz (1/f power when ``pink``)."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / fs)
-    gain = ((f >= lo) & (f <= hi)).astype(float)
-    if pink:
-        gain /= np.sqrt(np.maximum(f, lo))
-    x = np.fft.irfft(spec * gain, n)
-    return x / (x.std() + 1e-12)
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    """A square root of a symmetric matrix that is positive semi-definite up to rounding."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return v * np.sqrt(np.clip(w, 0.0, None))
 
 
-def _per_sample(values: np.ndarray, n_per: int, ramp_s: float = 2.0, fs: float = FS) -> np.ndarray:
-    """Per-epoch values held over each epoch, with ``ramp_s`` linear-ish ramps at the boundaries."""
-    x = np.repeat(np.asarray(values, dtype=float), n_per)
-    return uniform_filter1d(x, size=max(1, int(ramp_s * fs)), mode="nearest")
+def sample_spectra(rng: np.random.Generator, subject: Subject, stages: Sequence[str]) -> np.ndarray:
+    """``[channel, epoch, 5]`` log relative band powers; epochs without a stage borrow the previous one's.
+
+    Per stage s and channel: total covariance ``corr * std std^T`` (the real per-epoch spread) is split
+    into a night part ``corr * b b^T`` (``b`` = between-night std) and the rest, the within-night part.
+    The night part is one draw per night, from a subject component and a per-night, per-stage
+    component; the within part follows an AR(1) over epochs, with a component shared across channels.
+    Relative powers are renormalised to sum to one, as real ones do.
+    """
+    cal = load_calibration()
+    spec, mix = cal["spectra"], cal["spectra_model"]
+    stages = _scored(stages)
+    n, n_ch, n_b = len(stages), len(EEG_CHANNELS), len(BANDS)
+    phi, rho, share = mix["epoch_ar1"], mix["cross_channel_corr"], mix["night_shift_subject_share"]
+    # epoch residuals: AR(1) in time, partly shared across channels
+    eps = np.sqrt(rho) * rng.standard_normal((n, 1, n_b)) + np.sqrt(1 - rho) * rng.standard_normal((n, n_ch, n_b))
+    u = np.empty_like(eps)
+    u[0] = eps[0]
+    for i in range(1, n):
+        u[i] = phi * u[i - 1] + np.sqrt(1 - phi**2) * eps[i]
+    out = np.empty((n_ch, n, n_b))
+    idx = np.array([STAGES.index(s) for s in stages])
+    for c, ch in enumerate(EEG_CHANNELS):
+        for k, s in enumerate(STAGES):
+            sel = idx == k
+            if not sel.any():
+                continue
+            d = spec[ch][s]
+            corr, sd, b = np.asarray(d["corr"]), np.asarray(d["std"]), np.asarray(d["between_night_std"])
+            z = np.sqrt(share) * subject.z[c] + np.sqrt(1 - share) * rng.standard_normal(n_b)
+            shift = _psd_sqrt(corr * np.outer(b, b)) @ z
+            within = _psd_sqrt(corr * (np.outer(sd, sd) - np.outer(b, b)))
+            out[c, sel] = np.asarray(d["mean"]) + shift + u[sel, c] @ within.T
+    p = np.exp(out)
+    return np.log(p / p.sum(axis=2, keepdims=True))
 
 
-def _bursts(rng: np.random.Generator, fraction: np.ndarray, fs: float, rate_hz: float = 0.25) -> np.ndarray:
-    """An envelope in [0, 1] on for about ``fraction`` (per sample) of the time, in bursts of a few s."""
-    s = _shaped_noise(rng, len(fraction), fs, 0.0, rate_hz)
-    thr = ndtri(1.0 - np.clip(fraction, 1e-3, 1 - 1e-3))
-    return np.clip((s - thr) / 0.3 + 0.5, 0.0, 1.0)
+def _scored(stages: Sequence[str]) -> list[str]:
+    """Unscored / movement epochs take the stage before them (W at the start)."""
+    out, last = [], "W"
+    for s in stages:
+        last = s if s in STAGES else last
+        out.append(last)
+    return out
 
 
-def _oscillation(rng: np.random.Generator, n: int, fs: float, hz: float, jitter_hz: float) -> np.ndarray:
-    drift = jitter_hz * _shaped_noise(rng, n, fs, 0.0, 0.1)
-    return np.sin(2 * np.pi * np.cumsum(hz + drift) / fs + rng.uniform(0, 2 * np.pi))
-
-
+# ---------------------------------------------------------------------------------------------
+# 3. Morphology: transient events, in µV, per channel
+# ---------------------------------------------------------------------------------------------
 def _add(x: np.ndarray, at: int, wave: np.ndarray) -> None:
     a, b = max(at, 0), min(at + len(wave), len(x))
     if b > a:
         x[a:b] += wave[a - at : b - at]
 
 
-def synth_signal(
-    rng: np.random.Generator, subject: Subject, stages: Sequence[str], fs: float = FS
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The two EEG channels (µV) of a night and the R&K text per epoch (N3 as S3 or S4)."""
-    n_per = int(EPOCH_S * fs)
-    n = n_per * len(stages)
-    st = np.asarray(stages)
-    g = subject.gain * rng.uniform(0.9, 1.1)  # night-to-night change of the same subject
-    jitter = rng.uniform(0.8, 1.2, size=len(st))  # epoch-to-epoch amplitude variation
+def _gauss(t: np.ndarray, mu: float, sd: float) -> np.ndarray:
+    return np.exp(-0.5 * ((t - mu) / sd) ** 2)
 
-    def level(table: dict[str, float]) -> np.ndarray:
-        return np.array([table.get(s, 0.0) for s in st]) * jitter
 
-    # continuous rhythms with stage-dependent envelopes
-    background = _shaped_noise(rng, n, fs, 0.3, 35.0, pink=True) * _per_sample(
-        level({"W": 1.0, "N1": 1.0, "N2": 1.2, "N3": 1.3, "REM": 0.9, MOVE: 1.0}), n_per) * subject.background_uv
-    alpha = _oscillation(rng, n, fs, subject.alpha_hz, 0.3) * subject.alpha_uv * _per_sample(
-        level({"W": 1.0, "N1": 0.5, "REM": 0.4}), n_per) * _bursts(
-        rng, _per_sample(np.array([{"W": rng.uniform(0.6, 0.9), "N1": 0.15, "REM": 0.1}.get(s, 0.0) for s in st]), n_per), fs)
-    theta = _oscillation(rng, n, fs, subject.theta_hz, 0.6) * 16.0 * _per_sample(
-        level({"W": 0.2, "N1": 1.3, "N2": 0.7, "N3": 0.4, "REM": 0.9}), n_per) * _bursts(
-        rng, _per_sample(np.array([{"N1": 0.6, "N2": 0.35, "REM": 0.45}.get(s, 0.15) for s in st]), n_per), fs, 0.4)
-    sw_fraction = np.array([rng.uniform(0.3, 0.95) if s == "N3" else {"N2": 0.2, "N1": 0.05}.get(s, 0.02) for s in st])
-    delta_level = level({"W": 0.25, "N1": 0.35, "N2": 0.5, "N3": 1.0, "REM": 0.3, MOVE: 0.5})
-    delta = _shaped_noise(rng, n, fs, 0.5, 2.0) * subject.delta_uv * _per_sample(delta_level, n_per) * _bursts(
-        rng, _per_sample(sw_fraction, n_per), fs, 0.15)
-    emg = _shaped_noise(rng, n, fs, 20.0, 45.0) * subject.emg_uv * _per_sample(
-        level({"W": 1.0, "N1": 0.5, "N2": 0.3, "N3": 0.3, "REM": 0.1, MOVE: 20.0}), n_per, 0.5)
-    noise = rng.standard_normal(n) * subject.noise_uv
-    events = np.zeros(n)  # transients that a frontal lead sees
-    eye = np.zeros(n)  # eye movements and blinks (strong at Fpz-Cz, weak at Pz-Oz)
+def _band_masks(n: int) -> tuple[int, np.ndarray, list[np.ndarray]]:
+    """FFT length, its frequencies, and one 0/1 mask per band of :data:`BANDS`."""
+    nfft = sp_fft.next_fast_len(n, real=True)
+    f = sp_fft.rfftfreq(nfft, 1 / FS)
+    return nfft, f, [(f >= lo) & (f < hi) for lo, hi in BANDS.values()]
 
-    t = np.arange(int(3 * fs)) / fs
-    for i, s in enumerate(st):
-        e0 = i * n_per
-        def at(margin_s: float = 1.5) -> int:
-            return e0 + int(rng.uniform(margin_s, EPOCH_S - margin_s) * fs)
+
+def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float, tilt: float = 0.5) -> np.ndarray:
+    """Unit-rms Gaussian noise limited to ``lo..hi`` Hz with a 1/f**tilt power slope inside the band."""
+    nfft = sp_fft.next_fast_len(n, real=True)
+    f = sp_fft.rfftfreq(nfft, 1 / FS)
+    gain = ((f >= lo) & (f < hi)) / np.maximum(f, lo) ** (tilt / 2)
+    x = sp_fft.irfft(sp_fft.rfft(rng.standard_normal(nfft)) * gain, nfft)[:n]
+    return x / (x.std() + 1e-12)
+
+
+def _split_bands(x: np.ndarray) -> np.ndarray:
+    """``[5, n]``: ``x`` split into the five bands (zero-phase FFT masks); what lies outside is dropped."""
+    nfft, _, masks = _band_masks(len(x))
+    spec = sp_fft.rfft(x, nfft)
+    return np.stack([sp_fft.irfft(spec * m, nfft)[: len(x)] for m in masks])
+
+
+def _background(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``[5, n]`` unit-rms noise per band, 1/f inside the delta band and 1/f**0.5 in the others."""
+    nfft, f, masks = _band_masks(n)
+    spec = sp_fft.rfft(rng.standard_normal(nfft))
+    out = np.empty((len(masks), n))
+    for b, m in enumerate(masks):
+        x = sp_fft.irfft(spec * m / np.maximum(f, 0.5) ** (0.5 if b == 0 else 0.25), nfft)[:n]
+        out[b] = x / (x.std() + 1e-12)
+    return out
+
+
+def _events(rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray) -> np.ndarray:
+    """``[channel, samples]`` transients whose rates follow each epoch's drawn spectrum."""
+    n = N_PER * len(stages)
+    ev = np.zeros((len(EEG_CHANNELS), n))
+    fpz, pz, eog = 0, 1, 2
+    eye_leak = (0.35, 0.05, 1.0)  # how much of an eye movement each channel sees
+    t = np.arange(int(3 * FS)) / FS
+    rates = load_calibration()["morphology"]
+
+    def at(e0: int, margin_s: float = 1.0) -> int:
+        return e0 + int(rng.uniform(margin_s, EPOCH_S - margin_s) * FS)
+
+    def eye(pos: int, wave: np.ndarray) -> None:
+        for c, k in enumerate(eye_leak):
+            _add(ev[c], pos, k * wave)
+
+    # how each epoch stands in its own stage: z-scores of the drawn spectrum decide the event counts
+    stage_arr = np.asarray(_scored(stages))
+    for i, s in enumerate(stages):
+        e0 = i * N_PER
         if s == "W":
-            for _ in range(rng.integers(0, 3)):  # blinks
-                _add(eye, at(), rng.uniform(80, 180) * np.exp(-0.5 * ((t[:60] - 0.3) / 0.08) ** 2))
+            for _ in range(rng.poisson(rates["W_blinks_per_epoch"])):
+                eye(at(e0), rng.uniform(60, 150) * _gauss(t[:60], 0.3, 0.08) * rng.choice([0.3, 1.0]))
+            for _ in range(rng.poisson(rates["W_saccades_per_epoch"])):
+                a = rng.choice([-1, 1]) * rng.uniform(40, 120)
+                eye(at(e0), a * (1 / (1 + np.exp(-(t[:150] - 0.1) / 0.02))) * np.exp(-t[:150] / 1.2))
         elif s == "N1":
-            for _ in range(rng.integers(1, 4)):  # vertex sharp waves
-                a = rng.uniform(50, 90)
-                _add(events, at(), -a * np.exp(-0.5 * ((t[:60] - 0.25) / 0.05) ** 2)
-                     + 0.35 * a * np.exp(-0.5 * ((t[:60] - 0.4) / 0.08) ** 2))
-            if rng.random() < 0.6:  # slow eye movement
-                dur = rng.uniform(2.0, 4.0)
-                k = int(dur * fs)
-                _add(eye, at(4.0) - k // 2, rng.choice([-1, 1]) * rng.uniform(30, 60) * np.sin(np.pi * np.arange(k) / k))
+            for _ in range(rng.poisson(rates["N1_vertex_per_epoch"])):
+                a = rng.uniform(50, 100)
+                w = -a * _gauss(t[:60], 0.25, 0.05) + 0.35 * a * _gauss(t[:60], 0.4, 0.08)
+                _add(ev[fpz], at(e0), w)
+                _add(ev[pz], at(e0), 0.4 * w)
+            if rng.random() < rates["N1_slow_eye_movement_prob"]:
+                dur = rng.uniform(2.0, 5.0)
+                k = int(dur * FS)
+                eye(at(e0, 5.0) - k // 2, rng.choice([-1, 1]) * rng.uniform(50, 120) * np.sin(np.pi * np.arange(k) / k))
         elif s == "N2":
-            n_sp, n_kc = rng.integers(1, 4), rng.integers(0, 3)
-            if rng.random() < 0.15:
-                n_sp = 0
-                n_kc = max(n_kc, 1)
-            for _ in range(n_sp):  # spindles
-                dur = rng.uniform(0.6, 1.6)
-                k = np.arange(int(dur * fs)) / fs
-                env = np.sin(np.pi * k / dur) ** 2
-                f = subject.spindle_hz + rng.uniform(-0.4, 0.4)
-                _add(events, at(), rng.uniform(0.7, 1.3) * subject.spindle_uv * env * np.sin(2 * np.pi * f * k))
-            for _ in range(n_kc):  # K-complexes: sharp negative then slower positive wave
-                a = rng.uniform(70, 140)
-                _add(events, at(), -a * np.exp(-0.5 * ((t[:150] - 0.3) / 0.1) ** 2)
-                     + 0.6 * a * np.exp(-0.5 * ((t[:150] - 0.75) / 0.18) ** 2))
-        elif s == "N3" and rng.random() < 0.3:
-            dur = rng.uniform(0.5, 1.0)
-            k = np.arange(int(dur * fs)) / fs
-            _add(events, at(), 0.6 * subject.spindle_uv * np.sin(np.pi * k / dur) ** 2
-                 * np.sin(2 * np.pi * subject.spindle_hz * k))
+            sigma_z = spectra[fpz, i, 3] - np.median(spectra[fpz, stage_arr == "N2", 3])
+            for _ in range(rng.poisson(rates["N2_spindles_per_epoch"] * np.exp(sigma_z))):
+                dur = rng.uniform(0.5, 2.0)
+                k = np.arange(int(dur * FS)) / FS
+                w = rng.uniform(15, 35) * np.sin(np.pi * k / dur) ** 2 * np.sin(
+                    2 * np.pi * (subject.spindle_hz + rng.uniform(-0.5, 0.5)) * k)
+                pos = at(e0)
+                _add(ev[fpz], pos, w)
+                _add(ev[pz], pos, 0.8 * w)
+            for _ in range(rng.poisson(rates["N2_k_complexes_per_epoch"])):
+                a = rng.uniform(75, 160)
+                w = -a * _gauss(t[:150], 0.3, 0.1) + 0.6 * a * _gauss(t[:150], 0.75, 0.18)
+                pos = at(e0)
+                _add(ev[fpz], pos, w)
+                _add(ev[pz], pos, 0.5 * w)
+                _add(ev[eog], pos, 0.3 * w)
         elif s == "REM":
-            for _ in range(rng.integers(1, 4)):  # sawtooth-wave trains, 2-3 Hz
-                f = rng.uniform(2.0, 3.2)
-                k = np.arange(int(rng.integers(3, 7) / f * fs)) / fs
-                ramp = 2 * ((k * f) % 1.0) - 1  # slow rise, sharp fall
-                _add(events, at(), rng.uniform(20, 40) * ramp * np.hanning(len(k)) ** 0.3)
-            for _ in range(rng.integers(1, 5)):  # rapid eye movements
-                a = rng.choice([-1, 1]) * rng.uniform(40, 90)
-                rise = 1 / (1 + np.exp(-(t[:100] - 0.15) / 0.03))
-                _add(eye, at(), a * rise * np.exp(-np.maximum(t[:100] - 0.2, 0) / 0.3))
-
-    common = g * (background + theta + delta + events) + emg + noise
-    fpz = common + g * (alpha + eye)
-    pz = common + g * (1.8 * alpha + 0.15 * eye)
-    texts = []
-    for s, frac in zip(st, sw_fraction):
-        texts.append(("Sleep stage 4" if frac > 0.55 else "Sleep stage 3") if s == "N3" else RK_TEXT[s])
-    return {"EEG Fpz-Cz": fpz, "EEG Pz-Oz": pz}, texts
+            for _ in range(rng.poisson(rates["REM_sawtooth_trains_per_epoch"])):
+                f = rng.uniform(2.0, 3.5)
+                k = np.arange(int(rng.integers(3, 8) / f * FS)) / FS
+                w = rng.uniform(20, 45) * (2 * ((k * f) % 1.0) - 1) * np.hanning(len(k)) ** 0.3
+                pos = at(e0)
+                _add(ev[fpz], pos, w)
+                _add(ev[pz], pos, 0.6 * w)
+            if rng.random() < rates["REM_phasic_prob"]:  # rapid eye movements come in bursts
+                for _ in range(rng.poisson(rates["REM_eye_movements_per_phasic_epoch"])):
+                    a = rng.choice([-1, 1]) * rng.uniform(50, 150)
+                    eye(at(e0), a * (1 / (1 + np.exp(-(t[:100] - 0.1) / 0.025))) * np.exp(-np.maximum(t[:100] - 0.15, 0) / 0.35))
+    return ev
 
 
+def _alpha(rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray) -> np.ndarray:
+    """An alpha rhythm (``[channel, samples]``, unit scale) waxing and waning in eyes-closed wake and
+    faintly in N1 and REM: those epochs whose drawn alpha share is above their stage's median."""
+    n = N_PER * len(stages)
+    drift = 0.3 * _band_noise(rng, n, 0.01, 0.1)
+    osc = np.sin(2 * np.pi * np.cumsum(subject.alpha_hz + drift) / FS + rng.uniform(0, 2 * np.pi))
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * np.cumsum(0.3 + 0.2 * _band_noise(rng, n, 0.01, 0.2)) / FS)
+    st = np.asarray(_scored(stages))
+    on = np.zeros(len(stages))
+    for s, level in (("W", 1.0), ("N1", 0.4), ("REM", 0.3)):
+        sel = st == s
+        if sel.any():
+            on[sel] = level * (spectra[1, sel, 2] > np.median(spectra[1, sel, 2]))
+    return osc * env * _ramp(on, 1.0)
+
+
+def _ramp(values: np.ndarray, seconds: float = 1.0, fs: float = FS) -> np.ndarray:
+    """Per-epoch values held over each epoch (sampled at ``fs``), with linear ``seconds``-long ramps between."""
+    v = np.asarray(values, dtype=float)
+    per, h = EPOCH_S * fs, seconds * fs / 2
+    edges = np.arange(1, len(v)) * per
+    knots = np.concatenate([[0.0], np.stack([edges - h, edges + h], 1).ravel(), [len(v) * per - 1]])
+    vals = np.concatenate([[v[0]], np.stack([v[:-1], v[1:]], 1).ravel(), [v[-1]]])
+    return np.interp(np.arange(int(round(len(v) * per))), knots, vals)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Signal: background per band + morphology, then each band of each epoch rescaled to its target
+# ---------------------------------------------------------------------------------------------
+def _amplitudes(rng: np.random.Generator, subject: Subject, stages: Sequence[str]) -> np.ndarray:
+    """``[channel, epoch]`` 0.5-30 Hz rms in µV (stage level x subject, night and epoch variation)."""
+    amp = load_calibration()["amplitude"]
+    st = _scored(stages)
+    out = np.empty((len(EEG_CHANNELS), len(st)))
+    for c, ch in enumerate(EEG_CHANNELS):
+        level = np.log([amp["rms_uv"][ch][s] for s in st])
+        night = rng.normal(0.0, amp["between_night_log_sd"])
+        out[c] = np.exp(level + subject.log_gain[c] + night + rng.normal(0.0, amp["epoch_log_sd"], len(st)))
+    return out
+
+
+def synth_eeg(
+    rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray, iterations: int = 2
+) -> np.ndarray:
+    """``[channel, samples]`` µV whose per-epoch log relative band powers read back as ``spectra``.
+
+    Per channel: background noise per band at the epoch's target power, plus the alpha rhythm and the
+    transient events, split into the bands; then each band of each epoch is rescaled by
+    ``sqrt(target / measured)`` (relative powers both sum to one, so the total power is kept), twice.
+    """
+    n = N_PER * len(stages)
+    amp = _amplitudes(rng, subject, stages)
+    target = amp[:, :, None] ** 2 * np.exp(spectra)  # [channel, epoch, band] power in µV²
+    events = _events(rng, subject, stages, spectra)
+    alpha = _alpha(rng, subject, stages, spectra)
+    out = np.empty((len(EEG_CHANNELS), n))
+    for c in range(len(EEG_CHANNELS)):
+        bands = _background(rng, n)
+        for b in range(len(BANDS)):
+            bands[b] *= _ramp(np.sqrt(target[c, :, b]))
+        if c != 2:  # the alpha rhythm holds most of the alpha band where it is on (weaker frontally)
+            events[c] += (1.0 if c == 1 else 0.6) * 2.0 * alpha * _ramp(np.sqrt(target[c, :, 2]))
+        split = _split_bands(events[c])
+        rest = events[c] - split.sum(0)  # what the events hold below 0.5 Hz or above 30 Hz
+        bands += split
+        for _ in range(iterations):
+            gain = np.sqrt(np.exp(spectra[c] - log_relative_band_power(bands.sum(0) + rest, FS)))
+            for b in range(len(BANDS)):
+                bands[b] *= _ramp(gain[:, b], 0.5)
+        out[c] = bands.sum(0) + rest
+    return out
+
+
+
+def synth_emg(rng: np.random.Generator, subject: Subject, stages: Sequence[str]) -> np.ndarray:
+    """EMG submental at 1 Hz (µV, an rms level as in sleep-cassette files): per-stage log-normal levels
+    that overlap, lowest in REM, with brief twitches in REM and bursts at movement epochs."""
+    emg = load_calibration()["emg"]
+    st = _scored(stages)
+    level = np.array([emg["log_uv_mean"][s] for s in st]) + subject.emg_log + rng.normal(0, emg["between_night_log_sd"])
+    level = level + rng.normal(0.0, emg["epoch_log_sd"], len(st))
+    per = int(EPOCH_S * RATES[EMG_CHANNEL])
+    x = np.exp(_ramp(level, 3.0, RATES[EMG_CHANNEL]) + rng.normal(0.0, 0.12, per * len(st)))
+    for i, s in enumerate(stages):
+        if s == "REM":
+            for _ in range(rng.poisson(emg["REM_twitches_per_epoch"])):
+                x[i * per + int(rng.integers(per))] *= rng.uniform(2.0, 5.0)
+        elif s == MOVE:
+            x[i * per : (i + 1) * per] *= rng.uniform(4.0, 10.0)
+    return x
+
+
+def _artefacts(rng: np.random.Generator, stages: Sequence[str], eeg: np.ndarray, emg: np.ndarray) -> list[int]:
+    """Movement bursts in movement epochs and in a few scored epochs; returns the scored epochs hit."""
+    rate = load_calibration()["morphology"]["artefact_rate_scored"]
+    hit = []
+    for i, s in enumerate(stages):
+        if s == MOVE or (s in ("W", "N1") and rng.random() < rate * 2) or (s in STAGES and rng.random() < rate / 2):
+            dur = EPOCH_S if s == MOVE else rng.uniform(1.0, 5.0)
+            k = int(dur * FS)
+            pos = i * N_PER + (0 if s == MOVE else int(rng.uniform(0, EPOCH_S - dur) * FS))
+            burst = _band_noise(rng, k, 0.5, 20.0, tilt=1.0) * np.hanning(k) ** 0.2
+            for c in range(eeg.shape[0]):
+                _add(eeg[c], pos, rng.uniform(80, 250) * burst)
+            emg[int(pos / FS) : int((pos + k) / FS) + 1] *= rng.uniform(2.0, 6.0)
+            if s != MOVE:
+                hit.append(i)
+    return hit
+
+
+def synth_signal(
+    rng: np.random.Generator, subject: Subject, stages: Sequence[str]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """All channels of a night (µV; rates in :data:`RATES`) and the R&K annotation text per epoch."""
+    spectra = sample_spectra(rng, subject, stages)
+    eeg = synth_eeg(rng, subject, stages, spectra)
+    emg = synth_emg(rng, subject, stages)
+    _artefacts(rng, stages, eeg, emg)
+    signals = {ch: eeg[c] for c, ch in enumerate(EEG_CHANNELS)}
+    signals[EMG_CHANNEL] = emg
+    n3 = spectra[0, np.asarray(_scored(stages)) == "N3", 0]
+    s4 = np.median(n3) if len(n3) else 0.0
+    texts = [("Sleep stage 4" if spectra[0, i, 0] > s4 else "Sleep stage 3") if s == "N3" else RK_TEXT[s]
+             for i, s in enumerate(stages)]
+    return signals, texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
 SYNTH_PREFIX = "SC9"  # real Sleep-EDF nights are SC4ss / ST7ss: synthetic ones never share their names
 
 
@@ -256,28 +474,35 @@ def night_names(index: int, nights_per_subject: int) -> tuple[str, str]:
     return f"{stem}0-PSG.edf", f"{stem}C-Hypnogram.edf"
 
 
-def synth_nights(out: str | Path, nights: int, seed: int = 0, hours: float = 8.0, nights_per_subject: int = 1) -> list[Path]:
+def synth_night(seed: int, index: int, nights_per_subject: int = 1, hours: float | None = 8.0):
+    """The stages, signals and R&K texts of night ``index`` of a seeded set (what :func:`synth_nights` writes)."""
+    subject = Subject.draw(np.random.default_rng([seed, 10_000 + index // nights_per_subject]))
+    rng = np.random.default_rng([seed, index])
+    stages = synth_hypnogram(rng, hours)
+    signals, texts = synth_signal(rng, subject, stages)
+    return stages, signals, texts, rng
+
+
+def synth_nights(
+    out: str | Path, nights: int, seed: int = 0, hours: float | None = 8.0, nights_per_subject: int = 1,
+    verbose: bool = True,
+) -> list[Path]:
     """Write ``nights`` synthetic nights into ``out``; returns the PSG paths."""
-    if nights < 1 or hours <= 0 or nights_per_subject < 1:
+    if nights < 1 or (hours is not None and hours <= 0) or nights_per_subject < 1:
         raise ValueError("--nights, --hours and --nights-per-subject must be positive")
     if (nights - 1) // nights_per_subject > 99:
         raise ValueError("at most 100 subjects (Sleep-EDF names have two subject digits)")
     out = Path(out)
     written = []
-    subjects: dict[int, Subject] = {}
     for i in range(nights):
-        rng = np.random.default_rng([seed, i])
-        s_idx = i // nights_per_subject
-        if s_idx not in subjects:
-            subjects[s_idx] = Subject.draw(np.random.default_rng([seed, 10_000 + s_idx]))
-        stages = synth_hypnogram(rng, hours)
-        signals, texts = synth_signal(rng, subjects[s_idx], stages)
+        stages, signals, texts, rng = synth_night(seed, i, nights_per_subject, hours)
         start = datetime.datetime(1989, 4, 24, 22, 0) + datetime.timedelta(minutes=int(rng.integers(0, 90)))
         psg_name, hyp_name = night_names(i, nights_per_subject)
-        write_night(out / psg_name, out / hyp_name, signals, FS, hypnogram_annotations(texts), start)
+        write_night(out / psg_name, out / hyp_name, signals, RATES, hypnogram_annotations(texts), start)
         written.append(out / psg_name)
-        counts = {s: stages.count(s) for s in ("W", "N1", "N2", "N3", "REM", MOVE)}
-        print(f"{psg_name}: {len(stages)} epochs " + " ".join(f"{k} {v}" for k, v in counts.items()))
+        if verbose:
+            counts = {s: stages.count(s) for s in (*STAGES, UNSCORED, MOVE)}
+            print(f"{psg_name}: {len(stages)} epochs " + " ".join(f"{k} {v}" for k, v in counts.items()))
     return written
 
 
@@ -286,7 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for the EDF files")
     p.add_argument("--nights", type=int, default=10, help="number of nights")
     p.add_argument("--nights-per-subject", type=int, default=1, help="nights recorded from each subject")
-    p.add_argument("--hours", type=float, default=8.0, help="length of each night (8 h = 960 epochs)")
+    p.add_argument("--hours", type=float, default=None,
+                   help="length of each recording (8 h = 960 epochs); default: a real-length night "
+                        "(sleep period drawn from Sleep-EDF, plus 30 min of wake on each side)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
