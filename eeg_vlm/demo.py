@@ -1,8 +1,11 @@
 """``eeg-vlm demo``: the whole EEG-VLM pipeline on synthetic nights, on the CPU, one command per step.
 
-    synth -> prepare -> vision train -> vision extract (train, eval) -> vision module scored on the
-    held-out subjects -> tiny LLaVA base -> deepspeed llava/train/train_mem.py -> llava/eval/model_vqa.py
-    -> eeg-vlm score
+    synth (nights calibrated to real Sleep-EDF) -> prepare -> vision train -> vision extract (train, eval)
+    -> vision predict -> the two baselines (train, predict) -> tiny LLaVA base
+    -> deepspeed llava/train/train_mem.py -> llava/eval/model_vqa.py -> eeg-vlm score --compare ...
+
+It ends with one table on the same held-out epochs: the majority class, the band-power baseline, the
+feature baseline, the vision module and EEG-VLM (accuracy, macro-F1, kappa, N1 F1, REM F1).
 
 Each step runs the command a user would run, printed before it runs, from inside ``--workdir`` (so the
 paths read as in the README: ``sleep_data/eeg_ft.json`` ...). A step whose command, inputs and upstream
@@ -30,13 +33,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-from eeg_vlm.formats import FormatError, file_sha256, read_records, write_json
+from eeg_vlm.formats import FormatError, file_sha256, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 STAMPS = ".demo"
-BAR = 0.7  # the full demo's VLM must reach this accuracy on the held-out subjects
 
 # Folders and files inside the workdir (the seed's sleep_data/ layout).
 EDF = "edf"
@@ -49,7 +51,8 @@ TRAIN_FEATURES = f"{DATA}/train_high_level_features.npy"
 EVAL_FEATURES = f"{DATA}/eval_high_level_features.npy"
 ANSWERS = f"{DATA}/answers/eeg_answers.jsonl"
 VISION = "checkpoints/vision/resnet18"
-VISION_METRICS = "results/vision_metrics.json"
+VISION_ANSWERS = f"{DATA}/answers/vision_answers.jsonl"
+BASELINES = {"bandpower": "band-power baseline", "features": "feature baseline"}  # kind -> row name
 TINY = "checkpoints/tiny-llava"
 RUN = "checkpoints/eeg-vlm-tiny-lora"
 SCORES = "results/vlm"
@@ -83,7 +86,6 @@ class Step:
     # (a folder and the files inside it that prove the folder complete)
     inputs: list[str] = field(default_factory=list)  # files whose bytes are part of the stamp
     after: list[str] = field(default_factory=list)  # steps whose stamps are part of this one's
-    call: Callable[[Path], None] | None = None  # in-process step (argv then only describes it)
 
 
 def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
@@ -107,6 +109,8 @@ def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
         "--lazy_preprocess", "True", "--report_to", "none", "--seed", str(seed),
         "--hl_fusion", "token", "--hl_projector", "separate",
     ]
+    compare = [arg for kind, name in BASELINES.items() for arg in ("--compare", f"{name}={baseline_answers(kind)}")]
+    compare += ["--compare", f"vision module (resnet18)={VISION_ANSWERS}"]
     return [
         Step("synth", ["eeg-vlm", "synth", "--out", EDF, "--nights", str(size.nights), "--hours", str(size.hours),
                        "--seed", str(seed)], outputs=[EDF]),
@@ -127,9 +131,10 @@ def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
                                      EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--out", EVAL_FEATURES,
                                      "--batch-size", "128"],
              outputs=[EVAL_FEATURES, EVAL_FEATURES + ".json"], inputs=[EVAL_RECORDS], after=["vision-train"]),
-        Step("vision-score", ["(in-process)", "vision module's own stage predictions on", EVAL_RECORDS,
-                              "->", VISION_METRICS],
-             outputs=[VISION_METRICS], inputs=[EVAL_RECORDS], after=["vision-train"], call=score_vision_module),
+        Step("vision-predict", ["eeg-vlm", "vision", "predict", "--checkpoint", VISION, "--question-file",
+                                EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--answers-file", VISION_ANSWERS],
+             outputs=[VISION_ANSWERS], inputs=[EVAL_RECORDS], after=["vision-train"]),
+        *baseline_steps(),
         Step("tiny-llava", ["python", "-m", "llava.model.tiny", "--out", TINY, "--seed", str(seed),
                             "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
              outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
@@ -141,38 +146,30 @@ def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
                       "--max-new-tokens", str(size.max_new_tokens if cot == "none" else size.max_new_tokens_cot)],
              outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
         Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", ANSWERS,
-                       "--out", SCORES],
-             outputs=[SCORES, f"{SCORES}/metrics.json"], inputs=[EVAL_RECORDS, ANSWERS], after=["eval"]),
+                       "--out", SCORES, *compare],
+             outputs=[SCORES, f"{SCORES}/metrics.json"], inputs=[EVAL_RECORDS, ANSWERS, VISION_ANSWERS],
+             after=["eval", "vision-predict", *(f"baseline-{k}-predict" for k in BASELINES)]),
     ]
 
 
-# ---------------------------------------------------------------------------------------------
-# The in-process step: the vision module's own accuracy on the held-out subjects
-# ---------------------------------------------------------------------------------------------
-def score_vision_module(workdir: Path) -> None:
-    """Argmax of the vision module's class logits on the eval questions, scored like the VLM's answers."""
-    import torch
-    from torch.utils.data import DataLoader
+def baseline_answers(kind: str) -> str:
+    return f"{DATA}/answers/baseline_{kind}_answers.jsonl"
 
-    from eeg_vlm.formats import STAGES
-    from sleep_eeg.score import compute_metrics
-    from vision_modules.checkpoint import load_vision_module
-    from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
 
-    questions = read_records(workdir / EVAL_RECORDS)
-    labels = record_labels(questions, str(workdir / EVAL_RECORDS))
-    paths = record_image_paths(questions, workdir / EVAL_IMAGES, str(workdir / EVAL_RECORDS))
-    model, config = load_vision_module(workdir / VISION)
-    loader = DataLoader(EEGImageDataset(paths, labels, model.input_size, model.mean, model.std), batch_size=128)
-    preds = []
-    with torch.no_grad():
-        for images, _ in loader:
-            preds += model(images).logits.argmax(1).tolist()
-    classes = config.get("classes", list(STAGES))
-    metrics = compute_metrics([STAGES[i] for i in labels], [classes[i] for i in preds])
-    metrics["arch"] = config["arch"]
-    metrics["val_metrics"] = config.get("val_metrics")  # its own validation split (train subjects held out)
-    write_json(workdir / VISION_METRICS, metrics)
+def baseline_steps() -> list[Step]:
+    """Train each baseline on the training records' nights, answer the held-out questions."""
+    steps = []
+    for kind in BASELINES:
+        model = f"checkpoints/baseline-{kind}"
+        steps += [
+            Step(f"baseline-{kind}-train", ["eeg-vlm", "baseline", "train", "--kind", kind, "--records", TRAIN_RECORDS,
+                                            "--edf-dir", EDF, "--out", model],
+                 outputs=[model, f"{model}/config.json"], inputs=[TRAIN_RECORDS], after=["prepare"]),
+            Step(f"baseline-{kind}-predict", ["eeg-vlm", "baseline", "predict", "--model", model, "--question-file",
+                                              EVAL_RECORDS, "--edf-dir", EDF, "--answers-file", baseline_answers(kind)],
+                 outputs=[baseline_answers(kind)], inputs=[EVAL_RECORDS], after=[f"baseline-{kind}-train"]),
+        ]
+    return steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +216,7 @@ def is_current(step: Step, workdir: Path, key: str) -> bool:
         return False
 
 
-def run_step(step: Step, workdir: Path, env: dict, threads: int) -> float:
+def run_step(step: Step, workdir: Path, env: dict) -> float:
     for p in step.outputs:  # a stale or half-written output must not leak into this run
         target = workdir / p
         if target.is_dir():
@@ -227,20 +224,13 @@ def run_step(step: Step, workdir: Path, env: dict, threads: int) -> float:
         elif target.exists():
             target.unlink()
     t0 = time.perf_counter()
-    if step.call is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-        print("  " + " ".join(step.argv), flush=True)
-        step.call(workdir)
-    else:
-        argv = list(step.argv)
-        if argv[0] == "deepspeed":  # a free port: another deepspeed job may hold the default 29500
-            argv[1:1] = ["--master_port", str(_free_port())]
-        print("$ " + shlex.join(argv), flush=True)
-        proc = subprocess.run(_executable(argv, env), cwd=workdir, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"demo: step {step.name!r} failed (exit {proc.returncode}); see its output above")
+    argv = list(step.argv)
+    if argv[0] == "deepspeed":  # a free port: another deepspeed job may hold the default 29500
+        argv[1:1] = ["--master_port", str(_free_port())]
+    print("$ " + shlex.join(argv), flush=True)
+    proc = subprocess.run(_executable(argv, env), cwd=workdir, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: step {step.name!r} failed (exit {proc.returncode}); see its output above")
     return time.perf_counter() - t0
 
 
@@ -258,46 +248,30 @@ def subprocess_env(threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------------------------
-def majority_share(questions: list[dict]) -> float:
-    from collections import Counter
-
-    counts = Counter(q["label"] for q in questions)
-    return max(counts.values()) / len(questions)
-
-
 def summary(workdir: Path, timings: dict[str, tuple[float, bool]]) -> dict:
-    vision = json.loads((workdir / VISION_METRICS).read_text())
+    """The comparison table of the score step (same held-out epochs for every row) and the step times."""
+    from sleep_eeg.score import format_comparison
+
     vlm = json.loads((workdir / SCORES / "metrics.json").read_text())
-    chance = majority_share(read_records(workdir / EVAL_RECORDS))
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    print("\n== held-out subjects: the vision module alone vs EEG-VLM ==")
-    print(f"{'':<16}{'vision (' + vision['arch'] + ')':>22}{'EEG-VLM (tiny LLaVA)':>24}")
-    for key, name in (("n", "questions"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("kappa", "Cohen's kappa")):
-        a, b = vision[key], vlm[key]
-        a, b = (str(a), str(b)) if key == "n" else (fmt(a), fmt(b))
-        print(f"{name:<16}{a:>22}{b:>24}")
-    print(f"{'unparseable':<16}{'-':>22}{vlm['unparseable']:>24}")
-    print(f"(majority-class baseline: accuracy {chance:.3f}; kappa 0)")
-    if vlm["accuracy"] < BAR:
-        print(f"note: EEG-VLM accuracy {vlm['accuracy']:.3f} is below the demo's bar of {BAR} "
-              f"(expected with --quick; otherwise see docs/benchmarks.md, 'Demo')")
-    val = vision.get("val_metrics") or {}
-    if val.get("accuracy") is not None:
-        print(f"(vision module on its own validation subjects: accuracy {val['accuracy']:.3f}, "
-              f"macro-F1 {val['macro_f1']:.3f})")
+    rows = vlm["comparison"]
+    rows[-1]["name"] = "EEG-VLM (tiny LLaVA)"
+    print(f"\n== held-out subjects ({rows[-1]['n']} epochs): every score beside its baselines ==")
+    print(format_comparison(rows))
+    best = max(rows[1:-1], key=lambda r: r["macro_f1"])
+    if rows[-1]["macro_f1"] < best["macro_f1"]:
+        print(f"note: EEG-VLM's macro-F1 {rows[-1]['macro_f1']:.3f} is below the {best['name']}'s "
+              f"{best['macro_f1']:.3f} on these epochs")
     plots = [str(Path(SCORES) / p) for p in vlm.get("plots", [])]
-    print(f"\nscores: {workdir / SCORES / 'metrics.json'}, {workdir / VISION_METRICS}")
+    print(f"\nscores: {workdir / SCORES / 'metrics.json'}")
     print(f"plots:  {workdir / SCORES}/ ({', '.join(Path(p).name for p in plots[:4])}"
           f"{', ...' if len(plots) > 4 else ''})")
     print("\n== time per step ==")
     for name, (seconds, ran) in timings.items():
-        print(f"{name:<22}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
+        print(f"{name:<24}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
     total = sum(s for s, ran in timings.values() if ran)
-    print(f"{'this run':<22}{total:>8.1f} s")
-    result = {"vision": {k: vision[k] for k in ("n", "accuracy", "macro_f1", "kappa")},
-              "vlm": {k: vlm[k] for k in ("n", "accuracy", "macro_f1", "kappa", "unparseable")},
-              "majority_baseline": chance, "seconds": {k: v[0] for k, v in timings.items()},
-              "ran": [k for k, v in timings.items() if v[1]]}
+    print(f"{'this run':<24}{total:>8.1f} s")
+    result = {"table": rows, "vlm": {k: vlm[k] for k in ("n", "accuracy", "macro_f1", "kappa", "unparseable")},
+              "seconds": {k: v[0] for k, v in timings.items()}, "ran": [k for k, v in timings.items() if v[1]]}
     write_json(workdir / "results" / "demo_summary.json", result)
     return result
 
@@ -333,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n[{i}/{len(steps)}] {step.name}", flush=True)
         if stamp.exists():
             stamp.unlink()
-        seconds = run_step(step, workdir, env, args.threads)
+        seconds = run_step(step, workdir, env)
         write_json(stamp, {"key": key, "argv": step.argv, "seconds": round(seconds, 1)})
         timings[step.name] = (seconds, True)
         print(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s", flush=True)

@@ -60,9 +60,14 @@ def test_each_step_writes_its_files(quick_run):
         feats = np.load(data / name, allow_pickle=False)
         assert feats.shape == (n, 1, 1024) and feats.dtype == np.float32 and np.isfinite(feats).all()
         assert json.loads((data / (name + ".json")).read_text())["n"] == n
-    vision = json.loads((workdir / demo.VISION_METRICS).read_text())
-    assert vision["n"] == len(questions) and vision["arch"] == "resnet18"
-    assert 0.0 <= vision["accuracy"] <= 1.0
+    # the vision module's own answers and the two baselines', one per question, with probabilities
+    for answers_file in (demo.VISION_ANSWERS, *(demo.baseline_answers(k) for k in demo.BASELINES)):
+        rows = formats.read_jsonl(workdir / answers_file)
+        assert [a["question_id"] for a in rows] == [q["question_id"] for q in questions], answers_file
+        for a in rows:
+            probs = a["metadata"]["probabilities"]
+            assert set(probs) == set(formats.STAGES) and abs(sum(probs.values()) - 1) < 1e-4
+            assert a["text"] == formats.stage_line(max(probs, key=probs.get))
 
     # tiny base, then the LoRA run in LLaVA's layout with the demo's recipe in its config.
     assert (workdir / demo.TINY / "tokenizer.model").is_file() and (workdir / demo.TINY / "clip").is_dir()
@@ -81,18 +86,26 @@ def test_each_step_writes_its_files(quick_run):
         assert {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"} <= set(a)
         assert "label" in a["metadata"]
 
-    # score: metrics.json + plots; the summary puts both models side by side and times every step.
+    # score: metrics.json + plots; the summary puts every model beside the baselines on the same epochs.
     metrics = json.loads((workdir / demo.SCORES / "metrics.json").read_text())
     assert metrics["n"] == len(questions)
-    for key in ("accuracy", "macro_f1", "kappa"):
-        assert key in metrics and key in vision
     assert (workdir / demo.SCORES / "confusion_matrix.png").is_file()
     summary = json.loads((workdir / "results" / "demo_summary.json").read_text())
     assert summary["ran"] == STEPS and summary["vlm"]["accuracy"] == metrics["accuracy"]
+    table = summary["table"]
+    assert [r["name"].split(" (")[0] for r in table] == [
+        "majority class", "band-power baseline", "feature baseline", "vision module", "EEG-VLM"]
+    assert all(r["n"] == len(questions) for r in table)
+    labels = [q["label"] for q in questions]
+    assert table[0]["accuracy"] == pytest.approx(max(labels.count(s) for s in set(labels)) / len(labels))
+    assert table[-1]["accuracy"] == metrics["accuracy"]
     out = proc.stdout
-    assert "vision (resnet18)" in out and "EEG-VLM" in out and "Cohen's kappa" in out
+    for row in table:
+        assert row["name"] in out
+    assert "macro-F1" in out and "N1 F1" in out and "REM F1" in out
     # each command is printed as a user would type it before it runs
     for command in ("$ eeg-vlm synth", "$ eeg-vlm prepare", "$ eeg-vlm vision train", "$ eeg-vlm vision extract",
+                    "$ eeg-vlm vision predict", "$ eeg-vlm baseline train", "$ eeg-vlm baseline predict",
                     "llava.model.tiny", "llava/train/train_mem.py", "llava/eval/model_vqa.py", "$ eeg-vlm score"):
         assert command in out, command
     assert "--deepspeed" in out and "zero3.json" in out

@@ -16,29 +16,19 @@ def test_synthetic_night_round_trips_through_edf_within_quantisation(tmp_path):
     seq = synth.synth_hypnogram(rng, hours=0.5)
     signals, texts = synth.synth_signal(rng, synth.Subject.draw(rng), seq)
     start = datetime.datetime(2000, 1, 1, 23, 0)
-    edf.write_night(tmp_path / "SC4001E0-PSG.edf", tmp_path / "SC4001EC-Hypnogram.edf", signals, 100.0,
+    edf.write_night(tmp_path / "SC4001E0-PSG.edf", tmp_path / "SC4001EC-Hypnogram.edf", signals, synth.RATES,
                     synth.hypnogram_annotations(texts), start)
     night, = edf.find_nights(tmp_path)
     assert (night.subject, night.night) == ("SC400", 1)
+    assert set(signals) == {"EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental"}
     for channel, x in signals.items():
         data, fs, annotations = edf.read_night(night, channel)
-        assert fs == 100.0 and data.shape == x.shape
+        assert fs == synth.RATES[channel] and data.shape == x.shape
         step = 1000.0 / 65535  # physical range -500..500 µV on 16 bits
         assert np.max(np.abs(data - np.clip(x, -500, 500))) <= step / 2 + 1e-9
+    assert edf.read_night(night, "EMG submental")[1] == 1.0  # a 1-Hz level, as in sleep-cassette files
     labels = stages.epoch_labels(annotations, len(seq))
-    assert labels == [None if s == synth.MOVE else s for s in seq]
-
-
-def test_hypnogram_has_cycles_early_n3_and_late_rem():
-    seq = synth.synth_hypnogram(np.random.default_rng(0), hours=8)
-    assert len(seq) == 960
-    assert set(seq) >= {"W", "N1", "N2", "N3", "REM"}
-    first, last = seq[:320], seq[-320:]
-    assert first.count("N3") > last.count("N3")
-    assert last.count("REM") > first.count("REM")
-    # brief awakenings inside the night, not only at its edges
-    inner = seq[seq.index("N2"): len(seq) - seq[::-1].index("N2")]
-    assert "W" in inner
+    assert labels == [None if s in (synth.MOVE, synth.UNSCORED) else s for s in seq]
 
 
 def test_synth_command_writes_sleep_edf_names(tmp_path, capsys):
@@ -48,7 +38,7 @@ def test_synth_command_writes_sleep_edf_names(tmp_path, capsys):
                      "SC9011E0-PSG.edf", "SC9011EC-Hypnogram.edf"]
     nights = edf.find_nights(tmp_path)
     assert [(n.subject, n.night) for n in nights] == [("SC900", 1), ("SC900", 2), ("SC901", 1)]
-    assert edf.read_edf(tmp_path / names[0]).labels == ("EEG Fpz-Cz", "EEG Pz-Oz")
+    assert edf.read_edf(tmp_path / names[0]).labels == ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental")
     # beside a real Sleep-EDF night of the same subject number, nothing is overwritten or mispaired
     real = tmp_path / "SC4001E0-PSG.edf", tmp_path / "SC4001EC-Hypnogram.edf"
     for src, dst in zip(names[:2], real):
@@ -121,7 +111,7 @@ def test_truncated_edf_is_one_line_error(tmp_path):
     rng = np.random.default_rng(0)
     signals, texts = synth.synth_signal(rng, synth.Subject.draw(rng), ["W", "N1", "N2"])
     psg = tmp_path / "SC4001E0-PSG.edf"
-    edf.write_night(psg, tmp_path / "SC4001EC-Hypnogram.edf", signals, 100.0, synth.hypnogram_annotations(texts),
+    edf.write_night(psg, tmp_path / "SC4001EC-Hypnogram.edf", signals, synth.RATES, synth.hypnogram_annotations(texts),
                     datetime.datetime(2000, 1, 1))
     psg.write_bytes(psg.read_bytes()[:-1000])
     with pytest.raises(FormatError, match="truncated") as e:

@@ -1,11 +1,12 @@
-"""``eeg-vlm vision train|extract``: train a specialized vision module, or extract its high-level features."""
+"""``eeg-vlm vision train|extract|predict``: train a specialized vision module, extract its high-level
+features, or answer with its own stage predictions."""
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
 
 from eeg_vlm.cli import run
-from vision_modules import extract, train
+from vision_modules import extract, predict, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -13,8 +14,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_arguments(sub.add_parser("train", help="train a vision module on EEG epoch images"))
     extract.add_arguments(sub.add_parser("extract", help="write [N, 1, D] features, one row per record"))
+    predict.add_arguments(sub.add_parser("predict", help="answers from the module's own class head"))
     args = parser.parse_args(argv)
-    return {"train": train.main_from_args, "extract": extract.main_from_args}[args.command](args)
+    commands = {"train": train.main_from_args, "extract": extract.main_from_args, "predict": predict.main_from_args}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""``eeg-vlm vision predict``: the vision module's own stage for each question, as answers.
+
+The module's class head (trained beside its features) gives five probabilities per epoch; the answer
+is the most probable stage, written in the answers format (``Sleep stage: X``, with the probabilities
+in ``metadata["probabilities"]``), so ``eeg-vlm score`` scores the vision module exactly as it scores
+EEG-VLM and the baselines. Written atomically; nothing is written when any input is bad.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from eeg_vlm.formats import STAGES, file_sha256, make_answer, read_records, record_id, stage_line, write_jsonl
+from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
+from vision_modules.data import EEGImageDataset, record_image_paths
+from vision_modules.modules import memory_format
+
+
+@torch.no_grad()
+def predict_stages(
+    checkpoint: str | os.PathLike,
+    questions: str | os.PathLike,
+    image_folder: str | os.PathLike,
+    answers_file: str | os.PathLike,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Write one answer per question (file order) and return them."""
+    checkpoint, questions = Path(checkpoint), Path(questions)
+    recs = read_records(questions)
+    paths = record_image_paths(recs, image_folder, str(questions))
+    model, config = load_vision_module(checkpoint, device)
+    classes = list(config.get("classes", STAGES))
+    loader = DataLoader(EEGImageDataset(paths, None, model.input_size, model.mean, model.std), batch_size=batch_size)
+    probs = []
+    for images, _ in tqdm(loader, desc="predict", disable=not progress):
+        logits = model(images.to(device, memory_format=memory_format(model))).logits
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    p = torch.cat(probs).numpy() if probs else []
+    model_id = f"vision-{config['arch']}-{file_sha256(checkpoint / WEIGHTS_NAME)[:12]}"
+    answers = []
+    for i, (rec, row) in enumerate(zip(recs, p)):
+        stage = classes[int(row.argmax())]
+        meta = {k: v for k, v in rec.items() if k not in ("question_id", "id", "image", "text", "conversations")}
+        meta["probabilities"] = {c: round(float(v), 6) for c, v in zip(classes, row)}
+        answers.append(make_answer(record_id(rec), rec.get("text", ""), stage_line(stage), f"{model_id}-{i}",
+                                   model_id, meta))
+    write_jsonl(answers_file, answers)
+    return answers
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="folder written by `eeg-vlm vision train`")
+    p.add_argument("--question-file", required=True, help="eval questions (JSONL) with their images")
+    p.add_argument("--image-folder", required=True, help="folder the questions' image paths are relative to")
+    p.add_argument("--answers-file", required=True, help="answers JSONL to write (scored by `eeg-vlm score`)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main_from_args(a: argparse.Namespace) -> int:
+    answers = predict_stages(a.checkpoint, a.question_file, a.image_folder, a.answers_file, a.batch_size,
+                             a.device, not a.no_progress)
+    print(f"wrote {a.answers_file}: {len(answers)} answers")
+    return 0
