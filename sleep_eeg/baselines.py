@@ -209,7 +209,7 @@ def dataset(
     nights = group_by_night(records, records_path, need_label)
     x: np.ndarray | None = None
     names: list[str] = []
-    for psg, items in tqdm(nights.items(), desc=f"{kind} features", unit="night", leave=False):
+    for psg, items in tqdm(nights.items(), desc=f"{kind} features", unit="night", leave=False, disable=None):
         block, block_names = night_features(edf_dir / psg, items, records, records_path, kind, channels, extractor)
         if x is None:
             x, names = np.full((len(records), block.shape[1]), np.nan), block_names
