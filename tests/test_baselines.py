@@ -85,6 +85,11 @@ def test_bandpower_trains_on_training_subjects_and_answers_held_out_questions(sp
     assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.json"]
     assert not set(config["training"]["subjects"]) & {q["subject"] for q in questions}
     check_answers(answers_file, split["eval"])
+    # Several channels: five features each.
+    two = split["root"] / "bandpower_two"
+    config = baselines.train(split["train"], split["edf"], two, channels="EEG Fpz-Cz,EEG Pz-Oz")
+    assert config["channels"] == ["EEG Fpz-Cz", "EEG Pz-Oz"] and len(config["feature_names"]) == 10
+    assert len({n.split(":")[0] for n in config["feature_names"]}) == 2
     # Same inputs, same bytes.
     again = split["root"] / "again.jsonl"
     assert baselines.predict(model, split["eval"], split["edf"], again) == len(questions)
