@@ -39,6 +39,7 @@ import shutil
 import sys
 import uuid
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,10 +132,11 @@ def group_by_night(records: Sequence[dict], path: Path, need_label: bool) -> dic
     return nights
 
 
-def _check_rate(psg: Path, channel: str, fs: float) -> None:
+def _check_rate(psg: Path, channel: str, fs: float, where: str) -> None:
     if fs <= MIN_FS:
         raise FormatError(
-            f"{psg}: channel {channel!r} is sampled at {fs:g} Hz; the baselines need more than {MIN_FS:g} Hz (bands up to 30 Hz)"
+            f"{psg}: channel {channel!r} ({where}) is sampled at {fs:g} Hz; the baselines need more than {MIN_FS:g} Hz "
+            f"(bands up to 30 Hz)"
         )
 
 
@@ -170,7 +172,7 @@ def night_features(
             )
     signals = {c: signal_uv(edf, c) for c in channels}
     for c, (x, fs) in signals.items():
-        _check_rate(psg, c, fs)
+        _check_rate(psg, c, fs, f"needed by record {first!r} of {records_path}")
         n_epochs = len(x) // int(round(F.EPOCH_S * fs))
         for pos, epoch in items:
             if epoch >= n_epochs:
@@ -186,8 +188,6 @@ def night_features(
     by_role = {}
     for c, (x, fs) in signals.items():
         if abs(fs - F.FEATURES_FS) > 1e-9:
-            from fractions import Fraction
-
             ratio = Fraction(F.FEATURES_FS / fs).limit_denominator(1000)
             x = resample_poly(x, ratio.numerator, ratio.denominator)
         by_role[F.channel_role(c)] = x
@@ -339,7 +339,12 @@ def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -
         write_json(tmp / CONFIG_NAME, config)
         if out.exists():
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old.exists() and not out.exists():
+                os.replace(old, out)  # put the previous model back
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

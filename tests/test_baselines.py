@@ -253,3 +253,18 @@ def test_bad_model_and_questions(split, bandpower, tmp_path, capsys):
     err = error_line(capsys, *base, "--model", model, "--question-file", no_psg)
     assert questions[0]["question_id"] in err and str(no_psg) in err
     assert not answers.exists()
+
+
+def test_real_sleep_edf_file(shared_data, bandpower, tmp_path, capsys):
+    """A real Sleep-EDF PSG (EEG and EOG at 100 Hz beside 1-Hz channels): answered; its 1-Hz EMG is refused."""
+    edf_dir = shared_data / "edfio_sleepedf_SC4001"
+    questions = tmp_path / "real.jsonl"
+    write_jsonl(questions, [{"question_id": f"SC4001E0_{i:04d}", "text": "Stage?", "label": "W", "subject": "SC400",
+                             "night": 1, "epoch": i, "psg": "short_psg.edf"} for i in range(10)])
+    answers = tmp_path / "answers.jsonl"
+    assert baselines.predict(bandpower[0], questions, edf_dir, answers) == 10
+    check_answers(answers, questions)
+    err = error_line(capsys, "train", "--records", questions, "--edf-dir", edf_dir, "--out", tmp_path / "m",
+                     "--channels", "EEG Fpz-Cz,EMG submental")
+    assert "short_psg.edf" in err and "'EMG submental'" in err and "1 Hz" in err and "SC4001E0_0000" in err
+    assert not (tmp_path / "m").exists()
