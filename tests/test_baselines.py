@@ -268,3 +268,19 @@ def test_real_sleep_edf_file(shared_data, bandpower, tmp_path, capsys):
                      "--channels", "EEG Fpz-Cz,EMG submental")
     assert "short_psg.edf" in err and "'EMG submental'" in err and "1 Hz" in err and "SC4001E0_0000" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_score_compare_bad_input(split, bandpower, tmp_path, capsys):
+    from sleep_eeg import score
+
+    out = tmp_path / "scores"
+    base = ["--question-file", split["eval"], "--answers-file", bandpower[1], "--out", out, "--no-plots"]
+    short = tmp_path / "short.jsonl"
+    write_jsonl(short, read_jsonl(bandpower[1])[1:])
+    for extra, needle in ((["--compare", "no-equals-sign"], "NAME=ANSWERS.jsonl"),
+                          (["--compare", f"x={short}"], str(short))):
+        with pytest.raises(SystemExit) as e:
+            run(score.main, [str(a) for a in base + extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+        assert not out.exists()
