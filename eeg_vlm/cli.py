@@ -3,6 +3,7 @@
     eeg-vlm synth     synthetic Sleep-EDF-style nights (EDF + hypnogram)
     eeg-vlm prepare   EDF nights -> epoch images, train records, eval questions
     eeg-vlm vision    train a specialized vision module / extract its high-level features
+    eeg-vlm baseline  classic baselines (band-power logistic regression, YASA-style features + boosting)
     eeg-vlm score     answers -> accuracy, macro-F1, Cohen's kappa, per-class F1, plots
     eeg-vlm demo      the whole pipeline on synthetic nights, on the CPU
 
@@ -21,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("sleep_eeg.synth", "synthetic Sleep-EDF-style nights (PSG + hypnogram EDF files)"),
     "prepare": ("sleep_eeg.prepare", "EDF nights -> epoch images, train records and eval questions"),
     "vision": ("vision_modules.cli", "specialized vision module: train | extract"),
+    "baseline": ("sleep_eeg.baselines", "classic baselines: train | predict, answers scored like any model"),
     "score": ("sleep_eeg.score", "answers -> sleep-staging metrics and plots"),
     "demo": ("eeg_vlm.demo", "the whole pipeline on synthetic nights, on the CPU"),
 }

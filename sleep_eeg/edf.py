@@ -121,6 +121,13 @@ def _start(edf: edfio.Edf) -> datetime.datetime | None:
         return None
 
 
+def signal_uv(edf: edfio.Edf, channel: str) -> tuple[np.ndarray, float]:
+    """One channel of a read EDF in µV (float64) and its sampling rate in Hz."""
+    sig = edf.get_signal(channel)
+    scale = _UNIT_TO_UV.get(sig.physical_dimension.strip().lower(), 1.0)
+    return np.asarray(sig.data, dtype=np.float64) * scale, float(sig.sampling_frequency)
+
+
 def read_night(
     night: Night, channel: str = DEFAULT_CHANNEL, fs: float | None = None
 ) -> tuple[np.ndarray, float, list[tuple[float, float, str]]]:
@@ -129,10 +136,7 @@ def read_night(
     psg = read_edf(night.psg)
     if channel not in psg.labels:
         raise FormatError(f"{night.psg}: no channel {channel!r}; channels present: {', '.join(psg.labels)}")
-    sig = psg.get_signal(channel)
-    scale = _UNIT_TO_UV.get(sig.physical_dimension.strip().lower(), 1.0)
-    data = np.asarray(sig.data, dtype=np.float64) * scale
-    rate = float(sig.sampling_frequency)
+    data, rate = signal_uv(psg, channel)
     if fs is not None and abs(fs - rate) > 1e-9:
         ratio = Fraction(fs / rate).limit_denominator(1000)
         data = resample_poly(data, ratio.numerator, ratio.denominator)

@@ -107,7 +107,7 @@ def prepare(
             )
             for e, label, name, m in zip(epochs, labels, names, measures):
                 rid = f"{night.name}_{e:04d}"
-                meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e}
+                meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e, "psg": night.psg.name}
                 q = cot.question(rng)
                 if is_eval:
                     questions.append(make_question(rid, [name, name], q, **meta))

@@ -1,6 +1,6 @@
 """Sleep-staging scores: eval questions (with labels) + model answers -> metrics, a table and plots.
 
-    eeg-vlm score --question-file Q --answers-file A [--out DIR] [--allow-missing]
+    eeg-vlm score --question-file Q --answers-file A [--out DIR] [--allow-missing] [--compare NAME=ANSWERS.jsonl ...]
     python -m sleep_eeg.score ...
 
 The stage of each answer is parsed from its final ``Sleep stage: X`` line, else from the last stage the
@@ -14,6 +14,10 @@ confusion matrix (rows: scored stage, columns: predicted stage plus ``unparseabl
 Every question must have an answer: a missing answer is an error naming how many are missing, because a
 score over a silently smaller set is not comparable. ``--allow-missing`` scores the answered subset and
 records the missing count in ``metrics.json``.
+
+``--compare NAME=ANSWERS.jsonl`` (repeatable) scores other answers files on the same questions and prints one
+table: the majority class (the most common label of the questions), each named file, these answers; columns
+n, accuracy, macro-F1, kappa, N1 F1, REM F1; also ``"comparison"`` in ``metrics.json``.
 
 Writes into ``--out`` (default: the answers file's folder): ``metrics.json``, ``confusion_matrix.png``
 and, when questions carry ``subject`` and ``epoch``, ``hypnogram_<subject>.png`` (scored vs predicted).
@@ -328,6 +332,65 @@ def plot_hypnograms(rows: list[dict], out_dir: str | Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scores side by side (--compare)
+# ---------------------------------------------------------------------------------------------
+MAJORITY = "majority class"
+
+
+def _summary(name: str, answers_file: Any, m: dict) -> dict:
+    f1 = lambda s: m["per_class"][s]["f1"]  # noqa: E731
+    return {"name": name, "answers_file": answers_file, "n": m["n"], "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"], "kappa": m["kappa"], "n1_f1": f1("N1"), "rem_f1": f1("REM")}
+
+
+def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Path]], main: dict,
+                 main_name: str, allow_missing: bool = False) -> list[dict]:
+    """One summary row each for the majority class, every ``(name, answers file)`` and the main answers.
+
+    The majority class predicts the most common label of the questions themselves (the training labels
+    are not known here), so its accuracy is that label's share and its kappa 0.
+    """
+    questions, order = load_labels(question_file)
+    labels = [questions[k]["label"] for k in order]
+    counts = {s: labels.count(s) for s in STAGES}
+    top = max(STAGES, key=lambda s: counts[s])
+    rows = [_summary(f"{MAJORITY} ({top})", None, compute_metrics(labels, [top] * len(labels)))]
+    for name, path in named:
+        answers = load_answers(path, questions)
+        done = [k for k in order if k in answers]
+        if len(done) < len(order) and not allow_missing:
+            raise FormatError(f"{path} (--compare {name}): {len(order) - len(done)} of {len(order)} questions of "
+                              f"{question_file} have no answer; pass --allow-missing to score the answered {len(done)}")
+        pred = [parse_stage(answers[k]["text"]) or UNPARSEABLE for k in done]
+        rows.append(_summary(name, str(path), compute_metrics([questions[k]["label"] for k in done], pred)))
+    rows.append(_summary(main_name, main.get("answers_file"), main))
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    width = max(len(r["name"]) for r in rows) + 2
+    fmt = lambda x: f"{'-':>9}" if x is None else f"{x:>9.4f}"  # noqa: E731
+    lines = [f"{'':<{width}}{'n':>6}{'accuracy':>9}{'macro-F1':>9}{'kappa':>9}{'N1 F1':>9}{'REM F1':>9}"]
+    for r in rows:
+        lines.append(f"{r['name']:<{width}}{r['n']:>6}" + "".join(
+            fmt(r[k]) for k in ("accuracy", "macro_f1", "kappa", "n1_f1", "rem_f1")))
+    return "\n".join(lines)
+
+
+def parse_compare(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``NAME=ANSWERS.jsonl`` strings -> ``(name, path)``; names must be distinct and non-empty."""
+    named = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise FormatError(f"--compare {spec!r}: expected NAME=ANSWERS.jsonl")
+        if name.strip() in [n for n, _ in named]:
+            raise FormatError(f"--compare: the name {name.strip()!r} is given twice")
+        named.append((name.strip(), path.strip()))
+    return named
+
+
+# ---------------------------------------------------------------------------------------------
 # The API and the command
 # ---------------------------------------------------------------------------------------------
 def score(
@@ -336,9 +399,11 @@ def score(
     out_dir: str | Path | None = None,
     allow_missing: bool = False,
     plots: bool = True,
+    compare: Sequence[tuple[str, str | Path]] = (),
 ) -> dict:
     """Score answers against labelled questions; write ``metrics.json`` (and the PNGs) into ``out_dir``
-    (default: the answers file's folder) and return the metrics."""
+    (default: the answers file's folder) and return the metrics. With ``compare`` (``(name, answers file)``
+    pairs) ``metrics["comparison"]`` puts the majority class, each of them and these answers side by side."""
     questions, order = load_labels(question_file)
     answers = load_answers(answers_file, questions)
     missing = [k for k in order if k not in answers]
@@ -377,6 +442,8 @@ def score(
             }
     metrics["question_file"] = str(question_file)
     metrics["answers_file"] = str(answers_file)
+    if compare:
+        metrics["comparison"] = compare_rows(question_file, compare, metrics, Path(answers_file).stem, allow_missing)
 
     out = Path(out_dir) if out_dir is not None else Path(answers_file).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -399,9 +466,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--allow-missing", action="store_true",
                    help="score the answered subset when some questions have no answer (default: error)")
     p.add_argument("--no-plots", action="store_true", help="write metrics.json only")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=ANSWERS.jsonl",
+                   help="also score these answers on the same questions and print one table beside the majority "
+                        "class and the main answers (repeatable)")
     args = p.parse_args(argv)
-    metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots)
+    named = parse_compare(args.compare)
+    metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots,
+                    compare=named)
     print(format_table(metrics))
+    if named:
+        print("\n" + format_comparison(metrics["comparison"]))
     out = Path(args.out) if args.out else Path(args.answers_file).parent
     print(f"\nwrote {out / 'metrics.json'}" + "".join(f", {p}" for p in metrics["plots"]))
     return 0

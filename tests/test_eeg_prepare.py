@@ -34,14 +34,15 @@ def test_records_schema_split_and_alignment(nights, tmp_path, capsys):
         truth.update({f"{night.name}_{i:04d}": lab for i, lab in zip(idx, labels)})
     assert len(train) + len(evals) == len(truth)
     for r in train:
-        assert set(r) == {"id", "image", "conversations", "label", "subject", "night", "epoch"}
+        assert set(r) == {"id", "image", "conversations", "label", "subject", "night", "epoch", "psg"}
         assert r["image"] == [f"{r['id']}.png"] * 2 and (out / "eeg_images_ft" / r["image"][0]).is_file()
         human, gpt = r["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n<image>\n")
         assert gpt["from"] == "gpt" and gpt["value"].splitlines()[-1] == stage_line(r["label"])
         assert r["label"] == truth[r["id"]] and r["id"].endswith(f"_{r['epoch']:04d}")
+        assert (nights / r["psg"]).is_file() and r["id"] == f"{r['psg'].split('-')[0]}_{r['epoch']:04d}"
     for q in evals:
-        assert set(q) == {"question_id", "image", "text", "label", "subject", "night", "epoch"}
+        assert set(q) == {"question_id", "image", "text", "label", "subject", "night", "epoch", "psg"}
         assert "<image>" not in q["text"] and (out / "eeg_images_eval" / q["image"][0]).is_file()
         assert q["label"] == truth[q["question_id"]]
     named = prepare.split_subjects(["SC400", "SC401", "SC402"], 0.0, ["SC401"], 0)
@@ -140,7 +141,7 @@ def test_eeg_vlm_unknown_command_is_one_line_on_stderr(capsys):
         cli.main(["prepar"])
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == ""
-    assert err.strip() == "error: unknown command 'prepar'; commands: synth, prepare, vision, score, demo (eeg-vlm --help)"
+    assert err.strip() == "error: unknown command 'prepar'; commands: synth, prepare, vision, baseline, score, demo (eeg-vlm --help)"
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0 and "eeg-vlm prepare" in capsys.readouterr().out

@@ -1,0 +1,529 @@
+"""``eeg-vlm baseline``: the classic sleep-staging baselines every score of the project stands beside.
+
+    eeg-vlm baseline train --records sleep_data/eeg_ft.json --edf-dir EDF_DIR --kind bandpower|features \\
+        [--channels "EEG Fpz-Cz,..."] [--extractor auto|yasa|scipy] --out DIR
+    eeg-vlm baseline predict --model DIR --question-file sleep_data/eeg_eval.jsonl --edf-dir EDF_DIR \\
+        --answers-file ANSWERS.jsonl [--allow-overlap]
+
+They read the signal of each record from its night's PSG (the record's ``psg`` field, relative to
+``--edf-dir``; ``eeg-vlm prepare`` writes it) at its ``epoch`` (the 30-s epoch's index from the recording's
+start), so they are trained on the same records (subjects) as the vision module and answer the same
+held-out questions, in the answers format, so ``eeg-vlm score`` scores them like any model.
+
+- ``bandpower``: the project's reference baseline. A standardised logistic regression (scikit-learn) on
+  the five log relative band powers of each epoch (``sleep_eeg.features.bandpower_features``), five per
+  channel; default channel ``EEG Fpz-Cz``. Real Sleep-EDF, 16 held-out subjects: 0.678 accuracy on
+  Fpz-Cz, 0.741 with Fpz-Cz + Pz-Oz + EOG horizontal.
+- ``features``: the sleep field's everyday feature set, YASA's ``SleepStaging`` features (spectral and
+  time-domain, each also smoothed over the neighbouring epochs of the night) with scikit-learn's
+  ``HistGradientBoostingClassifier`` (balanced class weights: N1 is rare) trained on our training split,
+  not YASA's pre-trained classifier. YASA installs cleanly with the project's pins and is the default
+  (``--extractor auto``) when present (``pip install -e '.[baselines]'``); without it the same feature set
+  is computed on scipy (``--extractor scipy``, see ``sleep_eeg.features``), so the command works either way.
+  At most one EEG, one EOG and one EMG channel (named so), as in YASA.
+
+The model folder holds ``config.json`` (kind, channels, feature names, classes, the training records'
+sha256 and subjects, the model file's sha256) and the fitted model as plain numbers, never a pickle: the
+logistic regression's scaler, coefficients and intercepts in ``model.json``; the gradient-boosted trees'
+nodes in ``model.npz`` (loaded with ``allow_pickle=False``), evaluated here with the rule scikit-learn
+uses and checked against scikit-learn's own probabilities when the model is saved. A model file whose
+sha256 differs from ``config.json`` is refused. The folder is written whole (a temporary folder, then a
+rename). Bad input is one line naming the file and the record, and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from eeg_vlm.formats import (
+    STAGES,
+    FormatError,
+    check_stage,
+    file_sha256,
+    make_answer,
+    read_records,
+    record_id,
+    stage_line,
+    write_json,
+    write_jsonl,
+)
+from sleep_eeg import features as F
+
+KINDS = ("bandpower", "features")
+EXTRACTORS = ("auto", "yasa", "scipy")
+DEFAULT_CHANNEL = "EEG Fpz-Cz"
+FORMAT = "eeg-vlm baseline"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+MODEL_FILES = {"bandpower": "model.json", "features": "model.npz"}
+MIN_FS = 60.0  # the top band edge (30 Hz) must lie below Nyquist
+_ANSWER_NS = uuid.UUID("6f0c1f4e-5b7a-4a8e-9d1c-2f1b5e0c9a11")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: records, channels, signals
+# ---------------------------------------------------------------------------------------------
+def parse_channels(text: str | None, kind: str) -> list[str]:
+    """The comma-separated channel list (default ``EEG Fpz-Cz``), checked for the kind's rules."""
+    channels = [c.strip() for c in (text or DEFAULT_CHANNEL).split(",") if c.strip()]
+    if not channels:
+        raise FormatError("--channels: no channel named")
+    if len(set(channels)) != len(channels):
+        raise FormatError(f"--channels: a channel is named twice ({', '.join(channels)})")
+    if kind == "features":
+        roles = [F.channel_role(c) for c in channels]
+        twice = [r for r, n in Counter(roles).items() if n > 1]
+        if twice:
+            raise FormatError(
+                f"--channels: the features baseline takes at most one EEG, one EOG and one EMG channel (as YASA); "
+                f"got {Counter(roles)[twice[0]]} {twice[0].upper()} channels ({', '.join(channels)})"
+            )
+        if "eeg" not in roles:
+            raise FormatError(f"--channels: the features baseline needs an EEG channel; got {', '.join(channels)}")
+    return channels
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise FormatError(f"--kind must be one of {'|'.join(KINDS)}, got {kind!r}")
+    return kind
+
+
+def resolve_extractor(kind: str, extractor: str) -> str | None:
+    """``yasa`` or ``scipy`` for the features kind (``auto``: YASA when installed), None for band power."""
+    if extractor not in EXTRACTORS:
+        raise FormatError(f"--extractor must be one of {'|'.join(EXTRACTORS)}, got {extractor!r}")
+    if kind != "features":
+        return None
+    if extractor == "auto":
+        return "yasa" if F.yasa_version() else "scipy"
+    if extractor == "yasa" and not F.yasa_version():
+        raise FormatError("--extractor yasa: YASA is not installed; pip install -e '.[baselines]' (or use --extractor scipy)")
+    return extractor
+
+
+def group_by_night(records: Sequence[dict], path: Path, need_label: bool) -> dict[str, list[tuple[int, int]]]:
+    """``psg -> [(position, epoch), ...]`` in file order; every record is checked first."""
+    nights: dict[str, list[tuple[int, int]]] = {}
+    for i, rec in enumerate(records):
+        rid = record_id(rec)
+        where = f"{path}: record {rid!r} (#{i})"
+        if rid is None:
+            raise FormatError(f"{path}: record #{i} has no id / question_id")
+        psg = rec.get("psg")
+        if not isinstance(psg, str) or not psg:
+            raise FormatError(f"{where} has no 'psg' field (its PSG file name); rerun eeg-vlm prepare to add it")
+        epoch = rec.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise FormatError(f"{where}: 'epoch' {epoch!r} is not a non-negative integer")
+        if need_label:
+            check_stage(rec.get("label"), where)
+        nights.setdefault(psg, []).append((i, epoch))
+    return nights
+
+
+def _check_rate(psg: Path, channel: str, fs: float, where: str) -> None:
+    if fs <= MIN_FS:
+        raise FormatError(
+            f"{psg}: channel {channel!r} ({where}) is sampled at {fs:g} Hz; the baselines need more than {MIN_FS:g} Hz "
+            f"(bands up to 30 Hz)"
+        )
+
+
+def night_features(
+    psg: Path, items: Sequence[tuple[int, int]], records: Sequence[dict], records_path: Path,
+    kind: str, channels: Sequence[str], extractor: str | None,
+) -> tuple[np.ndarray, list[str]]:
+    """``[len(items), n_features]`` features of one night's requested epochs, and the feature names.
+
+    Parameters
+    ----------
+    psg : pathlib.Path
+        The night's PSG file.
+    items : sequence of (int, int)
+        ``(record position, epoch index)`` of the records that use this night.
+    records, records_path
+        The records (for error messages naming the record) and their file.
+    kind, channels, extractor
+        What to compute (see the module docstring).
+    """
+    from scipy.signal import resample_poly
+
+    from sleep_eeg.edf import read_edf, signal_uv
+
+    first = record_id(records[items[0][0]])
+    if not psg.is_file():
+        raise FormatError(f"{psg}: PSG file not found (named by record {first!r} of {records_path})")
+    edf = read_edf(psg)
+    for c in channels:
+        if c not in edf.labels:
+            raise FormatError(
+                f"{psg}: no channel {c!r} (needed by record {first!r} of {records_path}); channels present: {', '.join(edf.labels)}"
+            )
+    signals = {c: signal_uv(edf, c) for c in channels}
+    for c, (x, fs) in signals.items():
+        _check_rate(psg, c, fs, f"needed by record {first!r} of {records_path}")
+        n_epochs = len(x) // int(round(F.EPOCH_S * fs))
+        for pos, epoch in items:
+            if epoch >= n_epochs:
+                raise FormatError(
+                    f"{psg}: record {record_id(records[pos])!r} of {records_path}: epoch {epoch} is outside the "
+                    f"recording ({n_epochs} complete 30-s epochs in {c!r})"
+                )
+    epochs = [e for _, e in items]
+    if kind == "bandpower":
+        blocks = [F.bandpower_features(x, fs, epochs) for x, fs in signals.values()]
+        names = [f"{c}: log rel {b}" for c in channels for b in F.BANDPOWER_NAMES]
+        return np.concatenate(blocks, axis=1), names
+    by_role = {}
+    for c, (x, fs) in signals.items():
+        if abs(fs - F.FEATURES_FS) > 1e-9:
+            ratio = Fraction(F.FEATURES_FS / fs).limit_denominator(1000)
+            x = resample_poly(x, ratio.numerator, ratio.denominator)
+        by_role[F.channel_role(c)] = x
+    n = min(len(x) for x in by_role.values())
+    by_role = {r: x[:n] for r, x in by_role.items()}
+    compute = F.yasa_night_features if extractor == "yasa" else F.scipy_night_features
+    table, names = compute(by_role, F.FEATURES_FS)
+    table = np.where(np.isfinite(table), table, np.nan)
+    return table[epochs], names
+
+
+def dataset(
+    records: Sequence[dict], records_path: Path, edf_dir: Path, kind: str, channels: Sequence[str],
+    extractor: str | None, need_label: bool,
+) -> tuple[np.ndarray, list[str]]:
+    """Feature matrix of all records (row i for record i), reading each night once."""
+    from tqdm.auto import tqdm
+
+    nights = group_by_night(records, records_path, need_label)
+    x: np.ndarray | None = None
+    names: list[str] = []
+    for psg, items in tqdm(nights.items(), desc=f"{kind} features", unit="night", leave=False, disable=None):
+        block, block_names = night_features(edf_dir / psg, items, records, records_path, kind, channels, extractor)
+        if x is None:
+            x, names = np.full((len(records), block.shape[1]), np.nan), block_names
+        elif block_names != names:
+            raise FormatError(f"{edf_dir / psg}: its features differ from the other nights' ({len(block_names)} vs {len(names)})")
+        x[[pos for pos, _ in items]] = block
+    return x, names
+
+
+# ---------------------------------------------------------------------------------------------
+# The classifiers as plain numbers
+# ---------------------------------------------------------------------------------------------
+def _probabilities(raw: np.ndarray) -> np.ndarray:
+    """scikit-learn's link: one column -> sigmoid (binary), several -> softmax."""
+    if raw.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-raw[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    z = np.exp(raw - raw.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def fit_logistic(x: np.ndarray, y: Sequence[str]) -> tuple[dict, Any]:
+    """Standardise, fit a logistic regression; return its numbers and the fitted estimator."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    scaler, lr = pipe[0], pipe[1]
+    numbers = {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+               "coef": lr.coef_.tolist(), "intercept": lr.intercept_.tolist()}
+    return numbers, pipe
+
+
+def logistic_proba(numbers: dict, x: np.ndarray) -> np.ndarray:
+    z = (x - np.asarray(numbers["mean"])) / np.asarray(numbers["scale"])
+    return _probabilities(z @ np.asarray(numbers["coef"]).T + np.asarray(numbers["intercept"]))
+
+
+def fit_boosted(x: np.ndarray, y: Sequence[str]) -> tuple[dict[str, np.ndarray], Any]:
+    """Fit a HistGradientBoostingClassifier (balanced class weights) and export its trees as arrays."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    clf = HistGradientBoostingClassifier(class_weight="balanced", random_state=0).fit(x, y)
+    # The fitted trees: clf._predictors[iteration][class] holds a TreePredictor whose ``nodes`` record array
+    # is what scikit-learn walks. Exported as plain arrays; ``boosted_proba`` walks them the same way.
+    feature, threshold, left, right, missing_left, is_leaf, value, roots, tree_class = ([] for _ in range(9))
+    offset = 0
+    for per_class in clf._predictors:
+        for k, predictor in enumerate(per_class):
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():  # never: no categorical features are declared
+                raise RuntimeError("categorical splits cannot be exported")
+            roots.append(offset)
+            tree_class.append(k)
+            feature.append(nodes["feature_idx"])
+            threshold.append(nodes["num_threshold"])
+            left.append(nodes["left"].astype(np.int64) + offset)
+            right.append(nodes["right"].astype(np.int64) + offset)
+            missing_left.append(nodes["missing_go_to_left"].astype(bool))
+            is_leaf.append(nodes["is_leaf"].astype(bool))
+            value.append(nodes["value"])
+            offset += len(nodes)
+    arrays = {
+        "feature": np.concatenate(feature).astype(np.int64), "threshold": np.concatenate(threshold).astype(np.float64),
+        "left": np.concatenate(left), "right": np.concatenate(right), "missing_left": np.concatenate(missing_left),
+        "is_leaf": np.concatenate(is_leaf), "value": np.concatenate(value).astype(np.float64),
+        "roots": np.asarray(roots, dtype=np.int64), "tree_class": np.asarray(tree_class, dtype=np.int64),
+        "baseline": np.asarray(clf._baseline_prediction, dtype=np.float64).reshape(-1),
+    }
+    return arrays, clf
+
+
+def boosted_proba(a: dict[str, np.ndarray], x: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Class probabilities of exported gradient-boosted trees: at a split, NaN goes the learned missing-value
+    way, else ``x <= threshold`` goes left (scikit-learn's rule); leaf values add up per class, then the link."""
+    x = np.asarray(x, dtype=np.float64)
+    raw = np.tile(a["baseline"], (len(x), 1))
+    for start in range(0, len(x), chunk):
+        xs = x[start : start + chunk]
+        rows = np.arange(len(xs))[:, None]
+        node = np.broadcast_to(a["roots"], (len(xs), len(a["roots"]))).copy()
+        while True:
+            inner = ~a["is_leaf"][node]
+            if not inner.any():
+                break
+            v = xs[rows, a["feature"][node]]
+            go_left = np.where(np.isnan(v), a["missing_left"][node], v <= a["threshold"][node])
+            node = np.where(inner, np.where(go_left, a["left"][node], a["right"][node]), node)
+        leaf = a["value"][node]
+        for k in range(raw.shape[1]):
+            raw[start : start + chunk, k] += leaf[:, a["tree_class"] == k].sum(axis=1)
+    return _probabilities(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model folder
+# ---------------------------------------------------------------------------------------------
+def _is_model_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` may be new, empty, or an earlier baseline model (replaced whole); anything else is refused."""
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_model_dir(out))):
+        raise FormatError(f"{out}: exists and is not a baseline model folder; refusing to overwrite it")
+
+
+def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -> None:
+    """Write the model folder whole: into a temporary folder beside it, then renamed over it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model_file = tmp / MODEL_FILES[config["kind"]]
+        if config["kind"] == "bandpower":
+            write_json(model_file, numbers)
+        else:
+            with open(model_file, "wb") as f:
+                np.savez(f, **numbers)
+        config = {**config, "model_file": model_file.name, "model_sha256": file_sha256(model_file)}
+        write_json(tmp / CONFIG_NAME, config)
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old.exists() and not out.exists():
+                os.replace(old, out)  # put the previous model back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(model_dir: str | Path) -> tuple[dict, dict]:
+    """``(config, numbers)`` of a model folder, checked: our format, a known kind, the model file's sha256."""
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise FormatError(f"{model_dir}: no {CONFIG_NAME}; not a baseline model folder (eeg-vlm baseline train --out)")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise FormatError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise FormatError(f"{cfg_path}: not a baseline model's config (no \"format\": \"{FORMAT}\")")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{cfg_path}: format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise FormatError(f"{cfg_path}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    model_file = model_dir / MODEL_FILES[kind]
+    if config.get("model_file") != MODEL_FILES[kind] or not model_file.is_file():
+        raise FormatError(f"{model_dir}: a {kind} model needs {MODEL_FILES[kind]}; the folder holds a model of another kind or none")
+    if file_sha256(model_file) != config.get("model_sha256"):
+        raise FormatError(f"{model_file}: sha256 differs from {cfg_path}; the model file was changed or replaced")
+    if kind == "bandpower":
+        numbers = json.loads(model_file.read_text(encoding="utf-8"))
+    else:
+        with np.load(model_file, allow_pickle=False) as z:
+            numbers = {k: z[k] for k in z.files}
+    return config, numbers
+
+
+def model_proba(config: dict, numbers: dict, x: np.ndarray) -> np.ndarray:
+    """``[n, len(config['classes'])]`` class probabilities."""
+    return logistic_proba(numbers, x) if config["kind"] == "bandpower" else boosted_proba(numbers, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# train / predict
+# ---------------------------------------------------------------------------------------------
+def train(
+    records_path: str | Path, edf_dir: str | Path, out: str | Path, kind: str = "bandpower",
+    channels: str | Sequence[str] | None = None, extractor: str = "auto",
+) -> dict:
+    """Fit a baseline on the training records and write its model folder; returns its config."""
+    import sklearn
+
+    kind = check_kind(kind)
+    channels = parse_channels(channels if isinstance(channels, str) or channels is None else ",".join(channels), kind)
+    extractor = resolve_extractor(kind, extractor)
+    records_path, edf_dir, out = Path(records_path), Path(edf_dir), Path(out)
+    check_out_dir(out)
+    if not edf_dir.is_dir():
+        raise FormatError(f"{edf_dir}: EDF folder not found")
+    records = read_records(records_path)
+    x, names = dataset(records, records_path, edf_dir, kind, channels, extractor, need_label=True)
+    y = [r["label"] for r in records]
+    if len(set(y)) < 2:
+        raise FormatError(f"{records_path}: the training records hold one stage only ({y[0]}); a classifier needs two or more")
+    if kind == "bandpower":
+        numbers, est = fit_logistic(x, y)
+        mine = logistic_proba(numbers, x)
+    else:
+        numbers, est = fit_boosted(x, y)
+        mine = boosted_proba(numbers, x)
+    if not np.allclose(mine, est.predict_proba(x), atol=1e-6):  # the exported numbers must be the model
+        raise RuntimeError(f"the exported {kind} model disagrees with scikit-learn {sklearn.__version__}; please report")
+    classes = [str(c) for c in est.classes_]
+    pred = np.asarray(classes)[mine.argmax(axis=1)]
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "classifier": "StandardScaler + LogisticRegression" if kind == "bandpower"
+        else "HistGradientBoostingClassifier(class_weight='balanced', random_state=0)",
+        "extractor": extractor,
+        "extractor_version": F.yasa_version() if extractor == "yasa" else None,
+        "channels": list(channels),
+        "feature_names": names,
+        "classes": classes,
+        "training": {
+            "records": str(records_path),
+            "records_sha256": file_sha256(records_path),
+            "n_records": len(records),
+            "subjects": sorted({str(r["subject"]) for r in records if r.get("subject") is not None}),
+            "label_counts": {s: y.count(s) for s in STAGES if s in y},
+            "accuracy": float(np.mean(pred == np.asarray(y))),
+        },
+        "sklearn_version": sklearn.__version__,
+    }
+    save_model(out, config, numbers)
+    return config
+
+
+def predict(
+    model_dir: str | Path, question_file: str | Path, edf_dir: str | Path, answers_file: str | Path,
+    allow_overlap: bool = False,
+) -> int:
+    """Answer every question with the baseline; write the answers file whole. Returns the count."""
+    config, numbers = load_model(model_dir)
+    question_file, edf_dir, model_dir = Path(question_file), Path(edf_dir), Path(model_dir)
+    if config["kind"] == "features" and config["extractor"] == "yasa":
+        installed = F.yasa_version()
+        if not installed:
+            raise FormatError(f"{model_dir}: trained on YASA features, and YASA is not installed; pip install -e '.[baselines]'")
+        if installed != config.get("extractor_version"):
+            print(f"note: {model_dir} was trained with YASA {config.get('extractor_version')}, this is YASA {installed}",
+                  file=sys.stderr)
+    if not edf_dir.is_dir():
+        raise FormatError(f"{edf_dir}: EDF folder not found")
+    questions = read_records(question_file)
+    trained_on = set(config["training"]["subjects"])
+    overlap = sorted({str(q["subject"]) for q in questions if q.get("subject") is not None} & trained_on)
+    if overlap and not allow_overlap:
+        n = sum(str(q.get("subject")) in overlap for q in questions)
+        raise FormatError(
+            f"{question_file}: {n} questions are of subjects the model {model_dir} was trained on "
+            f"({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); pass --allow-overlap to answer them anyway"
+        )
+    x, names = dataset(questions, question_file, edf_dir, config["kind"], config["channels"], config["extractor"],
+                       need_label=False)
+    if names != config["feature_names"]:
+        raise FormatError(f"{model_dir}: the model was trained on other features ({len(config['feature_names'])} "
+                          f"named in {CONFIG_NAME}, {len(names)} computed now)")
+    proba = model_proba(config, numbers, x)
+    classes = config["classes"]
+    model_id = model_dir.resolve().name
+    answers = []
+    for q, p in zip(questions, proba):
+        qid = record_id(q)
+        stage = classes[int(p.argmax())]
+        probs = {s: round(float(p[classes.index(s)]), 6) if s in classes else 0.0 for s in STAGES}
+        meta = {k: v for k, v in q.items() if k not in ("question_id", "id", "text", "image", "conversations")}
+        answers.append(make_answer(
+            question_id=qid, prompt=q.get("text", ""), text=stage_line(stage),
+            answer_id=uuid.uuid5(_ANSWER_NS, f"{config['model_sha256']}:{qid}").hex,
+            model_id=model_id, metadata={**meta, "baseline": config["kind"], "probabilities": probs},
+        ))
+    write_jsonl(answers_file, answers)
+    return len(answers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="eeg-vlm baseline", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="fit a baseline on the training records")
+    t.add_argument("--records", required=True, help="train records (eeg_ft.json) with psg / epoch / label")
+    t.add_argument("--edf-dir", required=True, help="the folder the records' psg names are relative to")
+    t.add_argument("--kind", default="bandpower", help=f"{'|'.join(KINDS)} (default bandpower)")
+    t.add_argument("--channels", default=DEFAULT_CHANNEL, help="comma-separated channel names")
+    t.add_argument("--extractor", default="auto",
+                   help="features kind: yasa | scipy | auto (YASA when installed, else scipy)")
+    t.add_argument("--out", required=True, help="model folder to write")
+    q = sub.add_parser("predict", help="answer eval questions with a trained baseline")
+    q.add_argument("--model", required=True, help="model folder from baseline train")
+    q.add_argument("--question-file", required=True, help="eval questions (eeg_eval.jsonl)")
+    q.add_argument("--edf-dir", required=True)
+    q.add_argument("--answers-file", required=True)
+    q.add_argument("--allow-overlap", action="store_true",
+                   help="answer questions of subjects the model was trained on (default: refused)")
+    args = p.parse_args(argv)
+    if args.cmd == "train":
+        cfg = train(args.records, args.edf_dir, args.out, args.kind, args.channels, args.extractor)
+        tr = cfg["training"]
+        what = cfg["kind"] + (f" ({cfg['extractor']} features)" if cfg["extractor"] else "")
+        print(f"{what} baseline on {tr['n_records']} records of {len(tr['subjects'])} subjects, "
+              f"{len(cfg['feature_names'])} features from {', '.join(cfg['channels'])}; "
+              f"training accuracy {tr['accuracy']:.3f} -> {args.out}")
+    else:
+        n = predict(args.model, args.question_file, args.edf_dir, args.answers_file, args.allow_overlap)
+        print(f"wrote {n} answers -> {args.answers_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    from eeg_vlm.cli import run
+
+    run(main)
