@@ -11,7 +11,7 @@ start), so they are trained on the same records (subjects) as the vision module 
 held-out questions, in the answers format, so ``eeg-vlm score`` scores them like any model.
 
 - ``bandpower``: the project's reference baseline. A standardised logistic regression (scikit-learn) on
-  the five log relative band powers of each epoch (``sleep_eeg.features.bandpower_features``), five per
+  the five log relative band powers of each epoch (``sleep_eeg.measures.log_relative_band_power``), five per
   channel; default channel ``EEG Fpz-Cz``. Real Sleep-EDF, 16 held-out subjects: 0.678 accuracy on
   Fpz-Cz, 0.741 with Fpz-Cz + Pz-Oz + EOG horizontal.
 - ``features``: the sleep field's everyday feature set, YASA's ``SleepStaging`` features (spectral and
@@ -58,6 +58,8 @@ from eeg_vlm.formats import (
     write_jsonl,
 )
 from sleep_eeg import features as F
+from sleep_eeg.measures import BANDS, log_relative_band_power
+from sleep_eeg.stages import EPOCH_S
 
 KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")
@@ -173,7 +175,7 @@ def night_features(
     signals = {c: signal_uv(edf, c) for c in channels}
     for c, (x, fs) in signals.items():
         _check_rate(psg, c, fs, f"needed by record {first!r} of {records_path}")
-        n_epochs = len(x) // int(round(F.EPOCH_S * fs))
+        n_epochs = len(x) // int(round(EPOCH_S * fs))
         for pos, epoch in items:
             if epoch >= n_epochs:
                 raise FormatError(
@@ -182,8 +184,8 @@ def night_features(
                 )
     epochs = [e for _, e in items]
     if kind == "bandpower":
-        blocks = [F.bandpower_features(x, fs, epochs) for x, fs in signals.values()]
-        names = [f"{c}: log rel {b}" for c in channels for b in F.BANDPOWER_NAMES]
+        blocks = [log_relative_band_power(x, fs, epochs) for x, fs in signals.values()]
+        names = [f"{c}: log rel {b}" for c in channels for b in BANDS]
         return np.concatenate(blocks, axis=1), names
     by_role = {}
     for c, (x, fs) in signals.items():

@@ -2,9 +2,8 @@
 
 Two feature sets:
 
-- **Band power** (the project's reference baseline): per channel, the natural log of the power in
-  0.5-4, 4-8, 8-12, 12-16 and 16-30 Hz divided by the 0.5-30 Hz power, from a Welch spectrum (4-s
-  Hamming windows, median averaging) of each 30-s epoch of the 0.5-30 Hz band-passed night.
+- **Band power** (the project's reference baseline): per channel, the five log relative band powers
+  of :func:`sleep_eeg.measures.log_relative_band_power`.
 - **The sleep field's everyday feature set**, as YASA's ``SleepStaging`` computes it (Vallat & Walker,
   eLife 2021): ``yasa_night_features`` calls YASA itself when it is installed (the ``[baselines]``
   extra); ``scipy_night_features`` is the stand-in on scipy alone. Per channel: std, IQR, skewness,
@@ -28,14 +27,9 @@ from scipy.signal import welch
 from scipy.signal.windows import triang
 
 from sleep_eeg.render import bandpass
+from sleep_eeg.stages import EPOCH_S, epoch_array
 
-EPOCH_S = 30.0
 FEATURES_FS = 100.0
-
-# The reference baseline's bands (Hz) and their names.
-BANDPOWER_BANDS: tuple[tuple[float, float], ...] = ((0.5, 4.0), (4.0, 8.0), (8.0, 12.0), (12.0, 16.0), (16.0, 30.0))
-BANDPOWER_NAMES: tuple[str, ...] = ("delta", "theta", "alpha", "sigma", "beta")
-BANDPOWER_BROAD = (0.5, 30.0)
 
 # YASA's bands for its feature set.
 YASA_BANDS: tuple[tuple[float, float, str], ...] = (
@@ -52,53 +46,6 @@ def channel_role(label: str) -> str:
     """``eog`` or ``emg`` when the channel's name says so, else ``eeg``."""
     upper = label.upper()
     return "eog" if "EOG" in upper else "emg" if "EMG" in upper else "eeg"
-
-
-def epochs_of(signal: np.ndarray, fs: float, indices: Sequence[int] | None = None) -> np.ndarray:
-    """``[n, samples]`` 30-s epochs of ``signal``: those at ``indices`` (from the start), else all complete ones."""
-    n = int(round(EPOCH_S * fs))
-    if indices is None:
-        indices = range(len(signal) // n)
-    return np.stack([signal[i * n : (i + 1) * n] for i in indices]) if len(indices) else np.zeros((0, n))
-
-
-# ---------------------------------------------------------------------------------------------
-# The reference baseline: five log relative band powers
-# ---------------------------------------------------------------------------------------------
-def log_relative_band_powers(epochs: np.ndarray, fs: float) -> np.ndarray:
-    """``[n, 5]`` natural-log relative band powers of already band-passed ``[n, samples]`` epochs.
-
-    Parameters
-    ----------
-    epochs : numpy.ndarray
-        30-s epochs, one per row, filtered to 0.5-30 Hz.
-    fs : float
-        Sampling rate in Hz (above 60 Hz, so that 30 Hz is below Nyquist).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``log(P_band / P_0.5-30)`` for the bands of ``BANDPOWER_BANDS``; a flat epoch gives ``log(1e-12)``.
-    """
-    epochs = np.atleast_2d(np.asarray(epochs, dtype=np.float64))
-    freqs, psd = welch(epochs, fs=fs, window="hamming", nperseg=int(round(4 * fs)), average="median", axis=-1)
-    broad = (freqs >= BANDPOWER_BROAD[0]) & (freqs < BANDPOWER_BROAD[1])
-    total = psd[:, broad].sum(axis=1)
-    out = np.empty((len(epochs), len(BANDPOWER_BANDS)))
-    for j, (lo, hi) in enumerate(BANDPOWER_BANDS):
-        band = (freqs >= lo) & (freqs < hi)
-        out[:, j] = psd[:, band].sum(axis=1) / np.maximum(total, _TINY)
-    return np.log(np.maximum(out, _TINY))
-
-
-def bandpower_features(signal: np.ndarray, fs: float, indices: Sequence[int]) -> np.ndarray:
-    """The reference baseline's ``[len(indices), 5]`` features of a whole night's channel (µV).
-
-    The night is band-passed to 0.5-30 Hz once (zero-phase Butterworth, as the images are), then each
-    epoch at ``indices`` gets its five log relative band powers.
-    """
-    filtered = bandpass(signal, fs, BANDPOWER_BROAD)
-    return log_relative_band_powers(epochs_of(filtered, fs, indices), fs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +242,7 @@ def scipy_night_features(signals: dict[str, np.ndarray], fs: float = FEATURES_FS
         if role not in signals:
             continue
         filtered = bandpass(signals[role], fs, YASA_BROAD)
-        epochs = epochs_of(filtered, fs)
+        epochs = epoch_array(filtered, fs, range(len(filtered) // int(round(EPOCH_S * fs))))
         n_epochs = len(epochs)
         base.update(_channel_features(role, epochs, fs))
     if not n_epochs:

@@ -8,10 +8,13 @@
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy.signal import butter, sosfiltfilt, welch
 
-from sleep_eeg.stages import EPOCH_S
+from sleep_eeg.render import bandpass
+from sleep_eeg.stages import EPOCH_S, epoch_array
 
 BANDS: dict[str, tuple[float, float]] = {
     "delta": (0.5, 4.0),
@@ -20,6 +23,7 @@ BANDS: dict[str, tuple[float, float]] = {
     "sigma": (12.0, 16.0),
     "beta": (16.0, 30.0),
 }
+BROAD = (0.5, 30.0)  # relative powers are relative to this band
 SLOW_WAVE_BAND = (0.5, 2.0)
 SLOW_WAVE_UV = 75.0
 SPINDLE_BAND = (11.0, 16.0)
@@ -38,41 +42,46 @@ def band_powers(x: np.ndarray, fs: float) -> dict[str, float]:
     return out
 
 
-def log_relative_band_power(signal: np.ndarray, fs: float, epoch_s: float = EPOCH_S) -> np.ndarray:
+def log_relative_band_power(
+    signal: np.ndarray, fs: float, indices: Sequence[int] | None = None, epoch_s: float = EPOCH_S
+) -> np.ndarray:
     """The reference spectral features: natural log of each band's power over the 0.5-30 Hz power.
 
-    The same definition as the real Sleep-EDF figures the synthetic nights are calibrated against:
-    the signal is band-passed to 0.5-30 Hz, each 30-s epoch gets a Welch spectrum (4-s Hamming
-    windows, half overlap, **median** averaging, which ignores brief bursts), and the bands
-    0.5-4, 4-8, 8-12, 12-16 and 16-30 Hz are summed.
+    The definition of the real Sleep-EDF figures that the synthetic nights are calibrated against and
+    of the band-power baseline: the whole recording is band-passed to 0.5-30 Hz (zero-phase
+    Butterworth), each 30-s epoch gets a Welch spectrum (4-s Hamming windows, half overlap, **median**
+    averaging, which ignores brief bursts), and the bands 0.5-4, 4-8, 8-12, 12-16 and 16-30 Hz are
+    summed.
 
     Parameters
     ----------
-    signal : ndarray, shape (n_samples,) or (n_epochs, n_per_epoch)
-        A whole channel in µV (cut into complete epochs) or its epochs already stacked.
+    signal : ndarray, shape (n_samples,)
+        A whole channel in µV.
     fs : float
-        Sampling rate in Hz.
+        Sampling rate in Hz (above 60 Hz).
+    indices : sequence of int, optional
+        The epochs (counted from the start) to return; default every complete epoch.
 
     Returns
     -------
     ndarray, shape (n_epochs, 5)
+        A flat epoch gives ``log(1e-12)`` in every band.
 
     Examples
     --------
-    >>> x = np.sin(2 * np.pi * 10 * np.arange(3000) / 100)
-    >>> int(log_relative_band_power(x, 100.0).argmax())  # alpha, 8-12 Hz
-    2
+    >>> x = np.sin(2 * np.pi * 10 * np.arange(6000) / 100)
+    >>> log_relative_band_power(x, 100.0).argmax(axis=1)  # alpha, 8-12 Hz
+    array([2, 2])
     """
     n_per = int(round(epoch_s * fs))
-    x = np.asarray(signal, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[: len(x) // n_per * n_per].reshape(-1, n_per)
-    sos = butter(4, (0.5, 30.0), btype="bandpass", fs=fs, output="sos")
-    x = sosfiltfilt(sos, x, axis=-1)
-    f, p = welch(x, fs=fs, window="hamming", nperseg=int(4 * fs), average="median", axis=-1)
-    total = p[:, (f >= 0.5) & (f < 30.0)].sum(axis=1, keepdims=True)
+    filtered = bandpass(signal, fs, BROAD)
+    if indices is None:
+        indices = range(len(filtered) // n_per)
+    epochs = epoch_array(filtered, fs, indices, epoch_s)
+    f, p = welch(epochs, fs=fs, window="hamming", nperseg=int(round(4 * fs)), average="median", axis=-1)
+    total = p[:, (f >= BROAD[0]) & (f < BROAD[1])].sum(axis=1, keepdims=True)
     bands = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in BANDS.values()], axis=1)
-    return np.log(np.maximum(bands, 1e-30) / np.maximum(total, 1e-30))
+    return np.log(np.maximum(bands / np.maximum(total, 1e-12), 1e-12))
 
 
 def slow_wave_share(x: np.ndarray, fs: float, min_uv: float = SLOW_WAVE_UV) -> float:

@@ -14,7 +14,7 @@ import pytest
 from eeg_vlm.cli import main as eeg_vlm
 from eeg_vlm.cli import run
 from eeg_vlm.formats import STAGES, file_sha256, read_jsonl, read_records, stage_line, write_json, write_jsonl
-from sleep_eeg import baselines, features
+from sleep_eeg import baselines, features, measures
 from sleep_eeg.score import parse_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,9 +154,9 @@ def test_features_baseline_with_yasa(split, tmp_path):
 def test_bandpower_of_a_10_hz_sine_is_alpha():
     fs = 100.0
     t = np.arange(int(90 * fs)) / fs
-    f = features.bandpower_features(20 * np.sin(2 * np.pi * 10 * t), fs, [0, 1, 2])
+    f = measures.log_relative_band_power(20 * np.sin(2 * np.pi * 10 * t), fs, [0, 1, 2])
     assert f.shape == (3, 5)
-    alpha = features.BANDPOWER_NAMES.index("alpha")
+    alpha = list(measures.BANDS).index("alpha")
     assert (f.argmax(axis=1) == alpha).all()
     assert (np.exp(f[:, alpha]) > 0.95).all() and (np.delete(f, alpha, axis=1) < np.log(0.05)).all()
 

@@ -59,23 +59,20 @@ def test_unscored_and_movement_epochs_are_rare_and_inside_sleep(hypnograms):
 
 
 def test_drawn_spectra_follow_the_real_per_stage_distributions():
-    """Over many nights the drawn log relative band powers have the real means and spreads."""
-    rows = {s: [] for s in STAGES}
-    for i in range(60):
-        rng = np.random.default_rng([11, i])
-        stages = synth.sample_hypnogram(rng, 300)
-        spectra = synth.sample_spectra(rng, synth.Subject.draw(rng), stages)
-        for j, s in enumerate(stages):
-            if s in STAGES:
-                rows[s].append(spectra[:, j])
+    """Over many nights the drawn log relative band powers have the real means and spreads (the night
+    shift is part of the real spread, so it takes many nights for the means to settle)."""
+    night = [s for s in STAGES for _ in range(12)]
+    draws = np.stack([synth.sample_spectra(rng, synth.Subject.draw(rng), night)
+                      for rng in (np.random.default_rng([11, i]) for i in range(300))], 1)  # [ch, night, epoch, band]
     spec = synth.load_calibration()["spectra"]
-    for s in STAGES:
-        x = np.asarray(rows[s])  # [epoch, channel, band]
+    rows = {}
+    for k, s in enumerate(STAGES):
+        rows[s] = x = draws[:, :, 12 * k:12 * (k + 1)].reshape(len(synth.EEG_CHANNELS), -1, 5)
         for c, ch in enumerate(synth.EEG_CHANNELS):
-            assert np.abs(x[:, c].mean(0) - spec[ch][s]["mean"]).max() < 0.2, (s, ch)
-            assert np.abs(x[:, c].std(0) / spec[ch][s]["std"] - 1).max() < 0.35, (s, ch)
+            assert np.abs(x[c].mean(0) - spec[ch][s]["mean"]).max() < 0.12, (s, ch)
+            assert np.abs(x[c].std(0) - spec[ch][s]["std"]).max() < 0.08, (s, ch)
     # relative powers of the five bands sum to one, as real ones do
-    assert np.allclose(np.exp(np.asarray(rows["N2"])).sum(-1), 1.0)
+    assert np.allclose(np.exp(rows["N2"]).sum(-1), 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +119,7 @@ def test_morphology_a_scorer_uses(small_set):
     for stages, signals, _ in small_set:
         x, emg = signals["EEG Fpz-Cz"], signals["EMG submental"]
         for i, s in enumerate(stages):
-            if s not in STAGES:
+            if s not in STAGES or len(by_stage[s]["emg"]) >= 60:  # 60 epochs per stage are plenty
                 continue
             e = x[i * synth.N_PER:(i + 1) * synth.N_PER]
             by_stage[s]["spindles"].append(measures.spindle_count(e, synth.FS))
