@@ -89,6 +89,31 @@ def test_extraction_rows_follow_records_and_sidecar_matches(trained, tmp_path):
     assert not np.allclose(feats[0], feats[1])  # rows do differ between records
 
 
+def test_predict_answers_score_like_any_model(trained, tmp_path):
+    """`eeg-vlm vision predict`: one answer per question with the head's probabilities, scored by `score`."""
+    from sleep_eeg.score import score
+
+    root, records, ckpt, _ = trained
+    recs = read_records(records)
+    questions = [{"question_id": r["id"], "image": r["image"], "text": "stage?", "label": r["label"],
+                  "subject": r["subject"]} for r in recs]
+    write_jsonl(tmp_path / "q.jsonl", questions)
+    answers_file = tmp_path / "answers.jsonl"
+    with pytest.raises(SystemExit) as e:
+        eeg_vlm_main(["vision", "predict", "--checkpoint", str(ckpt), "--question-file", str(tmp_path / "q.jsonl"),
+                      "--image-folder", str(root / "img"), "--answers-file", str(answers_file), "--no-progress"])
+    assert e.value.code == 0
+    answers = [json.loads(line) for line in answers_file.read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [q["question_id"] for q in questions]
+    for a in answers:
+        probs = a["metadata"]["probabilities"]
+        assert list(probs) == list(STAGES) and abs(sum(probs.values()) - 1) < 1e-4
+        assert a["text"] == f"Sleep stage: {max(probs, key=probs.get)}" and a["metadata"]["label"] in STAGES
+    metrics = score(tmp_path / "q.jsonl", answers_file, tmp_path / "scores")
+    assert metrics["n"] == len(questions) and metrics["unparseable"] == 0
+    assert metrics["accuracy"] >= 0.9  # the separable training set, seen in training
+
+
 def test_cli_extraction_is_byte_identical(trained, tmp_path):
     root, records, ckpt, _ = trained
     outs = [tmp_path / "a.npy", tmp_path / "b.npy"]
