@@ -111,7 +111,9 @@ def sample_hypnogram(
     rng : numpy Generator
     n_epochs : int, optional
         Length of the recording; by default the sleep period is drawn from the fitted real
-        distribution and 30 min of wake is added on each side (trailing wake may be shorter).
+        distribution and 30 min of wake is added on each side (trailing wake may be shorter). A
+        recording shorter than a typical night is a night in miniature: the same structure by third,
+        with its edges of wake shortened in proportion, so that stage shares stay real.
     calibration : dict, optional
         The figures (default: ``sleepedf_calibration.json``).
     """
@@ -121,9 +123,10 @@ def sample_hypnogram(
     trail = lead if rng.random() < model["trail_full_prob"] else int(rng.integers(0, lead))
     if n_epochs is None:
         spt = int(np.clip(np.exp(rng.normal(*model["sleep_period_lognormal"])), *model["sleep_period_range"]))
-    else:
-        lead = min(lead, max(1, n_epochs // 8))
-        trail = min(trail, lead)
+    else:  # a shorter recording is a night in miniature: its edges of wake shrink with it
+        typical = np.exp(model["sleep_period_lognormal"][0]) + 2 * lead
+        scale = min(1.0, n_epochs / typical)
+        lead, trail = max(1, round(lead * scale)), round(trail * scale)
         spt = max(1, n_epochs - lead - trail)
     seq: list[str] = []
     stage = model["first_sleep_stage"]

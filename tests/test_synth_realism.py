@@ -35,6 +35,13 @@ def test_stage_shares_and_bout_lengths_match_real_nights(hypnograms):
     assert np.median(bouts["N1"]) <= 3
 
 
+def test_a_short_recording_is_a_night_in_miniature():
+    """`--hours 4` (the demo's nights) keeps the real stage shares: the edges of wake shrink with it."""
+    flat = [s for i in range(150) for s in synth.sample_hypnogram(np.random.default_rng([8, i]), 480) if s in STAGES]
+    for s in STAGES:
+        assert abs(flat.count(s) / len(flat) - REAL["share"][s]) <= 0.04, s
+
+
 def test_n3_comes_early_and_rem_late(hypnograms):
     thirds = np.zeros((3, len(STAGES)))
     for h in hypnograms:
