@@ -279,12 +279,12 @@ def test_modality_grouping_with_one_modality_and_mixed():
 # ---------------------------------------------------------------------------------------------
 def _break_missing_image(data):
     (data / "images" / "e1.png").unlink()
-    return "e1.png: image not found"
+    return "images/e1.png not found"
 
 
 def _break_unreadable_image(data):
     (data / "images" / "e1.png").write_bytes(b"not a png")
-    return "e1.png: unreadable image"
+    return "e1.png is not a readable image"
 
 
 def _break_few_rows(data):
