@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -467,7 +468,7 @@ def _command(entry: str) -> list[str]:
             "merge": [sys.executable, "llava/eval/merge_answers.py"]}[entry]
 
 
-CASES = [  # (entry point, bad input, run as a real subprocess)
+CASES = [  # (entry point, bad input, run as a real subprocess: one per entry point)
     ("prepare", prepare_unknown_stage, True),
     ("prepare", prepare_overlap, False),
     ("prepare", prepare_out_is_a_file, False),
@@ -501,26 +502,33 @@ CASES = [  # (entry point, bad input, run as a real subprocess)
 ]
 
 
-@pytest.mark.parametrize("entry, make, real", CASES, ids=[f"{e}-{m.__name__}" for e, m, _ in CASES])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx, tmp_path, capsys):
-    argv, fragments = make(ctx, tmp_path)
-    before = snapshot(tmp_path, ctx.root)
-    if real:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-            [str(REPO), str(tmp_path / "mods"), os.environ.get("PYTHONPATH", "")]))
-        proc = subprocess.run(_command(entry) + argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        code, err = proc.returncode, proc.stderr
-    else:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            run_command(_main(entry), argv)
-        code, err = exit_.value.code, capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2, err[-3000:]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
-    assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
+@pytest.fixture(scope="module", autouse=True)
+def subprocesses(request, tmp_path_factory):
+    """The subprocess cases run one after another in a background thread from the module's start, beside the
+    in-process cases (one core each); each test waits for its own. {case: (future, fragments, tmp, snapshot)}."""
+    selected = " ".join(item.nodeid for item in request.session.items)
+    real = [(entry, make) for entry, make, is_real in CASES if is_real and case_id(entry, make) in selected]
+    if not real:
+        yield {}
+        return
+    ctx_ = request.getfixturevalue("ctx")
+    pool = ThreadPoolExecutor(1)
+    started = {}
+    for entry, make in real:
+        tmp = tmp_path_factory.mktemp(make.__name__)
+        argv, fragments = make(ctx_, tmp)
+        before = snapshot(tmp, ctx_.root)
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(REPO), str(tmp / "mods"), os.environ.get("PYTHONPATH", "")]))
+        future = pool.submit(subprocess.run, _command(entry) + argv, cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+        started[make.__name__] = (future, fragments, tmp, before)
+    yield started
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def case_id(entry, make) -> str:
+    return f"{entry}-{make.__name__}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,3 +672,27 @@ def test_without_vision_tower_the_bases_tower_is_taken(ctx, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["mm_vision_tower"] == "clip" and config["mm_vision_select_layer"] == -2
     assert config["mm_projector_type"] == "mlp2x_gelu"
+
+
+# ---------------------------------------------------------------------------------------------
+# The table (last: the subprocess cases have run in the background meanwhile)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry, make, real", CASES, ids=[case_id(e, m) for e, m, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx, tmp_path, capsys, subprocesses):
+    if real:
+        future, fragments, tmp_path, before = subprocesses[make.__name__]
+        proc = future.result()
+        code, err = proc.returncode, proc.stderr
+    else:
+        argv, fragments = make(ctx, tmp_path)
+        before = snapshot(tmp_path, ctx.root)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            run_command(_main(entry), argv)
+        code, err = exit_.value.code, capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-3000:]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
