@@ -268,7 +268,7 @@ class LLaVATrainer(Trainer):
                 raise FormatError(f"{path}: keys not in the model: {missing[:3]} (a checkpoint of another model?)")
             with torch.no_grad():
                 for k, v in state.items():
-                    if params[k].shape != v.shape:
+                    if not hasattr(params[k], "ds_id") and params[k].shape != v.shape:  # (a ZeRO-3 shard is empty)
                         raise FormatError(f"{path}: {k} has shape {list(v.shape)}, the model's is "
                                           f"{list(params[k].shape)} (a checkpoint of another model?)")
                     params[k].copy_(v.to(params[k].dtype))
