@@ -271,6 +271,16 @@ def vision_extract_foreign_module(ctx, tmp):
              "--import-module rel_evil_module"])
 
 
+def vision_train_hostile_resume(ctx, tmp):
+    ck = tmp / "ck"
+    ck.mkdir()
+    torch.save({"model": Hostile(tmp / "pwned")}, ck / "resume.pt")
+    return (["train", "--records", str(ctx.train_records), "--image-folder", str(ctx.images), "--out", str(ck),
+             "--epochs", "2", "--resume", "--no-progress"],
+            [f"{ck / 'resume.pt'}: refused: not a plain tensor file that loads without running code",
+             f"{os.system.__module__}.system"])
+
+
 def train_stale_features(ctx, tmp):
     """Another records file of the same length (prepare rerun with another split): its features are stale."""
     records = edited_records(ctx, tmp, lambda r: r.reverse())
@@ -476,6 +486,7 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("vision", vision_extract_dotdot_image, False),
     ("vision", vision_train_corrupt_png, False),
     ("vision", vision_extract_foreign_module, True),
+    ("vision", vision_train_hostile_resume, False),
     ("train", train_stale_features, False),
     ("train", train_more_rows_than_records, False),
     ("train", train_absolute_image, False),

@@ -114,7 +114,13 @@ def train_vision_module(
     if resume:
         if not resume_path.is_file():
             raise FormatError(f"{resume_path}: nothing to resume from")
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a hostile or foreign pickle, a truncated file
+            detail = next((line.strip() for line in reversed(str(e).splitlines()) if "GLOBAL" in line or
+                           "Unsupported" in line), str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise FormatError(f"{resume_path}: refused: not a plain tensor file that loads without running code "
+                              f"({detail[:160]})") from None
         saved = read_config(out)
         saved = {**saved, **saved.get("module_kwargs", {})}
         for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
