@@ -4,7 +4,10 @@
 - Train records (LLaVA's format): a JSON array of ``{"id", "image": [img, img], "conversations": [...]}``
   plus metadata (``label``, ``subject``, ``night``, ``epoch``, optionally ``feature_index``).
 - Eval questions: JSONL of ``{"question_id", "image": [img, img], "text", "label", ...}``.
-- Answers: JSONL in LLaVA's schema ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``.
+- Answers: JSONL in LLaVA's schema ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``
+  plus ``model_sha256``, the content fingerprint of the checkpoint that wrote them.
+- Question ids: a string or an integer, compared as text (``question_key``): ``7`` and ``"7"`` are one id.
+- Image paths: relative to the image folder; absolute paths and ``..`` are refused (``image_path``).
 - Features: ``.npy`` float32 (float16 accepted) ``[N, 1, D]``; row i belongs to record i of the matching
   records file unless the record names its row with an integer ``feature_index``.
 
@@ -18,7 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -151,6 +154,36 @@ def record_id(record: dict) -> Any:
     return record.get("question_id", record.get("id"))
 
 
+def question_key(qid: Any, where: str = "") -> str:
+    """The identity of a question id: ids are compared as text, so ``7`` and ``"7"`` are the same question.
+
+    An id is a string or an integer; anything else (None, a bool, a float, a list) is refused."""
+    if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+        prefix = f"{where}: " if where else ""
+        raise FormatError(f"{prefix}question_id {qid!r} is not a string or an integer")
+    return str(qid)
+
+
+def question_keys(records: Sequence[dict], path: str | os.PathLike, what: str = "record") -> list[str]:
+    """``question_key`` of every record in file order; a repeated id (``7`` and ``"7"`` included) is refused."""
+    keys: list[str] = []
+    first: dict[str, tuple[int, Any]] = {}
+    for i, rec in enumerate(records):
+        qid = rec.get("question_id") if isinstance(rec, dict) else None
+        if qid is None:
+            raise FormatError(f"{path}: {what} #{i} has no question_id")
+        key = question_key(qid, f"{path}: {what} #{i}")
+        if key in first:
+            j, other = first[key]
+            if other == qid:
+                raise FormatError(f"{path}: duplicate question_id {qid!r} ({what}s #{j} and #{i})")
+            raise FormatError(f"{path}: question_id {other!r} ({what} #{j}) and {qid!r} ({what} #{i}) are the same id "
+                              "(ids are compared as text)")
+        first[key] = (i, qid)
+        keys.append(key)
+    return keys
+
+
 def record_images(record: dict) -> list[str]:
     """The record's image list: ``image`` may be a string or a list; no image gives ``[]``."""
     image = record.get("image")
@@ -172,6 +205,56 @@ def real_images(record: dict) -> list[str]:
     """The images that are opened and run through CLIP: all listed, less the placeholder of ``[Image1, Image2]``."""
     images = record_images(record)
     return images[:-1] if has_placeholder(record) else images
+
+
+def image_path(folder: str | os.PathLike, name: str, where: str) -> Path:
+    """``folder / name`` for a record's image; an absolute path or one with ``..`` (leaving the image folder)
+    is refused with ``where`` (the records file and the record) in the message."""
+    if not isinstance(name, str) or not name.strip():
+        raise FormatError(f"{where}: image {name!r} is not a file name")
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive or ".." in pure.parts:
+        raise FormatError(f"{where}: image path {name!r} leaves the image folder (absolute or '..'); "
+                          "image paths are relative to the image folder")
+    return Path(folder) / name
+
+
+def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking images", progress: bool = True) -> None:
+    """Open and fully decode every image (``(path, where)`` pairs, ``where`` naming the records file and record)
+    before any work, with a progress bar: a missing file, a non-image or corrupt pixel data (a bad PNG IDAT)
+    is one FormatError naming the image and the record. Decoding runs on a few threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    def check(item: tuple[Path, str]) -> str | None:
+        path, where = item
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except FileNotFoundError:
+            return f"{where}: image {path} not found"
+        except IsADirectoryError:
+            return f"{where}: image {path} is a folder"
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, zlib errors ...
+            detail = str(e).splitlines()[0] if str(e) else ""
+            return f"{where}: image {path} is not a readable image ({type(e).__name__}: {detail})"
+        return None
+
+    images = list(images)
+    if not images:
+        return
+    pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(images))))
+    try:
+        bar = tqdm(pool.map(check, images), total=len(images), desc=desc, unit="img",
+                   disable=not progress or len(images) < 2, leave=False)
+        for problem in bar:
+            if problem is not None:
+                bar.close()
+                raise FormatError(problem)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_train_record(
@@ -199,8 +282,11 @@ def make_question(
 # ---------------------------------------------------------------------------------------------
 # Answers (LLaVA's model_vqa schema)
 # ---------------------------------------------------------------------------------------------
-def make_answer(question_id: Any, prompt: str, text: str, answer_id: str, model_id: str, metadata: dict) -> dict:
-    return {
+def make_answer(question_id: Any, prompt: str, text: str, answer_id: str, model_id: str, metadata: dict,
+                model_sha256: str | None = None) -> dict:
+    """LLaVA's answer schema; ``model_sha256`` (the checkpoint's content fingerprint) binds the answer to the
+    model that wrote it, whatever its folder is called."""
+    answer = {
         "question_id": question_id,
         "prompt": prompt,
         "text": text,
@@ -208,6 +294,9 @@ def make_answer(question_id: Any, prompt: str, text: str, answer_id: str, model_
         "model_id": model_id,
         "metadata": metadata,
     }
+    if model_sha256 is not None:
+        answer["model_sha256"] = model_sha256
+    return answer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,15 +341,51 @@ def load_features(
     bad = ~np.isfinite(feats).all(axis=(1, 2))
     if bad.any():
         raise FormatError(f"{path}: row {int(np.flatnonzero(bad)[0])} holds NaN or inf")
+    if records_path is not None:
+        check_features_sidecar(path, records_path)
     if records is not None:
         where = str(records_path) if records_path is not None else str(path)
+        named = False
         for i, rec in enumerate(records):
             row = feature_row(rec, i, where)
+            named = named or "feature_index" in rec
             if row >= feats.shape[0]:
                 raise FormatError(
                     f"{path}: {feats.shape[0]} feature rows but record {record_id(rec)!r} (#{i} of {where}) needs row {row}"
                 )
+        if feats.shape[0] > len(records) and not named:
+            raise FormatError(
+                f"{path}: {feats.shape[0]} feature rows for {len(records)} records in {where}: the rows belong to "
+                "other records (extract the features again, or name each record's row with 'feature_index')"
+            )
     return feats
+
+
+def features_sidecar(path: str | os.PathLike) -> Path:
+    """``<features>.npy.json``: what the features were extracted from (written by ``save_features``)."""
+    return Path(str(path) + ".json")
+
+
+def check_features_sidecar(path: str | os.PathLike, records_path: str | os.PathLike) -> None:
+    """When the features file has a sidecar holding ``records_sha256``, the records file must be the very file
+    the features were extracted from (same bytes). Without a sidecar there is nothing to compare."""
+    sidecar = features_sidecar(path)
+    if not sidecar.is_file():
+        return
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{sidecar}: unreadable features sidecar ({str(e).splitlines()[0]})") from None
+    expected = meta.get("records_sha256") if isinstance(meta, dict) else None
+    if not expected:
+        return
+    actual = file_sha256(records_path)
+    if actual != expected:
+        source = meta.get("records") or "another records file"
+        raise FormatError(
+            f"{path}: extracted from {source} (records_sha256 {expected[:12]}... in {sidecar.name}), not from "
+            f"{records_path} (sha256 {actual[:12]}...): stale features; extract them again for {records_path}"
+        )
 
 
 def check_feature_size(path: str | os.PathLike, features: np.ndarray, dim: int | None) -> None:

@@ -3,7 +3,9 @@
     <out>/eeg_images_ft/<night>_<epoch>.png     <out>/eeg_ft.json      (train records, JSON array)
     <out>/eeg_images_eval/<night>_<epoch>.png   <out>/eeg_eval.jsonl   (eval questions with labels)
 
-Every night is read and checked before anything is written. The images are drawn into temporary folders
+Every night is read and checked before anything is written: an unknown stage text or overlapping,
+contradicting annotations are errors; a flat-line channel or a hypnogram that ends well before its
+recording is a warning with counts (``stages.night_warnings``). The images are drawn into temporary folders
 that then replace the two image folders whole (no image of an earlier run is left behind), and the
 records files are written atomically. The split is by subject: no subject has epochs on both sides.
 """
@@ -14,6 +16,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +26,7 @@ from sleep_eeg import cot
 from sleep_eeg.edf import DEFAULT_CHANNEL, Night, find_nights, read_night
 from sleep_eeg.measures import epoch_measures
 from sleep_eeg.render import RenderConfig, bandpass, render_epochs
-from sleep_eeg.stages import epoch_array, scorable_epochs
+from sleep_eeg.stages import check_annotations, epoch_array, night_warnings, scorable_epochs
 
 TRAIN_IMAGES, EVAL_IMAGES = "eeg_images_ft", "eeg_images_eval"
 TRAIN_RECORDS, EVAL_RECORDS = "eeg_ft.json", "eeg_eval.jsonl"
@@ -72,14 +75,20 @@ def prepare(
     if cot_mode not in cot.COT_MODES:
         raise FormatError(f"--cot must be one of {'|'.join(cot.COT_MODES)}, got {cot_mode!r}")
     out = Path(out)
+    for folder in (out, *out.parents):  # an --out that is (or lies under) a file
+        if folder.exists() and not folder.is_dir():
+            raise FormatError(f"{out}: --out must be a folder, but {folder} is a file")
     nights = find_nights(edf_dir)
     # Read and check every night before writing anything.
     loaded: list[tuple[Night, object, float, list[int], list[str]]] = []
     for night in nights:
         signal, rate, annotations = read_night(night, channel, fs)
+        check_annotations(annotations, night.hypnogram)
         epochs, labels = scorable_epochs(annotations, len(signal), rate, trim_minutes)
         if len(epochs) == 0:
             raise FormatError(f"{night.psg}: no scorable 30-s epoch (only '?' / movement, or none inside the signal)")
+        for warning in night_warnings(signal, rate, annotations, epochs, night.psg, night.hypnogram, channel):
+            print(f"warning: {warning}", file=sys.stderr)
         loaded.append((night, signal, rate, epochs.tolist(), labels))
     eval_set = split_subjects([n.subject for n, *_ in loaded], eval_fraction, eval_subjects, seed)
 

@@ -4,7 +4,8 @@
     python -m sleep_eeg.score ...
 
 The stage of each answer is parsed from its final ``Sleep stage: X`` line, else from the last stage the
-text states (``parse_stage``). Unparseable answers are counted and scored as wrong: they get the separate
+text states (``parse_stage``); a hedge ("stage 2 or stage 3", "REM?") is unparseable. Question ids are
+compared as text (``7`` and ``"7"`` are one id; a question file holding both is refused). Unparseable answers are counted and scored as wrong: they get the separate
 prediction ``unparseable``, which is never a true label. Metrics (scikit-learn): accuracy, macro-F1 (the
 unweighted mean of the per-stage F1 over the AASM stages that occur in the labels or the parsed
 predictions, listed in ``macro_f1_stages``: the usual five-stage macro-F1 whenever every stage is scored
@@ -37,6 +38,8 @@ from eeg_vlm.formats import (
     STAGES,
     FormatError,
     atomic_path,
+    question_key,
+    question_keys,
     read_jsonl,
     read_records,
     record_id,
@@ -78,28 +81,56 @@ _NUM_STAGE = {"1": "N1", "2": "N2", "3": "N3", "4": "N3"}
 _ROMAN_STAGE = {"I": "N1", "II": "N2", "III": "N3", "IV": "N3"}
 
 
-def _mentions(text: str) -> list[str]:
-    """Stages the text states, in order; mentions after a negation ("not N3", "rather than W") are skipped."""
+def _mention_spans(text: str) -> list[tuple[str, int, int]]:
+    """``(stage, start, end)`` of every stage the text states, in order; mentions after a negation ("not N3",
+    "rather than W") are skipped."""
     found = []
     for m in _MENTION.finditer(text):
         if _NEGATED.search(text[max(0, m.start() - 30) : m.start()]):
             continue
         if m.group("num"):
-            found.append(_NUM_STAGE[m.group("num")])
+            stage = _NUM_STAGE[m.group("num")]
         elif m.group("roman"):
-            found.append(_ROMAN_STAGE[m.group("roman").upper()])
+            stage = _ROMAN_STAGE[m.group("roman").upper()]
         elif m.group("bare"):
-            found.append("W" if m.group("bare").upper() == "W" else "REM")
+            stage = "W" if m.group("bare").upper() == "W" else "REM"
         else:
-            found.append(next(s for s in _WORDS if m.group(s)))
+            stage = next(s for s in _WORDS if m.group(s))
+        found.append((stage, m.start(), m.end()))
     return found
 
 
-def parse_stage(text: Any) -> str | None:
-    """The stage an answer gives, one of ``STAGES``, or None when it states none.
+def _mentions(text: str) -> list[str]:
+    return [stage for stage, _, _ in _mention_spans(text)]
 
-    The last ``Sleep stage: X`` line decides; without one (or when it names no stage) the last stage the
-    text states does. A whole answer of a single token (``"R"``, ``"w."``) is read as that stage.
+
+# A hedge: two stages offered as alternatives ("stage 2 or stage 3", "N2/N3"), or a stage put as a question ("REM?").
+_ALTERNATIVE = re.compile(r"[\s,]*(?:or|and/or|/|vs\.?|versus)[\s,]*(?:possibly|maybe|perhaps)?[\s,]*",
+                          re.IGNORECASE)
+_QUESTIONED = re.compile(r"[\s*\"'`)]*\?")
+
+
+def _hedged(text: str, spans: list[tuple[str, int, int]], k: int) -> bool:
+    """Whether mention ``k`` is offered as one of two alternatives or as a question."""
+    stage, start, end = spans[k]
+    if _QUESTIONED.match(text, end):
+        return True
+    for j in (k - 1, k + 1):
+        if 0 <= j < len(spans) and spans[j][0] != stage:
+            a, b = sorted((spans[j], spans[k]), key=lambda x: x[1])
+            if _ALTERNATIVE.fullmatch(text[a[2] : b[1]]):
+                return True
+    return False
+
+
+def parse_stage(text: Any) -> str | None:
+    """The stage an answer gives, one of ``STAGES``, or None when it states none or hedges.
+
+    The last ``Sleep stage: X`` line decides. When that line names no stage ("Sleep stage: unclear"), only the
+    text after it can still give one: a stage stated before it is not read as the answer. Without such a line
+    the last stage the text states does. A hedge is unparseable, never guessed: the deciding stage offered
+    with another as alternatives ("stage 2 or stage 3", "N2/N3") or as a question ("REM?"). A whole answer of
+    a single token (``"R"``, ``"w."``) is read as that stage.
     """
     if not isinstance(text, str):
         return None
@@ -110,32 +141,27 @@ def parse_stage(text: Any) -> str | None:
     if finals:
         start = finals[-1].start()
         line = text[start:].split("\n", 1)[0]
-        stated = _mentions(line)
-        if stated:
-            return stated[0]
-    stated = _mentions(text)
-    return stated[-1] if stated else None
+        spans = _mention_spans(line)
+        if spans:
+            return None if _hedged(line, spans, 0) else spans[0][0]
+        text = text[start + len(line):]  # the line names no stage: only what follows it may
+    spans = _mention_spans(text)
+    if not spans:
+        return None
+    return None if _hedged(text, spans, len(spans) - 1) else spans[-1][0]
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading and matching
 # ---------------------------------------------------------------------------------------------
-def _key(qid: Any) -> str:
-    return str(qid)
-
-
 def load_labels(question_file: str | Path) -> tuple[dict[str, dict], list[str]]:
     """Questions by id (in file order) with their checked labels."""
     path = Path(question_file)
     questions: dict[str, dict] = {}
     order: list[str] = []
-    for i, q in enumerate(read_records(path)):
+    records = read_records(path)
+    for i, (q, key) in enumerate(zip(records, question_keys(records, path))):
         qid = record_id(q)
-        if qid is None:
-            raise FormatError(f"{path}: record #{i} has no question_id")
-        key = _key(qid)
-        if key in questions:
-            raise FormatError(f"{path}: duplicate question_id {qid!r} (record #{i})")
         if "label" not in q or q["label"] is None:
             raise FormatError(f"{path}: question {qid!r} (record #{i}) has no label; scoring needs labelled questions")
         if q["label"] not in STAGES:
@@ -160,7 +186,7 @@ def load_answers(answers_file: str | Path, questions: dict[str, dict]) -> dict[s
         if not isinstance(a, dict) or a.get("question_id") is None:
             raise FormatError(f"{path}: answer #{i} has no question_id")
         qid = a["question_id"]
-        key = _key(qid)
+        key = question_key(qid, f"{path}: answer #{i}")
         if key not in questions:
             raise FormatError(f"{path}: answer #{i} is for question_id {qid!r}, which the question file does not hold")
         if key in answers:

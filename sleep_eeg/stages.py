@@ -1,9 +1,12 @@
 """Stage annotations to one AASM label per 30-s epoch: R&K mapping, dropping, wake trimming, epoching."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from eeg_vlm.formats import FormatError
 
 EPOCH_S = 30.0
 
@@ -25,8 +28,56 @@ TEXT_TO_STAGE: dict[str, str | None] = {
 
 
 def map_stage(text: str) -> str | None:
-    """AASM stage of an annotation text (S3 and S4 both N3); ``?``, movement and unknown texts give None."""
+    """AASM stage of an annotation text (S3 and S4 both N3); ``?``, movement and unknown texts give None
+    (``check_annotations`` refuses unknown texts before this is used)."""
     return TEXT_TO_STAGE.get(text.strip())
+
+
+def check_annotations(annotations: Sequence[tuple[float, float, str]], where: str | Path) -> None:
+    """Stage annotations a careful scorer would not accept silently are errors naming the file and annotation:
+    a text that is not a known stage ("Sleep stage N5": its epochs would be dropped), and two annotations that
+    overlap and give different stages (the later one would win)."""
+    known = ", ".join(repr(t) for t in TEXT_TO_STAGE)
+    for onset, duration, text in annotations:
+        if text.strip() not in TEXT_TO_STAGE:
+            raise FormatError(f"{where}: unknown stage annotation {text!r} at {onset:g} s (known: {known})")
+    active: list[tuple[float, float, str]] = []  # annotations still open at the current onset
+    for onset, duration, text in sorted(annotations, key=lambda a: (a[0], a[1])):
+        active = [a for a in active if a[0] + a[1] > onset + 1e-3]
+        for other in active:
+            if map_stage(other[2]) != map_stage(text):
+                end = min(other[0] + other[1], onset + duration)
+                raise FormatError(f"{where}: annotations overlap and contradict: {other[2]!r} at {other[0]:g} s "
+                                  f"({other[1]:g} s) and {text!r} at {onset:g} s ({duration:g} s) cover "
+                                  f"{onset:g}-{end:g} s")
+        active.append((onset, duration, text))
+
+
+FLAT_UV = 1.0  # an epoch whose peak-to-peak is below this (µV) is a flat line: a blank image
+UNSCORED_TAIL_S = 300.0  # a hypnogram ending more than this before the recording is worth a warning
+
+
+def night_warnings(signal: np.ndarray, fs: float, annotations: Sequence[tuple[float, float, str]],
+                   epochs: Sequence[int], psg: str | Path, hypnogram: str | Path, channel: str,
+                   epoch_s: float = EPOCH_S) -> list[str]:
+    """Data that may be fine but is suspicious, as one line each with counts: a channel that is a flat line
+    in kept epochs (they become blank images), and a hypnogram that ends well before the recording (the
+    epochs after it have no stage and are dropped)."""
+    out = []
+    if len(epochs):
+        ptp = np.ptp(epoch_array(signal, fs, epochs, epoch_s), axis=1)
+        flat = int((ptp < FLAT_UV).sum())
+        if flat:
+            out.append(f"{psg}: channel {channel!r} is flat (peak-to-peak under {FLAT_UV:g} µV) in {flat} of "
+                       f"{len(epochs)} epochs; their images are blank")
+    n_epochs = int(len(signal) // round(epoch_s * fs))
+    scored_end = max((o + d for o, d, _ in annotations), default=0.0)
+    unscored = n_epochs - min(n_epochs, int(np.ceil(scored_end / epoch_s - 1e-9)))
+    if unscored * epoch_s > UNSCORED_TAIL_S:
+        out.append(f"{hypnogram}: the hypnogram ends at {scored_end / 3600:.2f} h, {unscored * epoch_s / 3600:.2f} h "
+                   f"before the recording does ({len(signal) / fs / 3600:.2f} h in {psg}); {unscored} of {n_epochs} "
+                   "epochs have no stage and are dropped")
+    return out
 
 
 def epoch_labels(

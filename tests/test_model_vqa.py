@@ -13,6 +13,7 @@ from PIL import Image
 from eeg_vlm.formats import FormatError, make_question, read_jsonl, save_features, write_jsonl
 from llava.eval import merge_answers as merge_mod
 from llava.eval import model_vqa
+from llava.model.builder import model_fingerprint
 from sleep_eeg.cot import QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,9 @@ def texts(rows):
 def test_reference_answers_follow_llava_schema(reference, data, tiny_llava):
     assert [r["question_id"] for r in reference] == [q["question_id"] for q in data["records"]]
     for row, q in zip(reference, data["records"]):
-        assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        # LLaVA's schema, plus the fingerprint of the checkpoint that wrote the answer
+        assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata", "model_sha256"}
+        assert row["model_sha256"] == model_fingerprint(tiny_llava)
         assert row["prompt"] == q["text"]
         assert row["model_id"] == tiny_llava.name
         assert row["metadata"]["label"] == q["label"] and row["metadata"]["epoch"] == q["epoch"]
@@ -302,8 +305,11 @@ def test_sampling_is_repeatable_with_a_seed(reference, data, tiny_llava, loaded,
 
 def test_answers_from_another_model_are_not_mixed_in(reference, data, tiny_llava, loaded, tmp_path):
     out = tmp_path / "other_model.jsonl"
-    write_jsonl(out, [dict(r, model_id="llava-v1.5-13b") for r in reference[:3]])
+    write_jsonl(out, [dict(r, model_id="llava-v1.5-13b", model_sha256="ab" * 32) for r in reference[:3]])
     before = out.read_bytes()
-    with pytest.raises(FormatError, match="comes from model 'llava-v1.5-13b'"):
+    with pytest.raises(FormatError, match="written by model 'llava-v1.5-13b' with fingerprint abababababab"):
         answer(data, tiny_llava, loaded, out)
     assert out.read_bytes() == before
+    # the folder name does not decide: the same checkpoint under another name resumes
+    write_jsonl(out, [dict(r, model_id="renamed") for r in reference[:3]])
+    assert answer(data, tiny_llava, loaded, out)["skipped"] == 3

@@ -193,6 +193,7 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     records = formats.read_records(data / "eeg_ft.json")
     feats = np.load(data / formats.FEATURES_TRAIN_NAME)
     formats.write_json(data / "eeg_ft.json", records[:n_train])  # rows n_train.. are held out
+    formats.save_features(data / formats.FEATURES_TRAIN_NAME, feats[:n_train])  # one row per training record
     out = tmp_path / "run"
     # DESIGN.md's fast recipe on a random base: full fine-tune with a separate feature projector.
     argv = quick_argv(tiny_llava, data, out, "--lora_enable", "False", "--hl_fusion", "add",
@@ -279,12 +280,12 @@ def test_modality_grouping_with_one_modality_and_mixed():
 # ---------------------------------------------------------------------------------------------
 def _break_missing_image(data):
     (data / "images" / "e1.png").unlink()
-    return "e1.png: image not found"
+    return "images/e1.png not found"
 
 
 def _break_unreadable_image(data):
     (data / "images" / "e1.png").write_bytes(b"not a png")
-    return "e1.png: unreadable image"
+    return "e1.png is not a readable image"
 
 
 def _break_few_rows(data):

@@ -243,9 +243,15 @@ def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, 
                         feature_dim=64, val_fraction=0.25, progress=False)
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert config["arch"] == "user_tiny_cnn" and config["import_path"] == "my_eeg_modules"
-    # a fresh process has not imported the user's module: extraction imports it from the checkpoint's config
+    # a fresh process has not imported the user's module: a checkpoint alone never makes it import one ...
     monkeypatch.delitem(registry._REGISTRY, "user_tiny_cnn")
     monkeypatch.delitem(sys.modules, "my_eeg_modules")
-    feats = extract_features(tmp_path / "ck", records, root / "img", tmp_path / "f.npy", feature_dim=64, progress=False)
+    with pytest.raises(FormatError, match=r"config.json: vision module 'user_tiny_cnn' is registered by the Python "
+                                          r"module 'my_eeg_modules'.*--import-module my_eeg_modules"):
+        extract_features(tmp_path / "ck", records, root / "img", tmp_path / "f.npy", feature_dim=64, progress=False)
+    assert "my_eeg_modules" not in sys.modules and not (tmp_path / "f.npy").exists()
+    # ... the user names it
+    feats = extract_features(tmp_path / "ck", records, root / "img", tmp_path / "f.npy", feature_dim=64, progress=False,
+                             import_modules=["my_eeg_modules"])
     assert feats.shape == (len(read_records(records)), 1, 64)
     assert "user_tiny_cnn" in registry._REGISTRY

@@ -55,6 +55,7 @@ def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device
         num_classes=int(config["num_classes"]),
         pretrained=False,
         import_path=config.get("import_path"),
+        where=str(Path(checkpoint) / CONFIG_NAME),
         **config.get("module_kwargs", {}),
     )
     weights = Path(checkpoint) / WEIGHTS_NAME

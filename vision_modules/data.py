@@ -2,7 +2,8 @@
 
 Each record's *first* image is read (in ``[img, img]`` the second is the feature placeholder), resized
 to the module's ``input_size`` and normalised with its mean/std. Every image is checked up front
-(exists, is an image) so that bad input fails before any work, with one line naming file and record.
+(inside the image folder, decoded in full) so that bad input fails before any work, with one line naming
+file and record.
 """
 from __future__ import annotations
 
@@ -16,26 +17,24 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 from torchvision.transforms import InterpolationMode
 
-from eeg_vlm.formats import STAGE_INDEX, FormatError, check_stage, record_id, record_images
+from eeg_vlm.formats import STAGE_INDEX, FormatError, check_stage, decode_images, image_path, record_id, record_images
 
 
-def record_image_paths(records: Sequence[dict], image_folder: str | os.PathLike, where: str) -> list[Path]:
-    """The first image of every record, checked to exist and to be a readable image."""
-    folder = Path(image_folder)
+def record_image_paths(records: Sequence[dict], image_folder: str | os.PathLike, where: str,
+                       progress: bool = True) -> list[Path]:
+    """The first image of every record: inside ``image_folder`` (absolute and ``..`` paths are refused), and
+    decoded in full up front (with a progress bar), so a corrupt file stops the run before any work."""
     paths: list[Path] = []
     for i, rec in enumerate(records):
         images = record_images(rec)
+        here = f"{where}: record {record_id(rec)!r} (#{i})"
         if not images:
-            raise FormatError(f"{where}: record {record_id(rec)!r} (#{i}) has no image")
-        path = folder / images[0]
-        if not path.is_file():
-            raise FormatError(f"{where}: record {record_id(rec)!r} (#{i}): image {path} not found")
-        try:
-            with Image.open(path) as im:  # reads the header only
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise FormatError(f"{where}: record {record_id(rec)!r} (#{i}): {path} is not a readable image ({e})") from None
-        paths.append(path)
+            raise FormatError(f"{here} has no image")
+        for name in images:
+            image_path(image_folder, name, here)
+        paths.append(image_path(image_folder, images[0], here))
+    decode_images([(path, f"{where}: record {record_id(rec)!r} (#{i})") for i, (path, rec) in
+                   enumerate(zip(paths, records))], progress=progress)
     return paths
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from eeg_vlm.formats import FormatError, file_sha256, read_records, save_feature
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
 from vision_modules.data import EEGImageDataset, record_image_paths
 from vision_modules.modules import memory_format
+from vision_modules.registry import import_user_modules
 
 
 @torch.no_grad()
@@ -32,12 +34,16 @@ def extract_features(
     workers: int = 0,
     feature_dim: int | None = 1024,
     progress: bool = True,
+    import_modules: Sequence[str] = (),
 ) -> np.ndarray:
     """Features ``[N, 1, D]`` (float32) of the records' first images; saved to ``out`` when given.
-    ``feature_dim``: the size the consumer expects (the projector's ``mm_hidden_size``); ``None`` skips the check."""
+    ``feature_dim``: the size the consumer expects (the projector's ``mm_hidden_size``); ``None`` skips the check.
+    ``import_modules``: modules to import first (they register a user's vision module; a checkpoint alone
+    never makes an arbitrary module import)."""
+    import_user_modules(import_modules)
     checkpoint, records = Path(checkpoint), Path(records)
     recs = read_records(records)
-    paths = record_image_paths(recs, image_folder, str(records))
+    paths = record_image_paths(recs, image_folder, str(records), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     if feature_dim is not None and int(config["feature_dim"]) != int(feature_dim):
         raise FormatError(
@@ -84,13 +90,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--feature-dim", type=int, default=1024, help="feature size the projector expects (mm_hidden_size)")
+    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                   help="a Python module to import first: it registers your own vision module (repeatable)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def main_from_args(a: argparse.Namespace) -> int:
     features = extract_features(
         a.checkpoint, a.records, a.image_folder, a.out, batch_size=a.batch_size, device=a.device,
-        workers=a.workers, feature_dim=a.feature_dim, progress=not a.no_progress,
+        workers=a.workers, feature_dim=a.feature_dim, progress=not a.no_progress, import_modules=a.import_module,
     )
     print(f"wrote {a.out}: {list(features.shape)} float32 (+ {a.out}.json)")
     return 0

@@ -34,7 +34,7 @@ def predict_stages(
     """Write one answer per question (file order) and return them."""
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
-    paths = record_image_paths(recs, image_folder, str(questions))
+    paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     classes = list(config.get("classes", STAGES))
     loader = DataLoader(EEGImageDataset(paths, None, model.input_size, model.mean, model.std), batch_size=batch_size)

@@ -26,8 +26,8 @@ Register your own module in a few lines; training, extraction and the CLI then t
             h = self.body(images).flatten(1)               # [B, feature_dim]
             return VisionOutput(h[:, None, :], self.head(h))
 
-    # eeg-vlm vision train --arch tiny_cnn ...   (the module that registers it must be importable:
-    # the checkpoint records it and extraction imports it again)
+    # eeg-vlm vision train --arch tiny_cnn --import-module my_modules ...   (the checkpoint records the module;
+    # extraction imports it again only when named: eeg-vlm vision extract --import-module my_modules ...)
 
 The builder is called as ``builder(feature_dim=..., num_classes=..., pretrained=..., **kw)`` where
 ``kw`` may hold ``image_size`` (H, W) and ``tap`` when the user passes them; accept what you use.
@@ -35,7 +35,8 @@ The builder is called as ``builder(feature_dim=..., num_classes=..., pretrained=
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, NamedTuple
+import sys
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -79,19 +80,46 @@ def builder_import_path(name: str) -> str | None:
     return getattr(builder, "__module__", None) if builder is not None else None
 
 
+def is_known_module(module: str) -> bool:
+    """Modules a checkpoint may ask to import: this package's own, and those already imported (by the user)."""
+    return module == "vision_modules" or module.startswith("vision_modules.") or module in sys.modules
+
+
+def import_user_modules(modules: Sequence[str]) -> None:
+    """Import the modules the user names (``--import-module``): they register their vision modules. The
+    working directory is searched too (the ``eeg-vlm`` script does not put it on ``sys.path``)."""
+    import os
+
+    for module in modules:
+        added = os.getcwd() not in sys.path
+        if added:
+            sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise FormatError(f"--import-module {module}: cannot import it ({e})") from None
+        finally:
+            if added:
+                sys.path.remove(os.getcwd())
+
+
 def create_vision_module(
     name: str,
     feature_dim: int = 1024,
     num_classes: int = 5,
     pretrained: bool | str = False,
     import_path: str | None = None,
+    where: str = "",
     **kw: Any,
 ) -> nn.Module:
     """Build a registered module, or ``timm:<name>`` for any timm backbone.
 
     ``pretrained``: ``False`` (random init, the default: no hub), a local weights file or folder, or
     ``True`` for hub weights (a one-line error when they are not cached and the hub is unreachable).
-    ``import_path``: a Python module to import first when ``name`` is not registered yet.
+    ``import_path``: the Python module that registers ``name`` (from a checkpoint's config), imported when
+    ``name`` is not registered yet, but only when it is one of this package's own modules or already imported:
+    a checkpoint never makes an arbitrary module run. Any other module must be named by the user
+    (``--import-module``, ``import_user_modules``). ``where`` (the checkpoint's config) prefixes errors.
     """
     from vision_modules.modules import TimmVisionModule  # registers the built-ins
 
@@ -100,10 +128,17 @@ def create_vision_module(
             name[len(TIMM_PREFIX):], feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw
         )
     if name not in _REGISTRY and import_path and import_path != "__main__":
+        prefix = f"{where}: " if where else ""
+        if not is_known_module(import_path):
+            raise FormatError(
+                f"{prefix}vision module {name!r} is registered by the Python module {import_path!r}, which is not "
+                f"imported unless you name it: pass --import-module {import_path} (or import it yourself) if you "
+                "trust it"
+            )
         try:
             importlib.import_module(import_path)
         except ImportError as e:
-            raise FormatError(f"vision module {name!r}: cannot import {import_path!r} that registers it ({e})") from None
+            raise FormatError(f"{prefix}vision module {name!r}: cannot import {import_path!r} that registers it ({e})") from None
     if name not in _REGISTRY:
         raise FormatError(
             f"unknown vision module {name!r}; registered: {', '.join(list_vision_modules())}, or timm:<timm model name>"

@@ -28,7 +28,7 @@ from eeg_vlm.formats import STAGES, FormatError, atomic_path, read_records
 from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
 from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
 from vision_modules.modules import TimmVisionModule, memory_format
-from vision_modules.registry import builder_import_path, create_vision_module
+from vision_modules.registry import builder_import_path, create_vision_module, import_user_modules
 
 RESUME_NAME = "resume.pt"
 
@@ -106,7 +106,7 @@ def train_vision_module(
 
     recs = read_records(records_path)
     labels = record_labels(recs, str(records_path))
-    paths = record_image_paths(recs, image_folder, str(records_path))
+    paths = record_image_paths(recs, image_folder, str(records_path), progress=progress)
     train_idx, val_idx, split = split_train_val(recs, labels, val_fraction, seed)
 
     resume_path = out / RESUME_NAME
@@ -114,7 +114,13 @@ def train_vision_module(
     if resume:
         if not resume_path.is_file():
             raise FormatError(f"{resume_path}: nothing to resume from")
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a hostile or foreign pickle, a truncated file
+            detail = next((line.strip() for line in reversed(str(e).splitlines()) if "GLOBAL" in line or
+                           "Unsupported" in line), str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise FormatError(f"{resume_path}: refused: not a plain tensor file that loads without running code "
+                              f"({detail[:160]})") from None
         saved = read_config(out)
         saved = {**saved, **saved.get("module_kwargs", {})}
         for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
@@ -224,10 +230,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", metavar="PATH", help="local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init")
     p.add_argument("--feature-dim", type=int, default=1024, help="size of the high-level feature (the projector's mm_hidden_size)")
     p.add_argument("--tap", type=int, help="backbone feature stage to tap (timm feature_info index; default -2)")
+    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                   help="a Python module to import first: it registers your own vision module (repeatable)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def main_from_args(a: argparse.Namespace) -> int:
+    import_user_modules(a.import_module)
     if a.image_size is not None and len(a.image_size) not in (1, 2):
         raise FormatError("--image-size takes H W or a single N")
     train_vision_module(

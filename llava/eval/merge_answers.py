@@ -8,7 +8,8 @@
         --answers-file sleep_data/answers/eeg_answers.jsonl sleep_data/answers/chunks/4_*.jsonl
 
 Every question must be answered exactly once across the chunk files (a chunk killed part-way: rerun it
-with the same arguments, it resumes). The merged file is written atomically.
+with the same arguments, it resumes), by one model (one ``model_sha256``); question ids are compared as text.
+The merged file is written atomically.
 """
 from __future__ import annotations
 
@@ -16,31 +17,45 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from eeg_vlm.formats import FormatError, read_jsonl, read_records, record_id, write_jsonl
+from eeg_vlm.formats import FormatError, question_key, question_keys, read_jsonl, read_records, write_jsonl
 
 
 def merge_answers(question_file: str | Path, chunk_files: Sequence[str | Path], answers_file: str | Path) -> int:
-    """Write the answers of ``chunk_files`` to ``answers_file`` in the order of ``question_file``; returns the count."""
-    order = {record_id(q): i for i, q in enumerate(read_records(question_file))}
-    by_id: dict = {}
-    for path in chunk_files:
-        if not Path(path).is_file():
+    """Write the answers of ``chunk_files`` to ``answers_file`` in the order of ``question_file``; returns the count.
+
+    Question ids are compared as text (``question_key``); all answers must come from one model (one
+    ``model_sha256``)."""
+    order = {key: i for i, key in enumerate(question_keys(read_records(question_file), question_file))}
+    by_key: dict[str, dict] = {}
+    model: tuple[str | None, Path] | None = None
+    for path in map(Path, chunk_files):
+        if not path.is_file():
             raise FormatError(f"{path}: answers file not found")
         for lineno, row in enumerate(read_jsonl(path), 1):
             qid = row.get("question_id") if isinstance(row, dict) else None
-            if qid not in order:
+            if qid is None:
+                raise FormatError(f"{path}: answer #{lineno} has no question_id")
+            key = question_key(qid, f"{path}: answer #{lineno}")
+            if key not in order:
                 raise FormatError(f"{path}: answer #{lineno} is for question_id {qid!r}, not in {question_file}")
-            if qid in by_id:
+            if key in by_key:
                 raise FormatError(f"{path}: question_id {qid!r} (answer #{lineno}) is answered twice")
-            by_id[qid] = row
-    missing = [qid for qid in order if qid not in by_id]
+            fingerprint = row.get("model_sha256")
+            if model is None:
+                model = (fingerprint, path)
+            elif fingerprint != model[0]:
+                raise FormatError(f"{path}: answer #{lineno} comes from another model (model_sha256 "
+                                  f"{str(fingerprint)[:12]}) than {model[1]} ({str(model[0])[:12]}); merge the "
+                                  "answers of one model")
+            by_key[key] = row
+    missing = [key for key in order if key not in by_key]
     if missing:
         raise FormatError(
             f"{question_file}: {len(missing)} of {len(order)} questions have no answer in the chunk files "
             f"(first: {missing[0]!r}); rerun the unfinished chunks, they resume"
         )
-    write_jsonl(answers_file, sorted(by_id.values(), key=lambda row: order[row["question_id"]]))
-    return len(by_id)
+    write_jsonl(answers_file, sorted(by_key.values(), key=lambda row: order[question_key(row["question_id"])]))
+    return len(by_key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,12 @@
   (``label``, ``subject``, ``epoch``, ...) go into ``metadata``.
 - Resumable: each batch is appended and fsync'd as it finishes. A rerun with the same ``--answers-file``
   skips the questions already answered and first repairs a torn last line left by a killed run (so a
-  kill loses at most the batch in flight). To start over, delete the answers file.
+  kill loses at most the batch in flight). To start over, delete the answers file. Each answer carries
+  ``model_sha256``, the checkpoint's content fingerprint (``builder.model_fingerprint``): answers of another
+  model, or of a retrained one in the same folder, are refused, never mixed in.
+- Question ids are compared as text (``7`` and ``"7"`` are one id; a file holding both is refused).
+- Before the model loads: every image path stays inside ``--image-folder`` (absolute and ``..`` paths are
+  refused) and every image is decoded in full, so a corrupt file stops the run before any answer is written.
 - ``--num-chunks N --chunk-idx K`` answers the K-th of N contiguous slices of the question file (for
   parallel jobs; give each its own ``--answers-file``); ``llava/eval/merge_answers.py`` joins them.
 - Greedy by default (``--temperature 0``): batched generation (left padding, KV cache) gives the same
@@ -34,11 +39,15 @@ from eeg_vlm.formats import (
     FormatError,
     append_jsonl,
     check_feature_size,
+    decode_images,
     default_features_path,
     feature_row,
     has_placeholder,
+    image_path,
     load_features,
     make_answer,
+    question_key,
+    question_keys,
     read_jsonl,
     read_records,
     real_images,
@@ -91,16 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Inputs: questions, chunk, previous answers, images, features
 # ---------------------------------------------------------------------------------------------
 def read_questions(path: str | Path) -> list[dict]:
-    """Questions in file order, each with a ``question_id`` (unique) and a ``text``."""
+    """Questions in file order, each with a ``question_id`` (unique, compared as text: ``7`` and ``"7"`` are the
+    same id, so a file holding both is refused) and a ``text``."""
     questions = read_records(path)
-    seen: set = set()
-    for i, q in enumerate(questions):
-        qid = q.get("question_id")
-        if qid is None:
-            raise FormatError(f"{path}: record #{i} has no question_id")
-        if qid in seen:
-            raise FormatError(f"{path}: duplicate question_id {qid!r} (record #{i})")
-        seen.add(qid)
+    question_keys(questions, path)
+    for q in questions:
+        qid = q["question_id"]
         if not isinstance(q.get("text"), str):
             raise FormatError(f"{path}: question {qid!r} has no 'text' string")
         n_tokens = q["text"].count(DEFAULT_IMAGE_TOKEN)
@@ -117,28 +122,35 @@ def chunk_positions(n: int, num_chunks: int, chunk_idx: int) -> range:
     return range(chunk_idx * n // num_chunks, (chunk_idx + 1) * n // num_chunks)
 
 
-def previous_answers(path: Path, chunk_ids: set, model_id: str) -> set:
-    """Question ids already answered in ``path``. A torn last line (a killed run) is dropped and the
-    file rewritten atomically without it. Answers for other questions or another model are an error."""
+def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprint: str) -> set[str]:
+    """Question keys (``question_key``) already answered in ``path``. A torn last line (a killed run) is dropped
+    and the file rewritten atomically without it. Answers for other questions, or written by another model
+    (another ``model_sha256``: the checkpoint's content, whatever its folder is called), are an error."""
     if not path.exists():
         return set()
     rows = read_jsonl(path, allow_torn_tail=True)
-    done: set = set()
+    done: set[str] = set()
     for lineno, row in enumerate(rows, 1):
-        qid = row.get("question_id") if isinstance(row, dict) else None
-        if qid not in chunk_ids:
+        if not isinstance(row, dict) or row.get("question_id") is None:
+            raise FormatError(f"{path}: answer #{lineno} has no question_id")
+        qid = row["question_id"]
+        key = question_key(qid, f"{path}: answer #{lineno}")
+        if key not in chunk_keys:
             raise FormatError(
                 f"{path}: answer #{lineno} is for question_id {qid!r}, which is not among this run's questions "
                 "(another question file or chunk?)"
             )
-        if qid in done:
+        if key in done:
             raise FormatError(f"{path}: question_id {qid!r} is answered twice (answer #{lineno})")
-        if row.get("model_id") != model_id:
+        theirs = row.get("model_sha256")
+        if theirs != fingerprint:
+            written_by = (f"model {row.get('model_id')!r} with fingerprint {str(theirs)[:12]}" if theirs
+                          else f"model {row.get('model_id')!r} without a fingerprint (an older version)")
             raise FormatError(
-                f"{path}: answer #{lineno} comes from model {row.get('model_id')!r}, this run is {model_id!r}; "
-                "use another --answers-file or delete this one"
+                f"{path}: answer #{lineno} was written by {written_by}, this run is {model_id!r} with fingerprint "
+                f"{fingerprint[:12]} (another model, or retrained); use another --answers-file or delete this one"
             )
-        done.add(qid)
+        done.add(key)
     raw = path.read_bytes()
     if raw.strip() and not raw.endswith(b"\n"):
         write_jsonl(path, rows)  # repair: keep the complete lines only
@@ -266,6 +278,7 @@ def run(
     """Answer the chunk's questions not yet in ``answers_file``. ``loaded`` = ``(tokenizer, model,
     image_processor)`` reuses a loaded model (``model_path`` then only names it in the answers)."""
     from llava.mm_utils import get_model_name_from_path
+    from llava.model.builder import model_fingerprint
 
     started = time.perf_counter()
     if batch_size < 1:
@@ -275,16 +288,24 @@ def run(
 
     # Everything that can be checked without the model is checked first.
     questions = read_questions(question_file)
+    fingerprint = model_fingerprint(model_path, model_base)
     chunk = [(i, questions[i]) for i in chunk_positions(len(questions), num_chunks, chunk_idx)]
-    done = previous_answers(answers_file, {record_id(q) for _, q in chunk}, model_id)
-    todo = [(i, q) for i, q in chunk if record_id(q) not in done]
+    done = previous_answers(answers_file, {question_key(record_id(q)) for _, q in chunk}, model_id, fingerprint)
+    todo = [(i, q) for i, q in chunk if question_key(record_id(q)) not in done]
     summary = {"answered": 0, "skipped": len(chunk) - len(todo), "answers_file": str(answers_file)}
     if not todo:
         return {**summary, "seconds": time.perf_counter() - started}
-    for _, q in todo:
-        for name in real_images(q):
-            if not (image_folder / name).is_file():
-                raise FormatError(f"{question_file}: question {record_id(q)!r}: image {image_folder / name} not found")
+    # Every image path stays inside --image-folder, and every image is decoded before the first answer.
+    paths: dict[str, list[Path]] = {}
+    to_decode: dict[Path, str] = {}
+    for i, q in todo:
+        where = f"{question_file}: question {record_id(q)!r}"
+        for name in record_images(q):
+            image_path(image_folder, name, where)
+        paths[question_key(record_id(q))] = [image_path(image_folder, name, where) for name in real_images(q)]
+        for path in paths[question_key(record_id(q))]:
+            to_decode.setdefault(path, where)
+    decode_images(list(to_decode.items()), desc="checking images")
     feats = None
     if any(has_placeholder(q) for _, q in todo):
         features_path = high_level_features or default_features_path(question_file, train=False)
@@ -316,7 +337,7 @@ def run(
             tokenizer,
             image_processor,
             prompts=[build_prompt(q, conv_template, use_im_start_end) for _, q in batch],
-            image_paths=[[image_folder / name for name in real_images(q)] for _, q in batch],
+            image_paths=[paths[question_key(record_id(q))] for _, q in batch],
             features=[feats[feature_row(q, i)] if has_placeholder(q) else None for i, q in batch],
             stop_str=stop_str,
             generate_kwargs=generate_kwargs,
@@ -331,6 +352,7 @@ def run(
                     answer_id=uuid.uuid4().hex,
                     model_id=model_id,
                     metadata={k: v for k, v in q.items() if k not in PROMPT_FIELDS},
+                    model_sha256=fingerprint,
                 )
                 for (_, q), text in zip(batch, texts)
             ],

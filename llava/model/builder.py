@@ -38,6 +38,39 @@ def checkpoint_kind(folder: Path) -> str:
     return "full"
 
 
+def model_fingerprint(model_path, model_base=None) -> str:
+    """sha256 identifying a checkpoint by content, not by folder name: its ``config.json`` and the weights it
+    holds (the adapter and ``non_lora_trainables`` of a LoRA checkpoint, ``mm_projector.bin`` of a projector-only
+    one, every weights file of a full one), each under its file name. For a base (``model_base``) its
+    ``config.json`` and the names and sizes of its weight files count (hashing a 13B base on every run would
+    cost minutes). Two trainings into the same folder name give two fingerprints."""
+    import hashlib
+
+    from eeg_vlm.formats import file_sha256
+
+    folder = resolve_model_dir(model_path, what="model", hint="--model-path")
+    kind = checkpoint_kind(folder)
+    names = ["config.json"]
+    if kind == "lora":
+        names += ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+                  "non_lora_trainables.bin", "non_lora_trainables.safetensors"]
+    elif kind == "projector":
+        names += ["mm_projector.bin"]
+    else:
+        names += sorted({p.name for pattern in WEIGHT_PATTERNS + ("*.index.json",) for p in folder.glob(pattern)})
+    h = hashlib.sha256(f"{kind}\n".encode())
+    for name in names:
+        if (folder / name).is_file():
+            h.update(f"{name} {file_sha256(folder / name)}\n".encode())
+    if model_base and kind != "full":
+        base = resolve_model_dir(model_base, what="model base", hint="--model-base")
+        if (base / "config.json").is_file():
+            h.update(f"base config.json {file_sha256(base / 'config.json')}\n".encode())
+        for p in sorted({p for pattern in WEIGHT_PATTERNS for p in base.glob(pattern)}):
+            h.update(f"base {p.name} {p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """peft's saved names -> ours: ``base_model.model.model.mm_projector.0.weight`` -> ``model.mm_projector.0.weight``."""
     out = {}

@@ -80,6 +80,11 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = field(default=False)
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run already in --output_dir (its checkpoint-N folders and final save); "
+                  "without it (or --resume_from_checkpoint) such a folder is refused."},
+    )
     # Flags that transformers 5 renamed or folded; accepted so LLaVA-1.5 commands run verbatim.
     evaluation_strategy: str | None = field(default=None, metadata={"help": "Old name of --eval_strategy."})
     warmup_ratio: float | None = field(default=None, metadata={"help": "Warm-up as a ratio of the total steps."})

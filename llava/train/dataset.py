@@ -18,9 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from eeg_vlm import formats
 from eeg_vlm.formats import FormatError
@@ -29,43 +27,39 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 logger = logging.getLogger("llava.train")
 
 
-def check_records(records: Sequence[dict], data_path: str | os.PathLike, image_folder: str | None) -> None:
-    """Structure of each record, its ``<image>`` count against its images, and every real image readable.
+def check_records(records: Sequence[dict], data_path: str | os.PathLike, image_folder: str | None,
+                  progress: bool = True) -> None:
+    """Every record checked before the first step: its turns (alternating human / gpt, at least one gpt reply),
+    its ``<image>`` count against its images, its image paths (inside ``image_folder``), and every real image
+    decoded in full (with a progress bar), so a corrupt file stops the run here, not at its batch."""
+    from llava.train.preprocess import check_turns
 
-    Image files are checked by opening their headers (``PIL.Image.verify``), not by decoding them.
-    """
     where = str(data_path)
-    needed: dict[str, tuple[int, dict]] = {}
+    needed: dict[Path, str] = {}
     for i, rec in enumerate(records):
         rid = formats.record_id(rec)
+        here = f"{where}: record {rid!r} (#{i})"
         conv = rec.get("conversations")
         if not isinstance(conv, list) or not conv or not all(
             isinstance(t, dict) and isinstance(t.get("value"), str) and t.get("from") in ("human", "gpt") for t in conv
         ):
-            raise FormatError(f"{where}: record {rid!r} (#{i}): 'conversations' must be a non-empty list of "
+            raise FormatError(f"{here}: 'conversations' must be a non-empty list of "
                               "{'from': 'human'|'gpt', 'value': str}")
+        check_turns(conv, here)
         try:
             images = formats.record_images(rec)
         except FormatError as e:
             raise FormatError(f"{where}: {e} (#{i})") from None
         n_tokens = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in conv)
         if n_tokens != len(images):
-            raise FormatError(f"{where}: record {rid!r} (#{i}) has {n_tokens} {DEFAULT_IMAGE_TOKEN} tokens "
-                              f"but {len(images)} images")
+            raise FormatError(f"{here} has {n_tokens} {DEFAULT_IMAGE_TOKEN} tokens but {len(images)} images")
         if images and image_folder is None:
-            raise FormatError(f"{where}: record {rid!r} (#{i}) names images but --image_folder is not given")
-        for name in formats.real_images(rec):
-            needed.setdefault(name, (i, rec))
-    for name, (i, rec) in tqdm(needed.items(), desc="checking images", unit="img", disable=len(needed) < 2000):
-        path = Path(image_folder) / name
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except FileNotFoundError:
-            raise FormatError(f"{path}: image not found (record {formats.record_id(rec)!r}, #{i} of {where})") from None
-        except Exception as e:
-            raise FormatError(f"{path}: unreadable image ({type(e).__name__}: {e}) "
-                              f"(record {formats.record_id(rec)!r}, #{i} of {where})") from None
+            raise FormatError(f"{here} names images but --image_folder is not given")
+        for name in images:  # the placeholder too: its path must not leave the folder either
+            path = formats.image_path(image_folder, name, here)
+            if name in formats.real_images(rec):
+                needed.setdefault(path, here)
+    formats.decode_images([(path, here) for path, here in needed.items()], desc="checking images", progress=progress)
 
 
 def _word_count(record: dict) -> int:
@@ -160,18 +154,27 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
+def load_train_features(data_args, records: list[dict], mm_hidden_size: int | None = None) -> np.ndarray | None:
+    """The features of records with a placeholder image, checked against the records (row per record, no extra
+    rows unless named by ``feature_index``, the sidecar's records hash); None when no record has a placeholder."""
+    if not any(formats.has_placeholder(r) for r in records):
+        return None
+    path = data_args.high_level_features or formats.default_features_path(data_args.data_path, train=True)
+    features = formats.load_features(path, records, dim=mm_hidden_size, records_path=data_args.data_path)
+    logger.info("high-level features %s: %s rows of %s for %d records", path, features.shape[0],
+                list(features.shape[1:]), len(records))
+    return features
+
+
 def make_supervised_data_module(tokenizer, data_args, model_args, training_args, mm_hidden_size: int | None,
-                                records: list[dict] | None = None) -> dict:
-    """Read and check the records (unless given, already checked) and the features, build dataset + collator."""
+                                records: list[dict] | None = None, features: np.ndarray | None = None) -> dict:
+    """Read and check the records (unless given, already checked) and the features (unless given, already
+    checked), build dataset + collator."""
     if records is None:
         records = formats.read_records(data_args.data_path)
         check_records(records, data_args.data_path, data_args.image_folder)
-    features = None
-    if any(formats.has_placeholder(r) for r in records):
-        path = data_args.high_level_features or formats.default_features_path(data_args.data_path, train=True)
-        features = formats.load_features(path, records, dim=mm_hidden_size, records_path=data_args.data_path)
-        logger.info("high-level features %s: %s rows of %s for %d records", path, features.shape[0],
-                    list(features.shape[1:]), len(records))
+    if features is None:
+        features = load_train_features(data_args, records, mm_hidden_size)
     dataset = SupervisedDataset(
         records,
         tokenizer,

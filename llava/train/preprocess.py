@@ -44,24 +44,35 @@ def preprocess(sources, tokenizer, has_image: bool = False, version: str = "v1",
     return dict(input_ids=input_ids, labels=labels)
 
 
-def render(source, conv: Conversation, where: str = "") -> Conversation:
-    """Fill a copy of ``conv`` with the turns of ``source`` (a leading non-human turn is dropped, as LLaVA did)."""
-    conv = conv.copy()
-    conv.messages = []
+def check_turns(source, where: str = "") -> list[dict]:
+    """The turns that are trained on: a leading non-human turn is dropped (as LLaVA did), then the turns must
+    alternate human, gpt, human, ... each with a text ``value``, and at least one gpt reply must remain
+    (a record without one would train with every label masked)."""
+    where = where or "conversation"
     turns = list(source)
-    if turns and turns[0].get("from") != "human":
+    if turns and isinstance(turns[0], dict) and turns[0].get("from") != "human":
         turns = turns[1:]
     for j, turn in enumerate(turns):
         speaker = turn.get("from") if isinstance(turn, dict) else None
         if speaker not in SPEAKERS:
-            raise FormatError(f"{where or 'conversation'}: turn {j} is from {speaker!r}, expected 'human' or 'gpt'")
+            raise FormatError(f"{where}: turn {j} is from {speaker!r}, expected 'human' or 'gpt'")
         if SPEAKERS[speaker] != j % 2:
             expected = "human" if j % 2 == 0 else "gpt"
-            raise FormatError(f"{where or 'conversation'}: turn {j} is from {speaker!r}, expected {expected!r}")
-        value = turn.get("value")
-        if not isinstance(value, str):
-            raise FormatError(f"{where or 'conversation'}: turn {j} has no text 'value'")
-        conv.append_message(conv.roles[j % 2], value)
+            raise FormatError(f"{where}: turn {j} is from {speaker!r}, expected {expected!r} (turns alternate "
+                              "human, gpt)")
+        if not isinstance(turn.get("value"), str):
+            raise FormatError(f"{where}: turn {j} has no text 'value'")
+    if not any(turn["from"] == "gpt" for turn in turns):
+        raise FormatError(f"{where}: no 'gpt' reply to learn from (every label would be masked)")
+    return turns
+
+
+def render(source, conv: Conversation, where: str = "") -> Conversation:
+    """Fill a copy of ``conv`` with the turns of ``source`` (checked by ``check_turns``)."""
+    conv = conv.copy()
+    conv.messages = []
+    for j, turn in enumerate(check_turns(source, where)):
+        conv.append_message(conv.roles[j % 2], turn["value"])
     return conv
 
 

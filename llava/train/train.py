@@ -4,13 +4,20 @@
     python llava/train/train_mem.py ...        (one process, no DeepSpeed)
 
 Every input is checked before the first step and before anything is written to ``--output_dir``: the
-conversation version, the records, each real image's header, the features (``[N, 1, mm_hidden_size]``, finite,
-a row per record, no pickles). Bad input ends with one line (``FormatError``) and exit status 2.
+conversation version, the records (turn order, a gpt reply in each), every real image (inside
+``--image_folder``, decoded in full), the features (``[N, 1, mm_hidden_size]``, finite, a row per record and no
+more rows than records unless named by ``feature_index``, extracted from this very records file when their
+sidecar says from which, no pickles), the output folder (not holding another run unless
+``--overwrite_output_dir`` / ``--resume_from_checkpoint``) and the resume checkpoint (whole, no pickle that
+needs more than tensors). Bad input ends with one line (``FormatError``) and exit status 2; a run that fails
+before its first step removes what it wrote. LoRA and new projectors are initialised from ``--seed``.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -108,6 +115,102 @@ def set_trainable(model, model_args, training_args, freeze_lm: bool) -> None:
             module.requires_grad_(not training_args.freeze_mm_mlp_adapter)
 
 
+def explicit_flags(argv: Sequence[str] | None) -> set[str]:
+    """The ``--flags`` written on the command line (not their defaults)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {a[2:].split("=", 1)[0] for a in args if a.startswith("--")}
+
+
+def adopt_base_vision_tower(model_args, base_config, records: list[dict], data_path, flags: set[str]) -> None:
+    """Without ``--vision_tower``: take the base's ``mm_vision_tower`` (and its other ``mm_*`` settings, unless
+    given on the command line) when its config names one; records with images and no tower are refused here."""
+    from eeg_vlm import formats
+
+    if model_args.vision_tower is not None:
+        return
+    tower = getattr(base_config, "mm_vision_tower", None)
+    if not tower:
+        if any(formats.record_images(r) for r in records):
+            raise FormatError(f"{data_path}: records have images but there is no vision tower: give --vision_tower "
+                              f"(the base's {Path(model_args.model_name_or_path) / 'config.json'} names no "
+                              "mm_vision_tower)")
+        return
+    model_args.vision_tower = tower
+    for flag, key in (("mm_vision_select_layer", "mm_vision_select_layer"),
+                      ("mm_vision_select_feature", "mm_vision_select_feature"),
+                      ("mm_projector_type", "mm_projector_type"), ("mm_patch_merge_type", "mm_patch_merge_type")):
+        if flag not in flags and getattr(base_config, key, None) is not None:
+            setattr(model_args, flag, getattr(base_config, key))
+    logger.info("--vision_tower not given: using the base's mm_vision_tower %s (select layer %s, projector %s)",
+                tower, model_args.mm_vision_select_layer, model_args.mm_projector_type)
+
+
+def check_output_dir(training_args) -> str | None:
+    """Refuse an ``--output_dir`` holding another run unless ``--overwrite_output_dir`` or
+    ``--resume_from_checkpoint``; resolve and check the resume checkpoint (whole, no pickle that needs more than
+    tensors). Returns the checkpoint to resume from, or None."""
+    from llava.train import checkpoints as ckpt
+
+    output_dir = Path(training_args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FormatError(f"{output_dir}: --output_dir is a file, not a folder")
+    resume = training_args.resume_from_checkpoint
+    previous = ckpt.run_entries(output_dir)
+    if previous and not resume and not training_args.overwrite_output_dir:
+        shown = ", ".join(previous[:4]) + (f" and {len(previous) - 4} more" if len(previous) > 4 else "")
+        raise FormatError(f"{output_dir}: --output_dir holds another run ({shown}); give --resume_from_checkpoint "
+                          "to continue it, --overwrite_output_dir True to replace it, or another --output_dir")
+    if not resume:
+        return None
+    path = ckpt.resolve_resume(str(resume), output_dir)
+    ckpt.check_pickles(path)
+    step = ckpt.checkpoint_step(path)
+    later = [p.name for p in ckpt.checkpoints(output_dir) if step is not None and ckpt.checkpoint_step(p) > step]
+    if later:
+        logger.warning("%s holds %d checkpoint(s) beyond the resume point %s (%s): each is replaced when this run "
+                       "saves that step", output_dir, len(later), path.name, ", ".join(later[:3]))
+    return str(path)
+
+
+def clear_previous_run(training_args, resume: str | None) -> None:
+    """Just before training: remove the staging folders a killed save left, and with ``--overwrite_output_dir``
+    (and no resume) every entry of the previous run."""
+    from llava.train import checkpoints as ckpt
+
+    if not training_args.should_save:
+        return
+    output_dir = Path(training_args.output_dir)
+    for name in ckpt.run_entries(output_dir):
+        path = output_dir / name
+        if name in (ckpt.CHECKPOINT_STAGING, ckpt.FINAL_STAGING) or (training_args.overwrite_output_dir and not resume):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+class _FirstStep(transformers.TrainerCallback):
+    """Marks that this run has taken a training step (after which a failure keeps what was written)."""
+
+    def __init__(self):
+        self.stepped = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.stepped = True
+
+
+def remove_created(output_dir: Path, existed_before: bool, entries_before: set[str]) -> None:
+    """Remove what a run that failed before its first step wrote into ``output_dir``."""
+    if not output_dir.exists():
+        return
+    if not existed_before:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        return
+    for p in output_dir.iterdir():
+        if p.name not in entries_before:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
 def train(argv: Sequence[str] | None = None, attn_implementation: str | None = None):
     """Parse ``argv`` (default ``sys.argv[1:]``), check every input, train, save. Returns the trainer."""
     model_args, data_args, training_args = parse_args(argv)
@@ -116,24 +219,51 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     check_options(model_args, data_args, training_args)
     setup_reporting(training_args)
 
+    from eeg_vlm import formats
+    from llava.model.config import load_config
     from llava.tokenizer import load_tokenizer
+    from llava.train.dataset import check_records, load_train_features
 
+    # Everything that can be checked without the model is checked first, and nothing is written before.
+    resume = check_output_dir(training_args)
+    base_config = load_config(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
                                padding_side="right")
-    # Records and images before the model (cheap and fails fast); features once mm_hidden_size is known.
-    from eeg_vlm import formats
-    from llava.train.dataset import check_records
-
     records = formats.read_records(data_args.data_path)
     check_records(records, data_args.data_path, data_args.image_folder)
+    adopt_base_vision_tower(model_args, base_config, records, data_args.data_path, explicit_flags(argv))
+    features = load_train_features(data_args, records)
 
+    output_dir = Path(training_args.output_dir)
+    existed_before = output_dir.is_dir()
+    entries_before = set(os.listdir(output_dir)) if existed_before else set()
+    first_step = _FirstStep()
+    try:
+        return _train(model_args, data_args, training_args, attn_implementation, tokenizer, records, features,
+                      resume, first_step)
+    except BaseException:
+        if not first_step.stepped and training_args.process_index == 0:
+            remove_created(output_dir, existed_before, entries_before)
+        raise
+
+
+def _train(model_args, data_args, training_args, attn_implementation, tokenizer, records, features, resume,
+           first_step):
+    from eeg_vlm import formats
+    from llava.train.dataset import make_supervised_data_module
+
+    transformers.set_seed(training_args.seed)  # projector(s) the base lacks are initialised from --seed
     model = build_model(model_args, training_args, attn_implementation)
     config = model.config
     tower = model.get_model().get_vision_tower()
+    if features is not None:
+        path = data_args.high_level_features or formats.default_features_path(data_args.data_path, train=True)
+        formats.check_feature_size(path, features, config.mm_hidden_size)
     data_args.image_processor = tower.image_processor
     data_args.is_multimodal = True
     data_module = make_supervised_data_module(tokenizer, data_args, model_args, training_args,
-                                              mm_hidden_size=config.mm_hidden_size, records=records)
+                                              mm_hidden_size=config.mm_hidden_size, records=records,
+                                              features=features)
 
     config.image_aspect_ratio = data_args.image_aspect_ratio
     config.tokenizer_padding_side = tokenizer.padding_side
@@ -165,6 +295,7 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
             bias=training_args.lora_bias,
             task_type="CAUSAL_LM",
         )
+        transformers.set_seed(training_args.seed)  # the LoRA initialisation follows --seed
         with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, lora_config)
@@ -178,12 +309,12 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     logger.info("trainable parameters: %d (projectors %d); fusion %s, projector for features %s, dtype %s",
                 n_train, n_proj, config.mm_hl_fusion, config.mm_hl_projector, next(model.parameters()).dtype)
 
-    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=[first_step],
+                           **data_module)
     trainer.tokenizer_model_file = os.path.join(model_args.model_name_or_path, "tokenizer.model")
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=resume if resume else None)
-    trainer.save_state()
-    trainer.save_model(training_args.output_dir)
+    clear_previous_run(training_args, resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_final(training_args.output_dir)
     return trainer
 
 

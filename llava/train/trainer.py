@@ -8,16 +8,25 @@
   ``adapter_config.json`` + adapter weights, ``non_lora_trainables.bin`` (e.g.
   ``base_model.model.model.mm_projector.0.weight``), ``config.json`` and the tokenizer. DeepSpeed's own
   checkpoint (optimizer state) is written beside them by the Trainer, for ``--resume_from_checkpoint``.
+- Every save is atomic: ``checkpoint-N`` is written whole into ``<output_dir>/.checkpoint-staging/`` and then
+  renamed into place; the final save goes through ``<output_dir>/.final-staging/`` (``config.json`` moved last).
+  A kill mid-save leaves only a staging folder, which the next run removes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
 import shutil
 
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
+
+from eeg_vlm.formats import FormatError
+from llava.train.checkpoints import CHECKPOINT_STAGING, FINAL_STAGING, TRAINER_STATE
 
 logger = logging.getLogger("llava.train")
 
@@ -100,9 +109,95 @@ def save_llava_config(model, output_dir: str) -> None:
     config.use_cache = use_cache
 
 
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class LLaVATrainer(Trainer):
     # The base checkpoint's sentencepiece file, copied into every LoRA checkpoint (LLaVA-1.5's layout).
     tokenizer_model_file: str | None = None
+    # While a checkpoint is being saved: the staging folder the Trainer writes it into (see _get_output_dir).
+    _staging_dir: str | None = None
+
+    def _is_saver(self) -> bool:
+        """The process that moves finished saves into place (one per node with --save_on_each_node)."""
+        return self.args.should_save
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's save (model, optimizer, scheduler, RNG, trainer state: ``trainer_state.json`` last)
+        into ``<output_dir>/.checkpoint-staging/checkpoint-N``, then one rename to ``<output_dir>/checkpoint-N``,
+        then the rotation (``--save_total_limit``) over the real folder."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = os.path.join(run_dir, CHECKPOINT_STAGING)
+        staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+        if self._is_saver():
+            shutil.rmtree(staged, ignore_errors=True)
+            os.makedirs(staging, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
+        if self._is_saver():
+            if os.path.exists(final):  # a checkpoint of the same step (a resumed run passing it again)
+                old = os.path.join(staging, name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(staged, final)
+            _fsync_dir(run_dir)
+            try:
+                os.rmdir(staging)
+            except OSError:
+                pass
+            best = self.state.best_model_checkpoint
+            if best is not None and os.path.normpath(best) == os.path.normpath(staged):
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(final, TRAINER_STATE))
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, output_dir: str) -> None:
+        """The end-of-training save (model files and ``trainer_state.json``) into ``<output_dir>/.final-staging``,
+        then each file moved into ``output_dir``: ``config.json`` is removed first and moved in last, so a folder
+        with a ``config.json`` holds a whole save."""
+        staging = os.path.join(output_dir, FINAL_STAGING)
+        if self._is_saver():
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.save_model(staging)
+        if self._is_saver():
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE))
+        self.accelerator.wait_for_everyone()
+        if self._is_saver():
+            config = os.path.join(output_dir, "config.json")
+            if os.path.exists(config):
+                os.remove(config)
+            names = sorted(os.listdir(staging), key=lambda n: n == "config.json")
+            for name in names:
+                target = os.path.join(output_dir, name)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    shutil.rmtree(target)
+                os.replace(os.path.join(staging, name), target)
+            _fsync_dir(output_dir)
+            os.rmdir(staging)
+        self.accelerator.wait_for_everyone()
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -160,15 +255,40 @@ class LLaVATrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Adapter weights via the Trainer, then the projector(s) from ``non_lora_trainables.bin``."""
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        with _one_line(resume_from_checkpoint, "model weights"):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
         model = self.model if model is None else model
         path = os.path.join(resume_from_checkpoint, NON_LORA_TRAINABLES)
         if is_peft(model) and os.path.isfile(path):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with _one_line(path, "projector weights"):
+                state = torch.load(path, map_location="cpu", weights_only=True)
             params = dict(model.named_parameters())
             missing = [k for k in state if k not in params]
             if missing:
-                raise RuntimeError(f"{path}: keys not in the model: {missing[:3]}")
+                raise FormatError(f"{path}: keys not in the model: {missing[:3]} (a checkpoint of another model?)")
             with torch.no_grad():
                 for k, v in state.items():
+                    if not hasattr(params[k], "ds_id") and params[k].shape != v.shape:  # (a ZeRO-3 shard is empty)
+                        raise FormatError(f"{path}: {k} has shape {list(v.shape)}, the model's is "
+                                          f"{list(params[k].shape)} (a checkpoint of another model?)")
                     params[k].copy_(v.to(params[k].dtype))
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        with _one_line(checkpoint, "optimizer / scheduler state"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        with _one_line(checkpoint, "RNG state"):
+            super()._load_rng_state(checkpoint)
+
+
+@contextlib.contextmanager
+def _one_line(path, what: str):
+    """A failure to load part of a resume checkpoint becomes one line naming the file or folder."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, EOFError, OSError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise FormatError(f"{path}: cannot resume from its {what} ({type(e).__name__}: {first[:200]})") from None

@@ -1,0 +1,709 @@
+"""Bad input, one table: each command refuses it with one line naming the file (and the record), exit
+status 2, and nothing written. Around the table, what a careful user relies on next to it: warnings with
+counts for data that may be fine, hedged answers left unparsed, a kill during a checkpoint save and the
+resume after it, a failed start that cleans up, the same seed giving the same weights, the base's tower.
+
+Built once per module: a small dataset (records, questions, images, features with their sidecars), one
+short training run with checkpoints, one synthetic EDF night. Most commands run in-process through their
+``main(argv)`` (as ``eeg_vlm.cli.run`` runs them: ``error: ...`` and exit 2); one case per entry point runs
+as a real subprocess.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eeg_vlm import formats
+from eeg_vlm.cli import run as run_command
+from eeg_vlm.formats import FormatError
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What is the sleep stage of this EEG epoch?"
+N_TRAIN, N_EVAL = 6, 4
+
+# The README's training command (tests/test_train.py checks it verbatim), pointed at tiny data, without
+# DeepSpeed, one step, no saves unless asked.
+DOCUMENTED = (
+    "--lora_enable True --lora_r 8 --lora_alpha 256 --mm_projector_lr 2e-5 --model_name_or_path BASE --version v1 "
+    "--data_path DATA --image_folder IMAGES --vision_tower TOWER --mm_projector_type mlp2x_gelu "
+    "--mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False --image_aspect_ratio pad "
+    "--group_by_modality_length True --bf16 True --output_dir OUT --num_train_epochs 2 "
+    "--per_device_train_batch_size 2 --per_device_eval_batch_size 4 --gradient_accumulation_steps 1 "
+    "--evaluation_strategy no --save_strategy no --save_total_limit 3 --learning_rate 3e-4 --weight_decay 0. "
+    "--warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 1 --tf32 True --model_max_length 4096 "
+    "--gradient_checkpointing True --dataloader_num_workers 0 --lazy_preprocess True --report_to none --max_steps 1"
+)
+
+
+def train_argv(ctx, out: Path, data: Path | None = None, images: Path | None = None, features: Path | None = None,
+               base: Path | None = None, tower: bool = True, *extra: str) -> list[str]:
+    paths = {"BASE": base or ctx.tiny, "DATA": data or ctx.train_records, "IMAGES": images or ctx.images,
+             "TOWER": ctx.tiny / "clip", "OUT": out}
+    argv = [str(paths.get(a, a)) for a in shlex.split(DOCUMENTED)]
+    if not tower:
+        i = argv.index("--vision_tower")
+        del argv[i: i + 2]
+    return argv + ["--high_level_features", str(features or ctx.train_features), *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures, built once
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Ctx:
+    root: Path
+    tiny: Path
+    images: Path
+    train_records: Path
+    train_features: Path
+    questions: Path
+    eval_features: Path
+    run: Path  # a finished run: checkpoint-1, checkpoint-2 and the final save (LoRA + projector)
+
+
+def save_bound_features(path: Path, records_path: Path, n: int, seed: int) -> None:
+    """Features with the sidecar `eeg-vlm vision extract` writes: it names the records file and its hash."""
+    feats = np.random.default_rng(seed).standard_normal((n, 1, 1024)).astype(np.float32)
+    formats.save_features(path, feats, sidecar={"records": str(records_path),
+                                                "records_sha256": formats.file_sha256(records_path)})
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_llava, tmp_path_factory) -> Ctx:
+    from llava.train.train import train
+
+    root = tmp_path_factory.mktemp("bad_input")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(N_TRAIN):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(images / f"e{i}.png")
+    records = [formats.make_train_record(f"r{i}", [f"e{i}.png"] * 2, QUESTION,
+                                         formats.stage_line(formats.STAGES[i % 5]), label=formats.STAGES[i % 5])
+               for i in range(N_TRAIN)]
+    formats.write_json(root / "eeg_ft.json", records)
+    save_bound_features(root / formats.FEATURES_TRAIN_NAME, root / "eeg_ft.json", N_TRAIN, seed=1)
+    questions = [formats.make_question(f"q{i}", [f"e{i}.png"] * 2, QUESTION, formats.STAGES[i % 5],
+                                       subject="S1", night=1, epoch=i) for i in range(N_EVAL)]
+    formats.write_jsonl(root / "eeg_eval.jsonl", questions)
+    save_bound_features(root / formats.FEATURES_EVAL_NAME, root / "eeg_eval.jsonl", N_EVAL, seed=2)
+    c = Ctx(root, tiny_llava, images, root / "eeg_ft.json", root / formats.FEATURES_TRAIN_NAME,
+            root / "eeg_eval.jsonl", root / formats.FEATURES_EVAL_NAME, root / "run")
+    train(train_argv(c, c.run, None, None, None, None, True, "--max_steps", "2", "--save_strategy", "steps",
+                     "--save_steps", "1"))
+    assert sorted(p.name for p in c.run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    return c
+
+
+def snapshot(*folders: Path) -> dict:
+    """Every file and folder under ``folders`` with its size and modification time."""
+    out = {}
+    for folder in folders:
+        for p in [folder, *folder.rglob("*")]:
+            st = p.lstat()
+            out[str(p)] = (p.is_dir(), st.st_size if not p.is_dir() else 0, st.st_mtime_ns)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders of bad input
+# ---------------------------------------------------------------------------------------------
+def write_night(folder: Path, annotations, minutes: float = 20, flat: bool = False, name: str = "SC9001E0") -> Path:
+    """A Sleep-EDF-style pair (PSG with EEG Fpz-Cz at 100 Hz, hypnogram); returns the hypnogram."""
+    from sleep_eeg import edf
+
+    fs = 100.0
+    n = int(minutes * 60 * fs)
+    t = np.arange(n) / fs
+    x = np.zeros(n) if flat else 30 * np.sin(2 * np.pi * 2 * t) + np.random.default_rng(0).normal(0, 10, n)
+    hyp = folder / f"{name[:-1]}C-Hypnogram.edf"
+    edf.write_night(folder / f"{name}-PSG.edf", hyp, {"EEG Fpz-Cz": x}, fs, annotations,
+                    datetime.datetime(2000, 1, 1, 22))
+    return hyp
+
+
+def corrupt_idat(path: Path) -> None:
+    """Garble the pixel data of a PNG but keep its chunk CRCs valid: the header reads, decoding fails."""
+    data = bytearray(path.read_bytes())
+    i = data.index(b"IDAT")
+    n = int.from_bytes(data[i - 4: i], "big")
+    for k in range(i + 14, i + n):
+        data[k] ^= 0x55
+    data[i + 4 + n: i + 8 + n] = (zlib.crc32(bytes(data[i: i + 4 + n])) & 0xFFFFFFFF).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def copy_images(ctx, tmp: Path, corrupt: str | None = None) -> Path:
+    folder = tmp / "images"
+    shutil.copytree(ctx.images, folder)
+    if corrupt:
+        corrupt_idat(folder / corrupt)
+    return folder
+
+
+def edited_records(ctx, tmp: Path, edit: Callable[[list[dict]], None], name: str = "eeg_ft.json") -> Path:
+    records = formats.read_records(ctx.train_records)
+    edit(records)
+    path = tmp / name
+    formats.write_json(path, records)
+    return path
+
+
+def edited_questions(ctx, tmp: Path, edit: Callable[[list[dict]], None]) -> Path:
+    questions = formats.read_records(ctx.questions)
+    edit(questions)
+    path = tmp / "eeg_eval.jsonl"
+    formats.write_jsonl(path, questions)
+    return path
+
+
+class Hostile:
+    """A pickle that would run a shell command when loaded with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def copied_run(ctx, tmp: Path) -> Path:
+    out = tmp / "run"
+    shutil.copytree(ctx.run, out)
+    return out
+
+
+def vqa_argv(ctx, tmp: Path, questions: Path | None = None, images: Path | None = None,
+             features: Path | None = None, model: Path | None = None, base: Path | None = None) -> list[str]:
+    argv = ["--model-path", str(model or ctx.tiny), "--question-file", str(questions or ctx.questions),
+            "--image-folder", str(images or ctx.images), "--answers-file", str(tmp / "answers.jsonl"),
+            "--high-level-features", str(features or ctx.eval_features), "--max-new-tokens", "4"]
+    return argv + (["--model-base", str(base)] if base else [])
+
+
+def answer_rows(ctx, fingerprint: str, model_id: str, ids) -> list[dict]:
+    return [formats.make_answer(qid, QUESTION, "Sleep stage: W", f"a{qid}", model_id, {"label": "W"}, fingerprint)
+            for qid in ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: (entry point, how to make the bad input -> (argv, fragments of the one-line error))
+# ---------------------------------------------------------------------------------------------
+def prepare_unknown_stage(ctx, tmp):
+    edf_dir = tmp / "edf"
+    edf_dir.mkdir()
+    hyp = write_night(edf_dir, [(0, 300, "Sleep stage W"), (300, 300, "Sleep stage N5"), (600, 600, "Sleep stage 2")])
+    return (["--edf-dir", str(edf_dir), "--out", str(tmp / "sleep_data"), "--workers", "1"],
+            [f"{hyp}: unknown stage annotation 'Sleep stage N5' at 300 s"])
+
+
+def prepare_overlap(ctx, tmp):
+    edf_dir = tmp / "edf"
+    edf_dir.mkdir()
+    hyp = write_night(edf_dir, [(0, 600, "Sleep stage W"), (570, 630, "Sleep stage 2")])
+    return (["--edf-dir", str(edf_dir), "--out", str(tmp / "sleep_data"), "--workers", "1"],
+            [f"{hyp}: annotations overlap and contradict: 'Sleep stage W' at 0 s (600 s) and 'Sleep stage 2' "
+             "at 570 s (630 s) cover 570-600 s"])
+
+
+def prepare_out_is_a_file(ctx, tmp):
+    edf_dir = tmp / "edf"
+    edf_dir.mkdir()
+    write_night(edf_dir, [(0, 1200, "Sleep stage 2")])
+    out = tmp / "sleep_data"
+    out.write_text("not a folder\n")
+    return (["--edf-dir", str(edf_dir), "--out", str(out / "sub"), "--workers", "1"],
+            [f"{out / 'sub'}: --out must be a folder, but {out} is a file"])
+
+
+def vision_train_absolute_image(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[2].update(image=[str(ctx.images / "e2.png")] * 2))
+    return (["train", "--records", str(records), "--image-folder", str(ctx.images), "--out", str(tmp / "ck"),
+             "--epochs", "1", "--no-progress"],
+            [f"{records}: record 'r2' (#2): image path '{ctx.images / 'e2.png'}' leaves the image folder"])
+
+
+def vision_extract_dotdot_image(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[1].update(image=["../eeg_ft.json"] * 2))
+    return (["extract", "--checkpoint", str(tmp / "ck"), "--records", str(records), "--image-folder",
+             str(ctx.images), "--out", str(tmp / "f.npy"), "--no-progress"],
+            [f"{records}: record 'r1' (#1): image path '../eeg_ft.json' leaves the image folder"])
+
+
+def vision_train_corrupt_png(ctx, tmp):
+    images = copy_images(ctx, tmp, corrupt="e1.png")
+    return (["train", "--records", str(ctx.train_records), "--image-folder", str(images), "--out", str(tmp / "ck"),
+             "--epochs", "1", "--no-progress"],
+            [f"{ctx.train_records}: record 'r1' (#1): image {images / 'e1.png'} is not a readable image"])
+
+
+def vision_extract_foreign_module(ctx, tmp):
+    """A checkpoint whose import_path names a module outside the registry: refused before it is imported."""
+    from safetensors.torch import save_file
+
+    mods = tmp / "mods"
+    mods.mkdir()
+    (mods / "rel_evil_module.py").write_text(f"open({str(tmp / 'imported')!r}, 'w').close()\n")
+    ck = tmp / "ck"
+    ck.mkdir()
+    save_file({"w": torch.zeros(1)}, str(ck / "model.safetensors"))
+    formats.write_json(ck / "config.json", {"arch": "evil_cnn", "import_path": "rel_evil_module",
+                                            "feature_dim": 1024, "num_classes": 5})
+    return (["extract", "--checkpoint", str(ck), "--records", str(ctx.questions), "--image-folder", str(ctx.images),
+             "--out", str(tmp / "f.npy"), "--no-progress"],
+            [f"{ck / 'config.json'}: vision module 'evil_cnn' is registered by the Python module 'rel_evil_module'",
+             "--import-module rel_evil_module"])
+
+
+def vision_train_hostile_resume(ctx, tmp):
+    ck = tmp / "ck"
+    ck.mkdir()
+    torch.save({"model": Hostile(tmp / "pwned")}, ck / "resume.pt")
+    return (["train", "--records", str(ctx.train_records), "--image-folder", str(ctx.images), "--out", str(ck),
+             "--epochs", "2", "--resume", "--no-progress"],
+            [f"{ck / 'resume.pt'}: refused: not a plain tensor file that loads without running code",
+             f"{os.system.__module__}.system"])
+
+
+def train_stale_features(ctx, tmp):
+    """Another records file of the same length (prepare rerun with another split): its features are stale."""
+    records = edited_records(ctx, tmp, lambda r: r.reverse())
+    return (train_argv(ctx, tmp / "out", records),
+            [f"{ctx.train_features}: extracted from {ctx.train_records}", f"not from {records}", "stale features"])
+
+
+def train_more_rows_than_records(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r.__delitem__(slice(4, None)))
+    feats = tmp / "feats.npy"
+    np.save(feats, np.load(ctx.train_features))  # no sidecar: only the row count can tell
+    return (train_argv(ctx, tmp / "out", records, None, feats),
+            [f"{feats}: 6 feature rows for 4 records in {records}", "feature_index"])
+
+
+def train_absolute_image(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[2].update(image=["/etc/passwd"] * 2))
+    return (train_argv(ctx, tmp / "out", records),
+            [f"{records}: record 'r2' (#2): image path '/etc/passwd' leaves the image folder"])
+
+
+def train_dotdot_image(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[3].update(image=["sub/../../eeg_ft.json"] * 2))
+    return (train_argv(ctx, tmp / "out", records),
+            [f"{records}: record 'r3' (#3): image path 'sub/../../eeg_ft.json' leaves the image folder"])
+
+
+def train_corrupt_png(ctx, tmp):
+    images = copy_images(ctx, tmp, corrupt="e4.png")
+    return (train_argv(ctx, tmp / "out", None, images),
+            [f"{ctx.train_records}: record 'r4' (#4): image {images / 'e4.png'} is not a readable image"])
+
+
+def train_human_only(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[3]["conversations"].pop())
+    return (train_argv(ctx, tmp / "out", records),
+            [f"{records}: record 'r3' (#3): no 'gpt' reply to learn from"])
+
+
+def train_turn_order(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[5]["conversations"].append({"from": "gpt", "value": "again"}))
+    return (train_argv(ctx, tmp / "out", records),
+            [f"{records}: record 'r5' (#5): turn 2 is from 'gpt', expected 'human'"])
+
+
+def train_no_vision_tower(ctx, tmp):
+    """Records with images, no --vision_tower, and a base whose config names no mm_vision_tower."""
+    base = tmp / "base"
+    base.mkdir()
+    for p in ctx.tiny.iterdir():
+        if p.name != "config.json":
+            os.symlink(p, base / p.name)
+    config = json.loads((ctx.tiny / "config.json").read_text())
+    config.pop("mm_vision_tower")
+    (base / "config.json").write_text(json.dumps(config))
+    return (train_argv(ctx, tmp / "out", None, None, None, base, False),
+            [f"{ctx.train_records}: records have images but there is no vision tower",
+             f"{base / 'config.json'} names no mm_vision_tower"])
+
+
+def train_output_dir_holds_a_run(ctx, tmp):
+    out = copied_run(ctx, tmp)
+    return (train_argv(ctx, out),
+            [f"{out}: --output_dir holds another run (adapter_config.json, adapter_model.safetensors, checkpoint-1, "
+             "checkpoint-2 and", "--overwrite_output_dir True"])
+
+
+def train_torn_checkpoint(ctx, tmp):
+    out = copied_run(ctx, tmp)
+    (out / "checkpoint-2" / "config.json").write_bytes(b"")
+    return (train_argv(ctx, out, None, None, None, None, True, "--resume_from_checkpoint",
+                       str(out / "checkpoint-2")),
+            [f"{out / 'checkpoint-2'}: incomplete checkpoint (config.json is empty (0 bytes)); the last complete one "
+             f"is {out / 'checkpoint-1'} (--resume_from_checkpoint {out / 'checkpoint-1'})"])
+
+
+def train_empty_checkpoint(ctx, tmp):
+    out = copied_run(ctx, tmp)
+    (out / "checkpoint-3").mkdir()
+    return (train_argv(ctx, out, None, None, None, None, True, "--resume_from_checkpoint", "True"),
+            [f"{out / 'checkpoint-3'}: incomplete checkpoint (empty folder); the last complete one is "
+             f"{out / 'checkpoint-2'}"])
+
+
+def hostile(name: str):
+    def make(ctx, tmp):
+        out = copied_run(ctx, tmp)
+        path = out / "checkpoint-2" / name
+        torch.save({"state": Hostile(tmp / "pwned")}, path)
+        return (train_argv(ctx, out, None, None, None, None, True, "--resume_from_checkpoint",
+                           str(out / "checkpoint-2")),
+                [f"{path}: refused: not a plain tensor file that loads without running code (it would import "
+                 f"{os.system.__module__}.system)"])
+    make.__name__ = f"train_hostile_{name}"
+    return make
+
+
+def vqa_retrained_model(ctx, tmp):
+    """Answers of a model, then a new training into the same folder name: the answers are not resumed."""
+    from llava.model.builder import model_fingerprint
+
+    model = tmp / "run"
+    shutil.copytree(ctx.run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    answers = tmp / "answers.jsonl"
+    formats.write_jsonl(answers, answer_rows(ctx, model_fingerprint(model, ctx.tiny), "run", ["q0", "q1"]))
+    shutil.copy(ctx.run / "checkpoint-1" / "adapter_model.safetensors", model)  # "retrained" in the same folder
+    return (vqa_argv(ctx, tmp, model=model, base=ctx.tiny),
+            [f"{answers}: answer #1 was written by model 'run' with fingerprint",
+             "this run is 'run' with fingerprint", "(another model, or retrained)"])
+
+
+def vqa_absolute_image(ctx, tmp):
+    questions = edited_questions(ctx, tmp, lambda q: q[1].update(image=[str(ctx.images / "e1.png")] * 2))
+    return (vqa_argv(ctx, tmp, questions),
+            [f"{questions}: question 'q1': image path '{ctx.images / 'e1.png'}' leaves the image folder"])
+
+
+def vqa_corrupt_png(ctx, tmp):
+    images = copy_images(ctx, tmp, corrupt="e3.png")
+    return (vqa_argv(ctx, tmp, None, images),
+            [f"{ctx.questions}: question 'q3': image {images / 'e3.png'} is not a readable image"])
+
+
+def vqa_stale_features(ctx, tmp):
+    questions = edited_questions(ctx, tmp, lambda q: q.reverse())
+    return (vqa_argv(ctx, tmp, questions),
+            [f"{ctx.eval_features}: extracted from {ctx.questions}", f"not from {questions}", "stale features"])
+
+
+def vqa_more_rows(ctx, tmp):
+    questions = edited_questions(ctx, tmp, lambda q: q.pop())
+    feats = tmp / "feats.npy"
+    np.save(feats, np.load(ctx.eval_features))
+    return (vqa_argv(ctx, tmp, questions, None, feats), [f"{feats}: 4 feature rows for 3 records in {questions}"])
+
+
+def same_id_questions(ctx, tmp) -> Path:
+    def edit(q):
+        q[0]["question_id"], q[1]["question_id"] = 7, "7"
+    return edited_questions(ctx, tmp, edit)
+
+
+def vqa_int_and_str_ids(ctx, tmp):
+    questions = same_id_questions(ctx, tmp)
+    return (vqa_argv(ctx, tmp, questions),
+            [f"{questions}: question_id 7 (record #0) and '7' (record #1) are the same id (ids are compared as text)"])
+
+
+def merge_two_models(ctx, tmp):
+    a, b = tmp / "4_0.jsonl", tmp / "4_1.jsonl"
+    formats.write_jsonl(a, answer_rows(ctx, "a" * 64, "run", ["q0", "q1"]))
+    formats.write_jsonl(b, answer_rows(ctx, "b" * 64, "run", ["q2", "q3"]))
+    return (["--question-file", str(ctx.questions), "--answers-file", str(tmp / "merged.jsonl"), str(a), str(b)],
+            [f"{b}: answer #1 comes from another model (model_sha256 bbbbbbbbbbbb) than {a} (aaaaaaaaaaaa)"])
+
+
+def merge_int_and_str_ids(ctx, tmp):
+    questions = same_id_questions(ctx, tmp)
+    a = tmp / "4_0.jsonl"
+    formats.write_jsonl(a, answer_rows(ctx, "a" * 64, "run", [7, "q2", "q3"]))
+    return (["--question-file", str(questions), "--answers-file", str(tmp / "merged.jsonl"), str(a)],
+            [f"{questions}: question_id 7 (record #0) and '7' (record #1) are the same id"])
+
+
+def score_int_and_str_ids(ctx, tmp):
+    questions = same_id_questions(ctx, tmp)
+    answers = tmp / "answers.jsonl"
+    formats.write_jsonl(answers, answer_rows(ctx, "a" * 64, "run", [7, "q2", "q3"]))
+    return (["--question-file", str(questions), "--answers-file", str(answers), "--out", str(tmp / "scores")],
+            [f"{questions}: question_id 7 (record #0) and '7' (record #1) are the same id"])
+
+
+def _main(entry: str):
+    if entry == "prepare":
+        from sleep_eeg.prepare import main
+    elif entry == "vision":
+        from vision_modules.cli import main
+    elif entry == "train":
+        from llava.train.train_mem import main
+    elif entry == "model_vqa":
+        from llava.eval.model_vqa import main
+    elif entry == "merge":
+        from llava.eval.merge_answers import main
+    else:
+        from sleep_eeg.score import main
+    return main
+
+
+def _command(entry: str) -> list[str]:
+    script = Path(sys.executable).parent / "eeg-vlm"
+    eeg_vlm = [str(script)] if script.is_file() else [sys.executable, "-m", "eeg_vlm.cli"]
+    return {"prepare": eeg_vlm + ["prepare"], "vision": eeg_vlm + ["vision"], "score": eeg_vlm + ["score"],
+            "train": [sys.executable, "llava/train/train_mem.py"],
+            "model_vqa": [sys.executable, "llava/eval/model_vqa.py"],
+            "merge": [sys.executable, "llava/eval/merge_answers.py"]}[entry]
+
+
+CASES = [  # (entry point, bad input, run as a real subprocess: one per entry point)
+    ("prepare", prepare_unknown_stage, True),
+    ("prepare", prepare_overlap, False),
+    ("prepare", prepare_out_is_a_file, False),
+    ("vision", vision_train_absolute_image, False),
+    ("vision", vision_extract_dotdot_image, False),
+    ("vision", vision_train_corrupt_png, False),
+    ("vision", vision_extract_foreign_module, True),
+    ("vision", vision_train_hostile_resume, False),
+    ("train", train_stale_features, False),
+    ("train", train_more_rows_than_records, False),
+    ("train", train_absolute_image, False),
+    ("train", train_dotdot_image, False),
+    ("train", train_corrupt_png, False),
+    ("train", train_human_only, False),
+    ("train", train_turn_order, False),
+    ("train", train_no_vision_tower, False),
+    ("train", train_output_dir_holds_a_run, False),
+    ("train", train_torn_checkpoint, False),
+    ("train", train_empty_checkpoint, False),
+    ("train", hostile("optimizer.pt"), True),
+    ("train", hostile("scheduler.pt"), False),
+    ("train", hostile("rng_state.pth"), False),
+    ("model_vqa", vqa_retrained_model, False),
+    ("model_vqa", vqa_absolute_image, False),
+    ("model_vqa", vqa_corrupt_png, False),
+    ("model_vqa", vqa_stale_features, False),
+    ("model_vqa", vqa_more_rows, False),
+    ("model_vqa", vqa_int_and_str_ids, True),
+    ("merge", merge_two_models, True),
+    ("merge", merge_int_and_str_ids, False),
+    ("score", score_int_and_str_ids, True),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subprocesses(request, tmp_path_factory):
+    """The subprocess cases run one after another in a background thread from the module's start, beside the
+    in-process cases (one core each); each test waits for its own. {case: (future, fragments, tmp, snapshot)}."""
+    selected = " ".join(item.nodeid for item in request.session.items)
+    real = [(entry, make) for entry, make, is_real in CASES if is_real and case_id(entry, make) in selected]
+    if not real:
+        yield {}
+        return
+    ctx_ = request.getfixturevalue("ctx")
+    pool = ThreadPoolExecutor(1)
+    started = {}
+    for entry, make in real:
+        tmp = tmp_path_factory.mktemp(make.__name__)
+        argv, fragments = make(ctx_, tmp)
+        before = snapshot(tmp, ctx_.root)
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([str(REPO), str(tmp / "mods"), os.environ.get("PYTHONPATH", "")]))
+        future = pool.submit(subprocess.run, _command(entry) + argv, cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)
+        started[make.__name__] = (future, fragments, tmp, before)
+    yield started
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def case_id(entry, make) -> str:
+    return f"{entry}-{make.__name__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Suspicious but maybe fine: a warning with counts, and the work is done
+# ---------------------------------------------------------------------------------------------
+def test_flat_channel_and_short_hypnogram_are_warnings_with_counts(tmp_path, capsys):
+    from sleep_eeg.prepare import main
+
+    edf_dir = tmp_path / "edf"
+    edf_dir.mkdir()
+    write_night(edf_dir, [(0, 1200, "Sleep stage 2")], minutes=20, flat=True, name="SC9001E0")
+    short = write_night(edf_dir, [(0, 1200, "Sleep stage 2")], minutes=40, name="SC9011E0")
+    assert main(["--edf-dir", str(edf_dir), "--out", str(tmp_path / "out"), "--workers", "1",
+                 "--eval-subjects", "SC901"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {edf_dir / 'SC9001E0-PSG.edf'}: channel 'EEG Fpz-Cz' is flat (peak-to-peak under 1 µV) in 40 of "
+        "40 epochs; their images are blank",
+        f"warning: {short}: the hypnogram ends at 0.33 h, 0.33 h before the recording does (0.67 h in "
+        f"{edf_dir / 'SC9011E0-PSG.edf'}); 40 of 80 epochs have no stage and are dropped",
+    ]
+    assert len(formats.read_records(tmp_path / "out" / "eeg_ft.json")) == 40
+    assert len(formats.read_records(tmp_path / "out" / "eeg_eval.jsonl")) == 40
+
+
+def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):
+    from sleep_eeg.score import parse_stage, score
+
+    hedged = ["stage 2 or stage 3", "REM? no. Sleep stage: unclear", "Sleep stage: N2/N3", "Sleep stage: N1?"]
+    assert [parse_stage(t) for t in hedged] == [None] * 4
+    assert parse_stage("It could be N1 or N2; the spindles decide.\nSleep stage: N2") == "N2"
+    answers = tmp_path / "answers.jsonl"
+    formats.write_jsonl(answers, [formats.make_answer(f"q{i}", QUESTION, text, f"a{i}", "m", {})
+                                  for i, text in enumerate(hedged)])
+    metrics = score(ctx.questions, answers, tmp_path / "scores")
+    assert metrics["unparseable_question_ids"] == ["q0", "q1", "q2", "q3"] and metrics["accuracy"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: a kill during a save, a torn checkpoint, and the resume that names which one to use
+# ---------------------------------------------------------------------------------------------
+def test_kill_during_save_then_resume_from_the_named_checkpoint(ctx, tmp_path, monkeypatch):
+    from llava.train.train import train
+    from llava.train.trainer import LLaVATrainer
+
+    out = tmp_path / "run"
+    argv = train_argv(ctx, out, None, None, None, None, True, "--save_strategy", "steps", "--save_steps", "1",
+                      "--max_steps", "3")
+    save_rng = LLaVATrainer._save_rng_state
+
+    def killed_at_step_2(self, output_dir):  # the process dies in the middle of checkpoint-2's save
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt("killed")
+        save_rng(self, output_dir)
+
+    monkeypatch.setattr(LLaVATrainer, "_save_rng_state", killed_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv)
+    monkeypatch.undo()
+    # The save went to a staging folder: no half-written checkpoint-2 beside the whole checkpoint-1.
+    assert sorted(p.name for p in out.iterdir()) == [".checkpoint-staging", "checkpoint-1"]
+    assert (out / ".checkpoint-staging" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+
+    # A torn checkpoint-2 (what a kill left before saves were atomic): a 0-byte config.json.
+    shutil.copytree(out / ".checkpoint-staging" / "checkpoint-2", out / "checkpoint-2")
+    (out / "checkpoint-2" / "config.json").write_bytes(b"")
+    with pytest.raises(FormatError) as err:
+        train(argv + ["--resume_from_checkpoint", "True"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{out / 'checkpoint-2'}: incomplete checkpoint")
+    named = re.search(r"--resume_from_checkpoint (\S+)\)$", message).group(1)
+    assert named == str(out / "checkpoint-1")
+
+    trainer = train(argv + ["--resume_from_checkpoint", named])  # the one the message names
+    assert trainer.state.global_step == 3
+    assert sorted(p.name for p in out.glob("*checkpoint*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    from llava.train.checkpoints import checkpoint_problem
+
+    assert [checkpoint_problem(out / f"checkpoint-{k}") for k in (1, 2, 3)] == [None, None, None]
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_failure_before_the_first_step_removes_what_the_run_created(ctx, tmp_path, monkeypatch):
+    from llava.train.train import train
+    from llava.train.trainer import LLaVATrainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("simulated: out of memory in the first step")
+
+    monkeypatch.setattr(LLaVATrainer, "training_step", out_of_memory)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(train_argv(ctx, out))
+    assert not out.exists()
+    # A folder the user made (with a log in it) stays, with only what was there before.
+    out.mkdir()
+    (out / "train.log").write_text("my notes\n")
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(train_argv(ctx, out))
+    assert [p.name for p in out.iterdir()] == ["train.log"]
+
+
+def test_overwrite_output_dir_replaces_the_previous_run(ctx, tmp_path):
+    from llava.train.train import train
+
+    out = copied_run(ctx, tmp_path)
+    train(train_argv(ctx, out, None, None, None, None, True, "--overwrite_output_dir", "True"))
+    assert not list(out.glob("checkpoint-*"))  # the old run's checkpoints are gone, not mixed with the new run
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and (out / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and the base's vision tower
+# ---------------------------------------------------------------------------------------------
+def test_same_command_same_seed_same_weights(ctx, tmp_path):
+    """LoRA and a new (separate) feature projector are initialised from --seed: two runs of the same command
+    give the same weights on the CPU; another seed gives others."""
+    from safetensors.torch import load_file
+
+    from llava.train.train import train
+
+    def weights(out: Path, seed: str) -> dict:
+        train(train_argv(ctx, out, None, None, None, None, True, "--hl_projector", "separate", "--seed", seed))
+        state = dict(load_file(out / "adapter_model.safetensors"))
+        state.update(torch.load(out / "non_lora_trainables.bin", weights_only=True))
+        return state
+
+    a, b, c = weights(tmp_path / "a", "0"), weights(tmp_path / "b", "0"), weights(tmp_path / "c", "1")
+    assert any("mm_hl_projector" in k for k in a) and any("lora_A" in k for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_without_vision_tower_the_bases_tower_is_taken(ctx, tmp_path):
+    from llava.train.train import train
+
+    out = tmp_path / "run"
+    trainer = train(train_argv(ctx, out, None, None, None, None, False))
+    assert trainer.state.global_step == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["mm_vision_tower"] == "clip" and config["mm_vision_select_layer"] == -2
+    assert config["mm_projector_type"] == "mlp2x_gelu"
+
+
+# ---------------------------------------------------------------------------------------------
+# The table (last: the subprocess cases have run in the background meanwhile)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry, make, real", CASES, ids=[case_id(e, m) for e, m, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx, tmp_path, capsys, subprocesses):
+    if real:
+        future, fragments, tmp_path, before = subprocesses[make.__name__]
+        proc = future.result()
+        code, err = proc.returncode, proc.stderr
+    else:
+        argv, fragments = make(ctx, tmp_path)
+        before = snapshot(tmp_path, ctx.root)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            run_command(_main(entry), argv)
+        code, err = exit_.value.code, capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-3000:]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
