@@ -267,9 +267,9 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]]) -> dict:
           f"{', ...' if len(plots) > 4 else ''})")
     print("\n== time per step ==")
     for name, (seconds, ran) in timings.items():
-        print(f"{name:<24}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
+        print(f"{name:<28}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
     total = sum(s for s, ran in timings.values() if ran)
-    print(f"{'this run':<24}{total:>8.1f} s")
+    print(f"{'this run':<28}{total:>8.1f} s")
     result = {"table": rows, "vlm": {k: vlm[k] for k in ("n", "accuracy", "macro_f1", "kappa", "unparseable")},
               "seconds": {k: v[0] for k, v in timings.items()}, "ran": [k for k, v in timings.items() if v[1]]}
     write_json(workdir / "results" / "demo_summary.json", result)
