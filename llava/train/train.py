@@ -127,6 +127,7 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     records = formats.read_records(data_args.data_path)
     check_records(records, data_args.data_path, data_args.image_folder)
 
+    transformers.set_seed(training_args.seed)  # seeded init: same LoRA / new projector weights on every rank count
     model = build_model(model_args, training_args, attn_implementation)
     config = model.config
     tower = model.get_model().get_vision_tower()
@@ -165,6 +166,7 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
             bias=training_args.lora_bias,
             task_type="CAUSAL_LM",
         )
+        transformers.set_seed(training_args.seed)  # LoRA A's init, whatever ran since (ZeRO-3 init, rank count)
         with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, lora_config)
@@ -181,6 +183,9 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     trainer.tokenizer_model_file = os.path.join(model_args.model_name_or_path, "tokenizer.model")
     resume = training_args.resume_from_checkpoint
+    from llava.train.zero_resume import prepare_resume
+
+    prepare_resume(trainer, resume)  # a ZeRO checkpoint written by another number of ranks
     trainer.train(resume_from_checkpoint=resume if resume else None)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
