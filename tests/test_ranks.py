@@ -189,3 +189,17 @@ def test_model_vqa_answers_with_the_two_rank_result(runs):
     rows = formats.read_jsonl(answers)
     assert [r["question_id"] for r in rows] == [q["question_id"] for q in questions]
     assert all(r["text"].strip() for r in rows)
+
+
+def test_saved_world_size_counts_the_zero_partitions(tmp_path):
+    from llava.train.zero_resume import checkpoint_tag, saved_world_size
+
+    ckpt = tmp_path / "checkpoint-4"
+    assert checkpoint_tag(ckpt) is None  # not a DeepSpeed checkpoint: nothing to convert
+    (ckpt / "global_step4").mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step4\n")
+    for r in range(3):
+        (ckpt / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").touch()
+        (ckpt / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").touch()
+    (ckpt / "global_step4" / "bf16_zero_pp_rank_3_mp_rank_00_optim_states.pt").touch()  # ZeRO-1/2 bf16 naming
+    assert checkpoint_tag(ckpt) == "global_step4" and saved_world_size(ckpt, "global_step4") == 4

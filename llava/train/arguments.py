@@ -98,13 +98,14 @@ class TrainingArguments(transformers.TrainingArguments):
             # transformers 5 renamed it; same meaning, without the deprecation warning.
             self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         if not torch.cuda.is_available():
-            # Say "CPU" to accelerate: otherwise, under a launcher (LOCAL_RANK set) with no GPU it finds no
-            # distributed backend and counts ONE process whatever the world size, so the DeepSpeed config is
-            # filled with train_batch_size = 1 x per-device batch and DeepSpeed (which sees all ranks) stops
-            # with "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size".
-            # With use_cpu it joins the launcher's ranks over gloo (RANK / WORLD_SIZE / MASTER_* from the
-            # launcher); the Trainer's Accelerator still runs DeepSpeed on top (it is not told cpu=True).
-            self.use_cpu = True
+            if int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1:
+                # Under a launcher with no GPU, say "CPU" to accelerate: otherwise it finds no distributed
+                # backend and counts ONE process whatever the world size, so the DeepSpeed config is filled
+                # with train_batch_size = 1 x per-device batch and DeepSpeed (which sees every rank) stops with
+                # "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size".
+                # With use_cpu it joins the launcher's ranks over gloo (RANK / WORLD_SIZE / MASTER_* from the
+                # launcher); the Trainer's Accelerator still runs DeepSpeed on top (it is not told cpu=True).
+                self.use_cpu = True
             self.dataloader_pin_memory = False
             for flag in ("bf16", "fp16"):
                 if getattr(self, flag):
