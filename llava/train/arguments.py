@@ -103,6 +103,14 @@ class TrainingArguments(transformers.TrainingArguments):
             # transformers 5 renamed it; same meaning, without the deprecation warning.
             self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         if not torch.cuda.is_available():
+            if int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1:
+                # Under a launcher with no GPU, say "CPU" to accelerate: otherwise it finds no distributed
+                # backend and counts ONE process whatever the world size, so the DeepSpeed config is filled
+                # with train_batch_size = 1 x per-device batch and DeepSpeed (which sees every rank) stops with
+                # "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size".
+                # With use_cpu it joins the launcher's ranks over gloo (RANK / WORLD_SIZE / MASTER_* from the
+                # launcher); the Trainer's Accelerator still runs DeepSpeed on top (it is not told cpu=True).
+                self.use_cpu = True
             self.dataloader_pin_memory = False
             for flag in ("bf16", "fp16"):
                 if getattr(self, flag):
@@ -120,3 +128,10 @@ class TrainingArguments(transformers.TrainingArguments):
         finally:
             if wandb_mode is not None:
                 os.environ["WANDB_MODE"] = wandb_mode
+        if self.deepspeed and self.use_cpu and torch.distributed.is_initialized():
+            # On a GPU accelerate starts DeepSpeed's communication layer itself; on the CPU path it started
+            # plain torch.distributed (above), so DeepSpeed is pointed at that same process group here: its
+            # config (zero.Init at model load, then deepspeed.initialize) must count the same world size.
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())

@@ -252,7 +252,7 @@ def _train(model_args, data_args, training_args, attn_implementation, tokenizer,
     from eeg_vlm import formats
     from llava.train.dataset import make_supervised_data_module
 
-    transformers.set_seed(training_args.seed)  # projector(s) the base lacks are initialised from --seed
+    transformers.set_seed(training_args.seed)  # seeded init: the same projector weights on every rank count
     model = build_model(model_args, training_args, attn_implementation)
     config = model.config
     tower = model.get_model().get_vision_tower()
@@ -295,7 +295,7 @@ def _train(model_args, data_args, training_args, attn_implementation, tokenizer,
             bias=training_args.lora_bias,
             task_type="CAUSAL_LM",
         )
-        transformers.set_seed(training_args.seed)  # the LoRA initialisation follows --seed
+        transformers.set_seed(training_args.seed)  # LoRA A's init, whatever ran since (ZeRO-3 init, rank count)
         with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, lora_config)
@@ -313,6 +313,9 @@ def _train(model_args, data_args, training_args, attn_implementation, tokenizer,
                            **data_module)
     trainer.tokenizer_model_file = os.path.join(model_args.model_name_or_path, "tokenizer.model")
     clear_previous_run(training_args, resume)
+    from llava.train.zero_resume import prepare_resume
+
+    prepare_resume(trainer, resume)  # a ZeRO checkpoint written by another number of ranks
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_final(training_args.output_dir)
     return trainer
