@@ -418,8 +418,10 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
     base.get_model().mm_projector.requires_grad_(True)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    records = formats.read_records(data["records"])[: args.batch]
-    feats = formats.load_features(data["root"] / formats.FEATURES_TRAIN_NAME, records, dim=base.config.mm_hidden_size)
+    all_records = formats.read_records(data["records"])  # the features file is bound to the whole records file
+    feats = formats.load_features(data["root"] / formats.FEATURES_TRAIN_NAME, all_records,
+                                  dim=base.config.mm_hidden_size)[: args.batch]
+    records = all_records[: args.batch]
     ds = SupervisedDataset(records, tokenizer, "v1", str(data["images"]), processor, "pad", feats)
     batch = DataCollatorForSupervisedDataset(tokenizer)([ds[i] for i in range(len(ds))])
     def to_device(v):  # high_level_features is a list of [1, D] tensors (None for records without one)

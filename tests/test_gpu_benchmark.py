@@ -24,7 +24,7 @@ def test_gpu_benchmark_runs_at_toy_size_on_the_cpu(tmp_path):
     out = tmp_path / "figures.json"
     cmd = [sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--tiny", "--without", "deepspeed,edfio",
            "--json", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rep = json.loads(out.read_text())
