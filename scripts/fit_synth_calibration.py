@@ -116,7 +116,7 @@ def calibrate(cal: dict, stats: dict, rounds: int, nights: int) -> None:
     for r in range(rounds):
         got = simulate(cal, nights, seed=r)
         print(f"round {r}: max |share by third - real| = {np.abs(got['by_third'] - want).max():.3f}")
-        print(f"         mean bout length / real: " + " ".join(
+        print("         mean bout length / real: " + " ".join(
             f"{s} {g / m:.2f}" for s, g, m in zip(STAGES, got["bout_mean"], bout_want)))
         # longer or shorter bouts: tilt each stage's length histogram by (bin centre) ** beta
         beta = np.log(bout_want / got["bout_mean"]) * 0.8

@@ -20,8 +20,6 @@ Channels take a role from their name: ``EOG`` in the name is an EOG, ``EMG`` an 
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 from scipy.signal import welch
 from scipy.signal.windows import triang
@@ -118,7 +116,7 @@ def _robust_z(x: np.ndarray) -> np.ndarray:
 def _weighted_rolling(x: np.ndarray, weights: np.ndarray, offset: int) -> np.ndarray:
     """Weighted mean over rows ``i - offset ... i - offset + len(weights) - 1``, renormalised where the night
     ends or a value is NaN (YASA's pandas rolling with ``min_periods=1``)."""
-    n, k = len(x), len(weights)
+    n = len(x)
     total = np.zeros_like(x)
     norm = np.zeros_like(x)
     for j, w in enumerate(weights):

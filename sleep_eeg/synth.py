@@ -284,8 +284,9 @@ def _events(rng: np.random.Generator, subject: Subject, stages: Sequence[str], s
         for c, k in enumerate(eye_leak):
             _add(ev[c], pos, k * wave)
 
-    # how each epoch stands in its own stage: z-scores of the drawn spectrum decide the event counts
-    stage_arr = np.asarray(_scored(stages))
+    # spindle counts follow how far an N2 epoch's drawn sigma share stands from the night's N2 median
+    n2_sigma = spectra[fpz, np.asarray(_scored(stages)) == "N2", 3]
+    n2_median = float(np.median(n2_sigma)) if len(n2_sigma) else 0.0
     for i, s in enumerate(stages):
         e0 = i * N_PER
         if s == "W":
@@ -305,7 +306,7 @@ def _events(rng: np.random.Generator, subject: Subject, stages: Sequence[str], s
                 k = int(dur * FS)
                 eye(at(e0, 5.0) - k // 2, rng.choice([-1, 1]) * rng.uniform(50, 120) * np.sin(np.pi * np.arange(k) / k))
         elif s == "N2":
-            sigma_z = spectra[fpz, i, 3] - np.median(spectra[fpz, stage_arr == "N2", 3])
+            sigma_z = spectra[fpz, i, 3] - n2_median
             for _ in range(rng.poisson(rates["N2_spindles_per_epoch"] * np.exp(sigma_z))):
                 dur = rng.uniform(0.5, 2.0)
                 k = np.arange(int(dur * FS)) / FS
@@ -428,10 +429,9 @@ def synth_emg(rng: np.random.Generator, subject: Subject, stages: Sequence[str])
     return x
 
 
-def _artefacts(rng: np.random.Generator, stages: Sequence[str], eeg: np.ndarray, emg: np.ndarray) -> list[int]:
-    """Movement bursts in movement epochs and in a few scored epochs; returns the scored epochs hit."""
+def _artefacts(rng: np.random.Generator, stages: Sequence[str], eeg: np.ndarray, emg: np.ndarray) -> None:
+    """Movement bursts (in place) in movement epochs and in a few scored epochs."""
     rate = load_calibration()["morphology"]["artefact_rate_scored"]
-    hit = []
     for i, s in enumerate(stages):
         if s == MOVE or (s in ("W", "N1") and rng.random() < rate * 2) or (s in STAGES and rng.random() < rate / 2):
             dur = EPOCH_S if s == MOVE else rng.uniform(1.0, 5.0)
@@ -441,9 +441,6 @@ def _artefacts(rng: np.random.Generator, stages: Sequence[str], eeg: np.ndarray,
             for c in range(eeg.shape[0]):
                 _add(eeg[c], pos, rng.uniform(80, 250) * burst)
             emg[int(pos / FS) : int((pos + k) / FS) + 1] *= rng.uniform(2.0, 6.0)
-            if s != MOVE:
-                hit.append(i)
-    return hit
 
 
 def synth_signal(

@@ -250,7 +250,6 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
 def _train(model_args, data_args, training_args, attn_implementation, tokenizer, records, features, resume,
            first_step):
     from eeg_vlm import formats
-    from llava.train.dataset import make_supervised_data_module
 
     transformers.set_seed(training_args.seed)  # seeded init: the same projector weights on every rank count
     model = build_model(model_args, training_args, attn_implementation)
