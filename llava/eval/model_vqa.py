@@ -23,6 +23,14 @@
   parallel jobs; give each its own ``--answers-file``); ``llava/eval/merge_answers.py`` joins them.
 - Greedy by default (``--temperature 0``): batched generation (left padding, KV cache) gives the same
   answers as ``--batch-size 1`` in float32; in float16 on a GPU, padding may change rare near-ties.
+- ``--answer-mode choices``: the five answers ``Sleep stage: W`` ... ``Sleep stage: REM`` (in the checkpoint's
+  conversation template) are scored by their likelihood given the prompt, which is encoded once and whose KV
+  cache the five share (``llava.eval.choices``). ``text`` is the most likely answer and ``metadata`` holds
+  ``probabilities`` (the five, summing to 1) and ``answer_mode``. A chain-of-thought checkpoint is not refused:
+  its reasoning is generated greedily up to its ``Sleep stage:`` line (as ``generate`` would write it, so
+  ``--max-new-tokens`` bounds it) and the five stages are scored after that reasoning, which ``text`` keeps.
+  Sampling flags do not apply. Batched and resumable like ``generate``; the two modes never share an answers file.
+- A progress bar counts the questions (rate and time left).
 """
 from __future__ import annotations
 
@@ -34,8 +42,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from eeg_vlm.formats import (
+    ANSWER_STAGE_PREFIX,
+    STAGES,
     FormatError,
     append_jsonl,
     check_feature_size,
@@ -53,12 +65,15 @@ from eeg_vlm.formats import (
     real_images,
     record_id,
     record_images,
+    stage_line,
     write_jsonl,
 )
+from llava.eval import choices
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 # Question fields that make the prompt; every other field is carried into the answer's metadata.
 PROMPT_FIELDS = ("question_id", "text", "image")
+ANSWER_MODES = ("generate", "choices")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -76,6 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--answer-mode", choices=ANSWER_MODES, default="generate",
+                   help="generate: decode the answer (LLaVA's way); choices: score the five stage answers by "
+                        "their likelihood, write the most likely one and the five probabilities (in metadata)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
     p.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
@@ -122,10 +140,12 @@ def chunk_positions(n: int, num_chunks: int, chunk_idx: int) -> range:
     return range(chunk_idx * n // num_chunks, (chunk_idx + 1) * n // num_chunks)
 
 
-def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprint: str) -> set[str]:
+def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprint: str,
+                     answer_mode: str = "generate") -> set[str]:
     """Question keys (``question_key``) already answered in ``path``. A torn last line (a killed run) is dropped
-    and the file rewritten atomically without it. Answers for other questions, or written by another model
-    (another ``model_sha256``: the checkpoint's content, whatever its folder is called), are an error."""
+    and the file rewritten atomically without it. Answers for other questions, written by another model
+    (another ``model_sha256``: the checkpoint's content, whatever its folder is called), or in the other answer
+    mode (``metadata["answer_mode"]``, absent for ``generate``) are an error."""
     if not path.exists():
         return set()
     rows = read_jsonl(path, allow_torn_tail=True)
@@ -150,6 +170,11 @@ def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprin
                 f"{path}: answer #{lineno} was written by {written_by}, this run is {model_id!r} with fingerprint "
                 f"{fingerprint[:12]} (another model, or retrained); use another --answers-file or delete this one"
             )
+        metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+        theirs_mode = metadata.get("answer_mode", "generate")
+        if theirs_mode != answer_mode:
+            raise FormatError(f"{path}: answer #{lineno} was written with --answer-mode {theirs_mode}, this run is "
+                              f"--answer-mode {answer_mode}; use another --answers-file or delete this one")
         done.add(key)
     raw = path.read_bytes()
     if raw.strip() and not raw.endswith(b"\n"):
@@ -172,26 +197,43 @@ def load_model(model_path: str, model_base: str | None, device: str):
     return tokenizer, model, image_processor
 
 
-def build_prompt(question: dict, conv_template, use_im_start_end: bool) -> str:
-    """One ``<image>`` line per listed image, then the text, as the user turn; the assistant turn left open."""
+def user_text(question: dict, use_im_start_end: bool) -> str:
+    """The user turn: one ``<image>`` line per listed image, then the text."""
     image_token = DEFAULT_IMAGE_TOKEN
     if use_im_start_end:
         image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
     text = question["text"]
     if DEFAULT_IMAGE_TOKEN in text:  # the question placed its own image tokens
-        text = text.replace(DEFAULT_IMAGE_TOKEN, image_token)
-    else:
-        text = "".join(image_token + "\n" for _ in record_images(question)) + text
-    conv = conv_template.copy()
-    conv.append_message(conv.roles[0], text)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+        return text.replace(DEFAULT_IMAGE_TOKEN, image_token)
+    return "".join(image_token + "\n" for _ in record_images(question)) + text
+
+
+def build_prompt(question: dict, conv_template, use_im_start_end: bool) -> str:
+    """The user turn (``user_text``) in the conversation template; the assistant turn left open."""
+    return choices.render_reply(conv_template, user_text(question, use_im_start_end), None)[0]
 
 
 def stop_string(conv_template) -> str:
     from llava.conversation import SeparatorStyle
 
     return conv_template.sep2 if conv_template.sep_style == SeparatorStyle.TWO else conv_template.sep
+
+
+def pixels(model, image_processor, image_paths: Sequence[Sequence[Path | Image.Image]]):
+    """The batch's real images (paths or PIL images, in question order) as one tensor, and their sizes."""
+    from llava.mm_utils import load_image, process_images
+
+    pil_images = [x if isinstance(x, Image.Image) else load_image(str(x)) for paths in image_paths for x in paths]
+    if not pil_images:
+        return None, None
+    aspect = getattr(model.config, "image_aspect_ratio", None)
+    images = process_images([img.convert("RGB") for img in pil_images], image_processor, aspect)
+    return images.to(device=model.device, dtype=model.dtype), [img.size for img in pil_images]
+
+
+def feature_tensors(model, features: Sequence[np.ndarray | None]) -> list[torch.Tensor | None]:
+    return [None if f is None else torch.from_numpy(np.array(f, dtype=np.float32)).to(model.device, model.dtype)
+            for f in features]
 
 
 @torch.inference_mode()
@@ -206,9 +248,9 @@ def answer_batch(
     generate_kwargs: dict,
 ) -> list[str]:
     """Greedy (or sampled) answers for one batch: left-padded prompts, images and features spliced by the model."""
-    from llava.mm_utils import KeywordsStoppingCriteria, load_image, process_images, tokenizer_image_token
+    from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
 
-    device, dtype = model.device, model.dtype
+    device = model.device
     ids = [tokenizer_image_token(p, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for p in prompts]
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -218,13 +260,8 @@ def answer_batch(
         attention_mask[b, width - len(x):] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
 
-    pil_images = [load_image(str(path)) for paths in image_paths for path in paths]
-    images = image_sizes = None
-    if pil_images:
-        aspect = getattr(model.config, "image_aspect_ratio", None)
-        images = process_images(pil_images, image_processor, aspect).to(device=device, dtype=dtype)
-        image_sizes = [img.size for img in pil_images]
-    hl = [None if f is None else torch.from_numpy(np.array(f, dtype=np.float32)).to(device, dtype) for f in features]
+    images, image_sizes = pixels(model, image_processor, image_paths)
+    hl = feature_tensors(model, features)
 
     eos = tokenizer.eos_token_id
     stopping = None
@@ -253,6 +290,47 @@ def answer_batch(
     return answers
 
 
+def choose_batch(
+    model,
+    tokenizer,
+    image_processor,
+    user_texts: list[str],
+    image_paths: list[list[Path | Image.Image]],
+    features: list[np.ndarray | None],
+    conv_template,
+    max_new_tokens: int = 256,
+) -> list[tuple[str, dict[str, float]]]:
+    """``choices`` answers for one batch (see ``llava.eval.choices``): for each question the answer text (any
+    generated reasoning, then ``Sleep stage: X`` with X the most likely stage) and the five probabilities."""
+    images, _ = pixels(model, image_processor, image_paths)
+    hl = feature_tensors(model, features)
+    hl = hl if any(f is not None for f in hl) else None
+    cands = [choices.candidates(conv_template, text, tokenizer) for text in user_texts]
+    scores, greedy = choices.score_candidates(model, tokenizer, cands, images, hl, check_greedy=True)
+    reasoning = [""] * len(user_texts)
+    reasons = [b for b in range(len(user_texts)) if not greedy[b]]  # greedy decoding would reason first
+    if reasons:
+        generated = answer_batch(
+            model, tokenizer, image_processor,
+            prompts=[choices.render_reply(conv_template, user_texts[b], None)[0] for b in reasons],
+            image_paths=[image_paths[b] for b in reasons], features=[features[b] for b in reasons],
+            stop_str=ANSWER_STAGE_PREFIX,
+            generate_kwargs={"max_new_tokens": max_new_tokens, "num_beams": 1, "do_sample": False},
+        )
+        for b, text in zip(reasons, generated):
+            reasoning[b] = choices.reasoning_of(text)
+        rescore = [b for b in reasons if reasoning[b]]
+        if rescore:
+            images, _ = pixels(model, image_processor, [image_paths[b] for b in rescore])
+            hl = feature_tensors(model, [features[b] for b in rescore])
+            hl = hl if any(f is not None for f in hl) else None
+            cands = [choices.candidates(conv_template, user_texts[b], tokenizer, reasoning[b]) for b in rescore]
+            scores[rescore] = choices.score_candidates(model, tokenizer, cands, images, hl, check_greedy=False)[0]
+    probs = choices.probabilities(scores)
+    return [(reasoning[b] + stage_line(STAGES[int(row.argmax())]),
+             {s: round(float(v), 6) for s, v in zip(STAGES, row)}) for b, row in enumerate(probs)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -274,15 +352,20 @@ def run(
     seed: int = 0,
     device: str | None = None,
     loaded: tuple[Any, Any, Any] | None = None,
+    answer_mode: str = "generate",
+    progress: bool = True,
 ) -> dict:
     """Answer the chunk's questions not yet in ``answers_file``. ``loaded`` = ``(tokenizer, model,
-    image_processor)`` reuses a loaded model (``model_path`` then only names it in the answers)."""
+    image_processor)`` reuses a loaded model (``model_path`` then only names it in the answers).
+    ``answer_mode``: ``generate`` (decode) or ``choices`` (the five stages scored; see ``llava.eval.choices``)."""
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import model_fingerprint
 
     started = time.perf_counter()
     if batch_size < 1:
         raise FormatError(f"--batch-size must be at least 1, got {batch_size}")
+    if answer_mode not in ANSWER_MODES:
+        raise FormatError(f"--answer-mode must be one of {', '.join(ANSWER_MODES)}, got {answer_mode!r}")
     question_file, answers_file, image_folder = Path(question_file), Path(answers_file), Path(image_folder)
     model_id = get_model_name_from_path(str(model_path))
 
@@ -290,7 +373,8 @@ def run(
     questions = read_questions(question_file)
     fingerprint = model_fingerprint(model_path, model_base)
     chunk = [(i, questions[i]) for i in chunk_positions(len(questions), num_chunks, chunk_idx)]
-    done = previous_answers(answers_file, {question_key(record_id(q)) for _, q in chunk}, model_id, fingerprint)
+    done = previous_answers(answers_file, {question_key(record_id(q)) for _, q in chunk}, model_id, fingerprint,
+                            answer_mode)
     todo = [(i, q) for i, q in chunk if question_key(record_id(q)) not in done]
     summary = {"answered": 0, "skipped": len(chunk) - len(todo), "answers_file": str(answers_file)}
     if not todo:
@@ -330,18 +414,29 @@ def run(
     else:
         generate_kwargs.update(do_sample=False)
 
+    bar = tqdm(total=len(todo), desc=f"answering ({answer_mode})", unit="question", disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        texts = answer_batch(
-            model,
-            tokenizer,
-            image_processor,
-            prompts=[build_prompt(q, conv_template, use_im_start_end) for _, q in batch],
-            image_paths=[paths[question_key(record_id(q))] for _, q in batch],
-            features=[feats[feature_row(q, i)] if has_placeholder(q) else None for i, q in batch],
-            stop_str=stop_str,
-            generate_kwargs=generate_kwargs,
-        )
+        batch_paths = [paths[question_key(record_id(q))] for _, q in batch]
+        batch_features = [feats[feature_row(q, i)] if has_placeholder(q) else None for i, q in batch]
+        if answer_mode == "choices":
+            chosen = choose_batch(model, tokenizer, image_processor,
+                                  [user_text(q, use_im_start_end) for _, q in batch], batch_paths, batch_features,
+                                  conv_template, max_new_tokens)
+            texts = [text for text, _ in chosen]
+            extra = [{"probabilities": probs, "answer_mode": "choices"} for _, probs in chosen]
+        else:
+            texts = answer_batch(
+                model,
+                tokenizer,
+                image_processor,
+                prompts=[build_prompt(q, conv_template, use_im_start_end) for _, q in batch],
+                image_paths=batch_paths,
+                features=batch_features,
+                stop_str=stop_str,
+                generate_kwargs=generate_kwargs,
+            )
+            extra = [{} for _ in batch]
         append_jsonl(
             answers_file,
             [
@@ -351,13 +446,15 @@ def run(
                     text=text,
                     answer_id=uuid.uuid4().hex,
                     model_id=model_id,
-                    metadata={k: v for k, v in q.items() if k not in PROMPT_FIELDS},
+                    metadata={**{k: v for k, v in q.items() if k not in PROMPT_FIELDS}, **more},
                     model_sha256=fingerprint,
                 )
-                for (_, q), text in zip(batch, texts)
+                for (_, q), text, more in zip(batch, texts, extra)
             ],
         )
         summary["answered"] += len(batch)
+        bar.update(len(batch))
+    bar.close()
     return {**summary, "seconds": time.perf_counter() - started}
 
 

@@ -1,0 +1,140 @@
+"""Closed-set answers: the five stage answers scored by their log-likelihood, the prompt encoded once.
+
+``choices`` answers a question the way greedy decoding would, except at the stage: the model's text up to the
+answer line ``Sleep stage:`` (``eeg_vlm.formats.ANSWER_STAGE_PREFIX``) is greedy, and the five stages that can
+end the line are scored instead of decoded.
+
+- A stage-only checkpoint (answers ``Sleep stage: X``) writes the answer line first: one forward pass over the
+  prompt and the answer line's shared tokens (``Sleep stage:``) checks that greedy decoding would write them, and
+  its cache (the KV cache) is shared by the five candidates: it is repeated five times and only the tokens
+  where the candidates differ (``W``, ``N 1``, ..., ``REM`` and the closing ``</s>``) are run through the model.
+- A chain-of-thought checkpoint starts with its reasoning instead: for those questions the reasoning is
+  generated greedily up to the answer line, then the five stages are scored after it in the same way.
+
+Each candidate is the assistant reply ``<reasoning>\\nSleep stage: X`` rendered with the conversation template
+and tokenized exactly as training tokenizes replies (``llava.train.preprocess``), ``sep2`` included. The five
+log-likelihoods, softmaxed, are the answer's probabilities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from eeg_vlm.formats import ANSWER_STAGE_PREFIX, STAGES, stage_line
+
+
+@dataclass
+class Candidates:
+    """One question's candidates as token ids: the shared context (prompt, reasoning and the answer line's
+    shared tokens), each candidate's own tokens after it, and how many of the context's last tokens are the
+    reply's (checked against greedy decoding when no reasoning was generated)."""
+
+    context: list[int]
+    suffixes: list[list[int]]
+    reply_tokens: int
+
+
+def render_reply(conv_template, user_text: str, reply: str | None) -> tuple[str, int]:
+    """The conversation with ``user_text`` and the assistant ``reply`` (None leaves it open), and where the
+    reply starts in the rendered text."""
+    conv = conv_template.copy()
+    conv.append_message(conv.roles[0], user_text)
+    conv.append_message(conv.roles[1], reply)
+    prompt, spans = conv.get_prompt_and_spans()
+    return prompt, (spans[-1][0] if reply else len(prompt))
+
+
+def candidates(conv_template, user_text: str, tokenizer, reasoning: str = "",
+               stages: Sequence[str] = STAGES) -> Candidates:
+    """Token ids of the five replies ``reasoning + "Sleep stage: X"`` after the prompt, split into their shared
+    context and their own suffixes."""
+    from llava.mm_utils import tokenizer_image_token
+
+    full = []
+    for stage in stages:
+        prompt, start = render_reply(conv_template, user_text, reasoning + stage_line(stage))
+        full.append(tokenizer_image_token(prompt, tokenizer))
+    head = len(tokenizer_image_token(prompt[:start], tokenizer))
+    shared = 0
+    while all(len(ids) > shared for ids in full) and len({ids[shared] for ids in full}) == 1:
+        shared += 1
+    return Candidates(full[0][:shared], [ids[shared:] for ids in full], max(0, shared - head))
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+@torch.inference_mode()
+def score_candidates(model, tokenizer, cands: Sequence[Candidates], images, high_level_features,
+                     check_greedy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihoods ``[B, K]`` of every question's K candidate suffixes, and (``check_greedy``) whether greedy
+    decoding would write each context's reply tokens (the answer line's shared part) itself.
+
+    One forward pass over the left-padded contexts (images and features spliced in) fills the KV cache; the cache
+    is repeated K times and one more pass runs the candidates' own tokens after the first (whose log-probability
+    the first pass already gives)."""
+    device = model.device
+    batch, n_cand = len(cands), len(cands[0].suffixes)
+    width = max(len(c.context) for c in cands)
+    input_ids = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for b, c in enumerate(cands):
+        input_ids[b, width - len(c.context):] = torch.tensor(c.context)
+        mask[b, width - len(c.context):] = 1
+    embeds, positions, mask, _ = model.splice(input_ids.to(device), mask.to(device), None, images,
+                                              high_level_features, padding_side="left")
+    keep = 1 + (max(c.reply_tokens for c in cands) if check_greedy else 0)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                logits_to_keep=keep)
+    logits = out.logits  # [B, keep, V]: the last ``keep`` positions of every (left-padded) context
+    greedy = np.ones(batch, dtype=bool)
+    if check_greedy:
+        for b, c in enumerate(cands):
+            if c.reply_tokens:
+                predicted = logits[b, keep - 1 - c.reply_tokens : keep - 1].argmax(-1).tolist()
+                greedy[b] = predicted == c.context[-c.reply_tokens:]
+    first = _log_softmax(logits[:, -1])  # [B, V]
+    scores = torch.zeros((batch, n_cand), dtype=torch.float32)
+    longest = max(len(s) for c in cands for s in c.suffixes)
+    for b, c in enumerate(cands):
+        for k, s in enumerate(c.suffixes):
+            scores[b, k] = first[b, s[0]]
+    if longest > 1:  # the candidates' later tokens, against the shared cache repeated K times
+        cache = out.cache
+        cache.batch_repeat_interleave(n_cand)
+        steps = longest - 1
+        ids = torch.full((batch * n_cand, steps), tokenizer.pad_token_id, dtype=torch.long)
+        for b, c in enumerate(cands):
+            for k, s in enumerate(c.suffixes):
+                ids[b * n_cand + k, : len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
+        past = mask.repeat_interleave(n_cand, dim=0)
+        start = past.sum(dim=1, keepdim=True)
+        pos = start + torch.arange(steps, device=device)[None, :]
+        full_mask = torch.cat([past, torch.ones((batch * n_cand, steps), dtype=past.dtype, device=device)], dim=1)
+        more = _log_softmax(model(input_ids=ids.to(device), attention_mask=full_mask, position_ids=pos, cache=cache,
+                                  use_cache=True).logits).cpu()
+        for b, c in enumerate(cands):
+            for k, s in enumerate(c.suffixes):
+                row = b * n_cand + k
+                scores[b, k] += sum(float(more[row, t, s[t + 1]]) for t in range(len(s) - 1))
+    return scores.numpy(), greedy
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Softmax of log-likelihoods over the candidates (last axis)."""
+    z = scores - scores.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def reasoning_of(generated: str) -> str:
+    """The reasoning part of a generated reply (cut before its answer line), ending in a newline; "" if none."""
+    text = generated
+    if ANSWER_STAGE_PREFIX in text:
+        text = text[: text.rindex(ANSWER_STAGE_PREFIX)]
+    text = text.strip()
+    return text + "\n" if text else ""
