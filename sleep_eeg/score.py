@@ -20,6 +20,11 @@ records the missing count in ``metrics.json``.
 table: the majority class (the most common label of the questions), each named file, these answers; columns
 n, accuracy, macro-F1, kappa, N1 F1, REM F1; also ``"comparison"`` in ``metrics.json``.
 
+When every answer carries its five stage probabilities (``metadata["probabilities"]``: ``model_vqa.py
+--answer-mode choices``, ``eeg-vlm vision predict``, the baselines), ``metrics.json`` also holds ``log_loss`` and
+``calibration`` (the reliability of the top probability in ten bins, and the expected calibration error), and
+``calibration.png`` draws it.
+
 Writes into ``--out`` (default: the answers file's folder): ``metrics.json``, ``confusion_matrix.png``
 and, when questions carry ``subject`` and ``epoch``, ``hypnogram_<subject>.png`` (scored vs predicted).
 """
@@ -247,7 +252,9 @@ def format_table(metrics: dict) -> str:
     lines = [
         f"n={metrics['n']}  unparseable={metrics['unparseable']}  missing={metrics.get('missing', 0)}",
         f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-        f"Cohen's kappa {'n/a' if kappa is None else f'{kappa:.4f}'}",
+        f"Cohen's kappa {'n/a' if kappa is None else f'{kappa:.4f}'}"
+        + (f"   log-loss {metrics['log_loss']:.4f}   ECE {metrics['calibration']['ece']:.4f}"
+           if "log_loss" in metrics else ""),
         "",
         f"{'stage':<6}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>9}",
     ]
@@ -260,6 +267,45 @@ def format_table(metrics: dict) -> str:
     for r, counts in zip(cm["rows"], cm["counts"]):
         lines.append(f"{r:<6}" + "".join(f"{v:>6}" for v in counts))
     return "\n".join(lines)
+
+
+def answer_probabilities(answer: dict) -> np.ndarray | None:
+    """The five stage probabilities an answer carries in ``metadata["probabilities"]`` (``choices`` answers, the
+    vision module's and the baselines'), in ``STAGES`` order and summing to 1; None when it carries none."""
+    probs = (answer.get("metadata") or {}).get("probabilities")
+    if not isinstance(probs, dict) or set(probs) != set(STAGES):
+        return None
+    row = np.asarray([float(probs[s]) for s in STAGES])
+    if not np.isfinite(row).all() or (row < 0).any() or row.sum() <= 0:
+        return None
+    return row / row.sum()
+
+
+def probability_metrics(y_true: Sequence[str], probs: np.ndarray, bins: int = 10) -> dict:
+    """Log-loss of the five probabilities and the reliability of the confidence (the top probability).
+
+    ``log_loss``: the mean negative natural log of the probability given to the scored stage (scikit-learn's,
+    probabilities clipped away from 0). ``calibration``: the confidences in ``bins`` equal-width bins over 0..1,
+    each with its mean confidence, its accuracy (the share whose top stage is the scored one) and its count, and
+    ``ece``, the expected calibration error (the count-weighted mean gap between the two).
+    """
+    from sklearn.metrics import log_loss
+
+    probs = np.asarray(probs, dtype=float)
+    truth = np.asarray([STAGES.index(s) for s in y_true])
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == truth
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        in_bin = which == b
+        n = int(in_bin.sum())
+        table.append({"lo": b / bins, "hi": (b + 1) / bins, "n": n,
+                      "confidence": float(confidence[in_bin].mean()) if n else None,
+                      "accuracy": float(correct[in_bin].mean()) if n else None})
+    ece = sum(r["n"] * abs(r["confidence"] - r["accuracy"]) for r in table if r["n"]) / max(len(truth), 1)
+    return {"log_loss": float(log_loss(truth, np.clip(probs, 1e-12, 1), labels=list(range(len(STAGES))))),
+            "calibration": {"ece": float(ece), "bins": table}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +338,35 @@ def plot_confusion_matrix(metrics: dict, path: str | Path) -> Path:
     ax.set_title(f"acc {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  "
                  f"kappa {'n/a' if kappa is None else f'{kappa:.3f}'}", fontsize=9)
     fig.colorbar(im, ax=ax, label="fraction of scored stage")
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(metrics: dict, path: str | Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect calibration), and how
+    many answers fall in each bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = metrics["calibration"]["bins"]
+    centres = np.asarray([(r["lo"] + r["hi"]) / 2 for r in table])
+    width = table[0]["hi"] - table[0]["lo"]
+    acc = np.asarray([np.nan if r["accuracy"] is None else r["accuracy"] for r in table])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.6, 5.2), sharex=True, height_ratios=(3, 1), layout="constrained")
+    top.bar(centres, np.nan_to_num(acc), width=width * 0.9, color="tab:blue", label="accuracy")
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(f"log-loss {metrics['log_loss']:.3f}  ECE {metrics['calibration']['ece']:.3f}", fontsize=9)
+    bottom.bar(centres, [r["n"] for r in table], width=width * 0.9, color="grey")
+    bottom.set_xlabel("confidence (probability of the predicted stage)")
+    bottom.set_ylabel("answers")
+    bottom.set_xlim(0, 1)
     path = Path(path)
     _save(fig, path)
     plt.close(fig)
@@ -446,9 +521,13 @@ def score(
         q = questions[k]
         pred = parse_stage(answers[k]["text"])
         rows.append({**{f: q[f] for f in ("subject", "night", "epoch") if f in q},
-                     "question_id": q["question_id"], "label": q["label"], "pred": pred or UNPARSEABLE})
+                     "question_id": q["question_id"], "label": q["label"], "pred": pred or UNPARSEABLE,
+                     "probabilities": answer_probabilities(answers[k])})
 
     metrics = compute_metrics([r["label"] for r in rows], [r["pred"] for r in rows])
+    with_probs = rows and all(r["probabilities"] is not None for r in rows)
+    if with_probs:  # every answer carries its five probabilities
+        metrics.update(probability_metrics([r["label"] for r in rows], np.stack([r["probabilities"] for r in rows])))
     metrics["missing"] = len(missing)
     metrics["unparseable_question_ids"] = [r["question_id"] for r in rows if r["pred"] == UNPARSEABLE][:50]
     per_subject = defaultdict(list)
@@ -476,6 +555,8 @@ def score(
     files = []
     if plots:
         files.append(plot_confusion_matrix(metrics, out / "confusion_matrix.png"))
+        if with_probs:
+            files.append(plot_calibration(metrics, out / "calibration.png"))
         timed = [r for r in rows if "subject" in r and isinstance(r.get("epoch"), (int, np.integer))]
         if timed:
             files += plot_hypnograms(timed, out)

@@ -256,3 +256,31 @@ def test_missing_answers_error_or_allowed(tmp_path, capsys):
     m = score(qf, af, allow_missing=True, plots=False)
     # the first eight cases: pred W W N1 N1 N2 N2 N3 N3 vs true W W W N1 N2 N2 N2 N3 -> 6 of 8 right
     assert m["n"] == 8 and m["missing"] == 2 and m["accuracy"] == pytest.approx(6 / 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Probabilities: log-loss and calibration
+# ---------------------------------------------------------------------------------------------
+def test_probabilities_give_log_loss_and_a_calibration_figure(tmp_path):
+    import math
+
+    labels = ["W", "N2", "N2", "REM"]
+    probs = [{"W": 0.7, "N1": 0.1, "N2": 0.1, "N3": 0.05, "REM": 0.05},   # right, confidence 0.7
+             {"W": 0.05, "N1": 0.05, "N2": 0.8, "N3": 0.05, "REM": 0.05},  # right, 0.8
+             {"W": 0.05, "N1": 0.05, "N2": 0.25, "N3": 0.6, "REM": 0.05},  # wrong (N3), 0.6
+             {"W": 0.1, "N1": 0.1, "N2": 0.1, "N3": 0.1, "REM": 0.6}]      # right, 0.6
+    write_jsonl(tmp_path / "q.jsonl", [make_question(f"q{i}", ["a.png"], "?", s) for i, s in enumerate(labels)])
+    answers = [make_answer(f"q{i}", "?", f"Sleep stage: {max(p, key=p.get)}", f"a{i}", "m", {"probabilities": p})
+               for i, p in enumerate(probs)]
+    write_jsonl(tmp_path / "a.jsonl", answers)
+    m = score(tmp_path / "q.jsonl", tmp_path / "a.jsonl", tmp_path / "out")
+    assert m["log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.8) + math.log(0.25) + math.log(0.6)) / 4)
+    bins = {round(b["lo"], 1): b for b in m["calibration"]["bins"] if b["n"]}
+    assert (bins[0.6]["n"], bins[0.6]["accuracy"], bins[0.7]["n"], bins[0.8]["n"]) == (2, 0.5, 1, 1)
+    # ECE: (2 * |0.6 - 0.5| + 1 * |0.7 - 1| + 1 * |0.8 - 1|) / 4
+    assert m["calibration"]["ece"] == pytest.approx((0.2 + 0.3 + 0.2) / 4)
+    assert "calibration.png" in m["plots"] and (tmp_path / "out" / "calibration.png").stat().st_size > 0
+    # answers without probabilities: no log-loss, no figure
+    write_jsonl(tmp_path / "b.jsonl", [dict(a, metadata={}) for a in answers])
+    m = score(tmp_path / "q.jsonl", tmp_path / "b.jsonl", tmp_path / "out2")
+    assert "log_loss" not in m and "calibration.png" not in m["plots"]
