@@ -12,9 +12,11 @@ Training and evaluation keep LLaVA's entry points: ``deepspeed llava/train/train
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from eeg_vlm.formats import FormatError
 
@@ -28,10 +30,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run a command's ``main``; bad input ends with one line on stderr and exit status 2."""
+def plain(text: str) -> str:
+    """Help text as plain text: without the RST double backticks that docstrings use for code."""
+    return text.replace("``", "")
+
+
+@contextlib.contextmanager
+def plain_help() -> Iterator[None]:
+    """Every argparse help and usage text printed meanwhile reads as plain text (see ``plain``): the commands
+    build their descriptions from their docstrings."""
+    parser = argparse.ArgumentParser
+    original = parser.format_help, parser.format_usage
+    parser.format_help = lambda self: plain(original[0](self))
+    parser.format_usage = lambda self: plain(original[1](self))
     try:
-        status = main(argv)
+        yield
+    finally:
+        parser.format_help, parser.format_usage = original
+
+
+def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Run a command's ``main`` with plain help texts; bad input ends with one line on stderr and exit status 2."""
+    try:
+        with plain_help():
+            status = main(argv)
     except FormatError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -41,7 +63,7 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip().replace("``", ""))
+        print(plain(__doc__.strip()))
         raise SystemExit(0)
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (eeg-vlm --help)", file=sys.stderr)
