@@ -200,7 +200,7 @@ def make_data(root: Path, n_records: int, n_questions: int, dim: int) -> dict:
     for i in range(16):  # 16 distinct epochs, reused
         f = [1.0, 6.0, 10.0, 13.0][i % 4]
         x = 60 * np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) + rng.normal(0, 15, t.size)
-        render_epoch(x, fs, cfg).save(root / "images" / f"e{i}.png")
+        render_epoch([x], [fs], cfg).save(root / "images" / f"e{i}.png")
         names.append(f"e{i}.png")
     records, questions = [], []
     for i in range(n_records):

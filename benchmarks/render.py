@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sleep_eeg import synth
-from sleep_eeg.render import RenderConfig, bandpass, render_epochs, segment
+from sleep_eeg.render import RenderConfig, prepare_night, render_epochs, segment
 
 
 def matplotlib_epochs(filtered, fs, epochs, folder: Path, cfg: RenderConfig) -> None:
@@ -60,17 +60,18 @@ def main() -> None:
     signals, _ = synth.synth_signal(rng, synth.Subject.draw(rng), stages)
     fs = synth.FS
     cfg = RenderConfig()
-    filtered = bandpass(signals["EEG Fpz-Cz"], fs, cfg.band)
+    night = prepare_night({c: (x, synth.RATES[c]) for c, x in signals.items()}, cfg)
+    filtered = night[0][0]
     epochs = list(range(len(stages)))
     n = len(epochs)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = [tmp / "ours" / f"{e:04d}.png" for e in epochs]
-        ours_1 = rate(lambda: render_epochs(filtered, fs, epochs, paths, cfg), n)
+        ours_1 = rate(lambda: render_epochs(night, epochs, paths, cfg), n)
         spec_cfg = RenderConfig(spectrogram=True, context_s=5)
-        ours_spec = rate(lambda: render_epochs(filtered, fs, epochs, paths, spec_cfg), n)
+        ours_spec = rate(lambda: render_epochs(night, epochs, paths, spec_cfg), n)
         with mp.Pool(args.workers) as pool:
-            ours_n = rate(lambda: render_epochs(filtered, fs, epochs, paths, cfg, pool), n)
+            ours_n = rate(lambda: render_epochs(night, epochs, paths, cfg, pool), n)
         (tmp / "mpl").mkdir()
         n_mpl = min(n, 120)
         mpl_1 = rate(lambda: matplotlib_epochs(filtered, fs, epochs[:n_mpl], tmp / "mpl", cfg), n_mpl, repeats=1)

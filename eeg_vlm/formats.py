@@ -10,6 +10,9 @@
 - Image paths: relative to the image folder; absolute paths and ``..`` are refused (``image_path``).
 - Features: ``.npy`` float32 (float16 accepted) ``[N, 1, D]``; row i belongs to record i of the matching
   records file unless the record names its row with an integer ``feature_index``.
+- Render settings: how the images were drawn (channels, scales, sizes), a JSON object with its ``id``, in
+  ``render.json`` beside the records; every record names it with ``"render": <id>``. Vision-module and
+  LLaVA checkpoints keep the settings they were trained on; a model never reads images drawn another way.
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``) so that a crash
 never leaves a half-written file behind.
@@ -34,6 +37,7 @@ ANSWER_STAGE_PREFIX = "Sleep stage:"
 
 FEATURES_TRAIN_NAME = "train_high_level_features.npy"
 FEATURES_EVAL_NAME = "eval_high_level_features.npy"
+RENDER_FILE = "render.json"
 
 
 class FormatError(ValueError):
@@ -277,6 +281,51 @@ def make_question(
 ) -> dict:
     """An eval question for ``model_vqa.py`` (the ``<image>`` tokens are added by the evaluator)."""
     return {"question_id": question_id, "image": list(images), "text": text, "label": label, **metadata}
+
+
+# ---------------------------------------------------------------------------------------------
+# Render settings: how the images of a records file were drawn
+# ---------------------------------------------------------------------------------------------
+def settings_id(settings: dict) -> str:
+    """A short content id of a JSON-able settings object (its ``id`` key excluded)."""
+    blob = json.dumps({k: v for k, v in settings.items() if k != "id"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def records_render(records: Sequence[dict], records_path: str | os.PathLike) -> dict | None:
+    """The render settings every record was drawn with (``render.json`` beside the records file), or None for
+    records that name none (written before settings were recorded). Records that disagree, or name settings
+    the file beside them does not hold, are refused."""
+    records_path = Path(records_path)
+    ids = {r.get("render") for r in records}
+    if ids == {None}:
+        return None
+    settings_file = records_path.parent / RENDER_FILE
+    if not settings_file.is_file():
+        raise FormatError(f"{records_path}: records name render settings {sorted(map(str, ids))[0]!r} but "
+                          f"{settings_file} is missing")
+    try:
+        settings = json.loads(settings_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{settings_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(settings, dict) or settings.get("id") != settings_id(settings):
+        raise FormatError(f"{settings_file}: render settings do not match their id (edited by hand?)")
+    for i, rec in enumerate(records):
+        if rec.get("render") != settings["id"]:
+            raise FormatError(f"{records_path}: record {record_id(rec)!r} (#{i}) was drawn with render settings "
+                              f"{rec.get('render')!r}, not {settings['id']!r} of {settings_file}")
+    return settings
+
+
+def check_render(model_settings: dict | None, data_settings: dict | None, model: str, data: str) -> None:
+    """A model reads only images drawn as those it was trained on: one line naming both when they differ.
+    Either side without recorded settings (older files) is not compared."""
+    if model_settings is None or data_settings is None or model_settings.get("id") == data_settings.get("id"):
+        return
+    diff = [k for k in sorted((set(model_settings) | set(data_settings)) - {"id"})
+            if model_settings.get(k) != data_settings.get(k)]
+    shown = "; ".join(f"{k}: {model_settings.get(k)} vs {data_settings.get(k)}" for k in diff[:3])
+    raise FormatError(f"{data}: images drawn with other render settings than {model} was trained on ({shown})")
 
 
 # ---------------------------------------------------------------------------------------------

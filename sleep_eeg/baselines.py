@@ -58,6 +58,7 @@ from eeg_vlm.formats import (
     write_jsonl,
 )
 from sleep_eeg import features as F
+from sleep_eeg.edf import channel_role
 from sleep_eeg.measures import BANDS, log_relative_band_power
 from sleep_eeg.stages import EPOCH_S
 
@@ -83,7 +84,7 @@ def parse_channels(text: str | None, kind: str) -> list[str]:
     if len(set(channels)) != len(channels):
         raise FormatError(f"--channels: a channel is named twice ({', '.join(channels)})")
     if kind == "features":
-        roles = [F.channel_role(c) for c in channels]
+        roles = [channel_role(c) for c in channels]
         twice = [r for r, n in Counter(roles).items() if n > 1]
         if twice:
             raise FormatError(
@@ -192,7 +193,7 @@ def night_features(
         if abs(fs - F.FEATURES_FS) > 1e-9:
             ratio = Fraction(F.FEATURES_FS / fs).limit_denominator(1000)
             x = resample_poly(x, ratio.numerator, ratio.denominator)
-        by_role[F.channel_role(c)] = x
+        by_role[channel_role(c)] = x
     n = min(len(x) for x in by_role.values())
     by_role = {r: x[:n] for r, x in by_role.items()}
     compute = F.yasa_night_features if extractor == "yasa" else F.scipy_night_features

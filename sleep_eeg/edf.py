@@ -37,6 +37,12 @@ class Night:
     night: int
 
 
+def channel_role(label: str) -> str:
+    """``eog`` or ``emg`` when the channel's name says so, else ``eeg``."""
+    upper = label.upper()
+    return "eog" if "EOG" in upper else "emg" if "EMG" in upper else "eeg"
+
+
 def _key(stem: str) -> str:
     """The part of a Sleep-EDF name shared by a PSG and its hypnogram (``SC4001E0`` -> ``SC4001E``)."""
     return stem[:-1]
@@ -128,19 +134,24 @@ def signal_uv(edf: edfio.Edf, channel: str) -> tuple[np.ndarray, float]:
     return np.asarray(sig.data, dtype=np.float64) * scale, float(sig.sampling_frequency)
 
 
-def read_night(
-    night: Night, channel: str = DEFAULT_CHANNEL, fs: float | None = None
-) -> tuple[np.ndarray, float, list[tuple[float, float, str]]]:
-    """The channel in µV (resampled to ``fs`` if given), its rate, and the stage annotations
-    with onsets in seconds from the PSG's start."""
+def read_channels(
+    night: Night, channels: Sequence[str] = (DEFAULT_CHANNEL,), fs: float | None = None
+) -> tuple[dict[str, tuple[np.ndarray, float]], list[tuple[float, float, str]]]:
+    """``{channel: (samples in µV, rate)}`` and the stage annotations with onsets in seconds from the PSG's
+    start. ``fs`` resamples the waveform channels (above 10 Hz); slower channels (a 1-Hz EMG level) keep
+    their rate."""
     psg = read_edf(night.psg)
-    if channel not in psg.labels:
-        raise FormatError(f"{night.psg}: no channel {channel!r}; channels present: {', '.join(psg.labels)}")
-    data, rate = signal_uv(psg, channel)
-    if fs is not None and abs(fs - rate) > 1e-9:
-        ratio = Fraction(fs / rate).limit_denominator(1000)
-        data = resample_poly(data, ratio.numerator, ratio.denominator)
-        rate = float(fs)
+    missing = [c for c in channels if c not in psg.labels]
+    if missing:
+        raise FormatError(f"{night.psg}: no channel {missing[0]!r}; channels present: {', '.join(psg.labels)}")
+    signals = {}
+    for channel in channels:
+        data, rate = signal_uv(psg, channel)
+        if fs is not None and rate > 10.0 and abs(fs - rate) > 1e-9:
+            ratio = Fraction(fs / rate).limit_denominator(1000)
+            data = resample_poly(data, ratio.numerator, ratio.denominator)
+            rate = float(fs)
+        signals[channel] = (data, rate)
     if night.hypnogram == night.psg:
         annotations = stage_annotations(psg, night.psg)
         if not annotations:
@@ -152,7 +163,15 @@ def read_night(
         annotations = stage_annotations(hyp, night.hypnogram, offset)
         if not annotations:
             raise FormatError(f"{night.hypnogram}: no '{STAGE_PREFIX} ...' annotations")
-    return data, rate, annotations
+    return signals, annotations
+
+
+def read_night(
+    night: Night, channel: str = DEFAULT_CHANNEL, fs: float | None = None
+) -> tuple[np.ndarray, float, list[tuple[float, float, str]]]:
+    """One channel of :func:`read_channels`: samples in µV, rate, stage annotations."""
+    signals, annotations = read_channels(night, (channel,), fs)
+    return (*signals[channel], annotations)
 
 
 def write_night(

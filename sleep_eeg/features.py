@@ -40,12 +40,6 @@ ROLES: tuple[str, ...] = ("eeg", "eog", "emg")
 _TINY = 1e-12
 
 
-def channel_role(label: str) -> str:
-    """``eog`` or ``emg`` when the channel's name says so, else ``eeg``."""
-    upper = label.upper()
-    return "eog" if "EOG" in upper else "emg" if "EMG" in upper else "eeg"
-
-
 # ---------------------------------------------------------------------------------------------
 # The everyday feature set: YASA itself, or the same on scipy
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
     <out>/eeg_images_ft/<night>_<epoch>.png     <out>/eeg_ft.json      (train records, JSON array)
     <out>/eeg_images_eval/<night>_<epoch>.png   <out>/eeg_eval.jsonl   (eval questions with labels)
+    <out>/render.json                           (how the images were drawn; every record names its id)
+
+With several ``--channels`` each image stacks one panel per channel (see ``sleep_eeg.render``); the first
+channel decides the epochs and the ``measured`` chain of thought.
 
 Every night is read and checked before anything is written: an unknown stage text or overlapping,
 contradicting annotations are errors; a flat-line channel or a hypnogram that ends well before its
@@ -21,11 +25,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from eeg_vlm.formats import STAGES, FormatError, make_question, make_train_record, write_json, write_jsonl
+from eeg_vlm.formats import RENDER_FILE, STAGES, FormatError, make_question, make_train_record, write_json, write_jsonl
 from sleep_eeg import cot
-from sleep_eeg.edf import DEFAULT_CHANNEL, Night, find_nights, read_night
+from sleep_eeg.edf import DEFAULT_CHANNEL, Night, channel_role, find_nights, read_channels
 from sleep_eeg.measures import epoch_measures
-from sleep_eeg.render import RenderConfig, bandpass, render_epochs
+from sleep_eeg.render import RenderConfig, prepare_night, render_epochs
 from sleep_eeg.stages import check_annotations, epoch_array, night_warnings, scorable_epochs
 
 TRAIN_IMAGES, EVAL_IMAGES = "eeg_images_ft", "eeg_images_eval"
@@ -61,7 +65,7 @@ def count_table(rows: dict[str, Counter]) -> str:
 def prepare(
     edf_dir: str | Path,
     out: str | Path,
-    channel: str = DEFAULT_CHANNEL,
+    *,
     cot_mode: str = "stage",
     eval_fraction: float = 0.2,
     eval_subjects: Sequence[str] | None = None,
@@ -80,16 +84,19 @@ def prepare(
             raise FormatError(f"{out}: --out must be a folder, but {folder} is a file")
     nights = find_nights(edf_dir)
     # Read and check every night before writing anything.
-    loaded: list[tuple[Night, object, float, list[int], list[str]]] = []
+    loaded: list[tuple[Night, dict, list[int], list[str]]] = []
     for night in nights:
-        signal, rate, annotations = read_night(night, channel, fs)
+        signals, annotations = read_channels(night, render.channels, fs)
         check_annotations(annotations, night.hypnogram)
+        signal, rate = signals[render.channels[0]]
         epochs, labels = scorable_epochs(annotations, len(signal), rate, trim_minutes)
         if len(epochs) == 0:
             raise FormatError(f"{night.psg}: no scorable 30-s epoch (only '?' / movement, or none inside the signal)")
-        for warning in night_warnings(signal, rate, annotations, epochs, night.psg, night.hypnogram, channel):
+        warnings = [w for c in render.channels if channel_role(c) != "emg"
+                    for w in night_warnings(*signals[c], annotations, epochs, night.psg, night.hypnogram, c)]
+        for warning in dict.fromkeys(warnings):
             print(f"warning: {warning}", file=sys.stderr)
-        loaded.append((night, signal, rate, epochs.tolist(), labels))
+        loaded.append((night, signals, epochs.tolist(), labels))
     eval_set = split_subjects([n.subject for n, *_ in loaded], eval_fraction, eval_subjects, seed)
 
     # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
@@ -103,12 +110,13 @@ def prepare(
     pool = mp.Pool(workers) if workers > 1 else None
     drawn = False
     try:
-        for night, signal, rate, epochs, labels in loaded:
+        for night, signals, epochs, labels in loaded:
             is_eval = night.subject in eval_set
             folder = staging[EVAL_IMAGES if is_eval else TRAIN_IMAGES]
-            filtered = bandpass(signal, rate, render.band)
+            drawn_night = prepare_night(signals, render)
             names = [f"{night.name}_{e:04d}.png" for e in epochs]
-            render_epochs(filtered, rate, epochs, [folder / n for n in names], render, pool, desc=night.name)
+            render_epochs(drawn_night, epochs, [folder / n for n in names], render, pool, desc=night.name)
+            filtered, rate = drawn_night[0]
             measures = (
                 [epoch_measures(x, rate) for x in epoch_array(filtered, rate, epochs)]
                 if cot_mode == "measured" and not is_eval
@@ -116,7 +124,8 @@ def prepare(
             )
             for e, label, name, m in zip(epochs, labels, names, measures):
                 rid = f"{night.name}_{e:04d}"
-                meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e, "psg": night.psg.name}
+                meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e, "psg": night.psg.name,
+                        "render": render.render_id}
                 q = cot.question(rng)
                 if is_eval:
                     questions.append(make_question(rid, [name, name], q, **meta))
@@ -139,6 +148,7 @@ def prepare(
             os.replace(out / name, old)
         os.replace(folder, out / name)
         shutil.rmtree(old, ignore_errors=True)
+    write_json(out / RENDER_FILE, render.to_dict())
     write_json(out / TRAIN_RECORDS, train)
     write_jsonl(out / EVAL_RECORDS, questions)
     return counts
@@ -148,30 +158,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="eeg-vlm prepare", description=__doc__.splitlines()[0])
     p.add_argument("--edf-dir", required=True, help="folder of *-PSG.edf + *-Hypnogram.edf (or EDF+ with stages)")
     p.add_argument("--out", default="sleep_data")
-    p.add_argument("--channel", default=DEFAULT_CHANNEL)
+    p.add_argument("--channels", "--channel", default=DEFAULT_CHANNEL,
+                   help="comma-separated channels, one image panel each (e.g. 'EEG Fpz-Cz,EOG horizontal,EMG submental')")
     p.add_argument("--cot", default="stage", choices=cot.COT_MODES, help="chain of thought in the answers")
     p.add_argument("--eval-fraction", type=float, default=0.2, help="share of subjects held out for eval")
     p.add_argument("--eval-subjects", default="", help="comma-separated subjects for eval (overrides the fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--fs", type=float, default=None, help="resample the channel to this rate (Hz)")
+    p.add_argument("--fs", type=float, default=None, help="resample the waveform channels to this rate (Hz)")
     p.add_argument("--trim-minutes", type=float, default=30.0, help="wake kept around sleep; negative keeps all")
     p.add_argument("--px-per-s", type=float, default=RenderConfig.px_per_s)
-    p.add_argument("--height", type=int, default=RenderConfig.height)
-    p.add_argument("--uv", type=float, default=RenderConfig.uv, help="µV at the panel's edge (clipped beyond)")
+    p.add_argument("--height", type=int, default=RenderConfig.height, help="EEG panel height (px)")
+    p.add_argument("--uv", type=float, default=RenderConfig.uv, help="µV at an EEG panel's edge (clipped beyond)")
     p.add_argument("--band", type=float, nargs=2, default=RenderConfig.band, metavar=("LO", "HI"))
     p.add_argument("--context", type=float, default=0.0, help="seconds of neighbouring epochs drawn in grey")
-    p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below the waveform")
+    p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below each EEG panel")
     args = p.parse_args(argv)
-    cfg = RenderConfig(px_per_s=args.px_per_s, height=args.height, uv=args.uv, band=tuple(args.band),
-                       context_s=args.context, spectrogram=args.spectrogram)
+    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    cfg = RenderConfig(channels=channels, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
+                       band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram)
     counts = prepare(
-        args.edf_dir, args.out, args.channel, args.cot, args.eval_fraction,
-        [s for s in args.eval_subjects.split(",") if s] or None, args.seed, max(1, args.workers), args.fs,
-        None if args.trim_minutes < 0 else args.trim_minutes, cfg,
+        args.edf_dir, args.out, cot_mode=args.cot, eval_fraction=args.eval_fraction,
+        eval_subjects=[s for s in args.eval_subjects.split(",") if s] or None, seed=args.seed,
+        workers=max(1, args.workers), fs=args.fs, trim_minutes=None if args.trim_minutes < 0 else args.trim_minutes,
+        render=cfg,
     )
     print(count_table(counts))
-    print(f"images {cfg.size[0]}x{cfg.size[1]} px -> {Path(args.out) / TRAIN_IMAGES}, {Path(args.out) / EVAL_IMAGES}")
+    print(f"images {cfg.size[0]}x{cfg.size[1]} px ({', '.join(channels)}) -> {Path(args.out) / TRAIN_IMAGES}, "
+          f"{Path(args.out) / EVAL_IMAGES}; settings {cfg.render_id} in {Path(args.out) / RENDER_FILE}")
     return 0
 
 

@@ -1,47 +1,111 @@
-"""Draw 30-s EEG epochs as PNG images with numpy and PIL, across worker processes.
+"""Draw 30-s epochs of one or more PSG channels as PNG images with numpy and PIL, across worker processes.
 
-The image is a function of the signal alone: the filtered waveform at a fixed µV scale (clipped) and a
-fixed number of pixels per second, black on white; optionally the neighbouring epochs in grey on either
-side and a spectrogram panel below. No text, no axes, and no label anywhere in the inputs.
+The image is a function of the signals alone, one panel per channel stacked top to bottom, each at its own
+fixed scale and band, black on white, at a fixed number of pixels per second:
+
+- an EEG channel: the band-passed waveform at ``±uv`` µV (clipped), optionally with a spectrogram panel below;
+- an EOG channel: the waveform at ``±eog_uv`` µV in ``eog_band`` (slow eye movements, blinks, REMs);
+- an EMG channel: its level as a filled strip on a log µV scale (``emg_uv``); a 1-Hz channel (Sleep-EDF's
+  sleep-cassette EMG, already an rms level) is drawn as it is, a faster one as its 1-s rms.
+
+Neighbouring epochs may be drawn in grey on either side (``context_s``). No text, no axes, and no label
+anywhere in the inputs. :meth:`RenderConfig.to_dict` is the record of how an image was drawn; prepare writes
+it beside the records (``formats.RENDER_FILE``) and the checkpoints keep it, so that images drawn one way
+are never read by a model trained on another.
 """
 from __future__ import annotations
 
 import io
 import multiprocessing as mp
-import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy.signal import butter, sosfiltfilt, spectrogram
 from tqdm import tqdm
 
-EPOCH_S = 30.0
+from eeg_vlm.formats import FormatError, atomic_path, settings_id
+from sleep_eeg.edf import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.stages import EPOCH_S
+
+CONTEXT_GREY = 170  # ink of the neighbouring epochs
 
 
 @dataclass(frozen=True)
 class RenderConfig:
+    channels: tuple[str, ...] = (DEFAULT_CHANNEL,)  # one panel each, top to bottom
     px_per_s: float = 12.0  # 30 s -> 360 px wide
-    height: int = 128  # waveform panel height (px)
-    uv: float = 150.0  # the panel spans -uv..+uv µV; larger values are clipped
-    band: tuple[float, float] = (0.3, 35.0)  # band-pass applied to the whole night before drawing
+    height: int = 128  # EEG panel height (px)
+    uv: float = 150.0  # an EEG panel spans -uv..+uv µV; larger values are clipped
+    band: tuple[float, float] = (0.3, 35.0)  # EEG band-pass, applied to the whole night before drawing
+    eog_height: int = 64
+    eog_uv: float = 200.0
+    eog_band: tuple[float, float] = (0.3, 10.0)
+    emg_height: int = 24
+    emg_uv: tuple[float, float] = (1.0, 100.0)  # log scale: the strip's bottom and top
     context_s: float = 0.0  # seconds of each neighbouring epoch drawn in grey
-    spectrogram: bool = False  # add a spectrogram panel below the waveform
+    spectrogram: bool = False  # a spectrogram panel below each EEG panel
     spec_height: int = 48
     spec_fmax: float = 30.0
     spec_db: tuple[float, float] = (-10.0, 30.0)  # dB re 1 µV²/Hz mapped to white..black
-    compress_level: int = 1  # PNG zlib level: fast, still lossless
+    compress_level: int = 1  # PNG zlib level: fast, still lossless (not part of the settings' identity)
+
+    def __post_init__(self) -> None:
+        # One value, one spelling: 4 and 4.0 px/s draw the same images and must have the same id.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float":
+                value = float(value)
+            elif f.type == "int":
+                value = int(value)
+            elif f.type == "tuple[float, float]":
+                value = tuple(float(v) for v in value)
+            elif f.type == "tuple[str, ...]":
+                value = tuple(str(v) for v in value)
+            object.__setattr__(self, f.name, value)
+        if not self.channels:
+            raise FormatError("render: no channel to draw")
+        if len(set(self.channels)) != len(self.channels):
+            raise FormatError(f"render: a channel is named twice ({', '.join(self.channels)})")
 
     @property
     def width(self) -> int:
         return int(round((EPOCH_S + 2 * self.context_s) * self.px_per_s))
 
+    def panel_height(self, channel: str) -> int:
+        role = channel_role(channel)
+        if role == "emg":
+            return self.emg_height
+        if role == "eog":
+            return self.eog_height
+        return self.height + (self.spec_height if self.spectrogram else 0)
+
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the image in pixels."""
-        return self.width, self.height + (self.spec_height if self.spectrogram else 0)
+        return self.width, sum(self.panel_height(c) for c in self.channels)
+
+    def to_dict(self) -> dict:
+        """The settings that decide the pixels (JSON types), with their ``id``."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "compress_level"}
+        return {**d, "id": settings_id(d)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "render settings") -> "RenderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"id"})
+        if unknown:
+            raise FormatError(f"{where}: unknown render setting(s) {', '.join(unknown)}")
+        cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "id"})
+        if "id" in d and d["id"] != cfg.render_id:
+            raise FormatError(f"{where}: render settings do not match their id {d['id']!r} (edited by hand?)")
+        return cfg
+
+    @property
+    def render_id(self) -> str:
+        return self.to_dict()["id"]
 
 
 def bandpass(signal: np.ndarray, fs: float, band: tuple[float, float]) -> np.ndarray:
@@ -50,6 +114,32 @@ def bandpass(signal: np.ndarray, fs: float, band: tuple[float, float]) -> np.nda
     hi = min(hi, 0.45 * fs)
     sos = butter(4, (lo, hi), btype="bandpass", fs=fs, output="sos")
     return sosfiltfilt(sos, np.asarray(signal, dtype=np.float64))
+
+
+def emg_level(signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
+    """An EMG channel as a level in µV: a channel of 10 Hz or less is taken as a level already (Sleep-EDF's
+    1-Hz rms); a faster one becomes its rms over 1-s windows after a 10-Hz high-pass."""
+    x = np.asarray(signal, dtype=np.float64)
+    if fs <= 10.0:
+        return np.abs(x), fs
+    sos = butter(4, 10.0, btype="highpass", fs=fs, output="sos")
+    x = sosfiltfilt(sos, x)
+    n = int(round(fs))
+    k = len(x) // n
+    return np.sqrt(np.mean(x[: k * n].reshape(k, n) ** 2, axis=1)), 1.0
+
+
+def prepare_night(signals: Mapping[str, tuple[np.ndarray, float]], cfg: RenderConfig) -> list[tuple[np.ndarray, float]]:
+    """Each of ``cfg.channels`` ready to cut into epochs: EEG / EOG band-passed, EMG as its level."""
+    out = []
+    for c in cfg.channels:
+        x, fs = signals[c]
+        role = channel_role(c)
+        if role == "emg":
+            out.append(emg_level(x, fs))
+        else:
+            out.append((bandpass(x, fs, cfg.eog_band if role == "eog" else cfg.band), fs))
+    return out
 
 
 def segment(filtered: np.ndarray, fs: float, epoch: int, context_s: float = 0.0) -> np.ndarray:
@@ -82,6 +172,18 @@ def draw_waveform(x: np.ndarray, width: int, height: int, uv: float) -> np.ndarr
     return ((rows >= top[None, :]) & (rows <= bottom[None, :])).astype(np.uint8)
 
 
+def draw_level(x: np.ndarray, width: int, height: int, uv: tuple[float, float]) -> np.ndarray:
+    """A level (µV) as a ``[height, width]`` uint8 mask of bars filled from the bottom, log scale from ``uv[0]``
+    (empty) to ``uv[1]`` (full); a column takes the level of the sample under it; NaN draws nothing."""
+    cols = x[(np.arange(width) * len(x)) // width]
+    lo, hi = np.log10(uv[0]), np.log10(uv[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.clip((np.log10(np.maximum(cols, 1e-12)) - lo) / (hi - lo), 0.0, 1.0)
+    filled = np.where(np.isnan(cols), 0, np.rint(1 + frac * (height - 1)))  # at least one row: the floor
+    rows = np.arange(height)[::-1, None]  # row index counted from the bottom
+    return (rows < filled[None, :]).astype(np.uint8)
+
+
 def draw_spectrogram(x: np.ndarray, fs: float, cfg: RenderConfig) -> np.ndarray:
     """Log power 0..spec_fmax Hz (low frequencies at the bottom) as a ``[spec_height, width]`` uint8 image."""
     x = np.nan_to_num(x, nan=0.0)
@@ -95,19 +197,42 @@ def draw_spectrogram(x: np.ndarray, fs: float, cfg: RenderConfig) -> np.ndarray:
     return np.asarray(img)
 
 
-def render_epoch(seg: np.ndarray, fs: float, cfg: RenderConfig) -> Image.Image:
-    """The greyscale image of one segment as returned by :func:`segment`."""
+def render_epoch(segs: Sequence[np.ndarray], rates: Sequence[float], cfg: RenderConfig) -> Image.Image:
+    """The greyscale image of one epoch: ``segs[i]`` is channel ``cfg.channels[i]`` as returned by
+    :func:`segment` of :func:`prepare_night`'s output, at rate ``rates[i]``."""
     width = cfg.width
-    ink = draw_waveform(seg, width, cfg.height, cfg.uv)
     shade = np.zeros(width, dtype=np.uint8)  # ink colour per column: 0 black (the epoch), grey (context)
     c = int(round(cfg.context_s * cfg.px_per_s))
     if c:
-        shade[:c] = 170
-        shade[width - c :] = 170
-    panel = np.where(ink.astype(bool), shade[None, :], np.uint8(255)).astype(np.uint8)
-    if cfg.spectrogram:
-        panel = np.concatenate([panel, draw_spectrogram(seg, fs, cfg)], axis=0)
-    return Image.fromarray(panel, mode="L")
+        shade[:c] = CONTEXT_GREY
+        shade[width - c :] = CONTEXT_GREY
+    panels = []
+    for channel, seg, fs in zip(cfg.channels, segs, rates):
+        role = channel_role(channel)
+        if role == "emg":
+            ink = draw_level(seg, width, cfg.emg_height, cfg.emg_uv)
+        else:
+            ink = draw_waveform(seg, width, *((cfg.eog_height, cfg.eog_uv) if role == "eog" else (cfg.height, cfg.uv)))
+        panels.append(np.where(ink.astype(bool), shade[None, :], np.uint8(255)).astype(np.uint8))
+        if role == "eeg" and cfg.spectrogram:
+            panels.append(draw_spectrogram(seg, fs, cfg))
+    return Image.fromarray(np.concatenate(panels, axis=0), mode="L")
+
+
+def epoch_segments(night: Sequence[tuple[np.ndarray, float]], epochs: Sequence[int], cfg: RenderConfig) -> list[list[np.ndarray]]:
+    """Per epoch, the segments of every channel of a :func:`prepare_night` night."""
+    return [[segment(x, fs, e, cfg.context_s) for x, fs in night] for e in epochs]
+
+
+def render_night(signals: Mapping[str, tuple[np.ndarray, float]], epochs: Sequence[int], cfg: RenderConfig) -> list[Image.Image]:
+    """A night's epochs drawn in memory (no files): ``signals`` maps each of ``cfg.channels`` to
+    ``(samples in µV, rate in Hz)`` of the whole recording."""
+    missing = [c for c in cfg.channels if c not in signals]
+    if missing:
+        raise FormatError(f"render: no signal for channel(s) {', '.join(missing)}")
+    night = prepare_night(signals, cfg)
+    rates = [fs for _, fs in night]
+    return [render_epoch(segs, rates, cfg) for segs in epoch_segments(night, epochs, cfg)]
 
 
 def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
@@ -116,22 +241,16 @@ def png_bytes(img: Image.Image, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _render_chunk(args: tuple[list[str], np.ndarray, float, RenderConfig]) -> int:
-    paths, segs, fs, cfg = args
+def _render_chunk(args: tuple[list[str], list[list[np.ndarray]], list[float], RenderConfig]) -> int:
+    paths, segs, rates, cfg = args
     for path, seg in zip(paths, segs):
-        _write_atomic(Path(path), png_bytes(render_epoch(seg, fs, cfg), cfg.compress_level))
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(png_bytes(render_epoch(seg, rates, cfg), cfg.compress_level))
     return len(paths)
 
 
 def render_epochs(
-    filtered: np.ndarray,
-    fs: float,
+    night: Sequence[tuple[np.ndarray, float]],
     epochs: Sequence[int],
     paths: Sequence[str | Path],
     cfg: RenderConfig,
@@ -139,14 +258,13 @@ def render_epochs(
     chunk: int = 32,
     desc: str | None = None,
 ) -> None:
-    """Write one PNG per epoch of a filtered night; with a ``pool`` the chunks run in worker processes."""
+    """Write one PNG per epoch of a :func:`prepare_night` night; with a ``pool`` the chunks run in worker processes."""
     for p in {Path(p).parent for p in paths}:
         p.mkdir(parents=True, exist_ok=True)
+    rates = [fs for _, fs in night]
     jobs = []
     for i in range(0, len(epochs), chunk):
-        idx = epochs[i : i + chunk]
-        segs = np.stack([segment(filtered, fs, e, cfg.context_s) for e in idx])
-        jobs.append(([str(p) for p in paths[i : i + chunk]], segs, fs, cfg))
+        jobs.append(([str(p) for p in paths[i : i + chunk]], epoch_segments(night, epochs[i : i + chunk], cfg), rates, cfg))
     results = pool.imap_unordered(_render_chunk, jobs) if pool is not None else map(_render_chunk, jobs)
     with tqdm(total=len(epochs), desc=desc, unit="epoch", disable=desc is None, leave=False) as bar:
         for done in results:

@@ -2,12 +2,16 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from eeg_vlm.cli import run
-from eeg_vlm.formats import FormatError, read_records, stage_line
+from PIL import Image
+
+from eeg_vlm.formats import RENDER_FILE, FormatError, check_render, read_records, records_render, stage_line
 from sleep_eeg import edf, prepare, stages, synth
+from sleep_eeg.render import RenderConfig
+
+PANELS = ("EEG Fpz-Cz", "EOG horizontal", "EMG submental")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,7 @@ def test_records_schema_split_and_alignment(nights, tmp_path, capsys):
         truth.update({f"{night.name}_{i:04d}": lab for i, lab in zip(idx, labels)})
     assert len(train) + len(evals) == len(truth)
     for r in train:
-        assert set(r) == {"id", "image", "conversations", "label", "subject", "night", "epoch", "psg"}
+        assert set(r) == {"id", "image", "conversations", "label", "subject", "night", "epoch", "psg", "render"}
         assert r["image"] == [f"{r['id']}.png"] * 2 and (out / "eeg_images_ft" / r["image"][0]).is_file()
         human, gpt = r["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n<image>\n")
@@ -42,7 +46,7 @@ def test_records_schema_split_and_alignment(nights, tmp_path, capsys):
         assert r["label"] == truth[r["id"]] and r["id"].endswith(f"_{r['epoch']:04d}")
         assert (nights / r["psg"]).is_file() and r["id"] == f"{r['psg'].split('-')[0]}_{r['epoch']:04d}"
     for q in evals:
-        assert set(q) == {"question_id", "image", "text", "label", "subject", "night", "epoch", "psg"}
+        assert set(q) == {"question_id", "image", "text", "label", "subject", "night", "epoch", "psg", "render"}
         assert "<image>" not in q["text"] and (out / "eeg_images_eval" / q["image"][0]).is_file()
         assert q["label"] == truth[q["question_id"]]
     named = prepare.split_subjects(["SC400", "SC401", "SC402"], 0.0, ["SC401"], 0)
@@ -57,18 +61,19 @@ def test_images_do_not_depend_on_labels(nights, tmp_path):
     for d in (a, b):
         shutil.copy(nights / "SC9001E0-PSG.edf", d)
     shutil.copy(nights / "SC9001EC-Hypnogram.edf", a)
-    # same signal, every stage replaced by another one
+    # same signals, every stage replaced by another one
     hyp = edf.read_edf(nights / "SC9001EC-Hypnogram.edf")
     swap = {"Sleep stage W": "Sleep stage 2", "Sleep stage 1": "Sleep stage R", "Sleep stage 2": "Sleep stage 3",
             "Sleep stage 3": "Sleep stage W", "Sleep stage 4": "Sleep stage 1", "Sleep stage R": "Sleep stage 4"}
     ann = [(x.onset, x.duration, swap.get(x.text, x.text)) for x in hyp.annotations]
     night, = edf.find_nights(a)
-    x, fs, _ = edf.read_night(night, "EEG Fpz-Cz")
-    edf.write_night(b / "ignored-PSG.edf", b / "SC9001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, fs, ann,
-                    hyp.startdatetime)
+    cfg = RenderConfig(channels=PANELS, spectrogram=True, context_s=5)
+    signals, _ = edf.read_channels(night, PANELS)
+    edf.write_night(b / "ignored-PSG.edf", b / "SC9001EC-Hypnogram.edf", {c: x for c, (x, _) in signals.items()},
+                    {c: fs for c, (_, fs) in signals.items()}, ann, hyp.startdatetime)
     (b / "ignored-PSG.edf").unlink()
     for d in (a, b):
-        prepare.prepare(d, d / "out", eval_fraction=0, trim_minutes=None)
+        prepare.prepare(d, d / "out", eval_fraction=0, trim_minutes=None, render=cfg)
     ra = {r["id"]: r for r in json.loads((a / "out" / "eeg_ft.json").read_text())}
     rb = {r["id"]: r for r in json.loads((b / "out" / "eeg_ft.json").read_text())}
     common = sorted(set(ra) & set(rb))
@@ -76,6 +81,30 @@ def test_images_do_not_depend_on_labels(nights, tmp_path):
     for k in common:
         pa, pb = (d / "out" / "eeg_images_ft" / f"{k}.png" for d in (a, b))
         assert pa.read_bytes() == pb.read_bytes()
+
+
+def test_render_settings_travel_with_the_records(nights, tmp_path):
+    cfg = RenderConfig(channels=PANELS, px_per_s=4)
+    prepare.prepare(nights, tmp_path, cot_mode="none", eval_fraction=0.5, render=cfg)
+    saved = json.loads((tmp_path / RENDER_FILE).read_text())
+    assert saved == cfg.to_dict() and RenderConfig.from_dict(saved) == cfg and saved["channels"] == list(PANELS)
+    for name in ("eeg_ft.json", "eeg_eval.jsonl"):
+        records = read_records(tmp_path / name)
+        assert records_render(records, tmp_path / name) == saved
+        with Image.open(tmp_path / ("eeg_images_ft" if name.endswith("json") else "eeg_images_eval")
+                        / records[0]["image"][0]) as im:
+            assert im.size == cfg.size == (120, 128 + 64 + 24)
+    other = RenderConfig().to_dict()
+    with pytest.raises(FormatError, match=r"eeg_eval.jsonl: images drawn with other render settings.*channels"):
+        check_render(other, saved, "checkpoints/vision", str(tmp_path / "eeg_eval.jsonl"))
+    records = read_records(tmp_path / "eeg_ft.json")
+    records[3]["render"] = other["id"]
+    with pytest.raises(FormatError, match=rf"record '{records[3]['id']}' \(#3\) was drawn with render settings"):
+        records_render(records, tmp_path / "eeg_ft.json")
+    saved["px_per_s"] = 12
+    (tmp_path / RENDER_FILE).write_text(json.dumps(saved))
+    with pytest.raises(FormatError, match="render.json: render settings do not match their id"):
+        records_render(read_records(tmp_path / "eeg_eval.jsonl"), tmp_path / "eeg_eval.jsonl")
 
 
 def _expect_error(tmp_path, edf_dir, pattern, capsys, *extra):
@@ -131,7 +160,7 @@ def test_rerun_with_another_split_leaves_no_stale_images(nights, tmp_path):
             assert {p.name for p in (tmp_path / folder).iterdir()} == named
         assert {r["subject"] for r in read_records(tmp_path / "eeg_eval.jsonl")} == {eval_subject}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eeg_eval.jsonl", "eeg_ft.json", "eeg_images_eval",
-                                                          "eeg_images_ft"]
+                                                          "eeg_images_ft", RENDER_FILE]
 
 
 def test_eeg_vlm_unknown_command_is_one_line_on_stderr(capsys):

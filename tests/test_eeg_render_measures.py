@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from eeg_vlm.formats import STAGES, stage_line
+from eeg_vlm.formats import STAGES, FormatError, stage_line
 from sleep_eeg import cot
 from sleep_eeg.measures import epoch_measures
-from sleep_eeg.render import RenderConfig, render_epoch, segment
+from sleep_eeg.render import RenderConfig, render_epoch, render_night, segment
 
 FS = 100.0
 T = np.arange(3000) / FS
@@ -17,7 +17,7 @@ def ink(img):
 
 def test_flat_signal_draws_one_line_and_nothing_else():
     cfg = RenderConfig()
-    img = render_epoch(np.zeros(3000), FS, cfg)
+    img = render_epoch([np.zeros(3000)], [FS], cfg)
     assert img.size == (360, 128) and img.mode == "L"
     mask = ink(img)
     assert (mask.sum(axis=0) == 1).all()  # one pixel per column: no text, no axes, no frame
@@ -26,22 +26,46 @@ def test_flat_signal_draws_one_line_and_nothing_else():
 
 def test_fixed_microvolt_scale_and_clipping():
     cfg = RenderConfig(uv=150.0, height=129)
-    rows = np.flatnonzero(ink(render_epoch(75 * np.sin(2 * np.pi * 0.5 * T), FS, cfg)).any(axis=1))
+    rows = np.flatnonzero(ink(render_epoch([75 * np.sin(2 * np.pi * 0.5 * T)], [FS], cfg)).any(axis=1))
     assert rows.min() == 32 and rows.max() == 96  # ±75 µV is half of ±150 µV
-    rows = np.flatnonzero(ink(render_epoch(1000 * np.sin(2 * np.pi * 0.5 * T), FS, cfg)).any(axis=1))
+    rows = np.flatnonzero(ink(render_epoch([1000 * np.sin(2 * np.pi * 0.5 * T)], [FS], cfg)).any(axis=1))
     assert rows.min() == 0 and rows.max() == 128  # clipped at the edges
 
 
 def test_context_and_spectrogram_panels():
     cfg = RenderConfig(context_s=5, spectrogram=True)
     night = 30 * np.sin(2 * np.pi * 10 * np.arange(9000) / FS)
-    img = np.asarray(render_epoch(segment(night, FS, 0, 5), FS, cfg))
+    img = np.asarray(render_epoch([segment(night, FS, 0, 5)], [FS], cfg))
     assert img.shape == (128 + 48, 480)
     assert (img[:128, :60] == 255).all()  # before the recording: nothing drawn
     assert set(np.unique(img[:128, 60:420])) == {0, 255} and 170 in img[:128, 420:]  # grey context
     spec = img[128:].astype(float)
     alpha_row = int(round((1 - 10 / 30) * 47))  # 10 Hz, low frequencies at the bottom
     assert spec[alpha_row].mean() < spec[5].mean()  # darker = more power
+
+
+def test_each_panel_follows_its_own_channel_and_a_1hz_emg_is_drawn():
+    cfg = RenderConfig(channels=("EEG Fpz-Cz", "EOG horizontal", "EMG submental"), spectrogram=True)
+    n = 4 * 3000
+    t = np.arange(n) / FS
+    rng = np.random.default_rng(0)
+    eeg = 30 * np.sin(2 * np.pi * 10 * t) + rng.normal(0, 5, n)
+    eog = 150 * np.sin(2 * np.pi * 0.3 * t)
+    emg = np.r_[np.full(60, 50.0), np.full(60, 2.0)]  # 1 Hz: high tone, then atonia
+    signals = {"EEG Fpz-Cz": (eeg, FS), "EOG horizontal": (eog, FS), "EMG submental": (emg, 1.0)}
+    images = [np.asarray(im) for im in render_night(signals, [0, 3], cfg)]
+    rows = np.cumsum([0, 128 + 48, 64, 24])  # EEG + spectrogram, EOG, EMG
+    assert images[0].shape == (rows[-1], 360) == (cfg.size[1], cfg.size[0])
+    emg_ink = [(im[rows[2]:] < 255).sum(axis=0) for im in images]
+    assert emg_ink[0].min() > 18 and emg_ink[1].max() < 6  # 50 µV fills most of the strip, 2 µV a sliver
+    quiet_eog = dict(signals, **{"EOG horizontal": (np.zeros(n), FS)})
+    changed = [np.asarray(im) for im in render_night(quiet_eog, [0, 3], cfg)]
+    for a, b in zip(images, changed):  # only the EOG panel moved
+        assert (a[: rows[1]] == b[: rows[1]]).all() and (a[rows[2]:] == b[rows[2]:]).all()
+        assert (a[rows[1] : rows[2]] != b[rows[1] : rows[2]]).any()
+        assert ((b[rows[1] : rows[2]] < 255).sum(axis=0) == 1).all()  # a flat EOG: one line
+    with pytest.raises(FormatError, match="no signal for channel"):
+        render_night({"EEG Fpz-Cz": (eeg, FS)}, [0], cfg)
 
 
 def test_band_powers_against_analytic_values():

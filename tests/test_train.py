@@ -11,6 +11,7 @@ import shlex
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -223,23 +224,48 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # (3) Any batch size, both fusion modes; features matched by record
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("batch,fusion,projector", [(1, "add", "shared"), (3, "token", "separate"),
-                                                    (16, "add", "separate")])
-def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, recwarn, batch, fusion, projector):
+@pytest.mark.parametrize("batch,fusion,projector,balance", [(1, "add", "shared", 0), (3, "token", "separate", 1),
+                                                            (16, "add", "separate", 0)])
+def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, recwarn, batch, fusion, projector, balance):
     from llava.train.train import train
+    from llava.train.trainer import ClassBalancedSampler
+    from sleep_eeg.render import RenderConfig
 
     data = make_data(tmp_path / "data", n=5)
+    drawn = RenderConfig(px_per_s=6).to_dict()
+    if balance:  # records that say how their images were drawn
+        formats.write_json(data / formats.RENDER_FILE, drawn)
+        records = [{**r, "render": drawn["id"]} for r in formats.read_records(data / "eeg_ft.json")]
+        formats.write_json(data / "eeg_ft.json", records)
+        formats.save_features(data / formats.FEATURES_TRAIN_NAME, np.load(data / formats.FEATURES_TRAIN_NAME))
     out = tmp_path / "run"
     trainer = train(quick_argv(tiny_llava, data, out, "--per_device_train_batch_size", str(batch),
-                               "--hl_fusion", fusion, "--hl_projector", projector))
+                               "--hl_fusion", fusion, "--hl_projector", projector, "--class_balance", str(balance)))
     deprecated = [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)
                   and "checkpointing" in str(w.message)]
     assert not deprecated  # LoRA + --gradient_checkpointing through transformers 5's new names only
     assert trainer.state.global_step == 1 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
     config = json.loads((out / "config.json").read_text())
     assert (config["mm_hl_fusion"], config["mm_hl_projector"]) == (fusion, projector)
+    assert config["eeg_render"] == (drawn if balance else None)
+    assert isinstance(trainer._get_train_sampler(), ClassBalancedSampler) == bool(balance)
     non_lora = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     assert any(".mm_hl_projector." in k for k in non_lora) == (projector == "separate")
+
+
+def test_class_balance_draws_every_stage_equally_often():
+    from llava.train.trainer import ClassBalancedSampler
+
+    labels = ["N2"] * 600 + ["W"] * 300 + ["N1"] * 60 + ["REM"] * 30 + ["N3"] * 10
+    sampler, counts = ClassBalancedSampler(labels, 1.0, seed=1), Counter()
+    for epoch in range(5):  # a fresh draw each epoch
+        sampler.set_epoch(epoch)
+        counts.update(labels[i] for i in sampler)
+    assert min(counts.values()) > 0.8 * 1000 and max(counts.values()) < 1.2 * 1000  # 5 x 1000 draws, 5 stages
+    half = Counter(labels[i] for i in ClassBalancedSampler(labels, 0.5, seed=1))
+    assert half["N2"] > half["N1"] > half["N3"] and half["N1"] > 60  # half-way: still ordered, N1 raised
+    grouped = list(ClassBalancedSampler(labels, 1.0, seed=1, lengths=[5] * 1000, batch_size=16))
+    assert len(grouped) == 1000 and set(grouped) <= set(range(1000))
 
 
 def test_features_follow_the_record_not_the_batch_position(tiny_llava, tmp_path):

@@ -255,3 +255,73 @@ def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, 
                              import_modules=["my_eeg_modules"])
     assert feats.shape == (len(read_records(records)), 1, 64)
     assert "user_tiny_cnn" in registry._REGISTRY
+
+
+def _as_nights(records: Path, out: Path, render: dict | None = None) -> Path:
+    """The records as 12 nights of 10 consecutive epochs (file order), optionally drawn with ``render``."""
+    recs = read_records(records)
+    for i, r in enumerate(recs):
+        r.update(psg=f"N{i // 10:02d}-PSG.edf", epoch=i % 10)
+        if render is not None:
+            r["render"] = render["id"]
+    write_json(out, recs)
+    if render is not None:
+        write_json(out.parent / "render.json", render)
+    return out
+
+
+def test_context_feature_sees_its_neighbours_and_nothing_across_nights_or_files(trained, tmp_path):
+    from vision_modules.checkpoint import load_vision_module
+    from vision_modules.context import ContextHead
+    from vision_modules.data import record_image_paths
+    from vision_modules.extract import record_outputs
+
+    root, records, ckpt, _ = trained
+    nights = _as_nights(records, tmp_path / "nights.json")
+    recs = read_records(nights)
+    model, _ = load_vision_module(ckpt)
+    torch.manual_seed(0)
+    model.context_head = ContextHead(1024, k=2, num_classes=5).eval()
+    paths = record_image_paths(recs, root / "img", "nights", progress=False)
+
+    def features(paths, recs=recs):
+        return record_outputs(model, recs, paths, "nights", progress=False)[0][:, 0]
+
+    base = features(paths)
+    changed = list(paths)
+    changed[15] = paths[0] if paths[15] != paths[0] else paths[1]  # night 1, epoch 5 gets another image
+    moved = np.flatnonzero(np.abs(features(changed) - base).max(axis=1) > 1e-6)
+    assert moved.tolist() == [13, 14, 15, 16, 17]  # epochs 3..7 of night 1: i-2..i+2, within the night
+    changed = list(paths)
+    changed[19] = paths[0]  # the last epoch of night 1: night 2's first epoch is next in the file
+    moved = np.flatnonzero(np.abs(features(changed) - base).max(axis=1) > 1e-6)
+    assert moved.tolist() == [17, 18, 19]
+    # A split (another file) holding only night 2 gives night 2 the same features: nothing leaks across files.
+    np.testing.assert_allclose(features(paths[20:30], recs[20:30]), base[20:30], rtol=1e-5, atol=1e-6)
+    bad = [dict(r) for r in recs]
+    del bad[4]["epoch"]
+    with pytest.raises(FormatError, match=r"nights: record '.*' \(#4\) has no 'epoch'"):
+        record_outputs(model, bad, paths, "nights", progress=False)
+
+
+def test_context_head_trains_and_render_settings_bind_the_checkpoint(trained, tmp_path):
+    from sleep_eeg.render import RenderConfig
+    from vision_modules.predict import predict_stages
+
+    root, records, _, _ = trained
+    drawn = RenderConfig(px_per_s=4).to_dict()
+    nights = _as_nights(records, tmp_path / "data" / "nights.json", drawn)
+    metrics = train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=2, batch_size=16,
+                                  lr=2e-3, image_size=SIZE, val_fraction=0.25, context=1, progress=False)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["render"] == drawn and config["context"]["k"] == 1
+    assert metrics["context"]["macro_f1"] is not None and (tmp_path / "ckpt" / "context_head.safetensors").is_file()
+    feats = extract_features(tmp_path / "ckpt", nights, root / "img", tmp_path / "f.npy", progress=False)
+    assert feats.shape == (120, 1, 1024)
+    answers = predict_stages(tmp_path / "ckpt", nights, root / "img", tmp_path / "answers.jsonl", progress=False)
+    assert len(answers) == 120 and all(abs(sum(a["metadata"]["probabilities"].values()) - 1) < 1e-4 for a in answers)
+    other = _as_nights(records, tmp_path / "other" / "nights.json", RenderConfig().to_dict())
+    with pytest.raises(FormatError, match=r"other/nights.json: images drawn with other render settings than .*ckpt "
+                                          r"was trained on \(px_per_s: 4.0 vs 12.0\)"):
+        extract_features(tmp_path / "ckpt", other, root / "img", tmp_path / "g.npy", progress=False)
+    assert not (tmp_path / "g.npy").exists()

@@ -2,7 +2,9 @@
 
 ``config.json`` holds ``arch``, ``import_path`` (the Python module that registered a user arch),
 ``feature_dim``, ``num_classes``, ``classes`` (index -> stage), ``module_kwargs`` (e.g. ``image_size``,
-``tap``), ``input_size``, ``mean``, ``std``, the training ``args`` and the best ``val_metrics``.
+``tap``), ``input_size``, ``mean``, ``std``, the training ``args``, the best ``val_metrics``, ``render`` (how
+the training images were drawn, ``sleep_eeg.render``) and, with a temporal head, ``context`` (its ``k``,
+``hidden`` and validation metrics; weights in ``context_head.safetensors``, see ``vision_modules.context``).
 """
 from __future__ import annotations
 
@@ -16,19 +18,41 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from eeg_vlm.formats import FormatError, atomic_path, write_json
+from vision_modules.context import HEAD_NAME, ContextHead
 from vision_modules.registry import create_vision_module
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-def save_checkpoint(out: str | os.PathLike, model: nn.Module, config: dict[str, Any]) -> None:
-    """Write weights then config, each atomically (the config last, so a folder with one is complete)."""
-    out = Path(out)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / WEIGHTS_NAME) as tmp:
+def _save_weights(path: Path, module: nn.Module) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def save_checkpoint(out: str | os.PathLike, model: nn.Module, config: dict[str, Any],
+                    context_head: nn.Module | None = None) -> None:
+    """Write weights (and the context head's) then config, each atomically (the config last, so a folder
+    with one is complete)."""
+    out = Path(out)
+    _save_weights(out / WEIGHTS_NAME, model)
+    if context_head is not None:
+        _save_weights(out / HEAD_NAME, context_head)
     write_json(out / CONFIG_NAME, config)
+
+
+def _load_weights(path: Path, module: nn.Module, what: str) -> None:
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated / foreign files
+        raise FormatError(f"{path}: cannot read safetensors weights ({e})") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FormatError(
+            f"{path}: weights do not fit {what} "
+            f"({len(missing)} missing e.g. {missing[:1]}, {len(unexpected)} unexpected e.g. {unexpected[:1]})"
+        )
 
 
 def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
@@ -47,7 +71,8 @@ def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the module from ``config.json`` and load its weights (strictly); returns (module in eval mode, config)."""
+    """Rebuild the module from ``config.json`` and load its weights (strictly); returns (module in eval mode, config).
+    The module's ``context_head`` is its temporal head, or None."""
     config = read_config(checkpoint)
     model = create_vision_module(
         config["arch"],
@@ -58,15 +83,11 @@ def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device
         where=str(Path(checkpoint) / CONFIG_NAME),
         **config.get("module_kwargs", {}),
     )
-    weights = Path(checkpoint) / WEIGHTS_NAME
-    try:
-        state = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for truncated / foreign files
-        raise FormatError(f"{weights}: cannot read safetensors weights ({e})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise FormatError(
-            f"{weights}: weights do not fit arch {config['arch']!r} "
-            f"({len(missing)} missing e.g. {missing[:1]}, {len(unexpected)} unexpected e.g. {unexpected[:1]})"
-        )
+    _load_weights(Path(checkpoint) / WEIGHTS_NAME, model, f"arch {config['arch']!r}")
+    model.context_head = None
+    if config.get("context"):
+        ctx = config["context"]
+        head = ContextHead(int(config["feature_dim"]), int(ctx["k"]), int(config["num_classes"]), int(ctx["hidden"]))
+        _load_weights(Path(checkpoint) / HEAD_NAME, head, f"a context head with k={ctx['k']}")
+        model.context_head = head.eval()
     return model.to(device).eval(), config

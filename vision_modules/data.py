@@ -43,6 +43,13 @@ def record_labels(records: Sequence[dict], where: str) -> list[int]:
     return [STAGE_INDEX[check_stage(rec.get("label"), f"{where}: record {record_id(rec)!r} (#{i})")] for i, rec in enumerate(records)]
 
 
+def image_tensor(im: Image.Image, size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """An epoch image as the module's input ``[3, H, W]``: RGB, resized (bilinear, antialiased), normalised."""
+    x = TF.pil_to_tensor(im.convert("RGB"))
+    x = TF.resize(x, [int(size[-2]), int(size[-1])], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.normalize(x.float().div_(255.0), list(mean), list(std))
+
+
 class EEGImageDataset(Dataset):
     """``(image tensor [3, H, W], label)``; label is -1 when the records carry none (extraction)."""
 
@@ -66,10 +73,7 @@ class EEGImageDataset(Dataset):
         path = self.paths[i]
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")
+                x = image_tensor(im, self.size, self.mean, self.std)
         except (UnidentifiedImageError, OSError) as e:
             raise FormatError(f"{path}: not a readable image ({e})") from None
-        x = TF.pil_to_tensor(im)
-        x = TF.resize(x, self.size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        x = TF.normalize(x.float().div_(255.0), self.mean, self.std)
         return x, self.labels[i]

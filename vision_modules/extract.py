@@ -2,11 +2,15 @@
 
 Writes float32 ``[N, 1, D]`` with ``formats.save_features`` (atomic) and the sidecar ``<out>.json``
 (checkpoint and records hashes, N, D). Same inputs (and batch size), same bytes: eval mode, fixed
-order, deterministic torch algorithms. Nothing is written when any input is bad.
+order, deterministic torch algorithms. Nothing is written when any input is bad: records drawn with other
+render settings than the module was trained on are refused. A module with a context head
+(``vision_modules.context``) gives each record the feature that sees its night's neighbours.
+:func:`night_features` does the same for one night's images in memory (``eeg-vlm stage``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -16,14 +20,79 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from eeg_vlm.formats import FormatError, file_sha256, read_records, save_features
+from PIL import Image
+
+from eeg_vlm.formats import FormatError, check_render, file_sha256, read_records, records_render, save_features
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
-from vision_modules.data import EEGImageDataset, record_image_paths
+from vision_modules.context import HEAD_NAME, apply_head, neighbour_index, night_keys
+from vision_modules.data import EEGImageDataset, image_tensor, record_image_paths
 from vision_modules.modules import memory_format
 from vision_modules.registry import import_user_modules
 
 
 @torch.no_grad()
+def image_outputs(model: torch.nn.Module, batches, device: str, progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-epoch features [N, D] and logits [N, C] of the image model, batch by batch (no context)."""
+    feats, logits = [], []
+    for images in tqdm(batches, desc=desc, disable=not progress):
+        out = model(images.to(device, memory_format=memory_format(model)))
+        feats.append(out.features.float().flatten(1).cpu())
+        logits.append(out.logits.float().cpu())
+    return torch.cat(feats), torch.cat(logits)
+
+
+def _with_context(model: torch.nn.Module, feats: torch.Tensor, logits: torch.Tensor,
+                  keys: Sequence[tuple[str, int]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(features [N, 1, D], probabilities [N, C])``: through the context head when the module has one."""
+    head = getattr(model, "context_head", None)
+    if head is not None:
+        feats, logits = apply_head(head.cpu(), feats, neighbour_index(keys, head.k))
+    return feats[:, None, :].numpy(), torch.softmax(logits, dim=1).numpy()
+
+
+@torch.no_grad()
+def record_outputs(
+    model: torch.nn.Module, recs: Sequence[dict], paths: Sequence[Path], where: str, batch_size: int = 32,
+    device: str = "cpu", workers: int = 0, progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(features [N, 1, D], probabilities [N, C])`` of the records' first images, in file order."""
+    keys = night_keys(recs, where) if getattr(model, "context_head", None) is not None else None
+    dataset = EEGImageDataset(paths, None, model.input_size, model.mean, model.std)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        feats, logits = image_outputs(model, (x for x, _ in loader), device, progress, "extract")
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    return _with_context(model, feats, logits, keys)
+
+
+@torch.no_grad()
+def night_features(
+    model: torch.nn.Module, config: dict, images: Sequence[Image.Image], epochs: Sequence[int] | None = None,
+    batch_size: int = 64, device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """One night's epoch images (in memory, drawn with the checkpoint's ``config["render"]``) ->
+    ``(features float32 [N, 1, D], probabilities [N, C])``. ``epochs``: the images' epoch numbers (default
+    0..N-1); a context head treats missing numbers as absent neighbours."""
+    epochs = list(range(len(images))) if epochs is None else list(epochs)
+    if len(epochs) != len(images):
+        raise ValueError(f"{len(images)} images but {len(epochs)} epoch numbers")
+    batches = (torch.stack([image_tensor(im, model.input_size, model.mean, model.std)
+                            for im in images[s : s + batch_size]]) for s in range(0, len(images), batch_size))
+    feats, logits = image_outputs(model, batches, device, False, "night")
+    return _with_context(model, feats, logits, [("night", int(e)) for e in epochs])
+
+
+def checkpoint_sha256(checkpoint: Path) -> str:
+    """The module's content fingerprint: its weights, and its context head's when it has one."""
+    parts = [file_sha256(checkpoint / WEIGHTS_NAME)]
+    if (checkpoint / HEAD_NAME).is_file():
+        parts.append(file_sha256(checkpoint / HEAD_NAME))
+    return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
 def extract_features(
     checkpoint: str | os.PathLike,
     records: str | os.PathLike,
@@ -43,25 +112,14 @@ def extract_features(
     import_user_modules(import_modules)
     checkpoint, records = Path(checkpoint), Path(records)
     recs = read_records(records)
-    paths = record_image_paths(recs, image_folder, str(records), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     if feature_dim is not None and int(config["feature_dim"]) != int(feature_dim):
         raise FormatError(
             f"{checkpoint}: the checkpoint gives {config['feature_dim']}-d features but {feature_dim} were asked"
         )
-    dataset = EEGImageDataset(paths, None, model.input_size, model.mean, model.std)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        rows = []
-        for images, _ in tqdm(loader, desc="extract", disable=not progress):
-            feats = model(images.to(device, memory_format=memory_format(model))).features
-            rows.append(feats.float().cpu())
-        features = torch.cat(rows).numpy()
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+    check_render(config.get("render"), records_render(recs, records), str(checkpoint), str(records))
+    paths = record_image_paths(recs, image_folder, str(records), progress=progress)
+    features, _ = record_outputs(model, recs, paths, str(records), batch_size, device, workers, progress)
     if features.shape != (len(recs), 1, int(config["feature_dim"])):
         raise FormatError(f"{checkpoint}: arch {config['arch']!r} returned features {list(features.shape)}, expected [N, 1, D]")
     if not np.isfinite(features).all():
@@ -72,7 +130,7 @@ def extract_features(
             features,
             sidecar={
                 "checkpoint": str(checkpoint),
-                "checkpoint_sha256": file_sha256(checkpoint / WEIGHTS_NAME),
+                "checkpoint_sha256": checkpoint_sha256(checkpoint),
                 "arch": config["arch"],
                 "records": str(records),
                 "records_sha256": file_sha256(records),

@@ -3,7 +3,8 @@
 The module's class head (trained beside its features) gives five probabilities per epoch; the answer
 is the most probable stage, written in the answers format (``Sleep stage: X``, with the probabilities
 in ``metadata["probabilities"]``), so ``eeg-vlm score`` scores the vision module exactly as it scores
-EEG-VLM and the baselines. Written atomically; nothing is written when any input is bad.
+EEG-VLM and the baselines. With a context head, its logits give the stage. Written atomically; nothing is
+written when any input is bad (records drawn with other render settings than the module's are refused).
 """
 from __future__ import annotations
 
@@ -11,17 +12,12 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
-from eeg_vlm.formats import STAGES, file_sha256, make_answer, read_records, record_id, stage_line, write_jsonl
-from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
-from vision_modules.data import EEGImageDataset, record_image_paths
-from vision_modules.modules import memory_format
+from eeg_vlm.formats import STAGES, check_render, make_answer, read_records, record_id, records_render, stage_line, write_jsonl
+from vision_modules.checkpoint import load_vision_module
+from vision_modules.data import record_image_paths
+from vision_modules.extract import checkpoint_sha256, record_outputs
 
 
-@torch.no_grad()
 def predict_stages(
     checkpoint: str | os.PathLike,
     questions: str | os.PathLike,
@@ -34,16 +30,12 @@ def predict_stages(
     """Write one answer per question (file order) and return them."""
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
-    paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     model, config = load_vision_module(checkpoint, device)
+    check_render(config.get("render"), records_render(recs, questions), str(checkpoint), str(questions))
+    paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     classes = list(config.get("classes", STAGES))
-    loader = DataLoader(EEGImageDataset(paths, None, model.input_size, model.mean, model.std), batch_size=batch_size)
-    probs = []
-    for images, _ in tqdm(loader, desc="predict", disable=not progress):
-        logits = model(images.to(device, memory_format=memory_format(model))).logits
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    p = torch.cat(probs).numpy() if probs else []
-    model_id = f"vision-{config['arch']}-{file_sha256(checkpoint / WEIGHTS_NAME)[:12]}"
+    _, p = record_outputs(model, recs, paths, str(questions), batch_size, device, progress=progress)
+    model_id = f"vision-{config['arch']}-{checkpoint_sha256(checkpoint)[:12]}"
     answers = []
     for i, (rec, row) in enumerate(zip(recs, p)):
         stage = classes[int(row.argmax())]

@@ -4,7 +4,9 @@ Labels come from the records' ``label`` (W N1 N2 N3 REM). The loss is weighted b
 frequency (N1 is rare in real nights). Validation holds out whole subjects when every record carries
 ``subject`` (and there are at least two), otherwise a stratified random part of the records. The
 checkpoint with the best validation macro-F1 is kept (``model.safetensors`` + ``config.json``);
-``resume.pt`` holds the last epoch's full state for ``--resume``.
+``resume.pt`` holds the last epoch's full state for ``--resume``. The records' render settings go into the
+checkpoint, so extraction refuses images drawn another way. ``--context K`` then trains a temporal head on
+the best module's features (``vision_modules.context``).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from eeg_vlm.formats import STAGES, FormatError, atomic_path, read_records
-from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
+from eeg_vlm.formats import STAGES, FormatError, atomic_path, read_records, records_render
+from vision_modules.checkpoint import CONFIG_NAME, load_vision_module, read_config, save_checkpoint
+from vision_modules.context import neighbour_index, night_keys, train_head
 from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
 from vision_modules.modules import TimmVisionModule, memory_format
 from vision_modules.registry import builder_import_path, create_vision_module, import_user_modules
@@ -89,6 +92,7 @@ def train_vision_module(
     pretrained: str | bool | None = None,
     feature_dim: int = 1024,
     tap: int | None = None,
+    context: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``arch`` and save the best checkpoint in ``out``; returns its validation metrics
@@ -106,6 +110,8 @@ def train_vision_module(
 
     recs = read_records(records_path)
     labels = record_labels(recs, str(records_path))
+    render = records_render(recs, records_path)
+    keys = night_keys(recs, str(records_path)) if context > 0 else None
     paths = record_image_paths(recs, image_folder, str(records_path), progress=progress)
     train_idx, val_idx, split = split_train_val(recs, labels, val_fraction, seed)
 
@@ -175,6 +181,7 @@ def train_vision_module(
         "std": list(model.std),
         "args": args,
         "split": {"by": split, "n_train": len(train_idx), "n_val": len(val_idx)},
+        "render": render,
     }
     print(f"vision train: {arch}, {len(train_idx)} train / {len(val_idx)} val records (split by {split}), "
           f"input {tuple(model.input_size)}, feature {feature_dim}, {epochs} epochs")
@@ -208,8 +215,27 @@ def train_vision_module(
                    f"({metrics['seconds']:.0f}s){' *best*' if is_best else ''}")
     if best is None:
         raise FormatError(f"{out}: nothing trained (epochs={epochs}, already done {start_epoch})")
+    if context > 0:
+        best = {**best, "context": add_context_head(out, dataset, np.asarray(labels), keys, train_idx, val_idx,
+                                                    context, batch_size, device, seed, progress)}
     print(f"best checkpoint: {out} (epoch {best['epoch']})")
     return best
+
+
+def add_context_head(out: Path, dataset: EEGImageDataset, labels: np.ndarray, keys, train_idx, val_idx, k: int,
+                     batch_size: int, device: str, seed: int, progress: bool) -> dict[str, Any]:
+    """Train the temporal head on the best module's features of every record and save it beside the module."""
+    from vision_modules.extract import image_outputs
+
+    model, config = load_vision_module(out, device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    features, _ = image_outputs(model, (x for x, _ in loader), device, progress, "context features")
+    head, metrics = train_head(features, labels, neighbour_index(keys, k), train_idx, val_idx, k, len(STAGES), seed=seed)
+    save_checkpoint(out, model, {**config, "context": {"k": k, "hidden": head.hidden,
+                                                        "val_metrics": metrics}}, context_head=head)
+    val = "" if metrics["accuracy"] is None else f": val acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+    print(f"context head (k={k}, epochs i-{k}..i+{k}){val}")
+    return metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -230,6 +256,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", metavar="PATH", help="local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init")
     p.add_argument("--feature-dim", type=int, default=1024, help="size of the high-level feature (the projector's mm_hidden_size)")
     p.add_argument("--tap", type=int, help="backbone feature stage to tap (timm feature_info index; default -2)")
+    p.add_argument("--context", type=int, default=0, metavar="K",
+                   help="then train a temporal head: each epoch's feature sees epochs i-K..i+K of its night (default 0: none)")
     p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
                    help="a Python module to import first: it registers your own vision module (repeatable)")
     p.add_argument("--no-progress", action="store_true")
@@ -243,6 +271,6 @@ def main_from_args(a: argparse.Namespace) -> int:
         a.arch, a.records, a.image_folder, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
         weight_decay=a.weight_decay, image_size=(a.image_size * 2)[:2] if a.image_size else None,
         val_fraction=a.val_fraction, seed=a.seed, device=a.device, workers=a.workers, resume=a.resume,
-        pretrained=True if a.pretrained == "hub" else a.pretrained, feature_dim=a.feature_dim, tap=a.tap, progress=not a.no_progress,
+        pretrained=True if a.pretrained == "hub" else a.pretrained, feature_dim=a.feature_dim, tap=a.tap, context=a.context, progress=not a.no_progress,
     )
     return 0

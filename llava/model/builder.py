@@ -9,7 +9,6 @@ The CLIP tower is read from ``mm_vision_tower`` after the language model (it is 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, Lla
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from eeg_vlm.formats import FormatError
-from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.config import HL_FUSIONS, HL_PROJECTORS, LlavaConfig, load_config
 from llava.model.multimodal import LlavaMetaForCausalLM
 from llava.model.projector import build_vision_projector

@@ -80,6 +80,11 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = field(default=False)
+    class_balance: float = field(
+        default=0.0,
+        metadata={"help": "EEG-VLM: draw records with weight count(stage)^-P by their label (1: every stage "
+                  "equally often; 0: off, as the paper)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the run already in --output_dir (its checkpoint-N folders and final save); "
@@ -90,6 +95,8 @@ class TrainingArguments(transformers.TrainingArguments):
     warmup_ratio: float | None = field(default=None, metadata={"help": "Warm-up as a ratio of the total steps."})
 
     def __post_init__(self):
+        if self.class_balance < 0:
+            raise ValueError(f"--class_balance must be >= 0 (0 is off), got {self.class_balance}")
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_ratio is not None:

@@ -104,6 +104,12 @@ class SupervisedDataset(Dataset):
         return [_word_count(rec) + 128 * len(formats.record_images(rec)) for rec in self.records]
 
     @property
+    def stage_labels(self) -> list[str]:
+        """Every record's ``label`` (for ``--class_balance``); a record without a stage label is refused."""
+        return [formats.check_stage(rec.get("label"), f"{self.data_path}: record {formats.record_id(rec)!r} (#{i}) "
+                                    "(--class_balance needs a 'label')") for i, rec in enumerate(self.records)]
+
+    @property
     def modality_lengths(self) -> list[int]:
         """Word counts, positive for records with images and negative for text-only ones."""
         return [_word_count(rec) if formats.record_images(rec) else -_word_count(rec) for rec in self.records]

@@ -272,6 +272,7 @@ def _train(model_args, data_args, training_args, attn_implementation, tokenizer,
     config.conv_version = model_args.version
     config.mm_hl_fusion = model_args.hl_fusion
     config.mm_hl_projector = model_args.hl_projector
+    config.eeg_render = formats.records_render(records, data_args.data_path)  # how the images were drawn
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(tokenizer, key, None) is not None:
             setattr(config, key, getattr(tokenizer, key))

@@ -3,6 +3,9 @@
 - ``--mm_projector_lr``: the projector(s) (``mm_projector`` and ``mm_hl_projector``) get their own learning rate.
 - ``--group_by_modality_length``: each batch holds records of one modality (with / without images), long
   ones together; works when every record has the same modality.
+- ``--class_balance P`` (EEG-VLM; 0, off, by default as in the paper): records are drawn with replacement with
+  weight ``count(stage) ** -P`` by their ``label``, so ``1`` gives every stage an equal share of the
+  batches and ``0.5`` halves the imbalance; then grouped by modality as above when that flag is on.
 - Saving a LoRA run (at the end and at every ``checkpoint-N``): the trainable parameters are gathered from
   their ZeRO-3 shards (all ranks take part), then the main process writes, in LLaVA-1.5's layout,
   ``adapter_config.json`` + adapter weights, ``non_lora_trainables.bin`` (e.g.
@@ -58,6 +61,40 @@ def modality_grouped_indices(lengths: list[int], batch_size: int, generator: tor
             (full if len(chunk) == batch_size else partial).append(chunk)
     chunks = [full[j] for j in torch.randperm(len(full), generator=generator).tolist()] + partial
     return [i for chunk in chunks for i in chunk]
+
+
+def class_balanced_indices(labels: list[str], power: float, generator: torch.Generator) -> list[int]:
+    """``len(labels)`` indices drawn with replacement, each record weighted ``count(its label) ** -power``."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    weights = torch.tensor([counts[label] ** -power for label in labels], dtype=torch.float64)
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator).tolist()
+
+
+class ClassBalancedSampler(Sampler):
+    """Indices for ``--class_balance``: a fresh balanced draw every epoch (seed + epoch), optionally
+    grouped by modality."""
+
+    def __init__(self, labels: list[str], power: float, seed: int = 0, lengths: list[int] | None = None,
+                 batch_size: int = 1):
+        self.labels, self.power, self.seed = list(labels), power, seed
+        self.lengths, self.batch_size = lengths, batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = class_balanced_indices(self.labels, self.power, g)
+        if self.lengths is None:
+            return iter(drawn)
+        order = modality_grouped_indices([self.lengths[i] for i in drawn], self.batch_size, g)
+        return iter(drawn[j] for j in order)
 
 
 class ModalityLengthGroupedSampler(Sampler):
@@ -201,12 +238,13 @@ class LLaVATrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.group_by_modality_length and dataset is not None:
-            return ModalityLengthGroupedSampler(
-                dataset.modality_lengths,
-                self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps,
-                seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        batch = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        lengths = dataset.modality_lengths if self.args.group_by_modality_length and dataset is not None else None
+        if self.args.class_balance and dataset is not None:
+            return ClassBalancedSampler(dataset.stage_labels, self.args.class_balance, seed, lengths, batch)
+        if lengths is not None:
+            return ModalityLengthGroupedSampler(lengths, batch, seed=seed)
         return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
