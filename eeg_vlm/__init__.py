@@ -1,1 +1,13 @@
-"""EEG-VLM: the shared data formats and the ``eeg-vlm`` command line that ties the pipeline together."""
+"""EEG-VLM: the shared data formats and the ``eeg-vlm`` command line that ties the pipeline together.
+
+``from eeg_vlm import stage_night`` stages a whole EDF night (see ``eeg_vlm.stage``); it is imported on first use,
+so that ``eeg_vlm.formats`` stays light.
+"""
+
+
+def __getattr__(name: str):
+    if name in ("stage_night", "StagedNight", "Stager"):
+        from eeg_vlm import stage
+
+        return getattr(stage, name)
+    raise AttributeError(f"module 'eeg_vlm' has no attribute {name!r}")

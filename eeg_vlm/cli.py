@@ -5,6 +5,7 @@
     eeg-vlm vision    train a specialized vision module / extract its high-level features
     eeg-vlm baseline  classic baselines (band-power logistic regression, YASA-style features + boosting)
     eeg-vlm score     answers -> accuracy, macro-F1, Cohen's kappa, per-class F1, plots
+    eeg-vlm stage     stage whole EDF nights: stages.csv, hypnogram, sleep statistics, report.html
     eeg-vlm demo      the whole pipeline on synthetic nights, on the CPU
 
 Training and evaluation keep LLaVA's entry points: ``deepspeed llava/train/train_mem.py`` and
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vision": ("vision_modules.cli", "specialized vision module: train | extract"),
     "baseline": ("sleep_eeg.baselines", "classic baselines: train | predict, answers scored like any model"),
     "score": ("sleep_eeg.score", "answers -> sleep-staging metrics and plots"),
+    "stage": ("eeg_vlm.stage", "stage whole EDF nights: stages.csv, hypnogram, sleep statistics, report.html"),
     "demo": ("eeg_vlm.demo", "the whole pipeline on synthetic nights, on the CPU"),
 }
 

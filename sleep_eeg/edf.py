@@ -120,7 +120,8 @@ def find_nights(edf_dir: str | Path) -> list[Night]:
     return nights
 
 
-def _start(edf: edfio.Edf) -> datetime.datetime | None:
+def start_datetime(edf: edfio.Edf) -> datetime.datetime | None:
+    """The recording's start date and time, or None when the file does not say (an anonymised date)."""
     try:
         return edf.startdatetime
     except Exception:  # anonymised start date ("X")
@@ -158,7 +159,7 @@ def read_channels(
             raise FormatError(f"{night.psg}: no hypnogram file and no '{STAGE_PREFIX} ...' annotations")
     else:
         hyp = read_edf(night.hypnogram)
-        a, b = _start(hyp), _start(psg)
+        a, b = start_datetime(hyp), start_datetime(psg)
         offset = (a - b).total_seconds() if a is not None and b is not None else 0.0
         annotations = stage_annotations(hyp, night.hypnogram, offset)
         if not annotations:

@@ -1,0 +1,81 @@
+"""Seconds to stage a whole synthetic night with ``eeg-vlm stage``, from the EDF to the report.
+
+    .venv/bin/python benchmarks/stage_night.py [--hours 8] [--threads 2] [--channels "EEG Fpz-Cz"]
+
+One ``eeg-vlm synth`` night (8 h = 960 epochs) is staged twice through ``eeg_vlm.stage``: by the vision module
+alone, and with the tiny random LLaVA (``llava.model.tiny``) in choices mode. The vision module is a resnet18 at
+the demo's input size with random weights (its speed does not depend on them); the render settings are
+``RenderConfig`` defaults. Timed: ``Stager.stage`` (reading the EDF, drawing every epoch in memory, features,
+VLM) plus ``StagedNight.save`` (CSV, figure, statistics, report), with the models loaded beforehand; the
+model loading is reported on its own.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", image_size=(64, 192)) -> Path:
+    """A vision-module checkpoint with random weights that records ``render`` (``RenderConfig.to_dict()``)."""
+    from eeg_vlm.formats import STAGES
+    from vision_modules.checkpoint import save_checkpoint
+    from vision_modules.registry import create_vision_module
+
+    torch.manual_seed(0)
+    kwargs = {"image_size": list(image_size)}
+    model = create_vision_module(arch, feature_dim=1024, num_classes=len(STAGES), **kwargs)
+    save_checkpoint(out, model, {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
+                                 "module_kwargs": kwargs, "input_size": list(model.input_size),
+                                 "mean": list(model.mean), "std": list(model.std), "render": render})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hours", type=float, default=8.0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--channels", default="EEG Fpz-Cz", help="comma-separated channels drawn (one panel each)")
+    p.add_argument("--batch-size", type=int, default=32)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eval_throughput import cpu_name
+
+    from eeg_vlm.stage import Stager
+    from llava.model.tiny import build_tiny_llava
+    from sleep_eeg.render import RenderConfig
+    from sleep_eeg.synth import synth_nights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        psg = synth_nights(tmp / "edf", 1, seed=0, hours=args.hours, verbose=False)[0]
+        render = RenderConfig(channels=tuple(c.strip() for c in args.channels.split(",")))
+        vision = random_vision_checkpoint(tmp / "vision", render.to_dict())
+        build_tiny_llava(tmp / "tiny", seed=0)
+        print(f"machine: {cpu_name()}, torch threads {torch.get_num_threads()}; {psg.name}, {args.hours:g} h, "
+              f"channels {', '.join(render.channels)}, images {render.size[0]}x{render.size[1]} px")
+        results = {}
+        for name, vlm in (("vision module only", None), ("with the tiny VLM (choices)", tmp / "tiny")):
+            t0 = time.perf_counter()
+            stager = Stager(vision, vlm, device="cpu", batch_size=args.batch_size)
+            loading = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            night = stager.stage(psg)
+            staged = time.perf_counter() - t0
+            night.save(tmp / "out" / name.split()[0])
+            total = time.perf_counter() - t0
+            results[name] = total
+            print(f"{name:<28} {len(night.stages)} epochs: {total:6.1f} s ({staged:.1f} s staging, "
+                  f"{total - staged:.1f} s writing the outputs; models loaded in {loading:.1f} s)")
+        a, b = results.values()
+        print(f"the VLM costs x{b / a:.2f} the vision module alone")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""eeg-vlm stage and stage_night: a synthetic EDF night to stages.csv, hypnogram, statistics and report."""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import json
+import re
+import shutil
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import edfio
+import numpy as np
+import pytest
+
+from eeg_vlm.cli import main as eeg_vlm_main
+from eeg_vlm.cli import run
+from eeg_vlm.formats import STAGES, FormatError
+from sleep_eeg.render import RenderConfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from stage_night import random_vision_checkpoint  # noqa: E402
+
+CHANNELS = ("EEG Fpz-Cz", "EOG horizontal")
+RENDER = RenderConfig(channels=CHANNELS, px_per_s=4, height=32, eog_height=16)  # small images: fast
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    """Two 15-minute synthetic nights (30 epochs each) and a random vision module trained on RENDER's images."""
+    from sleep_eeg.synth import synth_nights
+
+    root = tmp_path_factory.mktemp("stage")
+    psgs = synth_nights(root / "edf", 2, seed=0, hours=0.25, verbose=False)
+    hyps = sorted((root / "edf").glob("*-Hypnogram.edf"))
+    vision = random_vision_checkpoint(root / "vision", RENDER.to_dict(), image_size=(32, 96))
+    return {"root": root, "psgs": psgs, "hyps": hyps, "vision": vision}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def hand_statistics(stages: list[str]) -> dict:
+    """The AASM figures the plain way, epoch by epoch (0.5 min each)."""
+    sleep = [i for i, s in enumerate(stages) if s in ("N1", "N2", "N3", "REM")]
+    out = {"TIB": len(stages) / 2, "TST": len(sleep) / 2, "SE": 100 * len(sleep) / len(stages)}
+    for s in STAGES:
+        out[s] = stages.count(s) / 2
+    if sleep:
+        period = stages[sleep[0] : sleep[-1] + 1]
+        out.update(SOL=sleep[0] / 2, SPT=len(period) / 2, WASO=period.count("W") / 2,
+                   REM_latency=period.index("REM") / 2 if "REM" in period else None)
+    return out
+
+
+def assert_statistics(stats: dict, stages: list[str]) -> None:
+    for key, value in hand_statistics(stages).items():
+        assert stats[key] == pytest.approx(value), key
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.images = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("href", "src"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+
+
+def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_path, capsys):
+    psg, hyp, out = nights["psgs"][0], nights["hyps"][0], tmp_path / "report"
+    with pytest.raises(SystemExit) as code:
+        eeg_vlm_main(["stage", str(psg), "--hypnogram", str(hyp), "--vision", str(nights["vision"]),
+                      "--vlm", str(stage_only_llava[0]), "--out", str(out), "--explain", "--batch-size", "16"])
+    assert code.value.code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["agreement.json", "hypnogram.png", "report.html", "stages.csv",
+                                                     "statistics.json"]
+    rows = read_csv(out / "stages.csv")
+    start = edfio.read_edf(psg).startdatetime
+    n_epochs = int(edfio.read_edf(psg).duration // 30)
+    assert len(rows) == n_epochs == 30  # one row per complete epoch
+    for i, row in enumerate(rows):
+        assert int(row["epoch"]) == i and float(row["onset_s"]) == 30 * i
+        assert row["onset_clock"] == (start + datetime.timedelta(seconds=30 * i)).isoformat(" ")
+        probs = [float(row[f"p_{s}"]) for s in STAGES]
+        assert sum(probs) == pytest.approx(1, abs=1e-5) and row["stage"] == STAGES[int(np.argmax(probs))]
+        assert "reasoning" in row and row["scored"] in STAGES
+    stages, scored = [r["stage"] for r in rows], [r["scored"] for r in rows]
+    assert_statistics(json.loads((out / "statistics.json").read_text()), stages)
+    agreement = json.loads((out / "agreement.json").read_text())
+    assert agreement["accuracy"] == pytest.approx(np.mean([a == b for a, b in zip(stages, scored)]))
+    assert agreement["n"] == 30 and "kappa" in agreement and len(agreement["confusion_matrix"]["counts"]) == 5
+    assert_statistics(agreement["scored_statistics"], scored)
+    assert len(set(scored)) > 2  # the scored night is a real hypnogram, so the statistics test something
+    # the report is one file: the figure is inside it, nothing is linked
+    page = _Page()
+    text = (out / "report.html").read_text(encoding="utf-8")
+    page.feed(text)
+    assert page.links == [] and len(page.images) == 1 and page.images[0].startswith("data:image/png;base64,")
+    assert base64.b64decode(page.images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Sleep statistics" in text and "Agreement with the scored night" in text
+    assert (out / "hypnogram.png").read_bytes()[:4] == b"\x89PNG"
+    assert "report.html" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left beside it
+
+
+def test_python_api_vision_only(nights):
+    import matplotlib.figure
+
+    from eeg_vlm import stage_night
+
+    night = stage_night(nights["psgs"][1], vision=nights["vision"], device="cpu")
+    assert len(night.stages) == 30 and night.probabilities.shape == (30, 5)
+    np.testing.assert_allclose(night.probabilities.sum(axis=1), 1, atol=1e-6)
+    assert night.stages == [STAGES[i] for i in night.probabilities.argmax(axis=1)]
+    assert night.reasoning is None and night.agreement is None
+    assert night.statistics["TIB"] == 15.0
+    assert night.to_csv().splitlines()[0] == "epoch,onset_clock,onset_s,stage,p_W,p_N1,p_N2,p_N3,p_REM"
+    assert isinstance(night.plot(), matplotlib.figure.Figure)
+
+
+def test_several_nights_from_a_folder(nights, tmp_path):
+    from eeg_vlm import stage
+
+    assert stage.main(["--edf-dir", str(nights["root"] / "edf"), "--vision", str(nights["vision"]),
+                       "--out", str(tmp_path / "all")]) == 0
+    folders = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert folders == [p.name[: -len("-PSG.edf")] for p in nights["psgs"]]
+    for name in folders:  # the hypnograms were paired by their names
+        assert (tmp_path / "all" / name / "agreement.json").is_file()
+        assert len(read_csv(tmp_path / "all" / name / "stages.csv")) == 30
+
+
+def _other_channels(nights, tmp_path):
+    vision = random_vision_checkpoint(tmp_path / "c3", RenderConfig(channels=("EEG C3-A2",)).to_dict(), image_size=(32, 96))
+    return [str(nights["psgs"][0]), "--vision", str(vision)], "no channel 'EEG C3-A2', which the vision checkpoint"
+
+
+def _vlm_other_rendering(nights, tmp_path, stage_only_llava):
+    vlm = tmp_path / "vlm"
+    shutil.copytree(stage_only_llava[0], vlm)
+    config = json.loads((vlm / "config.json").read_text())
+    config["eeg_render"] = RenderConfig(channels=("EEG Fpz-Cz",)).to_dict()
+    (vlm / "config.json").write_text(json.dumps(config))
+    return ([str(nights["psgs"][0]), "--vision", str(nights["vision"]), "--vlm", str(vlm)],
+            "images drawn with other render settings than .*vlm was trained on \\(channels:")
+
+
+def _another_night(nights, tmp_path):
+    hyp = edfio.read_edf(nights["hyps"][0])
+    hyp.startdate = hyp.startdate + datetime.timedelta(days=1)
+    hyp.write(tmp_path / "next-Hypnogram.edf")
+    return ([str(nights["psgs"][0]), "--hypnogram", str(tmp_path / "next-Hypnogram.edf"), "--vision",
+             str(nights["vision"])], "a hypnogram of another night")
+
+
+def _unreadable(nights, tmp_path):
+    (tmp_path / "broken-PSG.edf").write_bytes(b"0       this is not an EDF header" * 10)
+    return [str(tmp_path / "broken-PSG.edf"), "--vision", str(nights["vision"])], "broken-PSG.edf: not a readable EDF"
+
+
+@pytest.mark.parametrize("case", [_other_channels, _vlm_other_rendering, _another_night, _unreadable])
+def test_bad_input_is_one_line_and_writes_nothing(case, nights, tmp_path, capsys, stage_only_llava):
+    from eeg_vlm import stage
+
+    args = (nights, tmp_path, stage_only_llava) if case is _vlm_other_rendering else (nights, tmp_path)
+    argv, message = case(*args)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as code:
+        run(stage.main, argv + ["--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_explain_needs_a_vlm(nights):
+    from eeg_vlm.stage import Stager
+
+    with pytest.raises(FormatError, match="--explain needs --vlm"):
+        Stager(nights["vision"], device="cpu").stage(nights["psgs"][0], explain=True)
