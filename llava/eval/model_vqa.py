@@ -305,7 +305,11 @@ def choose_batch(
     images, _ = pixels(model, image_processor, image_paths)
     hl = feature_tensors(model, features)
     hl = hl if any(f is not None for f in hl) else None
-    cands = [choices.candidates(conv_template, text, tokenizer) for text in user_texts]
+    tokenized: dict[str, choices.Candidates] = {}  # questions of one template share their candidates
+    for text in user_texts:
+        if text not in tokenized:
+            tokenized[text] = choices.candidates(conv_template, text, tokenizer)
+    cands = [tokenized[text] for text in user_texts]
     scores, greedy = choices.score_candidates(model, tokenizer, cands, images, hl, check_greedy=True)
     reasoning = [""] * len(user_texts)
     reasons = [b for b in range(len(user_texts)) if not greedy[b]]  # greedy decoding would reason first

@@ -93,6 +93,47 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, hidden_size: int
     return out_dir
 
 
+def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, features, labels, steps: int = 40,
+                     lr: float = 1.5e-3, seed: int = 0) -> Path:
+    """Fine-tune the tiny checkpoint ``base`` (all of it but CLIP, on the CPU, about 10 s) into ``out`` to answer
+    ``Sleep stage: X`` to the first question template for each ``(image, feature [1, D], label)``: a stage-only
+    checkpoint whose greedy answers are stages, for tests and benchmarks of the answer modes."""
+    import shutil
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from eeg_vlm.formats import stage_line
+    from llava.mm_utils import process_images
+    from llava.model.builder import load_pretrained_model
+    from llava.train.preprocess import preprocess
+    from sleep_eeg.cot import QUESTIONS
+
+    out = Path(out)
+    shutil.copytree(base, out, dirs_exist_ok=True)
+    tokenizer, model, processor, _ = load_pretrained_model(str(base), None)
+    sources = [[{"from": "human", "value": f"<image>\n<image>\n{QUESTIONS[0]}"}, {"from": "gpt", "value": stage_line(s)}]
+               for s in labels]
+    data = preprocess(sources, tokenizer, has_image=True, version="v1")
+    pad = torch.nn.utils.rnn.pad_sequence
+    ids = pad(data["input_ids"], batch_first=True, padding_value=tokenizer.pad_token_id)
+    targets = pad(data["labels"], batch_first=True, padding_value=-100)
+    mask = pad([torch.ones_like(x) for x in data["input_ids"]], batch_first=True, padding_value=0)
+    pixels = process_images([im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for im in images],
+                            processor, "pad")
+    hl = [torch.as_tensor(f, dtype=torch.float32).reshape(1, -1) for f in features]
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "vision_tower" not in n], lr=lr)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=ids, attention_mask=mask, labels=targets, images=pixels, high_level_features=hl).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if "vision_tower" not in k}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
