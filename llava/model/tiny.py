@@ -119,7 +119,7 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     ids = pad(data["input_ids"], batch_first=True, padding_value=tokenizer.pad_token_id)
     targets = pad(data["labels"], batch_first=True, padding_value=-100)
     mask = pad([torch.ones_like(x) for x in data["input_ids"]], batch_first=True, padding_value=0)
-    pixels = process_images([im if isinstance(im, Image.Image) else Image.open(im).convert("RGB") for im in images],
+    pixels = process_images([(im if isinstance(im, Image.Image) else Image.open(im)).convert("RGB") for im in images],
                             processor, "pad")
     hl = [torch.as_tensor(f, dtype=torch.float32).reshape(1, -1) for f in features]
     torch.manual_seed(seed)
