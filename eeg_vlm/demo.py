@@ -1,11 +1,16 @@
 """``eeg-vlm demo``: the whole EEG-VLM pipeline on synthetic nights, on the CPU, one command per step.
 
     synth (nights calibrated to real Sleep-EDF) -> prepare -> vision train -> vision extract (train, eval)
-    -> vision predict -> the two baselines (train, predict) -> tiny LLaVA base
+    -> vision predict -> the baselines (train, predict) -> tiny LLaVA base
     -> deepspeed llava/train/train_mem.py -> llava/eval/model_vqa.py -> eeg-vlm score --compare ...
 
-It ends with one table on the same held-out epochs: the majority class, the band-power baseline, the
-feature baseline, the vision module and EEG-VLM (accuracy, macro-F1, kappa, N1 F1, REM F1).
+It ends with one table on the same held-out epochs: the majority class, the band-power baselines (Fpz-Cz
+alone and three channels), the feature baseline, the vision module and EEG-VLM (accuracy, macro-F1, kappa,
+N1 F1, REM F1). ``--edf-dir DIR`` runs the same recipe on a folder of Sleep-EDF-style nights (yours)
+instead of synthesizing them; subjects are held out as with the synthetic nights.
+
+What is drawn and trained is a named recipe (``--recipe``, the rows of the ablation in docs/benchmarks.md,
+``benchmarks/ablation.py``); the default is the best one that fits the demo's time.
 
 Each step runs the command a user would run, printed before it runs, from inside ``--workdir`` (so the
 paths read as in the README: ``sleep_data/eeg_ft.json`` ...). A step whose command, inputs and upstream
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from eeg_vlm.formats import FormatError, file_sha256, write_json
+from sleep_eeg.edf import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
 STAMPS = ".demo"
@@ -52,7 +58,12 @@ EVAL_FEATURES = f"{DATA}/eval_high_level_features.npy"
 ANSWERS = f"{DATA}/answers/eeg_answers.jsonl"
 VISION = "checkpoints/vision/resnet18"
 VISION_ANSWERS = f"{DATA}/answers/vision_answers.jsonl"
-BASELINES = {"bandpower": "band-power baseline", "features": "feature baseline"}  # kind -> row name
+# name -> (kind, channels, row name): trained on the training nights, answering the held-out questions
+BASELINES = {
+    "bandpower": ("bandpower", "EEG Fpz-Cz", "band-power baseline (Fpz-Cz)"),
+    "bandpower3": ("bandpower", "EEG Fpz-Cz,EEG Pz-Oz,EOG horizontal", "band-power baseline (3 channels)"),
+    "features": ("features", "EEG Fpz-Cz,EOG horizontal", "feature baseline (EEG + EOG)"),
+}
 TINY = "checkpoints/tiny-llava"
 RUN = "checkpoints/eeg-vlm-tiny-lora"
 SCORES = "results/vlm"
@@ -65,7 +76,6 @@ class Size:
     nights: int = 10  # one subject per night; 20 % held out for evaluation
     hours: float = 4.0  # 480 epochs per night
     vision_epochs: int = 5
-    vision_image_size: tuple[int, int] = (32, 96)
     tiny_hidden: int = 256
     tiny_layers: int = 4
     train_steps: int = 240  # batch 16: one pass over the ~3,800 train records
@@ -78,6 +88,50 @@ QUICK = Size(nights=3, hours=0.25, vision_epochs=1, tiny_hidden=64, tiny_layers=
              max_new_tokens=12, max_new_tokens_cot=12)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What is drawn, how the vision module sees it, and how the VLM is fine-tuned."""
+
+    about: str
+    channels: str = "EEG Fpz-Cz"
+    spectrogram: bool = False
+    context_s: float = 0.0  # seconds of each neighbouring epoch drawn in grey
+    px_per_s: float = 8.0
+    height: int = 96  # EEG panel (px); EOG 64, EMG 24 and spectrogram 48 as RenderConfig's defaults
+    context_k: int = 0  # the vision module's temporal head: epochs i-k..i+k
+    class_balance: float = 0.0  # LLaVA fine-tuning: --class_balance
+
+    def prepare_args(self) -> list[str]:
+        args = ["--channels", self.channels, "--px-per-s", str(self.px_per_s), "--height", str(self.height)]
+        return args + (["--spectrogram"] if self.spectrogram else []) + (
+            ["--context", str(self.context_s)] if self.context_s else [])
+
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) the vision module sees: half the drawn image each way (4 px/s; what a CPU trains in minutes;
+        the spectrogram panel keeps the frequencies that the waveform's pixels no longer resolve)."""
+        from sleep_eeg.render import RenderConfig
+
+        w, h = RenderConfig(channels=tuple(self.channels.split(",")), px_per_s=self.px_per_s, height=self.height,
+                            spectrogram=self.spectrogram, context_s=self.context_s).size
+        return h // 2, w // 2
+
+
+# The ablation's rows, in order: each adds one thing to the one before (benchmarks/ablation.py).
+PSG = "EEG Fpz-Cz,EOG horizontal,EMG submental"
+RECIPES = {
+    "waveform": Recipe("single-channel waveform (Fpz-Cz)"),
+    "spectrogram": Recipe("+ time-frequency panel", spectrogram=True),
+    "eog-emg": Recipe("+ EOG and EMG panels", channels=PSG, spectrogram=True),
+    "context-images": Recipe("+ neighbouring epochs drawn (15 s each side)", channels=PSG, spectrogram=True,
+                             context_s=15.0),
+    "context-features": Recipe("+ context features (temporal head, epochs i-2..i+2)", channels=PSG,
+                               spectrogram=True, context_k=2),
+    "class-balance": Recipe("+ class-balanced VLM fine-tuning", channels=PSG, spectrogram=True, context_k=2,
+                            class_balance=1.0),
+}
+DEFAULT_RECIPE = "class-balance"
+
+
 @dataclass
 class Step:
     name: str
@@ -88,11 +142,17 @@ class Step:
     after: list[str] = field(default_factory=list)  # steps whose stamps are part of this one's
 
 
-def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
+def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[DEFAULT_RECIPE],
+             edf_dir: Path | None = None, baselines_from: Path | None = None, vlm: bool = True) -> list[Step]:
+    """The demo's steps. ``edf_dir``: use these nights instead of synthesizing them. ``baselines_from``: the
+    workdir of an earlier run on the same nights and seed whose baseline answers to reuse. ``vlm=False``
+    stops after the vision module (its answers are then the ones scored)."""
     train_mem = str(REPO / "llava" / "train" / "train_mem.py")
     model_vqa = str(REPO / "llava" / "eval" / "model_vqa.py")
     zero3 = str(REPO / "scripts" / "zero3.json")
-    h, w = size.vision_image_size
+    h, w = recipe.image_size()
+    edf = str(edf_dir) if edf_dir is not None else EDF
+    edf_inputs = sorted(str(p) for p in edf_dir.glob("*.edf")) if edf_dir is not None else []
     # The documented training command with its paths pointed at the tiny base, and the demo's recipe.
     train = [
         "deepspeed", train_mem, "--lora_enable", "True", "--lora_r", "128", "--lora_alpha", "256",
@@ -108,66 +168,79 @@ def pipeline(size: Size, seed: int, cot: str = "none") -> list[Step]:
         "--model_max_length", "4096", "--gradient_checkpointing", "True", "--dataloader_num_workers", "1",
         "--lazy_preprocess", "True", "--report_to", "none", "--seed", str(seed),
         "--hl_fusion", "token", "--hl_projector", "separate",
-    ]
-    compare = [arg for kind, name in BASELINES.items() for arg in ("--compare", f"{name}={baseline_answers(kind)}")]
-    compare += ["--compare", f"vision module (resnet18)={VISION_ANSWERS}"]
-    return [
+    ] + (["--class_balance", str(recipe.class_balance)] if recipe.class_balance else [])
+    answers_of = (lambda name: str(baselines_from / baseline_answers(name))) if baselines_from else baseline_answers
+    compare = [arg for name, (_, _, row) in BASELINES.items() for arg in ("--compare", f"{row}={answers_of(name)}")]
+    if vlm:
+        compare += ["--compare", f"vision module (resnet18)={VISION_ANSWERS}"]
+    steps = [] if edf_dir is not None else [
         Step("synth", ["eeg-vlm", "synth", "--out", EDF, "--nights", str(size.nights), "--hours", str(size.hours),
-                       "--seed", str(seed)], outputs=[EDF]),
-        Step("prepare", ["eeg-vlm", "prepare", "--edf-dir", EDF, "--out", DATA, "--cot", cot,
-                         "--eval-fraction", "0.2", "--seed", str(seed), "--workers", "2"],
-             outputs=[TRAIN_IMAGES, EVAL_IMAGES, TRAIN_RECORDS, EVAL_RECORDS], after=["synth"]),
+                       "--seed", str(seed)], outputs=[EDF])]
+    upstream = [] if edf_dir is not None else ["synth"]
+    steps += [
+        Step("prepare", ["eeg-vlm", "prepare", "--edf-dir", edf, "--out", DATA, "--cot", cot,
+                         "--eval-fraction", "0.2", "--seed", str(seed), "--workers", "2", *recipe.prepare_args()],
+             outputs=[TRAIN_IMAGES, EVAL_IMAGES, TRAIN_RECORDS, EVAL_RECORDS], inputs=edf_inputs, after=upstream),
         Step("vision-train", ["eeg-vlm", "vision", "train", "--arch", "resnet18", "--records", TRAIN_RECORDS,
                               "--image-folder", TRAIN_IMAGES, "--out", VISION, "--epochs", str(size.vision_epochs),
                               "--batch-size", "64", "--lr", "2e-3", "--image-size", str(h), str(w),
-                              "--seed", str(seed)],
+                              "--context", str(recipe.context_k), "--seed", str(seed)],
              outputs=[VISION, f"{VISION}/config.json", f"{VISION}/model.safetensors"], inputs=[TRAIN_RECORDS],
              after=["prepare"]),
-        Step("vision-extract-train", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
-                                      TRAIN_RECORDS, "--image-folder", TRAIN_IMAGES, "--out", TRAIN_FEATURES,
-                                      "--batch-size", "128"],
-             outputs=[TRAIN_FEATURES, TRAIN_FEATURES + ".json"], inputs=[TRAIN_RECORDS], after=["vision-train"]),
-        Step("vision-extract-eval", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
-                                     EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--out", EVAL_FEATURES,
-                                     "--batch-size", "128"],
-             outputs=[EVAL_FEATURES, EVAL_FEATURES + ".json"], inputs=[EVAL_RECORDS], after=["vision-train"]),
         Step("vision-predict", ["eeg-vlm", "vision", "predict", "--checkpoint", VISION, "--question-file",
                                 EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--answers-file", VISION_ANSWERS],
              outputs=[VISION_ANSWERS], inputs=[EVAL_RECORDS], after=["vision-train"]),
-        *baseline_steps(),
-        Step("tiny-llava", ["python", "-m", "llava.model.tiny", "--out", TINY, "--seed", str(seed),
-                            "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
-             outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
-        Step("train", train, outputs=[RUN, f"{RUN}/config.json", f"{RUN}/non_lora_trainables.bin"],
-             inputs=[TRAIN_RECORDS, TRAIN_FEATURES],
-             after=["prepare", "vision-extract-train", "tiny-llava"]),
-        Step("eval", ["python", model_vqa, "--model-path", RUN, "--model-base", TINY, "--question-file", EVAL_RECORDS,
-                      "--image-folder", EVAL_IMAGES, "--answers-file", ANSWERS, "--batch-size", "32",
-                      "--max-new-tokens", str(size.max_new_tokens if cot == "none" else size.max_new_tokens_cot)],
-             outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
-        Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", ANSWERS,
-                       "--out", SCORES, *compare],
-             outputs=[SCORES, f"{SCORES}/metrics.json"], inputs=[EVAL_RECORDS, ANSWERS, VISION_ANSWERS],
-             after=["eval", "vision-predict", *(f"baseline-{k}-predict" for k in BASELINES)]),
     ]
+    if baselines_from is None:
+        steps += baseline_steps(edf, upstream)
+    if vlm:
+        steps += [
+            Step("vision-extract-train", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
+                                          TRAIN_RECORDS, "--image-folder", TRAIN_IMAGES, "--out", TRAIN_FEATURES,
+                                          "--batch-size", "128"],
+                 outputs=[TRAIN_FEATURES, TRAIN_FEATURES + ".json"], inputs=[TRAIN_RECORDS], after=["vision-train"]),
+            Step("vision-extract-eval", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
+                                         EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--out", EVAL_FEATURES,
+                                         "--batch-size", "128"],
+                 outputs=[EVAL_FEATURES, EVAL_FEATURES + ".json"], inputs=[EVAL_RECORDS], after=["vision-train"]),
+            Step("tiny-llava", ["python", "-m", "llava.model.tiny", "--out", TINY, "--seed", str(seed),
+                                "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
+                 outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
+            Step("train", train, outputs=[RUN, f"{RUN}/config.json", f"{RUN}/non_lora_trainables.bin"],
+                 inputs=[TRAIN_RECORDS, TRAIN_FEATURES],
+                 after=["prepare", "vision-extract-train", "tiny-llava"]),
+            Step("eval", ["python", model_vqa, "--model-path", RUN, "--model-base", TINY, "--question-file",
+                          EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--answers-file", ANSWERS, "--batch-size", "32",
+                          "--max-new-tokens", str(size.max_new_tokens if cot == "none" else size.max_new_tokens_cot)],
+                 outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
+        ]
+    scored = ANSWERS if vlm else VISION_ANSWERS
+    baseline_inputs = [] if baselines_from else [baseline_answers(name) for name in BASELINES]
+    steps.append(Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", scored,
+                                "--out", SCORES, *compare],
+                      outputs=[SCORES, f"{SCORES}/metrics.json"],
+                      inputs=[EVAL_RECORDS, scored, VISION_ANSWERS, *baseline_inputs],
+                      after=["eval" if vlm else "vision-predict", "vision-predict",
+                             *([] if baselines_from else [f"baseline-{name}-predict" for name in BASELINES])]))
+    return steps
 
 
-def baseline_answers(kind: str) -> str:
-    return f"{DATA}/answers/baseline_{kind}_answers.jsonl"
+def baseline_answers(name: str) -> str:
+    return f"{DATA}/answers/baseline_{name}_answers.jsonl"
 
 
-def baseline_steps() -> list[Step]:
+def baseline_steps(edf: str, upstream: list[str]) -> list[Step]:
     """Train each baseline on the training records' nights, answer the held-out questions."""
     steps = []
-    for kind in BASELINES:
-        model = f"checkpoints/baseline-{kind}"
+    for name, (kind, channels, _) in BASELINES.items():
+        model = f"checkpoints/baseline-{name}"
         steps += [
-            Step(f"baseline-{kind}-train", ["eeg-vlm", "baseline", "train", "--kind", kind, "--records", TRAIN_RECORDS,
-                                            "--edf-dir", EDF, "--out", model],
-                 outputs=[model, f"{model}/config.json"], inputs=[TRAIN_RECORDS], after=["prepare"]),
-            Step(f"baseline-{kind}-predict", ["eeg-vlm", "baseline", "predict", "--model", model, "--question-file",
-                                              EVAL_RECORDS, "--edf-dir", EDF, "--answers-file", baseline_answers(kind)],
-                 outputs=[baseline_answers(kind)], inputs=[EVAL_RECORDS], after=[f"baseline-{kind}-train"]),
+            Step(f"baseline-{name}-train", ["eeg-vlm", "baseline", "train", "--kind", kind, "--channels", channels,
+                                            "--records", TRAIN_RECORDS, "--edf-dir", edf, "--out", model],
+                 outputs=[model, f"{model}/config.json"], inputs=[TRAIN_RECORDS], after=["prepare", *upstream]),
+            Step(f"baseline-{name}-predict", ["eeg-vlm", "baseline", "predict", "--model", model, "--question-file",
+                                              EVAL_RECORDS, "--edf-dir", edf, "--answers-file", baseline_answers(name)],
+                 outputs=[baseline_answers(name)], inputs=[EVAL_RECORDS], after=[f"baseline-{name}-train"]),
         ]
     return steps
 
@@ -248,18 +321,19 @@ def subprocess_env(threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------------------------
-def summary(workdir: Path, timings: dict[str, tuple[float, bool]]) -> dict:
+def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, vlm_ran: bool = True) -> dict:
     """The comparison table of the score step (same held-out epochs for every row) and the step times."""
     from sleep_eeg.score import format_comparison
 
     vlm = json.loads((workdir / SCORES / "metrics.json").read_text())
     rows = vlm["comparison"]
-    rows[-1]["name"] = "EEG-VLM (tiny LLaVA)"
-    print(f"\n== held-out subjects ({rows[-1]['n']} epochs): every score beside its baselines ==")
+    rows[-1]["name"] = "EEG-VLM (tiny LLaVA)" if vlm_ran else "vision module (resnet18)"
+    print(f"\n== recipe {recipe!r}: {RECIPES[recipe].about} ==")
+    print(f"== held-out subjects ({rows[-1]['n']} epochs): every score beside its baselines ==")
     print(format_comparison(rows))
     best = max(rows[1:-1], key=lambda r: r["macro_f1"])
     if rows[-1]["macro_f1"] < best["macro_f1"]:
-        print(f"note: EEG-VLM's macro-F1 {rows[-1]['macro_f1']:.3f} is below the {best['name']}'s "
+        print(f"note: the {rows[-1]['name']}'s macro-F1 {rows[-1]['macro_f1']:.3f} is below the {best['name']}'s "
               f"{best['macro_f1']:.3f} on these epochs")
     plots = [str(Path(SCORES) / p) for p in vlm.get("plots", [])]
     print(f"\nscores: {workdir / SCORES / 'metrics.json'}")
@@ -270,7 +344,8 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]]) -> dict:
         print(f"{name:<28}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
     total = sum(s for s, ran in timings.values() if ran)
     print(f"{'this run':<28}{total:>8.1f} s")
-    result = {"table": rows, "vlm": {k: vlm[k] for k in ("n", "accuracy", "macro_f1", "kappa", "unparseable")},
+    result = {"recipe": recipe, "table": rows,
+              "scored": {k: vlm[k] for k in ("n", "accuracy", "macro_f1", "kappa", "unparseable")},
               "seconds": {k: v[0] for k, v in timings.items()}, "ran": [k for k, v in timings.items() if v[1]]}
     write_json(workdir / "results" / "demo_summary.json", result)
     return result
@@ -285,12 +360,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cot", default="none", choices=("none", "stage", "measured"),
                    help="answers: the stage alone (default: the tiny model learns it in time) or a chain of thought")
     p.add_argument("--force", action="store_true", help="rerun every step even when its outputs are current")
+    p.add_argument("--edf-dir", help="run on this folder of Sleep-EDF-style nights (*-PSG.edf + *-Hypnogram.edf) "
+                   "instead of synthetic ones; at least two subjects (some are held out)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                   help=f"what is drawn and trained (default {DEFAULT_RECIPE}; see docs/benchmarks.md, Ablation)")
+    p.add_argument("--baselines-from", metavar="WORKDIR",
+                   help="reuse the baseline answers of an earlier demo run on the same nights and seed")
+    p.add_argument("--no-vlm", action="store_true", help="stop after the vision module and the baselines")
     args = p.parse_args(argv)
 
     workdir = Path(args.workdir).resolve()
+    edf_dir = Path(args.edf_dir).resolve() if args.edf_dir else None
+    if edf_dir is not None:
+        subjects = {n.subject for n in find_nights(edf_dir)}
+        if len(subjects) < 2:
+            raise FormatError(f"{edf_dir}: nights of {len(subjects)} subject(s) ({', '.join(sorted(subjects))}); "
+                              "the demo holds subjects out for evaluation and needs at least two")
+    baselines_from = Path(args.baselines_from).resolve() if args.baselines_from else None
+    if baselines_from is not None:
+        missing = [baseline_answers(n) for n in BASELINES if not (baselines_from / baseline_answers(n)).is_file()]
+        if missing:
+            raise FormatError(f"{baselines_from}: no {missing[0]} (run the demo there with its baselines first)")
     workdir.mkdir(parents=True, exist_ok=True)
     size = QUICK if args.quick else FULL
-    steps = pipeline(size, args.seed, args.cot)
+    steps = pipeline(size, args.seed, args.cot, RECIPES[args.recipe], edf_dir, baselines_from, not args.no_vlm)
     env = subprocess_env(args.threads)
     keys: dict[str, str] = {}
     timings: dict[str, tuple[float, bool]] = {}
@@ -311,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(stamp, {"key": key, "argv": step.argv, "seconds": round(seconds, 1)})
         timings[step.name] = (seconds, True)
         print(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s", flush=True)
-    summary(workdir, timings)
+    summary(workdir, timings, args.recipe, not args.no_vlm)
     return 0
 
 

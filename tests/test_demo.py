@@ -91,7 +91,7 @@ def test_each_step_writes_its_files(quick_run):
     assert metrics["n"] == len(questions)
     assert (workdir / demo.SCORES / "confusion_matrix.png").is_file()
     summary = json.loads((workdir / "results" / "demo_summary.json").read_text())
-    assert summary["ran"] == STEPS and summary["vlm"]["accuracy"] == metrics["accuracy"]
+    assert summary["ran"] == STEPS and summary["scored"]["accuracy"] == metrics["accuracy"]
     table = summary["table"]
     assert [r["name"].split(" (")[0] for r in table] == [
         "majority class", "band-power baseline", "feature baseline", "vision module", "EEG-VLM"]
