@@ -5,14 +5,17 @@
 
 Synthesizes the demo's nights once (10 calibrated nights of 4 h, seed 0) unless ``--edf-dir`` names a folder,
 then runs ``eeg-vlm demo --edf-dir ... --recipe R`` per row in ``<workdir>/<R>``: the first row also trains
-and runs the baselines (their figures do not depend on the recipe), the others reuse its answers. Rows not in
-``--vlm-rows`` stop after the vision module (the VLM's fine-tuning is most of a row's time on a CPU). Prints
+and runs the baselines (their figures do not depend on the recipe), the others reuse its answers. A row that
+differs from an earlier one only in the VLM's fine-tuning (``class_balance``) runs in that row's workdir, so
+its vision steps are skipped as current. Rows not in ``--vlm-rows`` stop after the vision module (the VLM's
+fine-tuning is most of a row's time on a CPU). Prints
 the markdown table for docs/benchmarks.md and writes ``<workdir>/ablation.json``. Rerunning skips every step
 whose inputs are unchanged (the demo's stamps).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -58,10 +61,12 @@ def main() -> None:
         run([sys.executable, "-m", "eeg_vlm.cli", "synth", "--out", str(edf), "--nights", str(FULL.nights),
              "--hours", str(FULL.hours), "--seed", str(args.seed)], args.threads)
         (edf / ".done").write_text("")
-    results, seconds = {}, {}
+    results, seconds, folders = {}, {}, {}
     for i, name in enumerate(rows):
         t0 = time.perf_counter()
-        argv = [sys.executable, "-m", "eeg_vlm.demo", "--workdir", str(work / name), "--edf-dir", str(edf),
+        vision_recipe = dataclasses.replace(RECIPES[name], about="", class_balance=0.0)
+        folder = folders.setdefault(vision_recipe, name)  # the first row with these images and vision module
+        argv = [sys.executable, "-m", "eeg_vlm.demo", "--workdir", str(work / folder), "--edf-dir", str(edf),
                 "--recipe", name, "--seed", str(args.seed), "--threads", str(args.threads)]
         if i > 0:
             argv += ["--baselines-from", str(work / rows[0])]
@@ -69,7 +74,7 @@ def main() -> None:
             argv.append("--no-vlm")
         run(argv, args.threads)
         seconds[name] = round(time.perf_counter() - t0, 1)
-        results[name] = json.loads((work / name / "results" / "demo_summary.json").read_text())
+        results[name] = json.loads((work / folder / "results" / "demo_summary.json").read_text())
 
     first = results[rows[0]]["table"]
     baselines = [r for r in first if "baseline" in r["name"] or "majority" in r["name"]]

@@ -94,7 +94,14 @@ def test_each_step_writes_its_files(quick_run):
     assert summary["ran"] == STEPS and summary["scored"]["accuracy"] == metrics["accuracy"]
     table = summary["table"]
     assert [r["name"].split(" (")[0] for r in table] == [
-        "majority class", "band-power baseline", "feature baseline", "vision module", "EEG-VLM"]
+        "majority class", "band-power baseline", "band-power baseline", "feature baseline", "vision module", "EEG-VLM"]
+    # the default recipe: three panels, a context head, class-balanced fine-tuning, all recorded
+    recipe = demo.RECIPES[demo.DEFAULT_RECIPE]
+    drawn = json.loads((data / formats.RENDER_FILE).read_text())
+    assert drawn["channels"] == recipe.channels.split(",") and drawn["spectrogram"] == recipe.spectrogram
+    vision = json.loads((workdir / demo.VISION / "config.json").read_text())
+    assert vision["render"] == drawn and vision["context"]["k"] == recipe.context_k
+    assert config["eeg_render"] == drawn and "--class_balance" in proc.stdout
     assert all(r["n"] == len(questions) for r in table)
     labels = [q["label"] for q in questions]
     assert table[0]["accuracy"] == pytest.approx(max(labels.count(s) for s in set(labels)) / len(labels))
@@ -128,6 +135,27 @@ def test_rerun_skips_current_steps_and_redoes_only_what_changed(quick_run):
     run_demo(workdir)
     assert json.loads((workdir / "results" / "demo_summary.json").read_text())["ran"] == ["score"]
     assert (workdir / demo.SCORES / "metrics.json").is_file()
+
+
+def test_edf_dir_runs_a_recipe_on_your_own_nights(quick_run, tmp_path):
+    workdir, _ = quick_run
+    mine = tmp_path / "mine"
+    out = run_demo(mine, "--edf-dir", str(workdir / "edf"), "--recipe", "waveform", "--no-vlm",
+                   "--baselines-from", str(workdir)).stdout
+    summary = json.loads((mine / "results" / "demo_summary.json").read_text())
+    assert summary["ran"] == ["prepare", "vision-train", "vision-predict", "score"]  # no synth, no VLM
+    assert not (mine / "edf").exists() and "$ eeg-vlm synth" not in out
+    assert [r["name"] for r in summary["table"]][-2:] == ["feature baseline (EEG + EOG)", "vision module (resnet18)"]
+    questions = formats.read_records(mine / demo.EVAL_RECORDS)
+    assert [q["question_id"] for q in questions] == [
+        q["question_id"] for q in formats.read_records(workdir / demo.EVAL_RECORDS)]  # the same held-out epochs
+    assert json.loads((mine / demo.DATA / formats.RENDER_FILE).read_text())["channels"] == ["EEG Fpz-Cz"]
+    one = tmp_path / "one"
+    one.mkdir()
+    for f in sorted((workdir / "edf").glob("*.edf"))[:2]:  # one night: one subject
+        (one / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(formats.FormatError, match=r"one: nights of 1 subject\(s\) .*needs at least two"):
+        demo.main(["--workdir", str(tmp_path / "w"), "--edf-dir", str(one)])
 
 
 def test_stamp_follows_arguments_inputs_and_upstream(tmp_path):
