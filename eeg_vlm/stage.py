@@ -146,10 +146,10 @@ class StagedNight:
         """Write every output into the folder ``out`` (replaced whole, atomically) and return it."""
         from eeg_vlm.report import figure_png, report_html
 
-        import matplotlib.pyplot as plt
-
         fig = self.plot()
         png = figure_png(fig)
+        import matplotlib.pyplot as plt
+
         plt.close(fig)
         statistics, agreement = self.statistics, self.agreement
         with atomic_folder(out) as tmp:

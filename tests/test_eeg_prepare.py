@@ -170,7 +170,7 @@ def test_eeg_vlm_unknown_command_is_one_line_on_stderr(capsys):
         cli.main(["prepar"])
     out, err = capsys.readouterr()
     assert e.value.code == 2 and out == ""
-    assert err.strip() == "error: unknown command 'prepar'; commands: synth, prepare, vision, baseline, score, demo (eeg-vlm --help)"
+    assert err.strip() == "error: unknown command 'prepar'; commands: synth, prepare, vision, baseline, score, stage, demo (eeg-vlm --help)"
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0 and "eeg-vlm prepare" in capsys.readouterr().out
