@@ -58,13 +58,12 @@ from eeg_vlm.formats import (
     write_jsonl,
 )
 from sleep_eeg import features as F
-from sleep_eeg.edf import channel_role
+from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.measures import BANDS, log_relative_band_power
 from sleep_eeg.stages import EPOCH_S
 
 KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")
-DEFAULT_CHANNEL = "EEG Fpz-Cz"
 FORMAT = "eeg-vlm baseline"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"

@@ -19,8 +19,8 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from eeg_vlm.formats import FormatError
+from sleep_eeg.channels import DEFAULT_CHANNEL
 
-DEFAULT_CHANNEL = "EEG Fpz-Cz"
 STAGE_PREFIX = "Sleep stage"
 _SLEEP_EDF_NAME = re.compile(r"^(S[CT]\d\d\d)(\d)")  # SC4 + subject (2 digits), then the night
 _UNIT_TO_UV = {"uv": 1.0, "µv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
@@ -35,12 +35,6 @@ class Night:
     hypnogram: Path  # the PSG itself for EDF+ files with their own stage annotations
     subject: str
     night: int
-
-
-def channel_role(label: str) -> str:
-    """``eog`` or ``emg`` when the channel's name says so, else ``eeg``."""
-    upper = label.upper()
-    return "eog" if "EOG" in upper else "emg" if "EMG" in upper else "eeg"
 
 
 def _key(stem: str) -> str:

@@ -27,7 +27,8 @@ from typing import Sequence
 
 from eeg_vlm.formats import RENDER_FILE, STAGES, FormatError, make_question, make_train_record, write_json, write_jsonl
 from sleep_eeg import cot
-from sleep_eeg.edf import DEFAULT_CHANNEL, Night, channel_role, find_nights, read_channels
+from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.edf import Night, find_nights, read_channels
 from sleep_eeg.measures import epoch_measures
 from sleep_eeg.render import RenderConfig, prepare_night, render_epochs
 from sleep_eeg.stages import check_annotations, epoch_array, night_warnings, scorable_epochs

@@ -27,7 +27,7 @@ from scipy.signal import butter, sosfiltfilt, spectrogram
 from tqdm import tqdm
 
 from eeg_vlm.formats import FormatError, atomic_path, settings_id
-from sleep_eeg.edf import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.stages import EPOCH_S
 
 CONTEXT_GREY = 170  # ink of the neighbouring epochs

@@ -112,13 +112,13 @@ def extract_features(
     import_user_modules(import_modules)
     checkpoint, records = Path(checkpoint), Path(records)
     recs = read_records(records)
+    paths = record_image_paths(recs, image_folder, str(records), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     if feature_dim is not None and int(config["feature_dim"]) != int(feature_dim):
         raise FormatError(
             f"{checkpoint}: the checkpoint gives {config['feature_dim']}-d features but {feature_dim} were asked"
         )
     check_render(config.get("render"), records_render(recs, records), str(checkpoint), str(records))
-    paths = record_image_paths(recs, image_folder, str(records), progress=progress)
     features, _ = record_outputs(model, recs, paths, str(records), batch_size, device, workers, progress)
     if features.shape != (len(recs), 1, int(config["feature_dim"])):
         raise FormatError(f"{checkpoint}: arch {config['arch']!r} returned features {list(features.shape)}, expected [N, 1, D]")

@@ -30,9 +30,9 @@ def predict_stages(
     """Write one answer per question (file order) and return them."""
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
+    paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     check_render(config.get("render"), records_render(recs, questions), str(checkpoint), str(questions))
-    paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     classes = list(config.get("classes", STAGES))
     _, p = record_outputs(model, recs, paths, str(questions), batch_size, device, progress=progress)
     model_id = f"vision-{config['arch']}-{checkpoint_sha256(checkpoint)[:12]}"
