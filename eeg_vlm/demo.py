@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from eeg_vlm.formats import FormatError, file_sha256, write_json
+from eeg_vlm.formats import FormatError, file_sha256, read_records, write_json
 from sleep_eeg.edf import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -321,7 +321,8 @@ def subprocess_env(threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------------------------
-def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, vlm_ran: bool = True) -> dict:
+def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, vlm_ran: bool = True,
+            edf_dir: Path | None = None) -> dict:
     """The comparison table of the score step (same held-out epochs for every row) and the step times."""
     from sleep_eeg.score import format_comparison
 
@@ -339,6 +340,11 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, 
     print(f"\nscores: {workdir / SCORES / 'metrics.json'}")
     print(f"plots:  {workdir / SCORES}/ ({', '.join(Path(p).name for p in plots[:4])}"
           f"{', ...' if len(plots) > 4 else ''})")
+    held_out = sorted({q["psg"] for q in read_records(workdir / EVAL_RECORDS) if "psg" in q})
+    if held_out and vlm_ran:
+        edf = Path(held_out[0])
+        print(f"\nstage a held-out night with these checkpoints (from {workdir}):\n  eeg-vlm stage "
+              f"{edf_dir or EDF}/{edf} --vision {VISION} --vlm {RUN} --model-base {TINY} --out reports/{edf.name.split('-')[0]}")
     print("\n== time per step ==")
     for name, (seconds, ran) in timings.items():
         print(f"{name:<28}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
@@ -404,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(stamp, {"key": key, "argv": step.argv, "seconds": round(seconds, 1)})
         timings[step.name] = (seconds, True)
         print(f"[{i}/{len(steps)}] {step.name}: done in {seconds:.1f} s", flush=True)
-    summary(workdir, timings, args.recipe, not args.no_vlm)
+    summary(workdir, timings, args.recipe, not args.no_vlm, edf_dir)
     return 0
 
 
