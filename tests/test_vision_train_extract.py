@@ -274,7 +274,7 @@ def test_context_feature_sees_its_neighbours_and_nothing_across_nights_or_files(
     from vision_modules.checkpoint import load_vision_module
     from vision_modules.context import ContextHead
     from vision_modules.data import record_image_paths
-    from vision_modules.extract import record_outputs
+    from vision_modules.extract import night_features, record_outputs
 
     root, records, ckpt, _ = trained
     nights = _as_nights(records, tmp_path / "nights.json")
@@ -298,6 +298,11 @@ def test_context_feature_sees_its_neighbours_and_nothing_across_nights_or_files(
     assert moved.tolist() == [17, 18, 19]
     # A split (another file) holding only night 2 gives night 2 the same features: nothing leaks across files.
     np.testing.assert_allclose(features(paths[20:30], recs[20:30]), base[20:30], rtol=1e-5, atol=1e-6)
+    # eeg-vlm stage's path (one night's images in memory) gives the night the same features.
+    images = [Image.open(p) for p in paths[10:20]]
+    in_memory, probs = night_features(model, {}, images, epochs=[r["epoch"] for r in recs[10:20]])
+    np.testing.assert_allclose(in_memory[:, 0], base[10:20], rtol=1e-4, atol=1e-5)
+    assert probs.shape == (10, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
     bad = [dict(r) for r in recs]
     del bad[4]["epoch"]
     with pytest.raises(FormatError, match=r"nights: record '.*' \(#4\) has no 'epoch'"):
