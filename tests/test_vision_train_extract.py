@@ -316,7 +316,7 @@ def test_context_head_trains_and_render_settings_bind_the_checkpoint(trained, tm
     root, records, _, _ = trained
     drawn = RenderConfig(px_per_s=4).to_dict()
     nights = _as_nights(records, tmp_path / "data" / "nights.json", drawn)
-    metrics = train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=2, batch_size=16,
+    metrics = train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=1, batch_size=16,
                                   lr=2e-3, image_size=SIZE, val_fraction=0.25, context=1, progress=False)
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["render"] == drawn and config["context"]["k"] == 1
