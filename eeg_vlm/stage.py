@@ -295,7 +295,7 @@ class Stager:
         scored = read_scored(Path(hypnogram), psg, start, n_epochs) if hypnogram is not None else None
         epochs = list(range(n_epochs))
         images = render_night(signals, epochs, self.render)
-        features, probs = night_features(self.vision_model, self.vision_config, images, epochs, device=self.device)
+        features, probs = night_features(self.vision_model, images, epochs, device=self.device)
         probs = np.asarray(probs, dtype=np.float64)[:, self.columns]
         reasoning = None
         if self.vlm is not None:

@@ -98,7 +98,10 @@ class RenderConfig:
         unknown = sorted(set(d) - known - {"id"})
         if unknown:
             raise FormatError(f"{where}: unknown render setting(s) {', '.join(unknown)}")
-        cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "id"})
+        try:
+            cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "id"})
+        except (TypeError, ValueError) as e:  # a setting of the wrong type: hand-edited
+            raise FormatError(f"{where}: unreadable render settings ({e})") from None
         if "id" in d and d["id"] != cfg.render_id:
             raise FormatError(f"{where}: render settings do not match their id {d['id']!r} (edited by hand?)")
         return cfg

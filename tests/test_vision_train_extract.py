@@ -300,7 +300,7 @@ def test_context_feature_sees_its_neighbours_and_nothing_across_nights_or_files(
     np.testing.assert_allclose(features(paths[20:30], recs[20:30]), base[20:30], rtol=1e-5, atol=1e-6)
     # eeg-vlm stage's path (one night's images in memory) gives the night the same features.
     images = [Image.open(p) for p in paths[10:20]]
-    in_memory, probs = night_features(model, {}, images, epochs=[r["epoch"] for r in recs[10:20]])
+    in_memory, probs = night_features(model, images, epochs=[r["epoch"] for r in recs[10:20]])
     np.testing.assert_allclose(in_memory[:, 0], base[10:20], rtol=1e-4, atol=1e-5)
     assert probs.shape == (10, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
     bad = [dict(r) for r in recs]

@@ -70,7 +70,7 @@ def record_outputs(
 
 @torch.no_grad()
 def night_features(
-    model: torch.nn.Module, config: dict, images: Sequence[Image.Image], epochs: Sequence[int] | None = None,
+    model: torch.nn.Module, images: Sequence[Image.Image], epochs: Sequence[int] | None = None,
     batch_size: int = 64, device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One night's epoch images (in memory, drawn with the checkpoint's ``config["render"]``) ->
