@@ -3,13 +3,13 @@
     .venv/bin/python benchmarks/eval_throughput.py [--questions 64] [--max-new-tokens 32] [--batch-sizes 1 8 32]
     .venv/bin/python benchmarks/eval_throughput.py --stage-only --answer-modes generate choices --batch-sizes 1 32
 
-Same tiny random LLaVA (``llava.model.tiny``), same two-image questions with features, same greedy
+Same tiny random LLaVA (``eeg_vlm.tiny``), same two-image questions with features, same greedy
 settings for every batch size; the answers of each batch size are checked identical to batch 1's.
 Timed: ``model_vqa.run`` end to end (questions, features, images, generation, answers file), the model
 loaded once beforehand and warmed up on a few questions.
 
 ``--stage-only`` first fine-tunes the tiny model to answer ``Sleep stage: X`` for the questions' eight
-(image, feature) pairs (``llava.model.tiny.train_stage_only``), so that ``generate`` stops after the stage as a
+(image, feature) pairs (``eeg_vlm.tiny.train_stage_only``), so that ``generate`` stops after the stage as a
 trained checkpoint does; ``--answer-modes generate choices`` then times both modes on it and checks that
 ``choices`` gives the stage of every ``generate`` answer.
 """
@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eeg_vlm.formats import STAGES, make_question, read_jsonl, save_features, write_jsonl
+from eeg_core.atomic import write_jsonl
+from eeg_core.formats import make_question, read_jsonl, save_features
+from eeg_core.stages import STAGES
 from llava.eval import model_vqa
-from llava.model.tiny import build_tiny_llava, train_stage_only
+from eeg_vlm.tiny import build_tiny_llava, train_stage_only
 from sleep_eeg.cot import QUESTIONS
-from sleep_eeg.score import parse_stage
+from eeg_core.answer import parse_stage
 
 
 def make_questions(root: Path, n: int, seed: int = 0, pairs: bool = False) -> Path:

@@ -135,7 +135,7 @@ class Budget:
 # 1. the model and the data
 # --------------------------------------------------------------------------------------------------------
 def build_model(out: Path, size: dict, device: str) -> Path:
-    """A random LLaVA-1.5 of ``size`` in the original layout (as llava.model.tiny builds the tiny one)."""
+    """A random LLaVA-1.5 of ``size`` in the original layout (as eeg_vlm.tiny builds the tiny one)."""
     import random
     import string
 
@@ -143,7 +143,7 @@ def build_model(out: Path, size: dict, device: str) -> Path:
 
     from llava.model.config import LlavaConfig
     from llava.model.llava_llama import LlavaLlamaForCausalLM
-    from llava.model.tiny import LLAVA_V15_MM_KEYS, build_tiny_clip, tokenizer_corpus
+    from eeg_vlm.tiny import LLAVA_V15_MM_KEYS, build_tiny_clip, tokenizer_corpus
     from llava.tokenizer import load_tokenizer, train_sentencepiece
 
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,10 @@ def make_data(root: Path, n_records: int, n_questions: int, dim: int) -> dict:
     ``eeg-vlm prepare`` draws it, the stage-wise chain-of-thought answer; features [N, 1, dim]."""
     import numpy as np
 
-    from eeg_vlm import formats
+    from eeg_core import formats
+    from eeg_core.atomic import write_json, write_jsonl
+    from eeg_core.layout import FEATURES_TRAIN_NAME
+    from eeg_core.stages import STAGES
     from sleep_eeg.cot import QUESTIONS, build_answer
     from sleep_eeg.render import RenderConfig, render_epoch
 
@@ -204,16 +207,16 @@ def make_data(root: Path, n_records: int, n_questions: int, dim: int) -> dict:
         names.append(f"e{i}.png")
     records, questions = [], []
     for i in range(n_records):
-        stage, name = formats.STAGES[i % 5], names[i % len(names)]
+        stage, name = STAGES[i % 5], names[i % len(names)]
         records.append(formats.make_train_record(f"r{i}", [name, name], QUESTIONS[i % len(QUESTIONS)],
                                                  build_answer(stage, "stage"), label=stage))
     for i in range(n_questions):
-        stage, name = formats.STAGES[i % 5], names[i % len(names)]
+        stage, name = STAGES[i % 5], names[i % len(names)]
         questions.append(formats.make_question(f"q{i}", [name, name], QUESTIONS[i % len(QUESTIONS)], stage))
-    formats.write_json(root / "eeg_ft.json", records)
-    formats.save_features(root / formats.FEATURES_TRAIN_NAME,
+    write_json(root / "eeg_ft.json", records)
+    formats.save_features(root / FEATURES_TRAIN_NAME,
                           rng.standard_normal((n_records, 1, dim)).astype(np.float32))
-    formats.write_jsonl(root / "eeg_eval.jsonl", questions)
+    write_jsonl(root / "eeg_eval.jsonl", questions)
     formats.save_features(root / "eval_high_level_features.npy",
                           rng.standard_normal((n_questions, 1, dim)).astype(np.float32))
     return {"root": root, "records": root / "eeg_ft.json", "questions": root / "eeg_eval.jsonl",
@@ -399,7 +402,8 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from eeg_vlm import formats
+    from eeg_core import formats
+    from eeg_core.layout import FEATURES_TRAIN_NAME
     from llava.model.builder import load_pretrained_model
     from llava.train.dataset import DataCollatorForSupervisedDataset, SupervisedDataset
     from llava.train.train import lm_linear_names
@@ -419,7 +423,7 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     all_records = formats.read_records(data["records"])  # the features file is bound to the whole records file
-    feats = formats.load_features(data["root"] / formats.FEATURES_TRAIN_NAME, all_records,
+    feats = formats.load_features(data["root"] / FEATURES_TRAIN_NAME, all_records,
                                   dim=base.config.mm_hidden_size)[: args.batch]
     records = all_records[: args.batch]
     ds = SupervisedDataset(records, tokenizer, "v1", str(data["images"]), processor, "pad", feats)
@@ -466,7 +470,7 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
 def run_vqa(model_dir: Path, data: dict, work: Path, args, budget: Budget) -> list[dict]:
     import torch
 
-    from eeg_vlm import formats
+    from eeg_core import formats
     from llava.eval import model_vqa
     from llava.model.builder import load_pretrained_model
 
@@ -526,14 +530,15 @@ def first_divergence(ref: dict, got: dict, ids: list, tokenizer) -> str | None:
 def run_vision(data: dict, work: Path, args, budget: Budget) -> list[dict]:
     import torch
 
-    from eeg_vlm import formats
+    from eeg_core import formats
+    from eeg_core.atomic import write_json
     from vision_modules import create_vision_module
     from vision_modules.extract import extract_features
     from vision_modules.train import train_vision_module
 
     records = formats.read_records(data["records"])[: args.vision_images]
     path = work / "vision_records.json"
-    formats.write_json(path, records)
+    write_json(path, records)
     rows = []
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)

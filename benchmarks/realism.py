@@ -28,7 +28,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from eeg_vlm.formats import STAGES
+from eeg_core.stages import STAGES
 from sleep_eeg import synth
 from sleep_eeg.measures import BANDS, log_relative_band_power
 

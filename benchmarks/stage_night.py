@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/stage_night.py [--hours 8] [--threads 2] [--channels "EEG Fpz-Cz"]
 
 One ``eeg-vlm synth`` night (8 h = 960 epochs) is staged twice through ``eeg_vlm.stage``: by the vision module
-alone, and with the tiny LLaVA (``llava.model.tiny``, the tests' size) in choices mode, made a stage-only
+alone, and with the tiny LLaVA (``eeg_vlm.tiny``, the tests' size) in choices mode, made a stage-only
 checkpoint first (``train_stage_only``, as the demo's VLM answers the stage alone; a random one would write up
 to ``--max-new-tokens`` of reasoning per epoch). The vision module is a resnet18 at the default input size with
 random weights (its speed does not depend on them); the render settings are ``RenderConfig`` defaults. Timed: ``Stager.stage`` (reading the EDF, drawing every epoch in memory, features,
@@ -24,7 +24,7 @@ import torch
 
 def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", image_size=(64, 192)) -> Path:
     """A vision-module checkpoint with random weights that records ``render`` (``RenderConfig.to_dict()``)."""
-    from eeg_vlm.formats import STAGES
+    from eeg_core.stages import STAGES
     from vision_modules.checkpoint import save_checkpoint
     from vision_modules.registry import create_vision_module
 
@@ -49,9 +49,9 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_throughput import cpu_name
 
-    from eeg_vlm.formats import STAGES
+    from eeg_core.stages import STAGES
     from eeg_vlm.stage import Stager
-    from llava.model.tiny import build_tiny_llava, train_stage_only
+    from eeg_vlm.tiny import build_tiny_llava, train_stage_only
     from sleep_eeg.render import RenderConfig, render_night
     from sleep_eeg.synth import synth_nights
 

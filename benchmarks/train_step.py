@@ -7,7 +7,7 @@
 
     python benchmarks/train_step.py [--model DIR] [--batch 16] [--repeats 5] [--image-size 56 --clip-layers 2]
 
-Without ``--model`` a tiny random LLaVA is built in a temporary folder (``llava.model.tiny``).
+Without ``--model`` a tiny random LLaVA is built in a temporary folder (``eeg_vlm.tiny``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eeg_vlm import formats
+from eeg_core import formats
+from eeg_core.answer import stage_line
+from eeg_core.stages import STAGES
 from llava.model.builder import load_pretrained_model
 from llava.train.dataset import DataCollatorForSupervisedDataset, SupervisedDataset
 from llava.train.train import lm_linear_names
@@ -34,9 +36,9 @@ def make_records(root: Path, n: int, dim: int) -> tuple[list[dict], np.ndarray]:
     for i in range(n):
         name = f"e{i}.png"
         Image.fromarray(rng.integers(0, 255, (224, 448, 3), dtype=np.uint8)).save(root / "images" / name)
-        stage = formats.STAGES[i % 5]
+        stage = STAGES[i % 5]
         records.append(formats.make_train_record(f"r{i}", [name, name], "What is the sleep stage of this EEG epoch?",
-                                                 formats.stage_line(stage)))
+                                                 stage_line(stage)))
     return records, rng.standard_normal((n, 1, dim)).astype(np.float32)
 
 
@@ -55,7 +57,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="train_step_"))
     model_dir = args.model
     if model_dir is None:
-        from llava.model.tiny import build_tiny_llava
+        from eeg_vlm.tiny import build_tiny_llava
 
         model_dir = build_tiny_llava(tmp / "tiny", seed=0, image_size=args.image_size, clip_layers=args.clip_layers)
 

@@ -13,13 +13,11 @@ Training and evaluation keep LLaVA's entry points: ``deepspeed llava/train/train
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib
 import sys
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
-from eeg_vlm.formats import FormatError
+from eeg_core.cli import plain, run
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("sleep_eeg.synth", "synthetic Sleep-EDF-style nights (PSG + hypnogram EDF files)"),
@@ -30,36 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage": ("eeg_vlm.stage", "stage whole EDF nights: stages.csv, hypnogram, sleep statistics, report.html"),
     "demo": ("eeg_vlm.demo", "the whole pipeline on synthetic nights, on the CPU"),
 }
-
-
-def plain(text: str) -> str:
-    """Help text as plain text: without the RST double backticks that docstrings use for code."""
-    return text.replace("``", "")
-
-
-@contextlib.contextmanager
-def plain_help() -> Iterator[None]:
-    """Every argparse help and usage text printed meanwhile reads as plain text (see ``plain``): the commands
-    build their descriptions from their docstrings."""
-    parser = argparse.ArgumentParser
-    original = parser.format_help, parser.format_usage
-    parser.format_help = lambda self: plain(original[0](self))
-    parser.format_usage = lambda self: plain(original[1](self))
-    try:
-        yield
-    finally:
-        parser.format_help, parser.format_usage = original
-
-
-def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run a command's ``main`` with plain help texts; bad input ends with one line on stderr and exit status 2."""
-    try:
-        with plain_help():
-            status = main(argv)
-    except FormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    raise SystemExit(status if isinstance(status, int) else 0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,7 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from eeg_vlm.formats import FormatError, file_sha256, read_records, write_json
+from eeg_core.atomic import file_sha256, write_json
+from eeg_core.errors import FormatError
+from eeg_core import layout
+from eeg_core.formats import read_records
 from sleep_eeg.edf import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,13 +51,13 @@ STAMPS = ".demo"
 
 # Folders and files inside the workdir (the seed's sleep_data/ layout).
 EDF = "edf"
-DATA = "sleep_data"
-TRAIN_RECORDS = f"{DATA}/eeg_ft.json"
-EVAL_RECORDS = f"{DATA}/eeg_eval.jsonl"
-TRAIN_IMAGES = f"{DATA}/eeg_images_ft"
-EVAL_IMAGES = f"{DATA}/eeg_images_eval"
-TRAIN_FEATURES = f"{DATA}/train_high_level_features.npy"
-EVAL_FEATURES = f"{DATA}/eval_high_level_features.npy"
+DATA = layout.DATA_DIR
+TRAIN_RECORDS = f"{DATA}/{layout.TRAIN_RECORDS}"
+EVAL_RECORDS = f"{DATA}/{layout.EVAL_RECORDS}"
+TRAIN_IMAGES = f"{DATA}/{layout.TRAIN_IMAGES}"
+EVAL_IMAGES = f"{DATA}/{layout.EVAL_IMAGES}"
+TRAIN_FEATURES = f"{DATA}/{layout.FEATURES_TRAIN_NAME}"
+EVAL_FEATURES = f"{DATA}/{layout.FEATURES_EVAL_NAME}"
 ANSWERS = f"{DATA}/answers/eeg_answers.jsonl"
 VISION = "checkpoints/vision/resnet18"
 VISION_ANSWERS = f"{DATA}/answers/vision_answers.jsonl"
@@ -203,7 +206,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
                                          EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--out", EVAL_FEATURES,
                                          "--batch-size", "128"],
                  outputs=[EVAL_FEATURES, EVAL_FEATURES + ".json"], inputs=[EVAL_RECORDS], after=["vision-train"]),
-            Step("tiny-llava", ["python", "-m", "llava.model.tiny", "--out", TINY, "--seed", str(seed),
+            Step("tiny-llava", ["python", "-m", "eeg_vlm.tiny", "--out", TINY, "--seed", str(seed),
                                 "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
                  outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
             Step("train", train, outputs=[RUN, f"{RUN}/config.json", f"{RUN}/non_lora_trainables.bin"],
@@ -324,7 +327,7 @@ def subprocess_env(threads: int) -> dict:
 def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, vlm_ran: bool = True,
             edf_dir: Path | None = None) -> dict:
     """The comparison table of the score step (same held-out epochs for every row) and the step times."""
-    from sleep_eeg.score import format_comparison
+    from sleep_eeg.metrics import format_comparison
 
     vlm = json.loads((workdir / SCORES / "metrics.json").read_text())
     rows = vlm["comparison"]
@@ -415,6 +418,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eeg_vlm.formats import STAGES, atomic_path
-from sleep_eeg.score import HYPNOGRAM_ORDER, UNPARSEABLE
+from eeg_core.atomic import atomic_path
+from eeg_core.stages import STAGES
+from eeg_core.answer import UNPARSEABLE
+from sleep_eeg.plots import HYPNOGRAM_ORDER
 
 # One colour per stage, in the hypnodensity and the hypnogram's ticks.
 STAGE_COLOURS = {"W": "#f2c14e", "N1": "#8fd3f4", "N2": "#3a86c8", "N3": "#1d3557", "REM": "#e4572e"}

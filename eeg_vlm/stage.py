@@ -39,8 +39,12 @@ from typing import Sequence
 
 import numpy as np
 
-from eeg_vlm.formats import STAGES, FormatError, atomic_folder, atomic_path, check_render, write_json
-from sleep_eeg.stages import EPOCH_S, UNSCORED_TAIL_S
+from eeg_core.atomic import atomic_folder, atomic_path, write_json
+from eeg_core.errors import FormatError
+from eeg_core.formats import check_render
+from eeg_core.stages import STAGES
+from eeg_core.stages import EPOCH_S
+from sleep_eeg.stages import UNSCORED_TAIL_S
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
 AGREEMENT_NAME, REPORT_NAME = "agreement.json", "report.html"
@@ -105,7 +109,7 @@ class StagedNight:
         statistics; None without a hypnogram."""
         if self.scored is None:
             return None
-        from sleep_eeg.score import compute_metrics
+        from sleep_eeg.metrics import compute_metrics
         from sleep_eeg.statistics import sleep_statistics
 
         both = [(s, p) for s, p in zip(self.scored, self.stages) if s is not None]
@@ -411,6 +415,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 from enum import Enum, auto
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 
 
 class SeparatorStyle(Enum):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from eeg_vlm.formats import FormatError, atomic_path, write_json
+from eeg_core.atomic import atomic_path, write_json
+from eeg_core.errors import FormatError
 
 # Llama's special pieces and their ids.
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eeg_vlm.formats import STAGES, write_json
+from eeg_core.atomic import write_json
+from eeg_core.stages import STAGES
 from sleep_eeg import synth
 
 CODE = {"W": "W", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}

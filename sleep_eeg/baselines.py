@@ -45,22 +45,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from eeg_vlm.formats import (
-    STAGES,
-    FormatError,
-    check_stage,
-    file_sha256,
-    make_answer,
-    read_records,
-    record_id,
-    stage_line,
-    write_json,
-    write_jsonl,
-)
+from eeg_core.answer import stage_line
+from eeg_core.atomic import file_sha256, write_json, write_jsonl
+from eeg_core.errors import FormatError
+from eeg_core.formats import make_answer, read_records, record_id
+from eeg_core.stages import STAGES, check_stage
 from sleep_eeg import features as F
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.measures import BANDS, log_relative_band_power
-from sleep_eeg.stages import EPOCH_S
+from eeg_core.stages import EPOCH_S
 
 KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")
@@ -526,6 +519,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import random
 from typing import Mapping
 
-from eeg_vlm.formats import STAGES, check_stage, stage_line
+from eeg_core.answer import stage_line
+from eeg_core.stages import STAGES, check_stage
 
 COT_MODES: tuple[str, ...] = ("stage", "measured", "none")
 

@@ -18,7 +18,7 @@ import edfio
 import numpy as np
 from scipy.signal import resample_poly
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from sleep_eeg.channels import DEFAULT_CHANNEL
 
 STAGE_PREFIX = "Sleep stage"

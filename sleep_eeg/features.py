@@ -25,7 +25,8 @@ from scipy.signal import welch
 from scipy.signal.windows import triang
 
 from sleep_eeg.render import bandpass
-from sleep_eeg.stages import EPOCH_S, epoch_array
+from eeg_core.stages import EPOCH_S
+from sleep_eeg.stages import epoch_array
 
 FEATURES_FS = 100.0
 

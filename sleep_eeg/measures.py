@@ -14,7 +14,8 @@ import numpy as np
 from scipy.signal import butter, sosfiltfilt, welch
 
 from sleep_eeg.render import bandpass
-from sleep_eeg.stages import EPOCH_S, epoch_array
+from eeg_core.stages import EPOCH_S
+from sleep_eeg.stages import epoch_array
 
 BANDS: dict[str, tuple[float, float]] = {
     "delta": (0.5, 4.0),

@@ -25,7 +25,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from eeg_vlm.formats import RENDER_FILE, STAGES, FormatError, make_question, make_train_record, write_json, write_jsonl
+from eeg_core.atomic import write_json, write_jsonl
+from eeg_core.errors import FormatError
+from eeg_core.formats import make_question, make_train_record
+from eeg_core.layout import EVAL_IMAGES, EVAL_RECORDS, RENDER_FILE, TRAIN_IMAGES, TRAIN_RECORDS
+from eeg_core.stages import STAGES
 from sleep_eeg import cot
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.edf import Night, find_nights, read_channels
@@ -33,8 +37,6 @@ from sleep_eeg.measures import epoch_measures
 from sleep_eeg.render import RenderConfig, prepare_night, render_epochs
 from sleep_eeg.stages import check_annotations, epoch_array, night_warnings, scorable_epochs
 
-TRAIN_IMAGES, EVAL_IMAGES = "eeg_images_ft", "eeg_images_eval"
-TRAIN_RECORDS, EVAL_RECORDS = "eeg_ft.json", "eeg_eval.jsonl"
 
 
 def split_subjects(
@@ -191,6 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

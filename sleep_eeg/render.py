@@ -26,9 +26,11 @@ from PIL import Image
 from scipy.signal import butter, sosfiltfilt, spectrogram
 from tqdm import tqdm
 
-from eeg_vlm.formats import FormatError, atomic_path, settings_id
+from eeg_core.atomic import atomic_path
+from eeg_core.errors import FormatError
+from eeg_core.formats import settings_id
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
-from sleep_eeg.stages import EPOCH_S
+from eeg_core.stages import EPOCH_S
 
 CONTEXT_GREY = 170  # ink of the neighbouring epochs
 

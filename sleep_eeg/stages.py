@@ -6,9 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from eeg_vlm.formats import FormatError
-
-EPOCH_S = 30.0
+from eeg_core.errors import FormatError
+from eeg_core.stages import EPOCH_S
 
 # R&K (Sleep-EDF) and AASM annotation texts -> AASM stage; None = not scorable (dropped).
 TEXT_TO_STAGE: dict[str, str | None] = {

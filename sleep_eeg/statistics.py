@@ -9,8 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from eeg_vlm.formats import STAGES, FormatError
-from sleep_eeg.stages import EPOCH_S
+from eeg_core.errors import FormatError
+from eeg_core.stages import STAGES
+from eeg_core.stages import EPOCH_S
 
 SLEEP_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != "W")
 

@@ -39,10 +39,11 @@ from typing import Sequence
 import numpy as np
 from scipy import fft as sp_fft
 
-from eeg_vlm.formats import STAGES
+from eeg_core.stages import STAGES
 from sleep_eeg.edf import write_night
 from sleep_eeg.measures import BANDS, log_relative_band_power
-from sleep_eeg.stages import EPOCH_S, TEXT_TO_STAGE
+from eeg_core.stages import EPOCH_S
+from sleep_eeg.stages import TEXT_TO_STAGE
 
 CALIBRATION = Path(__file__).with_name("sleepedf_calibration.json")
 FS = 100.0
@@ -524,6 +525,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

@@ -32,7 +32,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
     """One tiny random LLaVA-1.5 checkpoint (original layout) shared by the whole session."""
-    from llava.model.tiny import build_tiny_llava
+    from eeg_vlm.tiny import build_tiny_llava
 
     out = tmp_path_factory.mktemp("tiny_llava")
     build_tiny_llava(out, seed=0)
@@ -41,14 +41,14 @@ def tiny_llava(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stage_only_llava(tiny_llava, tmp_path_factory):
-    """The tiny LLaVA fine-tuned (``llava.model.tiny.train_stage_only``, ~10 s) to answer ``Sleep stage: X`` for six
+    """The tiny LLaVA fine-tuned (``eeg_vlm.tiny.train_stage_only``, ~10 s) to answer ``Sleep stage: X`` for six
     random images with their features: a stage-only checkpoint whose greedy answers are stages. Returns
     ``(checkpoint, images, features, labels)``: PNG paths, ``[6, 1, 1024]`` features and the stage each was taught."""
     import numpy as np
     from PIL import Image
 
-    from eeg_vlm.formats import STAGES
-    from llava.model.tiny import train_stage_only
+    from eeg_core.stages import STAGES
+    from eeg_vlm.tiny import train_stage_only
 
     root = tmp_path_factory.mktemp("stage_only")
     rng = np.random.default_rng(0)

@@ -29,9 +29,13 @@ import pytest
 import torch
 from PIL import Image
 
-from eeg_vlm import formats
-from eeg_vlm.cli import run as run_command
-from eeg_vlm.formats import FormatError
+from eeg_core import formats
+from eeg_core.answer import stage_line
+from eeg_core.atomic import write_json, write_jsonl
+from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
+from eeg_core.stages import STAGES
+from eeg_core.cli import run as run_command
+from eeg_core.errors import FormatError
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the sleep stage of this EEG epoch?"
@@ -95,16 +99,16 @@ def ctx(tiny_llava, tmp_path_factory) -> Ctx:
     for i in range(N_TRAIN):
         Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(images / f"e{i}.png")
     records = [formats.make_train_record(f"r{i}", [f"e{i}.png"] * 2, QUESTION,
-                                         formats.stage_line(formats.STAGES[i % 5]), label=formats.STAGES[i % 5])
+                                         stage_line(STAGES[i % 5]), label=STAGES[i % 5])
                for i in range(N_TRAIN)]
-    formats.write_json(root / "eeg_ft.json", records)
-    save_bound_features(root / formats.FEATURES_TRAIN_NAME, root / "eeg_ft.json", N_TRAIN, seed=1)
-    questions = [formats.make_question(f"q{i}", [f"e{i}.png"] * 2, QUESTION, formats.STAGES[i % 5],
+    write_json(root / "eeg_ft.json", records)
+    save_bound_features(root / FEATURES_TRAIN_NAME, root / "eeg_ft.json", N_TRAIN, seed=1)
+    questions = [formats.make_question(f"q{i}", [f"e{i}.png"] * 2, QUESTION, STAGES[i % 5],
                                        subject="S1", night=1, epoch=i) for i in range(N_EVAL)]
-    formats.write_jsonl(root / "eeg_eval.jsonl", questions)
-    save_bound_features(root / formats.FEATURES_EVAL_NAME, root / "eeg_eval.jsonl", N_EVAL, seed=2)
-    c = Ctx(root, tiny_llava, images, root / "eeg_ft.json", root / formats.FEATURES_TRAIN_NAME,
-            root / "eeg_eval.jsonl", root / formats.FEATURES_EVAL_NAME, root / "run")
+    write_jsonl(root / "eeg_eval.jsonl", questions)
+    save_bound_features(root / FEATURES_EVAL_NAME, root / "eeg_eval.jsonl", N_EVAL, seed=2)
+    c = Ctx(root, tiny_llava, images, root / "eeg_ft.json", root / FEATURES_TRAIN_NAME,
+            root / "eeg_eval.jsonl", root / FEATURES_EVAL_NAME, root / "run")
     train(train_argv(c, c.run, None, None, None, None, True, "--max_steps", "2", "--save_strategy", "steps",
                      "--save_steps", "1"))
     assert sorted(p.name for p in c.run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -161,7 +165,7 @@ def edited_records(ctx, tmp: Path, edit: Callable[[list[dict]], None], name: str
     records = formats.read_records(ctx.train_records)
     edit(records)
     path = tmp / name
-    formats.write_json(path, records)
+    write_json(path, records)
     return path
 
 
@@ -169,7 +173,7 @@ def edited_questions(ctx, tmp: Path, edit: Callable[[list[dict]], None]) -> Path
     questions = formats.read_records(ctx.questions)
     edit(questions)
     path = tmp / "eeg_eval.jsonl"
-    formats.write_jsonl(path, questions)
+    write_jsonl(path, questions)
     return path
 
 
@@ -263,7 +267,7 @@ def vision_extract_foreign_module(ctx, tmp):
     ck = tmp / "ck"
     ck.mkdir()
     save_file({"w": torch.zeros(1)}, str(ck / "model.safetensors"))
-    formats.write_json(ck / "config.json", {"arch": "evil_cnn", "import_path": "rel_evil_module",
+    write_json(ck / "config.json", {"arch": "evil_cnn", "import_path": "rel_evil_module",
                                             "feature_dim": 1024, "num_classes": 5})
     return (["extract", "--checkpoint", str(ck), "--records", str(ctx.questions), "--image-folder", str(ctx.images),
              "--out", str(tmp / "f.npy"), "--no-progress"],
@@ -385,7 +389,7 @@ def vqa_retrained_model(ctx, tmp):
     model = tmp / "run"
     shutil.copytree(ctx.run, model, ignore=shutil.ignore_patterns("checkpoint-*"))
     answers = tmp / "answers.jsonl"
-    formats.write_jsonl(answers, answer_rows(ctx, model_fingerprint(model, ctx.tiny), "run", ["q0", "q1"]))
+    write_jsonl(answers, answer_rows(ctx, model_fingerprint(model, ctx.tiny), "run", ["q0", "q1"]))
     shutil.copy(ctx.run / "checkpoint-1" / "adapter_model.safetensors", model)  # "retrained" in the same folder
     return (vqa_argv(ctx, tmp, model=model, base=ctx.tiny),
             [f"{answers}: answer #1 was written by model 'run' with fingerprint",
@@ -431,8 +435,8 @@ def vqa_int_and_str_ids(ctx, tmp):
 
 def merge_two_models(ctx, tmp):
     a, b = tmp / "4_0.jsonl", tmp / "4_1.jsonl"
-    formats.write_jsonl(a, answer_rows(ctx, "a" * 64, "run", ["q0", "q1"]))
-    formats.write_jsonl(b, answer_rows(ctx, "b" * 64, "run", ["q2", "q3"]))
+    write_jsonl(a, answer_rows(ctx, "a" * 64, "run", ["q0", "q1"]))
+    write_jsonl(b, answer_rows(ctx, "b" * 64, "run", ["q2", "q3"]))
     return (["--question-file", str(ctx.questions), "--answers-file", str(tmp / "merged.jsonl"), str(a), str(b)],
             [f"{b}: answer #1 comes from another model (model_sha256 bbbbbbbbbbbb) than {a} (aaaaaaaaaaaa)"])
 
@@ -440,7 +444,7 @@ def merge_two_models(ctx, tmp):
 def merge_int_and_str_ids(ctx, tmp):
     questions = same_id_questions(ctx, tmp)
     a = tmp / "4_0.jsonl"
-    formats.write_jsonl(a, answer_rows(ctx, "a" * 64, "run", [7, "q2", "q3"]))
+    write_jsonl(a, answer_rows(ctx, "a" * 64, "run", [7, "q2", "q3"]))
     return (["--question-file", str(questions), "--answers-file", str(tmp / "merged.jsonl"), str(a)],
             [f"{questions}: question_id 7 (record #0) and '7' (record #1) are the same id"])
 
@@ -448,7 +452,7 @@ def merge_int_and_str_ids(ctx, tmp):
 def score_int_and_str_ids(ctx, tmp):
     questions = same_id_questions(ctx, tmp)
     answers = tmp / "answers.jsonl"
-    formats.write_jsonl(answers, answer_rows(ctx, "a" * 64, "run", [7, "q2", "q3"]))
+    write_jsonl(answers, answer_rows(ctx, "a" * 64, "run", [7, "q2", "q3"]))
     return (["--question-file", str(questions), "--answers-file", str(answers), "--out", str(tmp / "scores")],
             [f"{questions}: question_id 7 (record #0) and '7' (record #1) are the same id"])
 
@@ -566,13 +570,14 @@ def test_flat_channel_and_short_hypnogram_are_warnings_with_counts(tmp_path, cap
 
 
 def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):
-    from sleep_eeg.score import parse_stage, score
+    from eeg_core.answer import parse_stage
+    from sleep_eeg.score import score
 
     hedged = ["stage 2 or stage 3", "REM? no. Sleep stage: unclear", "Sleep stage: N2/N3", "Sleep stage: N1?"]
     assert [parse_stage(t) for t in hedged] == [None] * 4
     assert parse_stage("It could be N1 or N2; the spindles decide.\nSleep stage: N2") == "N2"
     answers = tmp_path / "answers.jsonl"
-    formats.write_jsonl(answers, [formats.make_answer(f"q{i}", QUESTION, text, f"a{i}", "m", {})
+    write_jsonl(answers, [formats.make_answer(f"q{i}", QUESTION, text, f"a{i}", "m", {})
                                   for i, text in enumerate(hedged)])
     metrics = score(ctx.questions, answers, tmp_path / "scores")
     assert metrics["unparseable_question_ids"] == ["q0", "q1", "q2", "q3"] and metrics["accuracy"] == 0.0

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 from eeg_vlm.cli import main as eeg_vlm
-from eeg_vlm.cli import run
-from eeg_vlm.formats import STAGES, file_sha256, read_jsonl, read_records, stage_line, write_json, write_jsonl
+from eeg_core.cli import run
+from eeg_core.answer import stage_line
+from eeg_core.atomic import file_sha256, write_json, write_jsonl
+from eeg_core.formats import read_jsonl, read_records
+from eeg_core.stages import STAGES
 from sleep_eeg import baselines, features, measures
-from sleep_eeg.score import parse_stage
+from eeg_core.answer import parse_stage
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from eeg_vlm import demo, formats
+from eeg_vlm import demo
+from eeg_core import formats
+from eeg_core.answer import stage_line
+from eeg_core.errors import FormatError
+from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
+from eeg_core.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = [s.name for s in demo.pipeline(demo.QUICK, seed=0)]
@@ -48,7 +53,7 @@ def test_each_step_writes_its_files(quick_run):
         assert rec["image"][0] == rec["image"][1] and (data / "eeg_images_ft" / rec["image"][0]).is_file()
         human, gpt = rec["conversations"]
         assert human["value"].startswith("<image>\n<image>\n")
-        assert gpt["value"].splitlines()[-1] == formats.stage_line(rec["label"])
+        assert gpt["value"].splitlines()[-1] == stage_line(rec["label"])
     for q in questions:
         assert {"question_id", "image", "text", "label", "subject", "epoch"} <= set(q)
         assert (data / "eeg_images_eval" / q["image"][0]).is_file()
@@ -56,7 +61,7 @@ def test_each_step_writes_its_files(quick_run):
 
     # vision module: checkpoint, [N, 1, 1024] float32 features row per record, its own scores.
     assert (workdir / demo.VISION / "model.safetensors").is_file()
-    for name, n in ((formats.FEATURES_TRAIN_NAME, len(train)), (formats.FEATURES_EVAL_NAME, len(questions))):
+    for name, n in ((FEATURES_TRAIN_NAME, len(train)), (FEATURES_EVAL_NAME, len(questions))):
         feats = np.load(data / name, allow_pickle=False)
         assert feats.shape == (n, 1, 1024) and feats.dtype == np.float32 and np.isfinite(feats).all()
         assert json.loads((data / (name + ".json")).read_text())["n"] == n
@@ -66,8 +71,8 @@ def test_each_step_writes_its_files(quick_run):
         assert [a["question_id"] for a in rows] == [q["question_id"] for q in questions], answers_file
         for a in rows:
             probs = a["metadata"]["probabilities"]
-            assert set(probs) == set(formats.STAGES) and abs(sum(probs.values()) - 1) < 1e-4
-            assert a["text"] == formats.stage_line(max(probs, key=probs.get))
+            assert set(probs) == set(STAGES) and abs(sum(probs.values()) - 1) < 1e-4
+            assert a["text"] == stage_line(max(probs, key=probs.get))
 
     # tiny base, then the LoRA run in LLaVA's layout with the demo's recipe in its config.
     assert (workdir / demo.TINY / "tokenizer.model").is_file() and (workdir / demo.TINY / "clip").is_dir()
@@ -97,7 +102,7 @@ def test_each_step_writes_its_files(quick_run):
         "majority class", "band-power baseline", "band-power baseline", "feature baseline", "vision module", "EEG-VLM"]
     # the default recipe: three panels and a context head, recorded with the checkpoints
     recipe = demo.RECIPES[demo.DEFAULT_RECIPE]
-    drawn = json.loads((data / formats.RENDER_FILE).read_text())
+    drawn = json.loads((data / RENDER_FILE).read_text())
     assert drawn["channels"] == recipe.channels.split(",") and drawn["spectrogram"] == recipe.spectrogram
     vision = json.loads((workdir / demo.VISION / "config.json").read_text())
     assert vision["render"] == drawn and vision["context"]["k"] == recipe.context_k
@@ -113,7 +118,7 @@ def test_each_step_writes_its_files(quick_run):
     # each command is printed as a user would type it before it runs
     for command in ("$ eeg-vlm synth", "$ eeg-vlm prepare", "$ eeg-vlm vision train", "$ eeg-vlm vision extract",
                     "$ eeg-vlm vision predict", "$ eeg-vlm baseline train", "$ eeg-vlm baseline predict",
-                    "llava.model.tiny", "llava/train/train_mem.py", "llava/eval/model_vqa.py", "$ eeg-vlm score"):
+                    "eeg_vlm.tiny", "llava/train/train_mem.py", "llava/eval/model_vqa.py", "$ eeg-vlm score"):
         assert command in out, command
     assert "--deepspeed" in out and "zero3.json" in out
 
@@ -149,12 +154,12 @@ def test_edf_dir_runs_a_recipe_on_your_own_nights(quick_run, tmp_path):
     questions = formats.read_records(mine / demo.EVAL_RECORDS)
     assert [q["question_id"] for q in questions] == [
         q["question_id"] for q in formats.read_records(workdir / demo.EVAL_RECORDS)]  # the same held-out epochs
-    assert json.loads((mine / demo.DATA / formats.RENDER_FILE).read_text())["channels"] == ["EEG Fpz-Cz"]
+    assert json.loads((mine / demo.DATA / RENDER_FILE).read_text())["channels"] == ["EEG Fpz-Cz"]
     one = tmp_path / "one"
     one.mkdir()
     for f in sorted((workdir / "edf").glob("*.edf"))[:2]:  # one night: one subject
         (one / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(formats.FormatError, match=r"one: nights of 1 subject\(s\) .*needs at least two"):
+    with pytest.raises(FormatError, match=r"one: nights of 1 subject\(s\) .*needs at least two"):
         demo.main(["--workdir", str(tmp_path / "w"), "--edf-dir", str(one)])
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from sleep_eeg import edf, stages, synth
 
 

@@ -4,10 +4,13 @@ import shutil
 
 import pytest
 
-from eeg_vlm.cli import run
+from eeg_core.cli import run
 from PIL import Image
 
-from eeg_vlm.formats import RENDER_FILE, FormatError, check_render, read_records, records_render, stage_line
+from eeg_core.answer import stage_line
+from eeg_core.errors import FormatError
+from eeg_core.formats import check_render, read_records, records_render
+from eeg_core.layout import RENDER_FILE
 from sleep_eeg import edf, prepare, stages, synth
 from sleep_eeg.render import RenderConfig
 

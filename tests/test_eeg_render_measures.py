@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from eeg_vlm.formats import STAGES, FormatError, stage_line
+from eeg_core.answer import stage_line
+from eeg_core.errors import FormatError
+from eeg_core.stages import STAGES
 from sleep_eeg import cot
 from sleep_eeg.measures import epoch_measures
 from sleep_eeg.render import RenderConfig, render_epoch, render_night, segment

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX as IMG
 
 torch.set_num_threads(1)
@@ -196,7 +196,7 @@ def test_tiny_config_matches_its_tokenizer(loaded):
 
 
 def test_tiny_build_is_byte_identical(tiny_llava, tmp_path):
-    from llava.model.tiny import main
+    from eeg_vlm.tiny import main
 
     again = tmp_path / "again"
     main(["--out", str(again), "--seed", "0"])  # the command line, same defaults as the fixture's build

@@ -11,7 +11,7 @@ from PIL import Image
 from sentencepiece import sentencepiece_model_pb2
 from transformers import CLIPImageProcessor
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template, template_texts
 from llava.mm_utils import (

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eeg_vlm.formats import FormatError, make_question, read_jsonl, save_features, write_jsonl
+from eeg_core.atomic import write_jsonl
+from eeg_core.errors import FormatError
+from eeg_core.formats import make_question, read_jsonl, save_features
 from llava.eval import merge_answers as merge_mod
 from llava.eval import model_vqa
 from llava.model.builder import model_fingerprint

@@ -44,7 +44,9 @@ import pytest
 import torch
 from PIL import Image
 
-from eeg_vlm import formats
+from eeg_core import formats
+from eeg_core.atomic import write_jsonl
+from eeg_core.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,12 +175,12 @@ def test_model_vqa_answers_with_the_two_rank_result(runs):
     (root / "images").mkdir(parents=True)
     rng = np.random.default_rng(1)
     questions = []
-    for i, stage in enumerate(formats.STAGES):
+    for i, stage in enumerate(STAGES):
         name = f"e{i}.png"
         Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / "images" / name)
         questions.append(formats.make_question(f"q{i}", [name, name], "What is the sleep stage of this EEG epoch?",
                                                stage))
-    formats.write_jsonl(root / "eeg_eval.jsonl", questions)
+    write_jsonl(root / "eeg_eval.jsonl", questions)
     formats.save_features(root / "eval_high_level_features.npy",
                           rng.normal(size=(len(questions), 1, 1024)).astype(np.float32))
     answers = root / "answers" / "eeg_answers.jsonl"

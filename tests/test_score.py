@@ -6,9 +6,11 @@ import sys
 
 import pytest
 
-from eeg_vlm.cli import run
-from eeg_vlm.formats import make_answer, make_question, write_jsonl
-from sleep_eeg.score import UNPARSEABLE, main, parse_stage, score
+from eeg_core.cli import run
+from eeg_core.atomic import write_jsonl
+from eeg_core.formats import make_answer, make_question
+from eeg_core.answer import UNPARSEABLE, parse_stage
+from sleep_eeg.score import main, score
 
 # ---------------------------------------------------------------------------------------------
 # Parser

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from sleep_eeg.statistics import sleep_statistics
 
 #            0    1    2     3     4     5    6     7     8     9      10     11   12    13   14

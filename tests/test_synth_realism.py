@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from eeg_vlm.formats import STAGES
+from eeg_core.stages import STAGES
 from sleep_eeg import measures, synth
 
 REAL = synth.load_calibration()["reference"]

@@ -19,8 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from eeg_vlm import formats
-from eeg_vlm.formats import FormatError
+from eeg_core import formats
+from eeg_core.answer import stage_line
+from eeg_core.atomic import write_json
+from eeg_core.layout import FEATURES_TRAIN_NAME, RENDER_FILE
+from eeg_core.stages import STAGES
+from eeg_core.errors import FormatError
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the sleep stage of this EEG epoch?"
@@ -67,14 +71,14 @@ def make_data(root: Path, n: int, classes: list[int] | None = None, identical_im
         name = "same.png" if identical_images else f"e{i}.png"
         if not (root / "images" / name).exists():
             Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / "images" / name)
-        stage = formats.STAGES[c]
-        records.append(formats.make_train_record(f"r{i}", [name, name], QUESTION, formats.stage_line(stage),
+        stage = STAGES[c]
+        records.append(formats.make_train_record(f"r{i}", [name, name], QUESTION, stage_line(stage),
                                                  label=stage))
         feats[i, 0] = rng.standard_normal(dim) * 0.5
         block = dim // 5
         feats[i, 0, c * block : (c + 1) * block] += strength
-    formats.write_json(root / "eeg_ft.json", records)
-    formats.save_features(root / formats.FEATURES_TRAIN_NAME, feats)
+    write_json(root / "eeg_ft.json", records)
+    formats.save_features(root / FEATURES_TRAIN_NAME, feats)
     return root
 
 
@@ -161,7 +165,7 @@ def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_pat
 
     tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava))
     assert context_len == 4096
-    feats = np.load(data / formats.FEATURES_TRAIN_NAME)[:2, 0]
+    feats = np.load(data / FEATURES_TRAIN_NAME)[:2, 0]
     with torch.no_grad():
         from llava.mm_utils import load_image, process_images, tokenizer_image_token
 
@@ -192,9 +196,9 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     classes = [i % 5 for i in range(n_train + n_test)]
     data = make_data(tmp_path / "data", n=n_train + n_test, classes=classes, identical_images=True)
     records = formats.read_records(data / "eeg_ft.json")
-    feats = np.load(data / formats.FEATURES_TRAIN_NAME)
-    formats.write_json(data / "eeg_ft.json", records[:n_train])  # rows n_train.. are held out
-    formats.save_features(data / formats.FEATURES_TRAIN_NAME, feats[:n_train])  # one row per training record
+    feats = np.load(data / FEATURES_TRAIN_NAME)
+    write_json(data / "eeg_ft.json", records[:n_train])  # rows n_train.. are held out
+    formats.save_features(data / FEATURES_TRAIN_NAME, feats[:n_train])  # one row per training record
     out = tmp_path / "run"
     # DESIGN.md's fast recipe on a random base: full fine-tune with a separate feature projector.
     argv = quick_argv(tiny_llava, data, out, "--lora_enable", "False", "--hl_fusion", "add",
@@ -205,7 +209,7 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     tokenizer = trainer.processing_class
     processor = model.get_model().get_vision_tower().image_processor
     image = data / "images" / "same.png"
-    labels = [formats.STAGES[c] for c in classes[n_train:]]
+    labels = [STAGES[c] for c in classes[n_train:]]
     pred = generate_stages(model, tokenizer, processor, image, feats[n_train:])
     acc = np.mean([p == t for p, t in zip(pred, labels)])
     pred0 = generate_stages(model, tokenizer, processor, image, np.zeros_like(feats[n_train:]))
@@ -234,10 +238,10 @@ def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, recwarn, batch
     data = make_data(tmp_path / "data", n=5)
     drawn = RenderConfig(px_per_s=6).to_dict()
     if balance:  # records that say how their images were drawn
-        formats.write_json(data / formats.RENDER_FILE, drawn)
+        write_json(data / RENDER_FILE, drawn)
         records = [{**r, "render": drawn["id"]} for r in formats.read_records(data / "eeg_ft.json")]
-        formats.write_json(data / "eeg_ft.json", records)
-        formats.save_features(data / formats.FEATURES_TRAIN_NAME, np.load(data / formats.FEATURES_TRAIN_NAME))
+        write_json(data / "eeg_ft.json", records)
+        formats.save_features(data / FEATURES_TRAIN_NAME, np.load(data / FEATURES_TRAIN_NAME))
     out = tmp_path / "run"
     trainer = train(quick_argv(tiny_llava, data, out, "--per_device_train_batch_size", str(batch),
                                "--hl_fusion", fusion, "--hl_projector", projector, "--class_balance", str(balance)))
@@ -277,7 +281,7 @@ def test_features_follow_the_record_not_the_batch_position(tiny_llava, tmp_path)
     data = make_data(tmp_path / "data", n=4)
     records = formats.read_records(data / "eeg_ft.json")
     records[2]["feature_index"] = 0
-    feats = formats.load_features(data / formats.FEATURES_TRAIN_NAME, records, dim=1024)
+    feats = formats.load_features(data / FEATURES_TRAIN_NAME, records, dim=1024)
     tokenizer = load_tokenizer(tiny_llava)
     processor = CLIPImageProcessor.from_pretrained(tiny_llava / "clip")
     ds = SupervisedDataset(records, tokenizer, "v1", str(data / "images"), processor, "pad", feats)
@@ -315,38 +319,38 @@ def _break_unreadable_image(data):
 
 
 def _break_few_rows(data):
-    feats = np.load(data / formats.FEATURES_TRAIN_NAME)
-    np.save(data / formats.FEATURES_TRAIN_NAME, feats[:2])
+    feats = np.load(data / FEATURES_TRAIN_NAME)
+    np.save(data / FEATURES_TRAIN_NAME, feats[:2])
     return "2 feature rows but record 'r2'"
 
 
 def _break_shape(data):
-    np.save(data / formats.FEATURES_TRAIN_NAME, np.zeros((4, 1024), np.float32))
+    np.save(data / FEATURES_TRAIN_NAME, np.zeros((4, 1024), np.float32))
     return "features must be shaped [N, 1, D]"
 
 
 def _break_dim(data):
-    np.save(data / formats.FEATURES_TRAIN_NAME, np.zeros((4, 1, 512), np.float32))
+    np.save(data / FEATURES_TRAIN_NAME, np.zeros((4, 1, 512), np.float32))
     return "D=512 does not match the projector's input mm_hidden_size=1024"
 
 
 def _break_nan(data):
-    feats = np.load(data / formats.FEATURES_TRAIN_NAME)
+    feats = np.load(data / FEATURES_TRAIN_NAME)
     feats[3, 0, 7] = np.inf
-    np.save(data / formats.FEATURES_TRAIN_NAME, feats)
+    np.save(data / FEATURES_TRAIN_NAME, feats)
     return "row 3 holds NaN or inf"
 
 
 def _break_pickled(data):
     arr = np.empty((4, 1, 1024), dtype=object)
-    np.save(data / formats.FEATURES_TRAIN_NAME, arr, allow_pickle=True)
+    np.save(data / FEATURES_TRAIN_NAME, arr, allow_pickle=True)
     return "without pickle"
 
 
 def _break_image_count(data):
     records = formats.read_records(data / "eeg_ft.json")
     records[2]["conversations"][0]["value"] = records[2]["conversations"][0]["value"].replace("<image>\n", "", 1)
-    formats.write_json(data / "eeg_ft.json", records)
+    write_json(data / "eeg_ft.json", records)
     return "record 'r2' (#2) has 1 <image> tokens but 2 images"
 
 

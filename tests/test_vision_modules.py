@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from vision_modules import VisionOutput, create_vision_module, list_vision_modules, register_vision_module
 
 

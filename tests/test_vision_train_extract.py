@@ -12,8 +12,11 @@ import torch
 from PIL import Image
 
 from eeg_vlm.cli import main as eeg_vlm_main
-from eeg_vlm.cli import run
-from eeg_vlm.formats import STAGES, FormatError, file_sha256, load_features, read_records, write_json, write_jsonl
+from eeg_core.cli import run
+from eeg_core.atomic import file_sha256, write_json, write_jsonl
+from eeg_core.errors import FormatError
+from eeg_core.formats import load_features, read_records
+from eeg_core.stages import STAGES
 from vision_modules import extract_features, train_vision_module
 from vision_modules.cli import main as vision_main
 

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from eeg_vlm.formats import FormatError, atomic_path, write_json
+from eeg_core.atomic import atomic_path, write_json
+from eeg_core.errors import FormatError
 from vision_modules.context import HEAD_NAME, ContextHead
 from vision_modules.registry import create_vision_module
 

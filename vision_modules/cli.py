@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from eeg_vlm.cli import run
+from eeg_core.cli import run
 from vision_modules import extract, predict, train
 
 

@@ -28,7 +28,8 @@ from sklearn.metrics import f1_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from eeg_vlm.formats import FormatError, record_id
+from eeg_core.errors import FormatError
+from eeg_core.formats import record_id
 
 HEAD_NAME = "context_head.safetensors"
 

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 from torchvision.transforms import InterpolationMode
 
-from eeg_vlm.formats import STAGE_INDEX, FormatError, check_stage, decode_images, image_path, record_id, record_images
+from eeg_core.errors import FormatError
+from eeg_core.formats import decode_images, image_path, record_id, record_images
+from eeg_core.stages import STAGE_INDEX, check_stage
 
 
 def record_image_paths(records: Sequence[dict], image_folder: str | os.PathLike, where: str,

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 
 from PIL import Image
 
-from eeg_vlm.formats import FormatError, check_render, file_sha256, read_records, records_render, save_features
+from eeg_core.atomic import file_sha256
+from eeg_core.errors import FormatError
+from eeg_core.formats import check_render, read_records, records_render, save_features
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
 from vision_modules.context import HEAD_NAME, apply_head, neighbour_index, night_keys
 from vision_modules.data import EEGImageDataset, image_tensor, record_image_paths

@@ -28,8 +28,8 @@ import timm
 import torch
 from torch import nn
 
-from eeg_vlm.formats import FormatError
-from vision_modules.registry import VisionOutput, register_vision_module
+from eeg_core.errors import FormatError
+from vision_modules.registry import TIMM_PREFIX, VisionOutput, register_vision_family, register_vision_module
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (64, 192)
 DEFAULT_TAP = -2
@@ -153,6 +153,9 @@ class TimmVisionModule(nn.Module):
             fmap = fmap.permute(0, 3, 1, 2)
         h = self.pool(self.expand(fmap)).flatten(1)  # [B, feature_dim]
         return VisionOutput(features=h[:, None, :], logits=self.classifier(h))
+
+
+register_vision_family(TIMM_PREFIX, TimmVisionModule)
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:

@@ -41,11 +41,13 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 
 TIMM_PREFIX = "timm:"
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Builders of whole model families named by a prefix: "timm:" -> any timm backbone (set by vision_modules.modules).
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 
 
 class VisionOutput(NamedTuple):
@@ -67,6 +69,11 @@ def register_vision_module(name: str) -> Callable[[Callable[..., nn.Module]], Ca
         return builder
 
     return decorator
+
+
+def register_vision_family(prefix: str, builder: Callable[..., nn.Module]) -> None:
+    """``create_vision_module(prefix + model_name, ...)`` calls ``builder(model_name, ...)`` (``timm:<name>``)."""
+    _FAMILIES[prefix] = builder
 
 
 def list_vision_modules() -> list[str]:
@@ -121,12 +128,10 @@ def create_vision_module(
     a checkpoint never makes an arbitrary module run. Any other module must be named by the user
     (``--import-module``, ``import_user_modules``). ``where`` (the checkpoint's config) prefixes errors.
     """
-    from vision_modules.modules import TimmVisionModule  # registers the built-ins
-
-    if name.startswith(TIMM_PREFIX):
-        return TimmVisionModule(
-            name[len(TIMM_PREFIX):], feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw
-        )
+    for prefix, family in _FAMILIES.items():
+        if name.startswith(prefix):
+            return family(name[len(prefix):], feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained,
+                          **kw)
     if name not in _REGISTRY and import_path and import_path != "__main__":
         prefix = f"{where}: " if where else ""
         if not is_known_module(import_path):

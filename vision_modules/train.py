@@ -26,7 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from eeg_vlm.formats import STAGES, FormatError, atomic_path, read_records, records_render
+from eeg_core.atomic import atomic_path
+from eeg_core.errors import FormatError
+from eeg_core.formats import read_records, records_render
+from eeg_core.stages import STAGES
 from vision_modules.checkpoint import CONFIG_NAME, load_vision_module, read_config, save_checkpoint
 from vision_modules.context import neighbour_index, night_keys, train_head
 from vision_modules.data import EEGImageDataset, record_image_paths, record_labels

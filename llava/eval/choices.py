@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eeg_vlm.formats import ANSWER_STAGE_PREFIX, STAGES, stage_line
+from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line
+from eeg_core.stages import STAGES
 
 
 @dataclass

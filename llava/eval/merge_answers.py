@@ -17,7 +17,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from eeg_vlm.formats import FormatError, question_key, question_keys, read_jsonl, read_records, write_jsonl
+from eeg_core.atomic import write_jsonl
+from eeg_core.errors import FormatError
+from eeg_core.formats import question_key, question_keys, read_jsonl, read_records
 
 
 def merge_answers(question_file: str | Path, chunk_files: Sequence[str | Path], answers_file: str | Path) -> int:
@@ -70,6 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run as run_command
+    from eeg_core.cli import run as run_command
 
     run_command(main)

@@ -45,11 +45,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from eeg_vlm.formats import (
-    ANSWER_STAGE_PREFIX,
-    STAGES,
-    FormatError,
-    append_jsonl,
+from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line, user_prompt
+from eeg_core.atomic import append_jsonl, write_jsonl
+from eeg_core.errors import FormatError
+from eeg_core.formats import (
     check_feature_size,
     decode_images,
     default_features_path,
@@ -65,9 +64,8 @@ from eeg_vlm.formats import (
     real_images,
     record_id,
     record_images,
-    stage_line,
-    write_jsonl,
 )
+from eeg_core.stages import STAGES
 from llava.eval import choices
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
@@ -205,7 +203,7 @@ def user_text(question: dict, use_im_start_end: bool) -> str:
     text = question["text"]
     if DEFAULT_IMAGE_TOKEN in text:  # the question placed its own image tokens
         return text.replace(DEFAULT_IMAGE_TOKEN, image_token)
-    return "".join(image_token + "\n" for _ in record_images(question)) + text
+    return user_prompt(text, len(record_images(question)), image_token)
 
 
 def build_prompt(question: dict, conv_template, use_im_start_end: bool) -> str:
@@ -463,6 +461,6 @@ def run(
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run as run_command
+    from eeg_core.cli import run as run_command
 
     run_command(main)

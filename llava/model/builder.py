@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.model.config import LlavaConfig, load_config
 from llava.model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.vision_tower import resolve_model_dir
@@ -45,7 +45,7 @@ def model_fingerprint(model_path, model_base=None) -> str:
     cost minutes). Two trainings into the same folder name give two fingerprints."""
     import hashlib
 
-    from eeg_vlm.formats import file_sha256
+    from eeg_core.atomic import file_sha256
 
     folder = resolve_model_dir(model_path, what="model", hint="--model-path")
     kind = checkpoint_kind(folder)

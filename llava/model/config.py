@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import LlamaConfig
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 
 # Every multimodal key with its default. Names as in LLaVA-1.5's config.json, plus ours at the end.
 MM_DEFAULTS: dict = {

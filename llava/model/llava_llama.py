@@ -8,7 +8,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.model.config import HL_FUSIONS, HL_PROJECTORS, LlavaConfig, load_config
 from llava.model.multimodal import LlavaMetaForCausalLM
 from llava.model.projector import build_vision_projector

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 

@@ -5,7 +5,7 @@ import re
 
 from torch import nn
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 
 
 def build_vision_projector(config) -> nn.Module:

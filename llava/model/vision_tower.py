@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 
 
 def resolve_model_dir(name: str | os.PathLike, base_dirs=(), what: str = "vision tower",

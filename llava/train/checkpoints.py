@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 
 CHECKPOINT_STAGING = ".checkpoint-staging"
 FINAL_STAGING = ".final-staging"

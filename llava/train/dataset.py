@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from eeg_vlm import formats
-from eeg_vlm.formats import FormatError
+from eeg_core import formats
+from eeg_core.stages import check_stage
+from eeg_core.errors import FormatError
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 
 logger = logging.getLogger("llava.train")
@@ -106,7 +107,7 @@ class SupervisedDataset(Dataset):
     @property
     def stage_labels(self) -> list[str]:
         """Every record's ``label`` (for ``--class_balance``); a record without a stage label is refused."""
-        return [formats.check_stage(rec.get("label"), f"{self.data_path}: record {formats.record_id(rec)!r} (#{i}) "
+        return [check_stage(rec.get("label"), f"{self.data_path}: record {formats.record_id(rec)!r} (#{i}) "
                                     "(--class_balance needs a 'label')") for i, rec in enumerate(self.records)]
 
     @property

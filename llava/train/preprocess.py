@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
 from llava.mm_utils import tokenizer_image_token

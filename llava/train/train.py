@@ -26,7 +26,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.dataset import make_supervised_data_module
 
@@ -124,7 +124,7 @@ def explicit_flags(argv: Sequence[str] | None) -> set[str]:
 def adopt_base_vision_tower(model_args, base_config, records: list[dict], data_path, flags: set[str]) -> None:
     """Without ``--vision_tower``: take the base's ``mm_vision_tower`` (and its other ``mm_*`` settings, unless
     given on the command line) when its config names one; records with images and no tower are refused here."""
-    from eeg_vlm import formats
+    from eeg_core import formats
 
     if model_args.vision_tower is not None:
         return
@@ -219,7 +219,7 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     check_options(model_args, data_args, training_args)
     setup_reporting(training_args)
 
-    from eeg_vlm import formats
+    from eeg_core import formats
     from llava.model.config import load_config
     from llava.tokenizer import load_tokenizer
     from llava.train.dataset import check_records, load_train_features
@@ -249,7 +249,7 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
 
 def _train(model_args, data_args, training_args, attn_implementation, tokenizer, records, features, resume,
            first_step):
-    from eeg_vlm import formats
+    from eeg_core import formats
 
     transformers.set_seed(training_args.seed)  # seeded init: the same projector weights on every rank count
     model = build_model(model_args, training_args, attn_implementation)
@@ -326,6 +326,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

@@ -30,6 +30,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

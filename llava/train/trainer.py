@@ -28,7 +28,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
-from eeg_vlm.formats import FormatError
+from eeg_core.errors import FormatError
 from llava.train.checkpoints import CHECKPOINT_STAGING, FINAL_STAGING, TRAINER_STATE
 
 logger = logging.getLogger("llava.train")

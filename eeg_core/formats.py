@@ -1,6 +1,5 @@
 """The project's data formats, each defined once. Every reader and writer goes through here.
 
-- Stages: AASM ``W N1 N2 N3 REM``.
 - Train records (LLaVA's format): a JSON array of ``{"id", "image": [img, img], "conversations": [...]}``
   plus metadata (``label``, ``subject``, ``night``, ``epoch``, optionally ``feature_index``).
 - Eval questions: JSONL of ``{"question_id", "image": [img, img], "text", "label", ...}``.
@@ -14,125 +13,23 @@
   ``render.json`` beside the records; every record names it with ``"render": <id>``. Vision-module and
   LLaVA checkpoints keep the settings they were trained on; a model never reads images drawn another way.
 
-Files are written atomically (a temporary file in the same folder, then ``os.replace``) so that a crash
-never leaves a half-written file behind.
+Stages, the answer line, the data folder's file names and atomic writes have their own core modules
+(``eeg_core.stages``, ``eeg_core.answer``, ``eeg_core.layout``, ``eeg_core.atomic``).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-STAGES: tuple[str, ...] = ("W", "N1", "N2", "N3", "REM")
-STAGE_INDEX: dict[str, int] = {s: i for i, s in enumerate(STAGES)}
-
-# The last line of every chain-of-thought answer, e.g. "Sleep stage: N2".
-ANSWER_STAGE_PREFIX = "Sleep stage:"
-
-FEATURES_TRAIN_NAME = "train_high_level_features.npy"
-FEATURES_EVAL_NAME = "eval_high_level_features.npy"
-RENDER_FILE = "render.json"
-
-
-class FormatError(ValueError):
-    """Bad input: the message is one line naming the file and, where there is one, the record."""
-
-
-def stage_line(stage: str) -> str:
-    """The line that ends an answer: ``Sleep stage: <stage>``."""
-    check_stage(stage)
-    return f"{ANSWER_STAGE_PREFIX} {stage}"
-
-
-def check_stage(stage: Any, where: str = "") -> str:
-    if stage not in STAGE_INDEX:
-        prefix = f"{where}: " if where else ""
-        raise FormatError(f"{prefix}label {stage!r} is not one of {' '.join(STAGES)}")
-    return stage
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it vanishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole (a folder already
-    there is removed), on error it vanishes and ``path`` is left as it was."""
-    import shutil
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # an ordinary folder, not mkdtemp's private one
-    old = path.with_name(f".{path.name}.old")
-    try:
-        yield tmp
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Append rows to a JSONL file and make them durable (flush + fsync) before returning.
-
-    Rows are written ASCII-escaped: a line cut short by a killed writer is then still valid UTF-8,
-    so ``read_jsonl(path, allow_torn_tail=True)`` sees it as a torn last line and drops it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(row, ensure_ascii=True) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
+from eeg_core.answer import user_prompt
+from eeg_core.atomic import atomic_path, file_sha256, write_json
+from eeg_core.errors import FormatError
+from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 
 # ---------------------------------------------------------------------------------------------
 # Records (train JSON array or eval JSONL)
@@ -289,13 +186,10 @@ def make_train_record(
     record_id_: str, images: Sequence[str], question: str, answer: str, **metadata: Any
 ) -> dict:
     """A LLaVA train record with one ``<image>`` line per image ahead of the question."""
-    from llava.constants import DEFAULT_IMAGE_TOKEN
-
-    prompt = "\n".join([DEFAULT_IMAGE_TOKEN] * len(images) + [question])
     return {
         "id": record_id_,
         "image": list(images),
-        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}],
+        "conversations": [{"from": "human", "value": user_prompt(question, len(images))}, {"from": "gpt", "value": answer}],
         **metadata,
     }
 

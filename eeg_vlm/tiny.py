@@ -1,6 +1,6 @@
 """A tiny random LLaVA-1.5 in the original layout, built here, offline, in seconds (for tests and the demo).
 
-``python -m llava.model.tiny --out DIR [--seed N] [--hidden-size 128] [--num-layers 2] ...`` writes::
+``python -m eeg_vlm.tiny --out DIR [--seed N] [--hidden-size 128] [--num-layers 2] ...`` writes::
 
     DIR/config.json              model_type llava_llama, llava-v1.5's mm_* keys, mm_vision_tower "clip"
     DIR/model.safetensors        Llama + model.mm_projector.0.* / .2.* (mlp2x_gelu)
@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 
 import torch
+
+from eeg_core.answer import IMAGE_TOKEN, stage_line, user_prompt
+from llava.model.config import HL_FUSIONS, HL_PROJECTORS
 
 LLAVA_V15_MM_KEYS = {  # as in liuhaotian/llava-v1.5-13b's config.json
     "mm_projector_type": "mlp2x_gelu",
@@ -42,7 +45,7 @@ def tokenizer_corpus() -> list[str]:
     texts = list(example_texts())
     for conv in conv_templates.values():
         texts += [conv.system, *conv.roles]
-    texts += ["<image>", "USER: <image>\n<image>\nWhat is the sleep stage? ASSISTANT:"]
+    texts += [IMAGE_TOKEN, f"USER: {user_prompt('What is the sleep stage?', 2)} ASSISTANT:"]
     return [t for t in texts if t]
 
 
@@ -103,7 +106,6 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     from PIL import Image
     from safetensors.torch import save_file
 
-    from eeg_vlm.formats import stage_line
     from llava.mm_utils import process_images
     from llava.model.builder import load_pretrained_model
     from llava.train.preprocess import preprocess
@@ -112,7 +114,7 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     out = Path(out)
     shutil.copytree(base, out, dirs_exist_ok=True)
     tokenizer, model, processor, _ = load_pretrained_model(str(base), None)
-    sources = [[{"from": "human", "value": f"<image>\n<image>\n{QUESTIONS[0]}"}, {"from": "gpt", "value": stage_line(s)}]
+    sources = [[{"from": "human", "value": user_prompt(QUESTIONS[0], 2)}, {"from": "gpt", "value": stage_line(s)}]
                for s in labels]
     data = preprocess(sources, tokenizer, has_image=True, version="v1")
     pad = torch.nn.utils.rnn.pad_sequence
@@ -146,8 +148,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-position-embeddings", type=int, default=2048)
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--clip-layers", type=int, default=2)
-    parser.add_argument("--hl-fusion", choices=("add", "token"), default="add")
-    parser.add_argument("--hl-projector", choices=("shared", "separate"), default="shared")
+    parser.add_argument("--hl-fusion", choices=HL_FUSIONS, default=HL_FUSIONS[0])
+    parser.add_argument("--hl-projector", choices=HL_PROJECTORS, default=HL_PROJECTORS[0])
     args = parser.parse_args(argv)
     out = build_tiny_llava(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
                            num_heads=args.num_heads, intermediate_size=args.intermediate_size,
@@ -158,6 +160,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from eeg_vlm.cli import run
+    from eeg_core.cli import run
 
     run(main)

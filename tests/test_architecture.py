@@ -1,0 +1,95 @@
+"""The layers stay layers: the core imports nothing of ours, each layer imports only the ones below it, and no
+module imports itself back through others (imports inside functions count too)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Package -> the packages it may import (besides itself). eeg_core is the leaf; eeg_vlm is the top.
+ALLOWED = {
+    "eeg_core": set(),
+    "sleep_eeg": {"eeg_core"},
+    "vision_modules": {"eeg_core"},
+    "llava": {"eeg_core"},
+    "eeg_vlm": {"eeg_core", "sleep_eeg", "vision_modules", "llava"},
+}
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in ALLOWED:
+        for path in (REPO / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def imported(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules that ``module`` imports anywhere in its file (a package import counts as its
+    ``__init__``; ``from package import name`` counts the submodule ``name`` when there is one)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name in modules and name != module:
+                found.add(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imported(name, path, modules) for name, path in modules.items()}
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    wrong = [f"{m} imports {i}" for m, targets in import_graph().items() for i in sorted(targets)
+             if i.split(".")[0] != m.split(".")[0] and i.split(".")[0] not in ALLOWED[m.split(".")[0]]]
+    assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_the_core_imports_nothing_of_the_rest_of_the_project():
+    core = {m: t for m, t in import_graph().items() if m.startswith("eeg_core")}
+    assert core  # the core exists and is scanned
+    assert all(i.startswith("eeg_core") for targets in core.values() for i in targets)
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_checker_sees_a_wrong_import(tmp_path):
+    """The scan reads imports inside functions and relative imports: a core module importing upwards is found."""
+    modules = {"eeg_core.formats": tmp_path / "formats.py", "llava.constants": tmp_path / "c.py",
+               "eeg_core": tmp_path / "__init__.py"}
+    src = tmp_path / "formats.py"
+    src.write_text("def f():\n    from llava.constants import IGNORE_INDEX\nfrom . import formats\n")
+    assert imported("eeg_core.formats", src, modules) == {"llava.constants", "eeg_core"}
