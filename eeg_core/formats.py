@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import numpy as np
 
@@ -105,6 +105,26 @@ def question_keys(records: Sequence[dict], path: str | os.PathLike, what: str = 
             raise FormatError(f"{path}: question_id {other!r} ({what} #{j}) and {qid!r} ({what} #{i}) are the same id "
                               "(ids are compared as text)")
         first[key] = (i, qid)
+        keys.append(key)
+    return keys
+
+
+def answer_keys(rows: Sequence[Any], path: str | os.PathLike, questions: Container[str], source: str) -> list[str]:
+    """``question_key`` of every answer row (a JSONL answers file), in order: each row names a ``question_id``
+    that is one of ``questions`` (keys from ``question_keys``), and no question is answered twice. Answers are
+    named by their line (``answer #1`` is the first); ``source`` names where the questions come from."""
+    keys: list[str] = []
+    seen: set[str] = set()
+    for lineno, row in enumerate(rows, 1):
+        qid = row.get("question_id") if isinstance(row, dict) else None
+        if qid is None:
+            raise FormatError(f"{path}: answer #{lineno} has no question_id")
+        key = question_key(qid, f"{path}: answer #{lineno}")
+        if key not in questions:
+            raise FormatError(f"{path}: answer #{lineno} is for question_id {qid!r}, which is not in {source}")
+        if key in seen:
+            raise FormatError(f"{path}: question_id {qid!r} is answered twice (answer #{lineno})")
+        seen.add(key)
         keys.append(key)
     return keys
 

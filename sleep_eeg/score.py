@@ -38,7 +38,7 @@ import numpy as np
 
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
-from eeg_core.formats import question_key, question_keys, read_jsonl, read_records, record_id
+from eeg_core.formats import answer_keys, question_keys, read_jsonl, read_records, record_id
 from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.stages import STAGES
 from sleep_eeg.metrics import (
@@ -84,17 +84,9 @@ def load_answers(answers_file: str | Path, questions: dict[str, dict]) -> dict[s
     if not rows:
         raise FormatError(f"{path}: answers file is empty")
     answers: dict[str, dict] = {}
-    for i, a in enumerate(rows):
-        if not isinstance(a, dict) or a.get("question_id") is None:
-            raise FormatError(f"{path}: answer #{i} has no question_id")
-        qid = a["question_id"]
-        key = question_key(qid, f"{path}: answer #{i}")
-        if key not in questions:
-            raise FormatError(f"{path}: answer #{i} is for question_id {qid!r}, which the question file does not hold")
-        if key in answers:
-            raise FormatError(f"{path}: duplicate answer for question_id {qid!r} (answer #{i})")
+    for lineno, (key, a) in enumerate(zip(answer_keys(rows, path, questions, "the question file"), rows), 1):
         if not isinstance(a.get("text"), str):
-            raise FormatError(f"{path}: answer #{i} (question_id {qid!r}) has no 'text' string")
+            raise FormatError(f"{path}: answer #{lineno} (question_id {a['question_id']!r}) has no 'text' string")
         answers[key] = a
     return answers
 

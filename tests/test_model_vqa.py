@@ -228,11 +228,11 @@ def test_bad_input_gives_one_line_error(kind, message, data, tiny_llava, loaded,
 def test_answers_for_unknown_questions_are_refused(reference, data, tiny_llava, loaded, tmp_path):
     out = tmp_path / "foreign.jsonl"
     write_jsonl(out, [dict(reference[0], question_id="other-7")])
-    with pytest.raises(FormatError, match="'other-7', which is not among this run's questions"):
+    with pytest.raises(FormatError, match="'other-7', which is not in this run's questions"):
         answer(data, tiny_llava, loaded, out)
     # a chunk's answers file only holds that chunk's questions
     write_jsonl(out, reference[:2])
-    with pytest.raises(FormatError, match="'q0', which is not among"):
+    with pytest.raises(FormatError, match="'q0', which is not in this run's questions"):
         answer(data, tiny_llava, loaded, out, num_chunks=2, chunk_idx=1)
 
 

@@ -210,7 +210,7 @@ def test_unknown_question_id(tmp_path, capsys):
     qf, af = write_case(tmp_path)
     rewrite(af, lambda rows: rows + [{**rows[0], "question_id": "ghost"}])
     err = cli_error(capsys, qf, af)
-    assert str(af) in err and "'ghost'" in err and "answer #10" in err
+    assert str(af) in err and "'ghost'" in err and "answer #11" in err
 
 
 def test_duplicate_question_ids(tmp_path, capsys):
@@ -224,7 +224,7 @@ def test_duplicate_answers(tmp_path, capsys):
     qf, af = write_case(tmp_path)
     rewrite(af, lambda rows: rows + [rows[2]])
     err = cli_error(capsys, qf, af)
-    assert str(af) in err and "duplicate answer" in err and "'s1_e2'" in err
+    assert str(af) in err and "answered twice" in err and "'s1_e2'" in err
 
 
 def test_question_without_label(tmp_path, capsys):

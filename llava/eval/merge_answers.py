@@ -19,7 +19,7 @@ from typing import Sequence
 
 from eeg_core.atomic import write_jsonl
 from eeg_core.errors import FormatError
-from eeg_core.formats import question_key, question_keys, read_jsonl, read_records
+from eeg_core.formats import answer_keys, question_key, question_keys, read_jsonl, read_records
 
 
 def merge_answers(question_file: str | Path, chunk_files: Sequence[str | Path], answers_file: str | Path) -> int:
@@ -33,15 +33,10 @@ def merge_answers(question_file: str | Path, chunk_files: Sequence[str | Path], 
     for path in map(Path, chunk_files):
         if not path.is_file():
             raise FormatError(f"{path}: answers file not found")
-        for lineno, row in enumerate(read_jsonl(path), 1):
-            qid = row.get("question_id") if isinstance(row, dict) else None
-            if qid is None:
-                raise FormatError(f"{path}: answer #{lineno} has no question_id")
-            key = question_key(qid, f"{path}: answer #{lineno}")
-            if key not in order:
-                raise FormatError(f"{path}: answer #{lineno} is for question_id {qid!r}, not in {question_file}")
+        rows = read_jsonl(path)
+        for lineno, (key, row) in enumerate(zip(answer_keys(rows, path, order, str(question_file)), rows), 1):
             if key in by_key:
-                raise FormatError(f"{path}: question_id {qid!r} (answer #{lineno}) is answered twice")
+                raise FormatError(f"{path}: question_id {row['question_id']!r} (answer #{lineno}) is answered twice")
             fingerprint = row.get("model_sha256")
             if model is None:
                 model = (fingerprint, path)

@@ -57,6 +57,7 @@ from eeg_core.formats import (
     image_path,
     load_features,
     make_answer,
+    answer_keys,
     question_key,
     question_keys,
     read_jsonl,
@@ -147,19 +148,8 @@ def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprin
     if not path.exists():
         return set()
     rows = read_jsonl(path, allow_torn_tail=True)
-    done: set[str] = set()
+    keys = answer_keys(rows, path, chunk_keys, "this run's questions (another question file or chunk?)")
     for lineno, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or row.get("question_id") is None:
-            raise FormatError(f"{path}: answer #{lineno} has no question_id")
-        qid = row["question_id"]
-        key = question_key(qid, f"{path}: answer #{lineno}")
-        if key not in chunk_keys:
-            raise FormatError(
-                f"{path}: answer #{lineno} is for question_id {qid!r}, which is not among this run's questions "
-                "(another question file or chunk?)"
-            )
-        if key in done:
-            raise FormatError(f"{path}: question_id {qid!r} is answered twice (answer #{lineno})")
         theirs = row.get("model_sha256")
         if theirs != fingerprint:
             written_by = (f"model {row.get('model_id')!r} with fingerprint {str(theirs)[:12]}" if theirs
@@ -173,11 +163,10 @@ def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprin
         if theirs_mode != answer_mode:
             raise FormatError(f"{path}: answer #{lineno} was written with --answer-mode {theirs_mode}, this run is "
                               f"--answer-mode {answer_mode}; use another --answers-file or delete this one")
-        done.add(key)
     raw = path.read_bytes()
     if raw.strip() and not raw.endswith(b"\n"):
         write_jsonl(path, rows)  # repair: keep the complete lines only
-    return done
+    return set(keys)
 
 
 # ---------------------------------------------------------------------------------------------
