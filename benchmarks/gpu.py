@@ -229,22 +229,12 @@ def make_data(root: Path, n_records: int, n_questions: int, dim: int) -> dict:
 def documented_train_argv(model: Path, data: dict, out: Path, fusion: str, batch: int, steps: int,
                           use_deepspeed: bool) -> list[str]:
     """The README's training command with its paths pointed here; ``--max_steps``, no saves, no wandb."""
-    import shlex
+    from eeg_vlm.commands import train_argv
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
-    documented = next(line for line in readme if line.startswith("deepspeed llava/train/train_mem.py --lora_enable"))
-
-    paths = {"./scripts/zero3.json": str(REPO / "scripts" / "zero3.json"),
-             "your_checkpoints_path/LLaVA-v1.5-13b": str(model), "sleep_data/eeg_ft.json": str(data["records"]),
-             "sleep_data/eeg_images_ft": str(data["images"]), "openai/clip-vit-large-patch14-336": str(model / "clip"),
-             "./checkpoints/your_checkpoints_save_path": str(out)}
-    argv = [paths.get(a, a) for a in shlex.split(documented)[2:]]
-    if not use_deepspeed:
-        i = argv.index("--deepspeed")
-        del argv[i : i + 2]
-    argv[argv.index("--report_to") + 1] = "none"
-    argv[argv.index("--per_device_train_batch_size") + 1] = str(batch)
-    return argv + ["--hl_fusion", fusion, "--max_steps", str(steps), "--save_strategy", "no", "--warmup_ratio", "0"]
+    return train_argv(model=model, data_path=data["records"], image_folder=data["images"], output_dir=out,
+                      deepspeed=REPO / "scripts" / "zero3.json" if use_deepspeed else None, report_to="none",
+                      per_device_train_batch_size=batch, hl_fusion=fusion, max_steps=steps, save_strategy="no",
+                      warmup_ratio=0)
 
 
 def train_worker(argv: list[str]) -> None:
@@ -400,28 +390,19 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
     """naive vs add vs token: one forward + backward + AdamW step of the same LoRA model on the same batch
     (as benchmarks/train_step.py, on the device, in bf16 with gradient checkpointing on a GPU)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from train_step import lora_training_model  # benchmarks/ is on sys.path: this script's own folder
 
     from eeg_core import formats
     from eeg_core.layout import FEATURES_TRAIN_NAME
     from llava.model.builder import load_pretrained_model
     from llava.train.dataset import DataCollatorForSupervisedDataset, SupervisedDataset
-    from llava.train.train import lm_linear_names
 
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, device=args.device,
                                                            torch_dtype=dtype)
-    model.config.use_cache = False
-    model.get_model().get_vision_tower().requires_grad_(False)
-    model.gradient_checkpointing_enable()
-    model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r,
-                                             target_modules=lm_linear_names(model), task_type="CAUSAL_LM"))
+    model, optimizer = lora_training_model(model, args.lora_r, gradient_checkpointing=True)
     base = model.get_base_model()
-    base.get_model().mm_projector.requires_grad_(True)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     all_records = formats.read_records(data["records"])  # the features file is bound to the whole records file
     feats = formats.load_features(data["root"] / FEATURES_TRAIN_NAME, all_records,
                                   dim=base.config.mm_hidden_size)[: args.batch]

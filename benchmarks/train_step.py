@@ -42,6 +42,23 @@ def make_records(root: Path, n: int, dim: int) -> tuple[list[dict], np.ndarray]:
     return records, rng.standard_normal((n, 1, dim)).astype(np.float32)
 
 
+def lora_training_model(model, r: int, gradient_checkpointing: bool = False):
+    """The training setup both step benchmarks time: CLIP frozen, LoRA (rank ``r``, alpha ``2 r``) on the language
+    model's linear layers, the projector trained; returns the PEFT model in train mode and its AdamW."""
+    from peft import LoraConfig, get_peft_model
+
+    model.config.use_cache = False
+    model.get_model().get_vision_tower().requires_grad_(False)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=lm_linear_names(model),
+                                             task_type="CAUSAL_LM"))
+    model.get_base_model().get_model().mm_projector.requires_grad_(True)
+    model.train()
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="base LLaVA checkpoint folder (default: build a tiny one)")
@@ -61,18 +78,10 @@ def main() -> None:
 
         model_dir = build_tiny_llava(tmp / "tiny", seed=0, image_size=args.image_size, clip_layers=args.clip_layers)
 
-    from peft import LoraConfig, get_peft_model
-
     tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, device="cpu",
                                                            torch_dtype=torch.float32)
-    model.config.use_cache = False
-    model.get_model().get_vision_tower().requires_grad_(False)
-    model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r,
-                                             target_modules=lm_linear_names(model), task_type="CAUSAL_LM"))
+    model, optimizer = lora_training_model(model, args.lora_r)
     base = model.get_base_model()
-    base.get_model().mm_projector.requires_grad_(True)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     records, feats = make_records(tmp / "data", args.batch, base.config.mm_hidden_size)
     ds = SupervisedDataset(records, tokenizer, "v1", str(tmp / "data" / "images"), processor, "pad", feats)

@@ -44,6 +44,7 @@ from eeg_core.atomic import file_sha256, write_json
 from eeg_core.errors import FormatError
 from eeg_core import layout
 from eeg_core.formats import read_records
+from eeg_vlm.commands import train_argv
 from sleep_eeg.edf import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,21 +158,11 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     edf = str(edf_dir) if edf_dir is not None else EDF
     edf_inputs = sorted(str(p) for p in edf_dir.glob("*.edf")) if edf_dir is not None else []
     # The documented training command with its paths pointed at the tiny base, and the demo's recipe.
-    train = [
-        "deepspeed", train_mem, "--lora_enable", "True", "--lora_r", "128", "--lora_alpha", "256",
-        "--mm_projector_lr", "1e-3", "--deepspeed", zero3, "--model_name_or_path", TINY, "--version", "v1",
-        "--data_path", TRAIN_RECORDS, "--image_folder", TRAIN_IMAGES, "--vision_tower", f"{TINY}/clip",
-        "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
-        "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--group_by_modality_length", "True",
-        "--bf16", "True", "--output_dir", RUN, "--num_train_epochs", "1", "--max_steps", str(size.train_steps),
-        "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "4",
-        "--gradient_accumulation_steps", "1", "--evaluation_strategy", "no", "--save_strategy", "steps",
-        "--save_steps", "50000", "--save_total_limit", "1", "--learning_rate", "5e-4", "--weight_decay", "0.",
-        "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "10", "--tf32", "True",
-        "--model_max_length", "4096", "--gradient_checkpointing", "True", "--dataloader_num_workers", "1",
-        "--lazy_preprocess", "True", "--report_to", "none", "--seed", str(seed),
-        "--hl_fusion", "token", "--hl_projector", "separate",
-    ] + (["--class_balance", str(recipe.class_balance)] if recipe.class_balance else [])
+    train = ["deepspeed", train_mem, *train_argv(
+        model=TINY, data_path=TRAIN_RECORDS, image_folder=TRAIN_IMAGES, output_dir=RUN, deepspeed=zero3,
+        mm_projector_lr="1e-3", num_train_epochs=1, max_steps=size.train_steps, learning_rate="5e-4",
+        logging_steps=10, report_to="none", seed=seed, hl_fusion="token", hl_projector="separate",
+        class_balance=recipe.class_balance or None)]
     answers_of = (lambda name: str(baselines_from / baseline_answers(name))) if baselines_from else baseline_answers
     compare = [arg for name, (_, _, row) in BASELINES.items() for arg in ("--compare", f"{row}={answers_of(name)}")]
     if vlm:

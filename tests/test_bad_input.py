@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -36,34 +35,25 @@ from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
 from eeg_core.stages import STAGES
 from eeg_core.cli import run as run_command
 from eeg_core.errors import FormatError
+from eeg_vlm import commands
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the sleep stage of this EEG epoch?"
 N_TRAIN, N_EVAL = 6, 4
 
-# The README's training command (tests/test_train.py checks it verbatim), pointed at tiny data, without
-# DeepSpeed, one step, no saves unless asked.
-DOCUMENTED = (
-    "--lora_enable True --lora_r 8 --lora_alpha 256 --mm_projector_lr 2e-5 --model_name_or_path BASE --version v1 "
-    "--data_path DATA --image_folder IMAGES --vision_tower TOWER --mm_projector_type mlp2x_gelu "
-    "--mm_vision_select_layer -2 --mm_use_im_start_end False --mm_use_im_patch_token False --image_aspect_ratio pad "
-    "--group_by_modality_length True --bf16 True --output_dir OUT --num_train_epochs 2 "
-    "--per_device_train_batch_size 2 --per_device_eval_batch_size 4 --gradient_accumulation_steps 1 "
-    "--evaluation_strategy no --save_strategy no --save_total_limit 3 --learning_rate 3e-4 --weight_decay 0. "
-    "--warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 1 --tf32 True --model_max_length 4096 "
-    "--gradient_checkpointing True --dataloader_num_workers 0 --lazy_preprocess True --report_to none --max_steps 1"
-)
-
-
 def train_argv(ctx, out: Path, data: Path | None = None, images: Path | None = None, features: Path | None = None,
                base: Path | None = None, tower: bool = True, *extra: str) -> list[str]:
-    paths = {"BASE": base or ctx.tiny, "DATA": data or ctx.train_records, "IMAGES": images or ctx.images,
-             "TOWER": ctx.tiny / "clip", "OUT": out}
-    argv = [str(paths.get(a, a)) for a in shlex.split(DOCUMENTED)]
+    """The README's training command pointed at tiny data, without DeepSpeed, one step, no saves."""
+    argv = commands.train_argv(
+        model=base or ctx.tiny, data_path=data or ctx.train_records, image_folder=images or ctx.images,
+        output_dir=out, vision_tower=ctx.tiny / "clip" if tower else None, deepspeed=None, lora_r=8,
+        per_device_train_batch_size=2, evaluation_strategy="no", save_strategy="no", save_steps=None,
+        save_total_limit=3, dataloader_num_workers=0, report_to="none", max_steps=1,
+        high_level_features=features or ctx.train_features)
     if not tower:
         i = argv.index("--vision_tower")
         del argv[i: i + 2]
-    return argv + ["--high_level_features", str(features or ctx.train_features), *extra]
+    return argv + list(extra)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,14 +2,9 @@
 import shlex
 from pathlib import Path
 
-from test_train import DOCUMENTED as TRAIN_COMMAND
+from eeg_vlm.commands import EVAL_COMMAND, TRAIN_COMMAND
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_COMMAND = (
-    "python llava/eval/model_vqa.py --model-path checkpoints/your_checkpoints_save_path/ "
-    "--model-base your_checkpoints_path/LLaVA-v1.5-13b/ --question-file sleep_data/eeg_eval.jsonl "
-    "--image-folder sleep_data/eeg_images_eval --answers-file sleep_data/answers/eeg_answers.jsonl"
-)
 
 
 def readme_lines() -> list[str]:

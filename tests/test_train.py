@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import socket
 import subprocess
 import sys
@@ -25,38 +24,14 @@ from eeg_core.atomic import write_json
 from eeg_core.layout import FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
 from eeg_core.errors import FormatError
+from eeg_vlm.commands import train_argv
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the sleep stage of this EEG epoch?"
 
-# The README's command, verbatim; the tests replace only its paths (and append a step limit).
-DOCUMENTED = (
-    "deepspeed llava/train/train_mem.py --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 "
-    "--deepspeed ./scripts/zero3.json --model_name_or_path your_checkpoints_path/LLaVA-v1.5-13b --version v1 "
-    "--data_path sleep_data/eeg_ft.json --image_folder sleep_data/eeg_images_ft "
-    "--vision_tower openai/clip-vit-large-patch14-336 --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 "
-    "--mm_use_im_start_end False --mm_use_im_patch_token False --image_aspect_ratio pad "
-    "--group_by_modality_length True --bf16 True --output_dir ./checkpoints/your_checkpoints_save_path "
-    "--num_train_epochs 2 --per_device_train_batch_size 16 --per_device_eval_batch_size 4 "
-    "--gradient_accumulation_steps 1 --evaluation_strategy \"no\" --save_strategy \"steps\" --save_steps 50000 "
-    "--save_total_limit 1 --learning_rate 3e-4 --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type \"cosine\" "
-    "--logging_steps 1 --tf32 True --model_max_length 4096 --gradient_checkpointing True "
-    "--dataloader_num_workers 1 --lazy_preprocess True --report_to wandb"
-)
-
-
 def documented_argv(tiny: Path, data: Path, out: Path) -> list[str]:
     """The documented command's arguments (after the script), with its paths pointed at the tiny run."""
-    paths = {
-        "./scripts/zero3.json": str(REPO / "scripts" / "zero3.json"),
-        "your_checkpoints_path/LLaVA-v1.5-13b": str(tiny),
-        "sleep_data/eeg_ft.json": str(data / "eeg_ft.json"),
-        "sleep_data/eeg_images_ft": str(data / "images"),
-        "openai/clip-vit-large-patch14-336": str(tiny / "clip"),
-        "./checkpoints/your_checkpoints_save_path": str(out),
-    }
-    argv = shlex.split(DOCUMENTED)[2:]
-    return [paths.get(a, a) for a in argv]
+    return train_argv(model=tiny, data_path=data / "eeg_ft.json", image_folder=data / "images", output_dir=out)
 
 
 def make_data(root: Path, n: int, classes: list[int] | None = None, identical_images: bool = False,
