@@ -102,7 +102,7 @@ def generate_stages(model, tokenizer, processor, image: Path, feats: np.ndarray)
     conv.append_message(conv.roles[0], f"<image>\n<image>\n{QUESTION}")
     conv.append_message(conv.roles[1], None)
     ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-    pixels = process_images([load_image(image)], processor, "pad")
+    pixels = process_images([load_image(image)], processor, model.config)
     n = len(feats)
     model.eval()
     with torch.no_grad():
@@ -159,7 +159,8 @@ def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_pat
     saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     assert not torch.equal(base["model.mm_projector.0.weight"], saved["base_model.model.model.mm_projector.0.weight"])
 
-    tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava))
+    tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava),
+                                                                     "tiny", device="cpu")
     assert context_len == 4096
     feats = np.load(data / formats.FEATURES_TRAIN_NAME)[:2, 0]
     with torch.no_grad():
@@ -167,7 +168,7 @@ def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_pat
 
         ids = tokenizer_image_token(f"USER: <image>\n<image>\n{QUESTION} ASSISTANT:", tokenizer,
                                     return_tensors="pt")[None]
-        pixels = process_images([load_image(data / "images" / "e0.png")], processor, "pad")
+        pixels = process_images([load_image(data / "images" / "e0.png")], processor, model.config)
         new = model.generate(ids, images=pixels, high_level_features=torch.from_numpy(feats[:1])[None],
                              max_new_tokens=4, do_sample=False)
     assert new.shape == (1, 4)
@@ -216,7 +217,7 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     # The saved full checkpoint (with its separate feature projector) answers the same after reloading.
     from llava.model.builder import load_pretrained_model
 
-    tokenizer2, model2, processor2, _ = load_pretrained_model(str(out), None)
+    tokenizer2, model2, processor2, _ = load_pretrained_model(str(out), None, "tiny", device="cpu")
     assert model2.config.mm_hl_projector == "separate" and model2.config.mm_hl_fusion == "add"
     assert generate_stages(model2, tokenizer2, processor2, image, feats[n_train:n_train + 10]) == pred[:10]
 

@@ -192,8 +192,9 @@ def load_model(model_path: str, model_base: str | None, device: str):
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        model_path, model_base, get_model_name_from_path(model_path), device=device, torch_dtype=dtype
-    )
+        model_path, model_base, get_model_name_from_path(model_path), device_map=None, device=device,
+        torch_dtype=dtype,
+    )  # device_map None: the whole model on --device (one GPU), never spread by accelerate
     return tokenizer, model, image_processor
 
 
@@ -226,8 +227,7 @@ def pixels(model, image_processor, image_paths: Sequence[Sequence[Path | Image.I
     pil_images = [x if isinstance(x, Image.Image) else load_image(str(x)) for paths in image_paths for x in paths]
     if not pil_images:
         return None, None
-    aspect = getattr(model.config, "image_aspect_ratio", None)
-    images = process_images([img.convert("RGB") for img in pil_images], image_processor, aspect)
+    images = process_images([img.convert("RGB") for img in pil_images], image_processor, model.config)
     return images.to(device=model.device, dtype=model.dtype), [img.size for img in pil_images]
 
 
