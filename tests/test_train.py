@@ -464,3 +464,59 @@ def test_plain_pytorch_checkpoint_resumes(tiny_llava, tmp_path):
     from safetensors.torch import load_file
 
     assert not torch.equal(saved[key], load_file(tiny_llava / "model.safetensors")["model.mm_projector.0.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA's defaults: the minimal command, --mm_use_im_patch_token True; parsing leaves the process alone
+# ---------------------------------------------------------------------------------------------
+def test_minimal_command_with_llava_default_im_patch_token_trains_and_reloads(tiny_llava, tmp_path):
+    """Only the paths (and a step limit): LLaVA's defaults, among them ``--mm_use_im_patch_token True``, which
+    adds ``<im_patch>`` to the tokenizer and the embeddings and never to a prompt."""
+    from llava.constants import DEFAULT_IMAGE_PATCH_TOKEN
+    from llava.model.builder import load_pretrained_model
+    from llava.train.train import parse_args, train
+
+    data = make_data(tmp_path / "data", n=2)
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(tiny_llava), "--data_path", str(data / "eeg_ft.json"),
+            "--image_folder", str(data / "images"), "--vision_tower", str(tiny_llava / "clip"),
+            "--output_dir", str(out), "--mm_use_im_patch_token", "True", "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--report_to", "none"]
+    assert parse_args(argv)[0].mm_use_im_patch_token
+    trainer = train(argv)
+    assert trainer.state.global_step == 1 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    tokenizer = trainer.processing_class
+    patch_id = tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_PATCH_TOKEN)
+    assert patch_id != tokenizer.unk_token_id
+    assert trainer.model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    batch = trainer.get_train_dataloader().dataset[0]["input_ids"]
+    assert patch_id not in batch.tolist()  # never in a prompt
+    config = json.loads((out / "config.json").read_text())
+    assert config["mm_use_im_patch_token"] is True
+
+    tokenizer2, model2, _, _ = load_pretrained_model(str(out), None, "run", device="cpu")
+    assert tokenizer2.convert_tokens_to_ids(DEFAULT_IMAGE_PATCH_TOKEN) == patch_id
+    assert model2.get_input_embeddings().weight.shape[0] >= len(tokenizer2)
+
+
+def test_mm_use_im_start_end_is_refused_in_one_line(tiny_llava, tmp_path):
+    from llava.train.train import train
+
+    data = make_data(tmp_path / "data", n=2)
+    with pytest.raises(FormatError, match="--mm_use_im_start_end True is not supported"):
+        train(quick_argv(tiny_llava, data, tmp_path / "run", "--mm_use_im_start_end", "True"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("report_to", ["none", "wandb"])
+def test_parsing_the_arguments_leaves_os_environ_alone(tiny_llava, tmp_path, monkeypatch, report_to):
+    from llava.train.train import parse_args
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    data = make_data(tmp_path / "data", n=1)
+    argv = quick_argv(tiny_llava, data, tmp_path / "run")
+    argv[argv.index("--report_to") + 1] = report_to
+    before = dict(os.environ)
+    parse_args(argv)
+    assert dict(os.environ) == before
