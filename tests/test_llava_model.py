@@ -369,8 +369,12 @@ def test_llava_style_calls_of_the_public_api(tiny_llava, loaded, caplog):
     from PIL import Image
 
     from llava.conversation import conv_templates
-    from llava.mm_utils import (KeywordsStoppingCriteria, get_model_name_from_path, process_images,
-                                tokenizer_image_token)
+    from llava.mm_utils import (
+        KeywordsStoppingCriteria,
+        get_model_name_from_path,
+        process_images,
+        tokenizer_image_token,
+    )
     from llava.model.builder import load_pretrained_model
 
     params = list(inspect.signature(load_pretrained_model).parameters.values())
@@ -381,7 +385,7 @@ def test_llava_style_calls_of_the_public_api(tiny_llava, loaded, caplog):
     assert "llava_v1" in conv_templates and callable(tokenizer_image_token) and KeywordsStoppingCriteria
     name = get_model_name_from_path(str(tiny_llava))
 
-    tokenizer, model, processor, context_len = loaded  # the fixture's LLaVA-style call, device="cpu"
+    _, model, processor, context_len = loaded  # the fixture's LLaVA-style call, device="cpu"
     assert model.device.type == "cpu" and model.dtype == torch.float32 and context_len > 0
     pixels = process_images([Image.new("RGB", (60, 40), (10, 200, 30))], processor, model.config)
     assert model.config.image_aspect_ratio == "pad" and pixels.shape == (1, 3, 56, 56)
