@@ -399,7 +399,7 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
 
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
-    tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, device=args.device,
+    tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name, device=args.device,
                                                            torch_dtype=dtype)
     model, optimizer = lora_training_model(model, args.lora_r, gradient_checkpointing=True)
     base = model.get_base_model()
@@ -461,7 +461,7 @@ def run_vqa(model_dir: Path, data: dict, work: Path, args, budget: Budget) -> li
             rows.append({"dtype": dtype_name, "skipped": "time budget"})
             continue
         dtype = getattr(torch, dtype_name)
-        tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, device=args.device,
+        tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name, device=args.device,
                                                                torch_dtype=dtype)
         loaded = (tokenizer, model, processor)
         common = dict(model_path=str(model_dir), question_file=str(data["questions"]), image_folder=str(data["images"]),

@@ -78,7 +78,7 @@ def main() -> None:
 
         model_dir = build_tiny_llava(tmp / "tiny", seed=0, image_size=args.image_size, clip_layers=args.clip_layers)
 
-    tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, device="cpu",
+    tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, "tiny", device="cpu",
                                                            torch_dtype=torch.float32)
     model, optimizer = lora_training_model(model, args.lora_r)
     base = model.get_base_model()

@@ -1,7 +1,7 @@
-"""EEG-VLM: the shared data formats and the ``eeg-vlm`` command line that ties the pipeline together.
+"""EEG-VLM: the ``eeg-vlm`` command line that ties the pipeline together (the top layer; see docs/architecture.md).
 
 ``from eeg_vlm import stage_night`` stages a whole EDF night (see ``eeg_vlm.stage``); it is imported on first use,
-so that ``eeg_vlm.formats`` stays light.
+so that importing ``eeg_vlm`` stays light.
 """
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from eeg_core.answer import IMAGE_TOKEN, stage_line, user_prompt
-from llava.model.config import HL_FUSIONS, HL_PROJECTORS
+from llava.model.config import FEATURE_PROJECTORS, FUSION_MODES
 
 LLAVA_V15_MM_KEYS = {  # as in liuhaotian/llava-v1.5-13b's config.json
     "mm_projector_type": "mlp2x_gelu",
@@ -113,7 +113,7 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
 
     out = Path(out)
     shutil.copytree(base, out, dirs_exist_ok=True)
-    tokenizer, model, processor, _ = load_pretrained_model(str(base), None)
+    tokenizer, model, processor, _ = load_pretrained_model(str(base), None, "tiny", device="cpu")
     sources = [[{"from": "human", "value": user_prompt(QUESTIONS[0], 2)}, {"from": "gpt", "value": stage_line(s)}]
                for s in labels]
     data = preprocess(sources, tokenizer, has_image=True, version="v1")
@@ -122,7 +122,7 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     targets = pad(data["labels"], batch_first=True, padding_value=-100)
     mask = pad([torch.ones_like(x) for x in data["input_ids"]], batch_first=True, padding_value=0)
     pixels = process_images([(im if isinstance(im, Image.Image) else Image.open(im)).convert("RGB") for im in images],
-                            processor, "pad")
+                            processor, model.config)
     hl = [torch.as_tensor(f, dtype=torch.float32).reshape(1, -1) for f in features]
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "vision_tower" not in n], lr=lr)
@@ -148,8 +148,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-position-embeddings", type=int, default=2048)
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--clip-layers", type=int, default=2)
-    parser.add_argument("--hl-fusion", choices=HL_FUSIONS, default=HL_FUSIONS[0])
-    parser.add_argument("--hl-projector", choices=HL_PROJECTORS, default=HL_PROJECTORS[0])
+    parser.add_argument("--hl-fusion", choices=FUSION_MODES, default=FUSION_MODES[0])
+    parser.add_argument("--hl-projector", choices=FEATURE_PROJECTORS, default=FEATURE_PROJECTORS[0])
     args = parser.parse_args(argv)
     out = build_tiny_llava(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
                            num_heads=args.num_heads, intermediate_size=args.intermediate_size,

@@ -25,12 +25,10 @@ class Conversation:
     system: str
     roles: tuple[str, str]
     messages: list[list]  # [role, message or None]
-    offset: int
     sep_style: SeparatorStyle
     sep: str
     sep2: str
     version: str
-    skip_next: bool = False
 
     def append_message(self, role: str, message: str | None) -> None:
         self.messages.append([role, message])
@@ -96,7 +94,6 @@ conv_vicuna_v1 = Conversation(
     system=LLAVA_SYSTEM,
     roles=("USER", "ASSISTANT"),
     messages=[],
-    offset=0,
     sep_style=SeparatorStyle.TWO,
     sep=" ",
     sep2="</s>",
@@ -107,7 +104,6 @@ conv_llava_plain = Conversation(
     system="",
     roles=("", ""),
     messages=[],
-    offset=0,
     sep_style=SeparatorStyle.PLAIN,
     sep="",
     sep2="\n",
@@ -118,7 +114,6 @@ conv_eeg_vqa = Conversation(
     system="This is a VQA task.",
     roles=("Question", "The answer is"),
     messages=[],
-    offset=0,
     sep_style=SeparatorStyle.TWO,
     sep=" ",
     sep2="</s>",

@@ -36,17 +36,33 @@ def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
     return result
 
 
-def process_images(images, image_processor, image_aspect_ratio: str | None = None) -> torch.Tensor:
-    """PIL images -> FloatTensor [N, 3, H, W] as LLaVA-1.5 fed CLIP.
+ASPECT_RATIOS = ("pad", "square")
+
+
+def image_aspect_ratio_of(model_cfg) -> str | None:
+    """The ``image_aspect_ratio`` of a model config (None when it has none: LLaVA's default processing). A string
+    (the value itself, this function's old third argument) is refused: read as a config it would silently lose
+    ``pad``."""
+    if isinstance(model_cfg, str):
+        raise FormatError(f"process_images(images, image_processor, model_cfg) takes the model's config (LLaVA's "
+                          f"signature), not the string {model_cfg!r}: pass model.config")
+    return getattr(model_cfg, "image_aspect_ratio", None)
+
+
+def process_images(images, image_processor, model_cfg) -> torch.Tensor:
+    """PIL images -> FloatTensor [N, 3, H, W] as LLaVA-1.5 fed CLIP (LLaVA's signature: ``model_cfg`` is the
+    model's config, or anything with an ``image_aspect_ratio`` attribute).
 
     ``pad``: pad to square with the processor's mean colour (as 0-255 ints) first, so nothing is cropped;
-    ``square`` / None: the processor's own resize and centre crop.
+    ``square`` or no ``image_aspect_ratio`` attribute: the processor's own resize and centre crop. Any other value
+    is a FormatError (LLaVA would fall back to the processor's default without a word).
     """
+    image_aspect_ratio = image_aspect_ratio_of(model_cfg)
     if image_aspect_ratio == "pad":
         background = tuple(int(x * 255) for x in image_processor.image_mean)
         images = [expand2square(image, background) for image in images]
     elif image_aspect_ratio not in (None, "square"):
-        raise FormatError(f"unknown image_aspect_ratio {image_aspect_ratio!r} (known: pad, square)")
+        raise FormatError(f"unknown image_aspect_ratio {image_aspect_ratio!r} (known: {', '.join(ASPECT_RATIOS)})")
     pixel_values = image_processor(images=list(images), return_tensors="pt")["pixel_values"]
     return torch.as_tensor(pixel_values)
 

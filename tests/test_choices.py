@@ -64,7 +64,7 @@ def test_shared_cache_scores_equal_whole_sequence_likelihoods(stage_only_llava, 
     _, images, features, _ = stage_only_llava
     conv = get_conv_template("llava_v1")
     text = f"<image>\n<image>\n{QUESTIONS[1]}"
-    pixels = process_images([Image.open(images[2]).convert("RGB")], processor, "pad")
+    pixels = process_images([Image.open(images[2]).convert("RGB")], processor, model.config)
     hl = [torch.from_numpy(features[2])]
     for reasoning in ("", "Wake: no alpha rhythm over most of the epoch, so it is not wake.\n"):
         cands = choices.candidates(conv, text, tokenizer, reasoning)

@@ -17,7 +17,7 @@ PATCHES = 16  # (56 / 14) ** 2, CLS dropped
 def loaded(tiny_llava):
     from llava.model import load_pretrained_model
 
-    return load_pretrained_model(str(tiny_llava), None)
+    return load_pretrained_model(str(tiny_llava), None, "tiny", device="cpu")
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_uncached_hub_id_fails_fast_with_one_line(tiny_llava, tmp_path):
     (ckpt / "config.json").write_text(json.dumps(config))
     start = time.monotonic()
     with pytest.raises(FormatError) as err:
-        load_pretrained_model(str(ckpt), None)
+        load_pretrained_model(str(ckpt), None, "tiny", device="cpu")
     assert time.monotonic() - start < 1.0
     message = str(err.value)
     assert "\n" not in message
@@ -254,7 +254,7 @@ def test_model_type_llava_checkpoint_loads_through_our_classes(tiny_llava, loade
     config.update(model_type="llava", mm_vision_tower=str(tiny_llava / "clip"), rope_scaling=None,
                   torch_dtype="float16", max_sequence_length=4096)
     (ckpt / "config.json").write_text(json.dumps(config))
-    _, model, _, context_len = load_pretrained_model(str(ckpt), None, "llava-v1.5-tiny")
+    _, model, _, context_len = load_pretrained_model(str(ckpt), None, "llava-v1.5-tiny", device="cpu")
     assert type(model) is LlavaLlamaForCausalLM and model.config.mm_hl_fusion == "add"
     assert context_len == 4096 and model.dtype == torch.float32
     input_ids, attention_mask, labels, images, features = mixed_batch()
@@ -270,7 +270,7 @@ def test_lora_checkpoint_loads_with_base_and_gives_the_same_logits(tiny_llava, t
 
     from llava.model import load_pretrained_model
 
-    _, base, _, _ = load_pretrained_model(str(tiny_llava), None)
+    _, base, _, _ = load_pretrained_model(str(tiny_llava), None, "tiny", device="cpu")
     torch.manual_seed(3)
     # LoRA on the language model only, as training makes it (CLIP is never adapted, as in LLaVA-1.5).
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
@@ -295,8 +295,8 @@ def test_lora_checkpoint_loads_with_base_and_gives_the_same_logits(tiny_llava, t
         expected = peft_model(input_ids=input_ids, attention_mask=attention_mask, images=images,
                               high_level_features=features).logits
     with pytest.raises(FormatError, match="model_base"):
-        load_pretrained_model(str(out), None)
-    tokenizer, merged, _, _ = load_pretrained_model(str(out), str(tiny_llava))
+        load_pretrained_model(str(out), None, "tiny", device="cpu")
+    tokenizer, merged, _, _ = load_pretrained_model(str(out), str(tiny_llava), "tiny", device="cpu")
     assert not hasattr(merged, "peft_config")
     with torch.no_grad():
         got = merged(input_ids=input_ids, attention_mask=attention_mask, images=images,
@@ -313,7 +313,7 @@ def test_projector_only_checkpoint_loads_with_base(tiny_llava, loaded, tmp_path)
     out.mkdir()
     torch.save(state, out / "mm_projector.bin")
     shutil.copy(tiny_llava / "config.json", out / "config.json")
-    _, model, _, _ = load_pretrained_model(str(out), str(tiny_llava))
+    _, model, _, _ = load_pretrained_model(str(out), str(tiny_llava), "tiny", device="cpu")
     got = model.get_model().mm_projector.state_dict()
     assert all(torch.equal(got[k], projector.state_dict()[k] + 1.0) for k in got)
 
@@ -344,7 +344,7 @@ def test_lora_run_with_its_own_feature_projector_loads_it_and_says_when_it_is_ab
     caplog.clear()
     with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, merged, _, _ = load_pretrained_model(str(out), str(tiny_llava))
+        _, merged, _, _ = load_pretrained_model(str(out), str(tiny_llava), "tiny", device="cpu")
     assert "MISSING" not in caplog.text and "left random" not in caplog.text
     # Short target names (q_proj, v_proj, as LLaVA-1.5's LoRA checkpoints have) never reach CLIP's layers.
     # (peft warns of the adapter keys it found no weights for; logged instead when warnings are captured)
@@ -357,5 +357,40 @@ def test_lora_run_with_its_own_feature_projector_loads_it_and_says_when_it_is_ab
     torch.save({n: p for n, p in trained.items() if "mm_hl_projector" not in n}, out / "non_lora_trainables.bin")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        load_pretrained_model(str(out), str(tiny_llava))
+        load_pretrained_model(str(out), str(tiny_llava), "tiny", device="cpu")
     assert "left random" in caplog.text and "mm_hl_projector" in caplog.text
+
+
+def test_llava_style_calls_of_the_public_api(tiny_llava, loaded, caplog):
+    """LLaVA's scripts: ``load_pretrained_model(path, None, name, device=...)`` positionally, then
+    ``process_images(images, processor, model.config)``; ``device="cuda"`` without a GPU falls back to the CPU."""
+    import inspect
+
+    from PIL import Image
+
+    from llava.conversation import conv_templates
+    from llava.mm_utils import (
+        KeywordsStoppingCriteria,
+        get_model_name_from_path,
+        process_images,
+        tokenizer_image_token,
+    )
+    from llava.model.builder import load_pretrained_model
+
+    params = list(inspect.signature(load_pretrained_model).parameters.values())
+    assert [p.name for p in params[:7]] == ["model_path", "model_base", "model_name", "load_8bit", "load_4bit",
+                                            "device_map", "device"]
+    assert (params[5].default, params[6].default) == ("auto", "cuda")
+    assert list(inspect.signature(process_images).parameters) == ["images", "image_processor", "model_cfg"]
+    assert "llava_v1" in conv_templates and callable(tokenizer_image_token) and KeywordsStoppingCriteria
+    name = get_model_name_from_path(str(tiny_llava))
+
+    _, model, processor, context_len = loaded  # the fixture's LLaVA-style call, device="cpu"
+    assert model.device.type == "cpu" and model.dtype == torch.float32 and context_len > 0
+    pixels = process_images([Image.new("RGB", (60, 40), (10, 200, 30))], processor, model.config)
+    assert model.config.image_aspect_ratio == "pad" and pixels.shape == (1, 3, 56, 56)
+
+    with caplog.at_level("WARNING", logger="llava.model.builder"):
+        _, cpu_model, _, _ = load_pretrained_model(str(tiny_llava), None, name)  # LLaVA's defaults: cuda, auto
+    assert cpu_model.device.type == "cpu" and cpu_model.dtype == torch.float32
+    assert "no GPU is available" in caplog.text

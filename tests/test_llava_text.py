@@ -3,6 +3,7 @@
 import json
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import sentencepiece as spm
@@ -254,17 +255,22 @@ def test_expand2square_centres_and_pads():
 def test_process_images_pad_and_square():
     processor = clip_processor()
     red = Image.new("RGB", (56, 28), (255, 0, 0))
-    padded = process_images([red, red, red], processor, "pad")
+    padded = process_images([red, red, red], processor, SimpleNamespace(image_aspect_ratio="pad"))
     assert padded.shape == (3, 3, 28, 28) and padded.dtype == torch.float32
     mean, std = torch.tensor(processor.image_mean), torch.tensor(processor.image_std)
     pad_colour = (torch.tensor([int(m * 255) for m in processor.image_mean]) / 255 - mean) / std
     assert torch.allclose(padded[0, :, 0, 14], pad_colour, atol=1e-4)  # top band: the mean colour
     assert torch.allclose(padded[0, :, 14, 14], (torch.tensor([1.0, 0, 0]) - mean) / std, atol=1e-4)
-    cropped = process_images([red], processor, "square")  # resize + centre crop: all red, no padding
+    cropped = process_images([red], processor, SimpleNamespace(image_aspect_ratio="square"))  # resize + crop
     assert cropped.shape == (1, 3, 28, 28)
     assert torch.allclose(cropped[0, :, 0, 14], (torch.tensor([1.0, 0, 0]) - mean) / std, atol=1e-4)
-    with pytest.raises(FormatError, match="anyres"):
-        process_images([red], processor, "anyres")
+    # A config without the attribute: LLaVA's default (the processor's resize and crop), as "square".
+    assert torch.equal(process_images([red], processor, SimpleNamespace()), cropped)
+    with pytest.raises(FormatError, match="unknown image_aspect_ratio 'anyres'") as err:
+        process_images([red], processor, SimpleNamespace(image_aspect_ratio="anyres"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(FormatError, match="not the string 'pad': pass model.config"):  # the old third argument
+        process_images([red], processor, "pad")
 
 
 def test_load_image_errors_name_the_path(tmp_path):

@@ -260,7 +260,7 @@ def test_documented_command_runs_as_written_on_a_lora_checkpoint(reference, data
     base = Path("your_checkpoints_path/LLaVA-v1.5-13b")
     shutil.copytree(tiny_llava, base)
     lora = Path("checkpoints/your_checkpoints_save_path")
-    _, model, _, _ = load_pretrained_model(str(base), None)
+    _, model, _, _ = load_pretrained_model(str(base), None, "tiny", device="cpu")
     torch.manual_seed(0)
     config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,  # random B: the adapter changes the answers
                         target_modules=r"model\.layers\.\d+\.self_attn\.(q_proj|v_proj)")

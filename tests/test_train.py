@@ -81,7 +81,7 @@ def generate_stages(model, tokenizer, processor, image: Path, feats: np.ndarray)
     conv.append_message(conv.roles[0], f"<image>\n<image>\n{QUESTION}")
     conv.append_message(conv.roles[1], None)
     ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-    pixels = process_images([load_image(image)], processor, "pad")
+    pixels = process_images([load_image(image)], processor, model.config)
     n = len(feats)
     model.eval()
     with torch.no_grad():
@@ -138,7 +138,8 @@ def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_pat
     saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     assert not torch.equal(base["model.mm_projector.0.weight"], saved["base_model.model.model.mm_projector.0.weight"])
 
-    tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava))
+    tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava),
+                                                                     "tiny", device="cpu")
     assert context_len == 4096
     feats = np.load(data / FEATURES_TRAIN_NAME)[:2, 0]
     with torch.no_grad():
@@ -146,7 +147,7 @@ def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_pat
 
         ids = tokenizer_image_token(f"USER: <image>\n<image>\n{QUESTION} ASSISTANT:", tokenizer,
                                     return_tensors="pt")[None]
-        pixels = process_images([load_image(data / "images" / "e0.png")], processor, "pad")
+        pixels = process_images([load_image(data / "images" / "e0.png")], processor, model.config)
         new = model.generate(ids, images=pixels, high_level_features=torch.from_numpy(feats[:1])[None],
                              max_new_tokens=4, do_sample=False)
     assert new.shape == (1, 4)
@@ -195,7 +196,7 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
     # The saved full checkpoint (with its separate feature projector) answers the same after reloading.
     from llava.model.builder import load_pretrained_model
 
-    tokenizer2, model2, processor2, _ = load_pretrained_model(str(out), None)
+    tokenizer2, model2, processor2, _ = load_pretrained_model(str(out), None, "tiny", device="cpu")
     assert model2.config.mm_hl_projector == "separate" and model2.config.mm_hl_fusion == "add"
     assert generate_stages(model2, tokenizer2, processor2, image, feats[n_train:n_train + 10]) == pred[:10]
 
@@ -442,3 +443,59 @@ def test_plain_pytorch_checkpoint_resumes(tiny_llava, tmp_path):
     from safetensors.torch import load_file
 
     assert not torch.equal(saved[key], load_file(tiny_llava / "model.safetensors")["model.mm_projector.0.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaVA's defaults: the minimal command, --mm_use_im_patch_token True; parsing leaves the process alone
+# ---------------------------------------------------------------------------------------------
+def test_minimal_command_with_llava_default_im_patch_token_trains_and_reloads(tiny_llava, tmp_path):
+    """Only the paths (and a step limit): LLaVA's defaults, among them ``--mm_use_im_patch_token True``, which
+    adds ``<im_patch>`` to the tokenizer and the embeddings and never to a prompt."""
+    from llava.constants import DEFAULT_IMAGE_PATCH_TOKEN
+    from llava.model.builder import load_pretrained_model
+    from llava.train.train import parse_args, train
+
+    data = make_data(tmp_path / "data", n=2)
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(tiny_llava), "--data_path", str(data / "eeg_ft.json"),
+            "--image_folder", str(data / "images"), "--vision_tower", str(tiny_llava / "clip"),
+            "--output_dir", str(out), "--mm_use_im_patch_token", "True", "--max_steps", "1",
+            "--per_device_train_batch_size", "2", "--report_to", "none"]
+    assert parse_args(argv)[0].mm_use_im_patch_token
+    trainer = train(argv)
+    assert trainer.state.global_step == 1 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    tokenizer = trainer.processing_class
+    patch_id = tokenizer.convert_tokens_to_ids(DEFAULT_IMAGE_PATCH_TOKEN)
+    assert patch_id != tokenizer.unk_token_id
+    assert trainer.model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    batch = trainer.get_train_dataloader().dataset[0]["input_ids"]
+    assert patch_id not in batch.tolist()  # never in a prompt
+    config = json.loads((out / "config.json").read_text())
+    assert config["mm_use_im_patch_token"] is True
+
+    tokenizer2, model2, _, _ = load_pretrained_model(str(out), None, "run", device="cpu")
+    assert tokenizer2.convert_tokens_to_ids(DEFAULT_IMAGE_PATCH_TOKEN) == patch_id
+    assert model2.get_input_embeddings().weight.shape[0] >= len(tokenizer2)
+
+
+def test_mm_use_im_start_end_is_refused_in_one_line(tiny_llava, tmp_path):
+    from llava.train.train import train
+
+    data = make_data(tmp_path / "data", n=2)
+    with pytest.raises(FormatError, match="--mm_use_im_start_end True is not supported"):
+        train(quick_argv(tiny_llava, data, tmp_path / "run", "--mm_use_im_start_end", "True"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("report_to", ["none", "wandb"])
+def test_parsing_the_arguments_leaves_os_environ_alone(tiny_llava, tmp_path, monkeypatch, report_to):
+    from llava.train.train import parse_args
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    data = make_data(tmp_path / "data", n=1)
+    argv = quick_argv(tiny_llava, data, tmp_path / "run")
+    argv[argv.index("--report_to") + 1] = report_to
+    before = dict(os.environ)
+    parse_args(argv)
+    assert dict(os.environ) == before

@@ -1,7 +1,7 @@
 """Closed-set answers: the five stage answers scored by their log-likelihood, the prompt encoded once.
 
 ``choices`` answers a question the way greedy decoding would, except at the stage: the model's text up to the
-answer line ``Sleep stage:`` (``eeg_vlm.formats.ANSWER_STAGE_PREFIX``) is greedy, and the five stages that can
+answer line ``Sleep stage:`` (``eeg_core.answer.ANSWER_STAGE_PREFIX``) is greedy, and the five stages that can
 end the line are scored instead of decoded.
 
 - A stage-only checkpoint (answers ``Sleep stage: X``) writes the answer line first: one forward pass over the

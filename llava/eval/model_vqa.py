@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -179,8 +180,9 @@ def load_model(model_path: str, model_base: str | None, device: str):
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        model_path, model_base, get_model_name_from_path(model_path), device=device, torch_dtype=dtype
-    )
+        model_path, model_base, get_model_name_from_path(model_path), device_map=None, device=device,
+        torch_dtype=dtype,
+    )  # device_map None: the whole model on --device (one GPU), never spread by accelerate
     return tokenizer, model, image_processor
 
 
@@ -213,8 +215,7 @@ def pixels(model, image_processor, image_paths: Sequence[Sequence[Path | Image.I
     pil_images = [x if isinstance(x, Image.Image) else load_image(str(x)) for paths in image_paths for x in paths]
     if not pil_images:
         return None, None
-    aspect = getattr(model.config, "image_aspect_ratio", None)
-    images = process_images([img.convert("RGB") for img in pil_images], image_processor, aspect)
+    images = process_images([img.convert("RGB") for img in pil_images], image_processor, model.config)
     return images.to(device=model.device, dtype=model.dtype), [img.size for img in pil_images]
 
 
@@ -325,95 +326,130 @@ def choose_batch(
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def run(
-    model_path: str,
-    question_file: str,
-    answers_file: str,
-    image_folder: str = "",
-    model_base: str | None = None,
-    high_level_features: str | None = None,
-    conv_mode: str | None = None,
-    num_chunks: int = 1,
-    chunk_idx: int = 0,
-    batch_size: int = 8,
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    num_beams: int = 1,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    device: str | None = None,
-    loaded: tuple[Any, Any, Any] | None = None,
-    answer_mode: str = "generate",
-    progress: bool = True,
-) -> dict:
-    """Answer the chunk's questions not yet in ``answers_file``. ``loaded`` = ``(tokenizer, model,
-    image_processor)`` reuses a loaded model (``model_path`` then only names it in the answers).
-    ``answer_mode``: ``generate`` (decode) or ``choices`` (the five stages scored; see ``llava.eval.choices``)."""
+@dataclass
+class VqaOptions:
+    """``run``'s options: the command-line flags (same names and defaults)."""
+
+    model_path: str
+    question_file: str
+    answers_file: str
+    image_folder: str = ""
+    model_base: str | None = None
+    high_level_features: str | None = None
+    conv_mode: str | None = None
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    batch_size: int = 8
+    temperature: float = 0.0
+    top_p: float | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 256
+    seed: int = 0
+    device: str | None = None
+    answer_mode: str = "generate"
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise FormatError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.answer_mode not in ANSWER_MODES:
+            raise FormatError(f"--answer-mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}")
+
+    def generate_kwargs(self) -> dict:
+        """``generate``'s decoding arguments: greedy at temperature 0, else sampling."""
+        kwargs: dict = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            kwargs.update(do_sample=False)
+        return kwargs
+
+
+@dataclass
+class Work:
+    """What a run has left to answer, checked before the model loads."""
+
+    model_id: str
+    fingerprint: str
+    todo: list[tuple[int, dict]]  # (position in the question file, question), in file order
+    skipped: int  # questions of the chunk already in the answers file
+    paths: dict[str, list[Path]] = field(default_factory=dict)  # question key -> its real images
+    features: np.ndarray | None = None
+    features_path: str | Path | None = None
+
+
+def plan_work(opts: VqaOptions) -> Work:
+    """The chunk's questions not yet answered (a torn answers file repaired, another model's answers refused),
+    every image path inside ``--image-folder`` and decoded, the features loaded when a question needs them."""
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import model_fingerprint
 
-    started = time.perf_counter()
-    if batch_size < 1:
-        raise FormatError(f"--batch-size must be at least 1, got {batch_size}")
-    if answer_mode not in ANSWER_MODES:
-        raise FormatError(f"--answer-mode must be one of {', '.join(ANSWER_MODES)}, got {answer_mode!r}")
-    question_file, answers_file, image_folder = Path(question_file), Path(answers_file), Path(image_folder)
-    model_id = get_model_name_from_path(str(model_path))
-
-    # Everything that can be checked without the model is checked first.
+    question_file, image_folder = Path(opts.question_file), Path(opts.image_folder)
+    model_id = get_model_name_from_path(str(opts.model_path))
     questions = read_questions(question_file)
-    fingerprint = model_fingerprint(model_path, model_base)
-    chunk = [(i, questions[i]) for i in chunk_positions(len(questions), num_chunks, chunk_idx)]
-    done = previous_answers(answers_file, {question_key(record_id(q)) for _, q in chunk}, model_id, fingerprint,
-                            answer_mode)
+    fingerprint = model_fingerprint(opts.model_path, opts.model_base)
+    chunk = [(i, questions[i]) for i in chunk_positions(len(questions), opts.num_chunks, opts.chunk_idx)]
+    done = previous_answers(Path(opts.answers_file), {question_key(record_id(q)) for _, q in chunk}, model_id,
+                            fingerprint, opts.answer_mode)
     todo = [(i, q) for i, q in chunk if question_key(record_id(q)) not in done]
-    summary = {"answered": 0, "skipped": len(chunk) - len(todo), "answers_file": str(answers_file)}
+    work = Work(model_id, fingerprint, todo, skipped=len(chunk) - len(todo))
     if not todo:
-        return {**summary, "seconds": time.perf_counter() - started}
+        return work
     # Every image path stays inside --image-folder, and every image is decoded before the first answer.
-    paths: dict[str, list[Path]] = {}
     to_decode: dict[Path, str] = {}
-    for i, q in todo:
+    for _, q in todo:
         where = f"{question_file}: question {record_id(q)!r}"
         for name in record_images(q):
             image_path(image_folder, name, where)
-        paths[question_key(record_id(q))] = [image_path(image_folder, name, where) for name in real_images(q)]
-        for path in paths[question_key(record_id(q))]:
+        work.paths[question_key(record_id(q))] = [image_path(image_folder, name, where) for name in real_images(q)]
+        for path in work.paths[question_key(record_id(q))]:
             to_decode.setdefault(path, where)
     decode_images(list(to_decode.items()), desc="checking images")
-    feats = None
     if any(has_placeholder(q) for _, q in todo):
-        features_path = high_level_features or default_features_path(question_file, train=False)
-        feats = load_features(features_path, questions, records_path=question_file)
+        work.features_path = opts.high_level_features or default_features_path(question_file, train=False)
+        work.features = load_features(work.features_path, questions, records_path=question_file)
+    return work
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer, model, image_processor = loaded if loaded is not None else load_model(model_path, model_base, device)
+
+def answer_rows(batch: list[tuple[int, dict]], texts: list[str], extra: list[dict], work: Work) -> list[dict]:
+    """One answer per question in LLaVA's schema; the question's other fields (and ``extra``) in ``metadata``."""
+    return [
+        make_answer(
+            question_id=record_id(q),
+            prompt=q["text"],
+            text=text,
+            answer_id=uuid.uuid4().hex,
+            model_id=work.model_id,
+            metadata={**{k: v for k, v in q.items() if k not in PROMPT_FIELDS}, **more},
+            model_sha256=work.fingerprint,
+        )
+        for (_, q), text, more in zip(batch, texts, extra)
+    ]
+
+
+def answer_work(opts: VqaOptions, work: Work, loaded: tuple[Any, Any, Any], progress: bool = True) -> int:
+    """The batch loop: answer ``work.todo`` batch by batch, appending (fsync'd) each batch's answers to
+    ``--answers-file`` as it finishes. Returns the number answered."""
+    tokenizer, model, image_processor = loaded
     config = model.config
-    if feats is not None:
-        check_feature_size(features_path, feats, getattr(config, "mm_hidden_size", None))
-
     from llava.conversation import get_conv_template
 
-    conv_template = get_conv_template(conv_mode or getattr(config, "conv_version", None) or "llava_v1")
+    conv_template = get_conv_template(opts.conv_mode or getattr(config, "conv_version", None) or "llava_v1")
     stop_str = stop_string(conv_template)
     use_im_start_end = bool(getattr(config, "mm_use_im_start_end", False))
-    generate_kwargs: dict = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
-    if temperature > 0:
-        torch.manual_seed(seed)
-        generate_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-    else:
-        generate_kwargs.update(do_sample=False)
+    generate_kwargs = opts.generate_kwargs()
+    if opts.temperature > 0:
+        torch.manual_seed(opts.seed)
 
-    bar = tqdm(total=len(todo), desc=f"answering ({answer_mode})", unit="question", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        batch_paths = [paths[question_key(record_id(q))] for _, q in batch]
-        batch_features = [feats[feature_row(q, i)] if has_placeholder(q) else None for i, q in batch]
-        if answer_mode == "choices":
+    answered = 0
+    bar = tqdm(total=len(work.todo), desc=f"answering ({opts.answer_mode})", unit="question", disable=not progress)
+    for start in range(0, len(work.todo), opts.batch_size):
+        batch = work.todo[start : start + opts.batch_size]
+        batch_paths = [work.paths[question_key(record_id(q))] for _, q in batch]
+        batch_features = [work.features[feature_row(q, i)] if has_placeholder(q) else None for i, q in batch]
+        if opts.answer_mode == "choices":
             chosen = choose_batch(model, tokenizer, image_processor,
                                   [user_text(q, use_im_start_end) for _, q in batch], batch_paths, batch_features,
-                                  conv_template, max_new_tokens)
+                                  conv_template, opts.max_new_tokens)
             texts = [text for text, _ in chosen]
             extra = [{"probabilities": probs, "answer_mode": "choices"} for _, probs in chosen]
         else:
@@ -428,24 +464,38 @@ def run(
                 generate_kwargs=generate_kwargs,
             )
             extra = [{} for _ in batch]
-        append_jsonl(
-            answers_file,
-            [
-                make_answer(
-                    question_id=record_id(q),
-                    prompt=q["text"],
-                    text=text,
-                    answer_id=uuid.uuid4().hex,
-                    model_id=model_id,
-                    metadata={**{k: v for k, v in q.items() if k not in PROMPT_FIELDS}, **more},
-                    model_sha256=fingerprint,
-                )
-                for (_, q), text, more in zip(batch, texts, extra)
-            ],
-        )
-        summary["answered"] += len(batch)
+        append_jsonl(Path(opts.answers_file), answer_rows(batch, texts, extra, work))
+        answered += len(batch)
         bar.update(len(batch))
     bar.close()
+    return answered
+
+
+def run(
+    model_path: str,
+    question_file: str,
+    answers_file: str,
+    *,
+    loaded: tuple[Any, Any, Any] | None = None,
+    progress: bool = True,
+    **options,
+) -> dict:
+    """Answer the chunk's questions not yet in ``answers_file``; ``options`` are ``VqaOptions``' fields (the
+    command-line flags). ``loaded`` = ``(tokenizer, model, image_processor)`` reuses a loaded model
+    (``model_path`` then only names it in the answers). ``answer_mode``: ``generate`` (decode) or ``choices`` (the
+    five stages scored; see ``llava.eval.choices``). Returns ``{answered, skipped, answers_file, seconds}``."""
+    started = time.perf_counter()
+    opts = VqaOptions(model_path=model_path, question_file=question_file, answers_file=answers_file, **options)
+    opts.check()
+    work = plan_work(opts)  # everything that can be checked without the model is checked first
+    summary = {"answered": 0, "skipped": work.skipped, "answers_file": str(Path(opts.answers_file))}
+    if work.todo:
+        device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if loaded is None:
+            loaded = load_model(opts.model_path, opts.model_base, device)
+        if work.features is not None:
+            check_feature_size(work.features_path, work.features, getattr(loaded[1].config, "mm_hidden_size", None))
+        summary["answered"] = answer_work(opts, work, loaded, progress)
     return {**summary, "seconds": time.perf_counter() - started}
 
 

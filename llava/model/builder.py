@@ -113,23 +113,48 @@ def _dtype(torch_dtype, device) -> torch.dtype:
     return torch.float16 if str(device).startswith("cuda") else torch.float32
 
 
-def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
-                          device_map=None, device="cpu", torch_dtype=None, **kwargs):
-    """LLaVA's loader. ``model_name`` is accepted for compatibility; the layout is read from the files."""
+def resolve_device(device_map, device) -> tuple[object, str]:
+    """LLaVA's ``(device_map, device)`` -> what ``from_pretrained`` gets and the device the model ends on.
+
+    - ``device="cuda"`` without a usable GPU: the model loads on the CPU in float32, with a warning (what a user
+      running LLaVA's call on a laptop expects; LLaVA itself failed later with "Torch not compiled with CUDA").
+    - ``device`` other than ``"cuda"`` (``"cpu"``, ``"cuda:1"``): everything on that device, whatever
+      ``device_map`` says (LLaVA's rule: ``device_map={"": device}``), so no accelerate dispatch is needed.
+    - ``device="cuda"`` with a GPU: ``device_map`` as given (``"auto"``: accelerate spreads the layers over the
+      GPUs); ``None``: no device map, the model is moved to ``cuda`` after loading.
+    Returns ``(device_map or None, device)``; None means load on the CPU, then ``model.to(device)``.
+    """
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device %r asked for but no GPU is available: loading on the CPU in float32", device)
+        device = "cpu"
+    if device != "cuda":
+        return None, device
+    return device_map, device
+
+
+def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
+                          device="cuda", torch_dtype=None, **kwargs):
+    """LLaVA's loader: ``(tokenizer, model, image_processor, context_len)``, with LLaVA's positional order and
+    defaults. ``model_name`` is accepted for compatibility; the layout (full, LoRA, projector-only) is read from
+    the files. ``torch_dtype``: default float16 on a GPU, float32 on the CPU. Devices: see ``resolve_device``
+    (``device="cpu"`` loads everything on the CPU; ``"cuda"`` without a GPU falls back to the CPU with a warning).
+    ``model_name`` may be left out (None), as callers of earlier versions did."""
+    device_map, device = resolve_device(device_map, device)
     folder = resolve_model_dir(model_path, what="model", hint="--model-path")
     base = resolve_model_dir(model_base, what="model base", hint="--model-base") if model_base else None
     kind = checkpoint_kind(folder)
     config = load_config(folder)
     dtype = _dtype(torch_dtype, device)
     load_kwargs = dict(dtype=dtype, **kwargs)
-    if device_map is not None:
-        load_kwargs["device_map"] = device_map
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=load_8bit, load_in_4bit=load_4bit, bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map
 
     if kind == "full":
         if base is not None:
@@ -140,8 +165,15 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             raise FormatError(f"{folder}: a {'LoRA' if kind == 'lora' else 'projector-only'} checkpoint needs "
                               "model_base (--model-base) naming the base model it was trained on")
         # The base lacks what the run trained beside it (e.g. a separate feature projector): load it quietly,
-        # then the checkpoint's own weights must cover every missing tensor.
+        # then the checkpoint's own weights must cover every missing tensor. A run that added <im_patch>
+        # (--mm_use_im_patch_token True) saved a config one row longer than the base's embeddings: the base is
+        # read at its own size and resized after (the new row is never used in a prompt).
+        trained_vocab, base_vocab = config.vocab_size, _vocab_size(base)
+        if base_vocab is not None and base_vocab != trained_vocab:
+            config.vocab_size = base_vocab
         model, missing = _from_pretrained(base, config, load_kwargs, quiet=True)
+        if model.get_input_embeddings().weight.shape[0] < trained_vocab:
+            model.resize_token_embeddings(trained_vocab)
         extra_files = (["non_lora_trainables.bin", "non_lora_trainables.safetensors"] if kind == "lora"
                        else ["mm_projector.bin"])
         for name in extra_files:
@@ -171,12 +203,31 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     tokenizer_dir = folder if any((folder / n).is_file() for n in ("tokenizer.model", "tokenizer.json")) else base
     tokenizer = load_tokenizer(tokenizer_dir or folder, padding_side="left")
+    if getattr(model.config, "mm_use_im_patch_token", False):
+        add_image_patch_token(tokenizer, model)
     _check_special_ids(model.config, tokenizer, folder)
 
     image_processor = tower.image_processor if tower is not None else None
     context_len = (getattr(model.config, "max_sequence_length", None)
                    or getattr(model.config, "tokenizer_model_max_length", None) or 2048)
     return tokenizer, model, image_processor, context_len
+
+
+def add_image_patch_token(tokenizer, model) -> None:
+    """LLaVA's ``mm_use_im_patch_token``: ``<im_patch>`` joins the tokenizer and the embeddings grow to hold it
+    (when they are shorter than the tokenizer). LLaVA-1.5 never writes it into a prompt."""
+    from llava.constants import DEFAULT_IMAGE_PATCH_TOKEN
+
+    tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def _vocab_size(folder: Path) -> int | None:
+    try:
+        return load_config(folder).vocab_size
+    except FormatError:
+        return None
 
 
 def _from_pretrained(weights_dir: Path, config: LlavaConfig, load_kwargs: dict,

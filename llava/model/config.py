@@ -27,8 +27,11 @@ MM_DEFAULTS: dict = {
     "mm_hl_projector": "shared",  # shared: P_hl is mm_projector (the paper); separate: model.mm_hl_projector
     "conv_version": None,  # the conversation template the model was trained with
 }
-HL_FUSIONS = ("add", "token")
-HL_PROJECTORS = ("shared", "separate")
+# The one home of the feature-fusion choices (training flags --hl_fusion / --hl_projector read them from here).
+# How a high-level feature fills its placeholder slot (config mm_hl_fusion):
+FUSION_MODES = ("add", "token")
+# Which projector maps the features (config mm_hl_projector; not mm_projector_type, the projector's shape):
+FEATURE_PROJECTORS = ("shared", "separate")
 # model_type values of checkpoints that load through our classes (llava: the released liuhaotian/llava-v1.5-*).
 LLAVA_MODEL_TYPES = ("llava_llama", "llava")
 
@@ -40,10 +43,10 @@ class LlavaConfig(LlamaConfig):
         for key, value in MM_DEFAULTS.items():
             kwargs.setdefault(key, value)
         super().__post_init__(**kwargs)
-        if self.mm_hl_fusion not in HL_FUSIONS:
-            raise FormatError(f"mm_hl_fusion {self.mm_hl_fusion!r} is not one of {' '.join(HL_FUSIONS)}")
-        if self.mm_hl_projector not in HL_PROJECTORS:
-            raise FormatError(f"mm_hl_projector {self.mm_hl_projector!r} is not one of {' '.join(HL_PROJECTORS)}")
+        if self.mm_hl_fusion not in FUSION_MODES:
+            raise FormatError(f"mm_hl_fusion {self.mm_hl_fusion!r} is not one of {' '.join(FUSION_MODES)}")
+        if self.mm_hl_projector not in FEATURE_PROJECTORS:
+            raise FormatError(f"mm_hl_projector {self.mm_hl_projector!r} is not one of {' '.join(FEATURE_PROJECTORS)}")
 
 
 def load_config(model_path: str | os.PathLike) -> LlavaConfig:

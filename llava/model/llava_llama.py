@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, Lla
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from eeg_core.errors import FormatError
-from llava.model.config import HL_FUSIONS, HL_PROJECTORS, LlavaConfig, load_config
+from llava.model.config import FUSION_MODES, FEATURE_PROJECTORS, LlavaConfig, load_config
 from llava.model.multimodal import LlavaMetaForCausalLM
 from llava.model.projector import build_vision_projector
 from llava.model.vision_tower import CLIPVisionTower, build_vision_tower
@@ -45,8 +45,8 @@ class LlavaLlamaModel(LlamaModel):
         config.mm_vision_select_layer = getattr(model_args, "mm_vision_select_layer", -2)
         config.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", "patch")
         config.mm_patch_merge_type = getattr(model_args, "mm_patch_merge_type", "flat")
-        for arg, key, choices in (("hl_fusion", "mm_hl_fusion", HL_FUSIONS),
-                                  ("hl_projector", "mm_hl_projector", HL_PROJECTORS)):
+        for arg, key, choices in (("hl_fusion", "mm_hl_fusion", FUSION_MODES),
+                                  ("hl_projector", "mm_hl_projector", FEATURE_PROJECTORS)):
             value = getattr(model_args, arg, None)
             if value is not None:
                 if value not in choices:

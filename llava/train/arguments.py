@@ -5,16 +5,30 @@ Compatibility with the documented command on transformers 5:
 - ``--warmup_ratio`` is accepted and becomes ``warmup_steps`` (transformers 5 reads a value in [0, 1) there as
   a ratio of the total steps);
 - without a GPU, ``--bf16`` / ``--fp16`` / ``--tf32`` log a warning and the run trains in float32.
+
+Parsing has no side effect on the process: it neither changes ``os.environ`` nor starts torch.distributed;
+``llava.train.train.setup_environment`` does both, once, from ``train()``.
+
+Flags of LLaVA's that are accepted for compatibility and ignored (each says so in its help text):
+``--lazy_preprocess`` (always lazy), ``--is_multimodal`` (set from the data), ``--cache_dir``, ``--mpt_attn_impl``,
+``--double_quant``, ``--quant_type`` (no quantised training: ``--bits`` must be 16), ``--lora_weight_path``.
+``--mm_use_im_patch_token True`` (LLaVA's default) adds ``<im_patch>`` to the tokenizer, as LLaVA does, and never
+puts it in a prompt.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import transformers
+
+from llava.model.config import FEATURE_PROJECTORS, FUSION_MODES
 
 logger = logging.getLogger("llava.train")
 
@@ -29,17 +43,19 @@ class ModelArguments:
     mm_vision_select_layer: int = field(default=-1)
     pretrain_mm_mlp_adapter: str | None = field(default=None)
     mm_projector_type: str = field(default="linear")
-    mm_use_im_start_end: bool = field(default=False)
-    mm_use_im_patch_token: bool = field(default=True)
+    mm_use_im_start_end: bool = field(default=False, metadata={"help": "Only False (LLaVA-1.5's setting)."})
+    mm_use_im_patch_token: bool = field(
+        default=True, metadata={"help": "Adds <im_patch> to the tokenizer (and the embeddings), as LLaVA does; "
+                                "LLaVA-1.5 never uses it in a prompt."})
     mm_patch_merge_type: str = field(default="flat")
     mm_vision_select_feature: str = field(default="patch")
     # EEG-VLM
-    hl_fusion: Literal["add", "token"] = field(
+    hl_fusion: Literal[FUSION_MODES] = field(
         default="add",
         metadata={"help": "How a high-level feature fills its placeholder slot: 'add' P(CLIP(Image1)) + P(h) "
                   "(the paper's), or 'token' the single token P(h)."},
     )
-    hl_projector: Literal["shared", "separate"] = field(
+    hl_projector: Literal[FEATURE_PROJECTORS] = field(
         default="shared",
         metadata={"help": "P for the features: the shared mm_projector (the paper's) or a separate projector "
                   "of the same type (learns faster from a random start)."},
@@ -49,8 +65,10 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_path: str | None = field(default=None, metadata={"help": "Train records: a JSON array (LLaVA format)."})
-    lazy_preprocess: bool = field(default=False, metadata={"help": "Accepted for LLaVA compatibility; always lazy."})
-    is_multimodal: bool = field(default=False)
+    lazy_preprocess: bool = field(default=False, metadata={"help": "accepted for LLaVA compatibility; ignored "
+                                                           "(always lazy)"})
+    is_multimodal: bool = field(default=False, metadata={"help": "accepted for LLaVA compatibility; ignored (set "
+                                                         "from the data)"})
     image_folder: str | None = field(default=None)
     image_aspect_ratio: str = field(default="square", metadata={"help": "pad | square"})
     # EEG-VLM
@@ -63,20 +81,22 @@ class DataArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    cache_dir: str | None = field(default=None)
+    cache_dir: str | None = field(default=None, metadata={"help": "accepted for LLaVA compatibility; ignored"})
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     freeze_mm_mlp_adapter: bool = field(default=False)
-    mpt_attn_impl: str | None = field(default="triton")
+    mpt_attn_impl: str | None = field(default="triton", metadata={"help": "accepted for LLaVA compatibility; ignored"})
     model_max_length: int = field(default=512, metadata={"help": "Sequences are right-padded and truncated to this."})
-    double_quant: bool = field(default=True)
-    quant_type: str = field(default="nf4")
+    double_quant: bool = field(default=True, metadata={"help": "accepted for LLaVA compatibility; ignored "
+                                                       "(no quantised training)"})
+    quant_type: str = field(default="nf4", metadata={"help": "accepted for LLaVA compatibility; ignored "
+                                                     "(no quantised training)"})
     bits: int = field(default=16, metadata={"help": "Only 16 (no quantised training here)."})
     lora_enable: bool = False
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_weight_path: str = ""
+    lora_weight_path: str = field(default="", metadata={"help": "accepted for LLaVA compatibility; ignored"})
     lora_bias: str = "none"
     mm_projector_lr: float | None = None
     group_by_modality_length: bool = field(default=False)
@@ -127,18 +147,10 @@ class TrainingArguments(transformers.TrainingArguments):
                 logger.warning("no GPU: --tf32 True ignored")
                 self.tf32 = None
         # With WANDB_MODE=offline, the first import of transformers' integrations (in super().__post_init__)
-        # prints "Running in WANDB offline mode": hidden from it unless this run reports to wandb.
+        # prints "[INFO] Running in WANDB offline mode" to stdout: imported here with stdout captured unless this
+        # run reports to wandb (os.environ is left alone).
         targets = self.report_to if isinstance(self.report_to, list) else [self.report_to]
-        wandb_mode = None if {"wandb", "all"} & set(targets) else os.environ.pop("WANDB_MODE", None)
-        try:
-            super().__post_init__()
-        finally:
-            if wandb_mode is not None:
-                os.environ["WANDB_MODE"] = wandb_mode
-        if self.deepspeed and self.use_cpu and torch.distributed.is_initialized():
-            # On a GPU accelerate starts DeepSpeed's communication layer itself; on the CPU path it started
-            # plain torch.distributed (above), so DeepSpeed is pointed at that same process group here: its
-            # config (zero.Init at model load, then deepspeed.initialize) must count the same world size.
-            import deepspeed
-
-            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+        if not {"wandb", "all"} & set(targets) and "transformers.integrations.integration_utils" not in sys.modules:
+            with contextlib.redirect_stdout(io.StringIO()):
+                import transformers.integrations.integration_utils  # noqa: F401
+        super().__post_init__()

@@ -126,7 +126,7 @@ class SupervisedDataset(Dataset):
         item = dict(input_ids=text["input_ids"][0], labels=text["labels"][0])
         if names:
             pil = [load_image(os.path.join(self.image_folder, n)) for n in names]
-            item["image"] = process_images(pil, self.image_processor, self.image_aspect_ratio)
+            item["image"] = process_images(pil, self.image_processor, self)  # reads self.image_aspect_ratio
         if self.rows[i] is not None:
             item["high_level_feature"] = torch.from_numpy(np.array(self.features[self.rows[i]], dtype=np.float32))
         return item

@@ -14,6 +14,7 @@ before its first step removes what it wrote. LoRA and new projectors are initial
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -59,6 +60,7 @@ def setup_reporting(training_args: TrainingArguments) -> None:
 
 def check_options(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     from llava.conversation import get_conv_template
+    from llava.mm_utils import ASPECT_RATIOS
 
     get_conv_template(model_args.version)  # unknown version -> FormatError
     if not model_args.model_name_or_path:
@@ -67,10 +69,10 @@ def check_options(model_args: ModelArguments, data_args: DataArguments, training
         raise FormatError("--data_path is required")
     if training_args.bits != 16:
         raise FormatError(f"--bits {training_args.bits}: quantised training is not supported here (use 16)")
-    if model_args.mm_use_im_start_end or model_args.mm_use_im_patch_token:
-        raise FormatError("--mm_use_im_start_end / --mm_use_im_patch_token True are not supported (LLaVA-1.5 uses False)")
-    if data_args.image_aspect_ratio not in ("pad", "square"):
-        raise FormatError(f"--image_aspect_ratio {data_args.image_aspect_ratio!r} is not one of pad square")
+    if model_args.mm_use_im_start_end:
+        raise FormatError("--mm_use_im_start_end True is not supported (LLaVA-1.5 uses False)")
+    if data_args.image_aspect_ratio not in ASPECT_RATIOS:
+        raise FormatError(f"--image_aspect_ratio {data_args.image_aspect_ratio!r} is not one of {' '.join(ASPECT_RATIOS)}")
 
 
 def lm_linear_names(model) -> list[str]:
@@ -211,58 +213,67 @@ def remove_created(output_dir: Path, existed_before: bool, entries_before: set[s
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
-def train(argv: Sequence[str] | None = None, attn_implementation: str | None = None):
-    """Parse ``argv`` (default ``sys.argv[1:]``), check every input, train, save. Returns the trainer."""
-    model_args, data_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    check_options(model_args, data_args, training_args)
-    setup_reporting(training_args)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-    from eeg_core import formats
-    from llava.model.config import load_config
+
+def setup_logging() -> None:
+    """The one logging setup of a training run (``train_mem.py`` goes through ``train()`` too)."""
+    logging.basicConfig(format=LOG_FORMAT, level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def setup_environment(training_args: TrainingArguments) -> None:
+    """Everything a training run changes in the process, in one call made by ``train()`` (parsing changes nothing):
+    wandb's mode in ``os.environ`` (``setup_reporting``) and, for DeepSpeed without a GPU, DeepSpeed's
+    communication layer on the process group that accelerate started over gloo (see
+    ``TrainingArguments.__post_init__``), so that ZeRO-3's ``zero.Init`` at model load and ``deepspeed.initialize``
+    count the launcher's world size."""
+    setup_reporting(training_args)
+    if training_args.deepspeed and training_args.use_cpu and torch.distributed.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
+def build_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    """The base's tokenizer, right-padded and cut at ``--model_max_length`` (``<im_patch>`` is added with the
+    model, by ``add_image_patch_token``, since the embeddings grow with it)."""
     from llava.tokenizer import load_tokenizer
+
+    return load_tokenizer(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
+                          padding_side="right")
+
+
+def load_inputs(model_args: ModelArguments, data_args: DataArguments, *, base_config, flags: set[str]):
+    """The records (checked: turns, replies, every image decoded) and their features; adopts the base's vision
+    tower when ``--vision_tower`` is not given. Returns ``(records, features or None)``."""
+    from eeg_core import formats
     from llava.train.dataset import check_records, load_train_features
 
-    # Everything that can be checked without the model is checked first, and nothing is written before.
-    resume = check_output_dir(training_args)
-    base_config = load_config(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, model_max_length=training_args.model_max_length,
-                               padding_side="right")
     records = formats.read_records(data_args.data_path)
     check_records(records, data_args.data_path, data_args.image_folder)
-    adopt_base_vision_tower(model_args, base_config, records, data_args.data_path, explicit_flags(argv))
-    features = load_train_features(data_args, records)
-
-    output_dir = Path(training_args.output_dir)
-    existed_before = output_dir.is_dir()
-    entries_before = set(os.listdir(output_dir)) if existed_before else set()
-    first_step = _FirstStep()
-    try:
-        return _train(model_args, data_args, training_args, attn_implementation, tokenizer, records, features,
-                      resume, first_step)
-    except BaseException:
-        if not first_step.stepped and training_args.process_index == 0:
-            remove_created(output_dir, existed_before, entries_before)
-        raise
+    adopt_base_vision_tower(model_args, base_config, records, data_args.data_path, flags)
+    return records, load_train_features(data_args, records)
 
 
-def _train(model_args, data_args, training_args, attn_implementation, tokenizer, records, features, resume,
-           first_step):
+def build_data(model, tokenizer, *, model_args, data_args, training_args, records, features) -> dict:
+    """The Trainer's ``train_dataset`` and ``data_collator``; the features' size is checked against the model's."""
     from eeg_core import formats
 
-    transformers.set_seed(training_args.seed)  # seeded init: the same projector weights on every rank count
-    model = build_model(model_args, training_args, attn_implementation)
     config = model.config
-    tower = model.get_model().get_vision_tower()
     if features is not None:
         path = data_args.high_level_features or formats.default_features_path(data_args.data_path, train=True)
         formats.check_feature_size(path, features, config.mm_hidden_size)
-    data_args.image_processor = tower.image_processor
+    data_args.image_processor = model.get_model().get_vision_tower().image_processor
     data_args.is_multimodal = True
-    data_module = make_supervised_data_module(tokenizer, data_args, model_args, training_args,
-                                              mm_hidden_size=config.mm_hidden_size, records=records,
-                                              features=features)
+    return make_supervised_data_module(tokenizer, data_args, model_args, training_args,
+                                       mm_hidden_size=config.mm_hidden_size, records=records, features=features)
+
+
+def record_settings(config, tokenizer, *, model_args, data_args, training_args, records) -> None:
+    """What evaluation needs to read back from the saved ``config.json``: image processing, tokenizer settings,
+    the conversation template, the fusion, how the images were drawn, the special token ids."""
+    from eeg_core import formats
 
     config.image_aspect_ratio = data_args.image_aspect_ratio
     config.tokenizer_padding_side = tokenizer.padding_side
@@ -277,8 +288,11 @@ def _train(model_args, data_args, training_args, attn_implementation, tokenizer,
         if getattr(tokenizer, key, None) is not None:
             setattr(config, key, getattr(tokenizer, key))
 
-    # Imported late: the Trainer's import reads WANDB_MODE (see TrainingArguments.__post_init__).
-    from llava.train.trainer import LLaVATrainer, is_projector_param
+
+def prepare_trainable(model, *, model_args, training_args):
+    """Freezes what is not trained, wraps the model in LoRA when asked, logs the trainable counts. Returns the
+    model to train (the peft model under ``--lora_enable``)."""
+    from llava.train.trainer import is_projector_param
 
     set_trainable(model, model_args, training_args,
                   freeze_lm=training_args.lora_enable or model_args.tune_mm_mlp_adapter or model_args.freeze_backbone)
@@ -304,20 +318,95 @@ def _train(model_args, data_args, training_args, attn_implementation, tokenizer,
     def numel(p):  # a ZeRO-3 shard's numel() is 0; ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())
 
+    config = model.config
     n_train = sum(numel(p) for p in model.parameters() if p.requires_grad)
     n_proj = sum(numel(p) for n, p in model.named_parameters() if p.requires_grad and is_projector_param(n))
     logger.info("trainable parameters: %d (projectors %d); fusion %s, projector for features %s, dtype %s",
                 n_train, n_proj, config.mm_hl_fusion, config.mm_hl_projector, next(model.parameters()).dtype)
+    return model
 
-    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=[first_step],
-                           **data_module)
-    trainer.tokenizer_model_file = os.path.join(model_args.model_name_or_path, "tokenizer.model")
-    clear_previous_run(training_args, resume)
+
+def make_trainer(model, tokenizer, *, model_args, training_args, data_module: dict, callbacks: list):
+    """LLaVATrainer, given the base's ``tokenizer.model`` to copy into every LoRA checkpoint."""
+    # Imported late: the Trainer's import reads WANDB_MODE (set by setup_environment).
+    from llava.train.trainer import LLaVATrainer
+
+    return LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=callbacks,
+                        tokenizer_model_file=os.path.join(model_args.model_name_or_path, "tokenizer.model"),
+                        **data_module)
+
+
+def run_and_save(trainer, *, training_args, resume: str | None) -> None:
+    """Clears what a previous run left (staging folders; everything with ``--overwrite_output_dir``), trains
+    (from ``resume`` if given, whatever number of ranks wrote it) and saves the final model atomically."""
     from llava.train.zero_resume import prepare_resume
 
+    clear_previous_run(training_args, resume)
     prepare_resume(trainer, resume)  # a ZeRO checkpoint written by another number of ranks
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_final(training_args.output_dir)
+
+
+@contextlib.contextmanager
+def removed_if_no_step(training_args):
+    """Yields the callback that notes the first training step; a failure before it removes what the run wrote
+    into ``--output_dir`` (on the main process)."""
+    output_dir = Path(training_args.output_dir)
+    existed_before = output_dir.is_dir()
+    entries_before = set(os.listdir(output_dir)) if existed_before else set()
+    first_step = _FirstStep()
+    try:
+        yield first_step
+    except BaseException:
+        if not first_step.stepped and training_args.process_index == 0:
+            remove_created(output_dir, existed_before, entries_before)
+        raise
+
+
+def train(argv: Sequence[str] | None = None, attn_implementation: str | None = None, *,
+          attn_reason: str | None = None):
+    """Parse ``argv`` (default ``sys.argv[1:]``), check every input, train, save. Returns the trainer.
+
+    Steps: parse (no side effect), set up logging, check the options, set up the environment (one call), check
+    the output folder, the tokenizer, the records and features, then ``fit``. ``attn_implementation`` (and why it
+    was chosen, ``attn_reason``) come from ``train_mem.py``."""
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging()
+    if attn_implementation:
+        logger.info("attention: %s%s", attn_implementation, f" ({attn_reason})" if attn_reason else "")
+    check_options(model_args, data_args, training_args)
+    setup_environment(training_args)
+
+    from llava.model.config import load_config
+
+    # Everything that can be checked without the model is checked first, and nothing is written before.
+    resume = check_output_dir(training_args)
+    base_config = load_config(model_args.model_name_or_path)
+    tokenizer = build_tokenizer(model_args, training_args)
+    records, features = load_inputs(model_args, data_args, base_config=base_config, flags=explicit_flags(argv))
+    with removed_if_no_step(training_args) as first_step:
+        return fit(model_args=model_args, data_args=data_args, training_args=training_args,
+                   attn_implementation=attn_implementation, tokenizer=tokenizer, records=records, features=features,
+                   resume=resume, callbacks=[first_step])
+
+
+def fit(*, model_args, data_args, training_args, attn_implementation, tokenizer, records, features, resume,
+        callbacks: list):
+    """The model, its data, the trainer; trains and saves. Returns the trainer."""
+    from llava.model.builder import add_image_patch_token
+
+    transformers.set_seed(training_args.seed)  # seeded init: the same projector weights on every rank count
+    model = build_model(model_args, training_args, attn_implementation)
+    if model_args.mm_use_im_patch_token:  # as LLaVA: in the tokenizer and the embeddings, never in a prompt
+        add_image_patch_token(tokenizer, model)
+    data_module = build_data(model, tokenizer, model_args=model_args, data_args=data_args,
+                             training_args=training_args, records=records, features=features)
+    record_settings(model.config, tokenizer, model_args=model_args, data_args=data_args,
+                    training_args=training_args, records=records)
+    model = prepare_trainable(model, model_args=model_args, training_args=training_args)
+    trainer = make_trainer(model, tokenizer, model_args=model_args, training_args=training_args,
+                           data_module=data_module, callbacks=callbacks)
+    run_and_save(trainer, training_args=training_args, resume=resume)
     return trainer
 
 

@@ -5,11 +5,8 @@ flash-attention 2 when the ``flash_attn`` package is installed and a GPU is pres
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import torch
-
-logger = logging.getLogger("llava.train")
 
 
 def attention_implementation() -> str:
@@ -21,12 +18,10 @@ def attention_implementation() -> str:
 def main(argv=None) -> None:
     from llava.train.train import train
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     impl = attention_implementation()
     reason = "flash_attn installed and a GPU present" if impl == "flash_attention_2" else (
         "no GPU" if not torch.cuda.is_available() else "flash_attn not installed")
-    logger.info("attention: %s (%s)", impl, reason)
-    train(argv, attn_implementation=impl)
+    train(argv, attn_implementation=impl, attn_reason=reason)  # train() sets up logging, then logs the choice
 
 
 if __name__ == "__main__":

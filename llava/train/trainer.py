@@ -160,10 +160,15 @@ def _fsync_dir(path: str) -> None:
 
 
 class LLaVATrainer(Trainer):
-    # The base checkpoint's sentencepiece file, copied into every LoRA checkpoint (LLaVA-1.5's layout).
-    tokenizer_model_file: str | None = None
+    """``tokenizer_model_file``: the base checkpoint's sentencepiece file, copied into every LoRA checkpoint
+    (LLaVA-1.5's layout); every other argument is the Trainer's."""
+
     # While a checkpoint is being saved: the staging folder the Trainer writes it into (see _get_output_dir).
     _staging_dir: str | None = None
+
+    def __init__(self, *args, tokenizer_model_file: str | None = None, **kwargs):
+        self.tokenizer_model_file = tokenizer_model_file
+        super().__init__(*args, **kwargs)
 
     def _is_saver(self) -> bool:
         """The process that moves finished saves into place (one per node with --save_on_each_node)."""
