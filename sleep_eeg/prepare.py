@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +66,94 @@ def count_table(rows: dict[str, Counter]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class LoadedNight:
+    """A night read and checked: its channels, its scorable epochs and their stages."""
+
+    night: Night
+    signals: dict  # channel -> (signal, rate)
+    epochs: list[int]
+    labels: list[str]
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare` wrote: per-stage counts of each split, and the held-out subjects."""
+
+    counts: dict[str, Counter]  # "train" | "eval" -> stage -> epochs
+    eval_subjects: list[str]
+    train_records: int
+    eval_questions: int
+
+
+def check_out_folder(out: Path) -> None:
+    """An ``--out`` that is (or lies under) a file is a one-line error."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise FormatError(f"{out}: --out must be a folder, but {folder} is a file")
+
+
+def load_night(night: Night, render: RenderConfig, fs: float | None, trim_minutes: float | None) -> LoadedNight:
+    """Read the night's channels, check its annotations, pick its scorable epochs (first channel) and
+    print its warnings (flat lines, a short hypnogram) once each."""
+    signals, annotations = read_channels(night, render.channels, fs)
+    check_annotations(annotations, night.hypnogram)
+    signal, rate = signals[render.channels[0]]
+    epochs, labels = scorable_epochs(annotations, len(signal), rate, trim_minutes)
+    if len(epochs) == 0:
+        raise FormatError(f"{night.psg}: no scorable 30-s epoch (only '?' / movement, or none inside the signal)")
+    warnings = [w for c in render.channels if channel_role(c) != "emg"
+                for w in night_warnings(*signals[c], annotations, epochs, night.psg, night.hypnogram, c)]
+    for warning in dict.fromkeys(warnings):
+        print(f"warning: {warning}", file=sys.stderr)
+    return LoadedNight(night, signals, epochs.tolist(), labels)
+
+
+def render_night(loaded: LoadedNight, folder: Path, is_eval: bool, cot_mode: str, render: RenderConfig,
+                 rng: random.Random, pool=None) -> list[dict]:
+    """Draw the night's epoch images into ``folder`` and return its records: eval questions when
+    ``is_eval``, else train records with their answers (one question text drawn from ``rng`` per epoch)."""
+    night, epochs = loaded.night, loaded.epochs
+    drawn_night = prepare_night(loaded.signals, render)
+    names = [f"{night.name}_{e:04d}.png" for e in epochs]
+    render_epochs(drawn_night, epochs, [folder / n for n in names], render, pool, desc=night.name)
+    filtered, rate = drawn_night[0]
+    measures = (
+        [epoch_measures(x, rate) for x in epoch_array(filtered, rate, epochs)]
+        if cot_mode == "measured" and not is_eval
+        else [None] * len(epochs)
+    )
+    records = []
+    for e, label, name, m in zip(epochs, loaded.labels, names, measures):
+        rid = f"{night.name}_{e:04d}"
+        meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e, "psg": night.psg.name,
+                "render": render.render_id}
+        q = cot.question(rng)
+        if is_eval:
+            records.append(make_question(rid, [name, name], q, **meta))
+        else:
+            records.append(make_train_record(rid, [name, name], q, cot.build_answer(label, cot_mode, m), **meta))
+    return records
+
+
+def replace_folders(out: Path, staging: dict[str, Path]) -> None:
+    """Each staged folder replaces ``out/<name>`` whole (no file of an earlier run is left behind)."""
+    for name, folder in staging.items():
+        old = out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (out / name).exists():
+            os.replace(out / name, old)
+        os.replace(folder, out / name)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_records(out: Path, render: RenderConfig, train: list[dict], questions: list[dict]) -> None:
+    """render.json, the train records (JSON array) and the eval questions (JSONL), each atomically."""
+    write_json(out / RENDER_FILE, render.to_dict())
+    write_json(out / TRAIN_RECORDS, train)
+    write_jsonl(out / EVAL_RECORDS, questions)
+
+
 def prepare(
     edf_dir: str | Path,
     out: str | Path,
@@ -77,30 +166,17 @@ def prepare(
     fs: float | None = None,
     trim_minutes: float | None = 30.0,
     render: RenderConfig = RenderConfig(),
-) -> dict[str, Counter]:
-    """Run the whole conversion; returns the per-stage counts of each split."""
+) -> PrepareResult:
+    """Run the whole conversion: list and check the nights (:func:`load_night`), split the subjects
+    (:func:`split_subjects`), draw each night (:func:`render_night`) into temporary folders that then
+    replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`)."""
     if cot_mode not in cot.COT_MODES:
         raise FormatError(f"--cot must be one of {'|'.join(cot.COT_MODES)}, got {cot_mode!r}")
     out = Path(out)
-    for folder in (out, *out.parents):  # an --out that is (or lies under) a file
-        if folder.exists() and not folder.is_dir():
-            raise FormatError(f"{out}: --out must be a folder, but {folder} is a file")
-    nights = find_nights(edf_dir)
+    check_out_folder(out)
     # Read and check every night before writing anything.
-    loaded: list[tuple[Night, dict, list[int], list[str]]] = []
-    for night in nights:
-        signals, annotations = read_channels(night, render.channels, fs)
-        check_annotations(annotations, night.hypnogram)
-        signal, rate = signals[render.channels[0]]
-        epochs, labels = scorable_epochs(annotations, len(signal), rate, trim_minutes)
-        if len(epochs) == 0:
-            raise FormatError(f"{night.psg}: no scorable 30-s epoch (only '?' / movement, or none inside the signal)")
-        warnings = [w for c in render.channels if channel_role(c) != "emg"
-                    for w in night_warnings(*signals[c], annotations, epochs, night.psg, night.hypnogram, c)]
-        for warning in dict.fromkeys(warnings):
-            print(f"warning: {warning}", file=sys.stderr)
-        loaded.append((night, signals, epochs.tolist(), labels))
-    eval_set = split_subjects([n.subject for n, *_ in loaded], eval_fraction, eval_subjects, seed)
+    loaded = [load_night(night, render, fs, trim_minutes) for night in find_nights(edf_dir)]
+    eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, eval_subjects, seed)
 
     # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
     staging = {name: out / f".{name}.tmp" for name in (TRAIN_IMAGES, EVAL_IMAGES)}
@@ -113,29 +189,12 @@ def prepare(
     pool = mp.Pool(workers) if workers > 1 else None
     drawn = False
     try:
-        for night, signals, epochs, labels in loaded:
-            is_eval = night.subject in eval_set
-            folder = staging[EVAL_IMAGES if is_eval else TRAIN_IMAGES]
-            drawn_night = prepare_night(signals, render)
-            names = [f"{night.name}_{e:04d}.png" for e in epochs]
-            render_epochs(drawn_night, epochs, [folder / n for n in names], render, pool, desc=night.name)
-            filtered, rate = drawn_night[0]
-            measures = (
-                [epoch_measures(x, rate) for x in epoch_array(filtered, rate, epochs)]
-                if cot_mode == "measured" and not is_eval
-                else [None] * len(epochs)
-            )
-            for e, label, name, m in zip(epochs, labels, names, measures):
-                rid = f"{night.name}_{e:04d}"
-                meta = {"label": label, "subject": night.subject, "night": night.night, "epoch": e, "psg": night.psg.name,
-                        "render": render.render_id}
-                q = cot.question(rng)
-                if is_eval:
-                    questions.append(make_question(rid, [name, name], q, **meta))
-                else:
-                    answer = cot.build_answer(label, cot_mode, m)
-                    train.append(make_train_record(rid, [name, name], q, answer, **meta))
-                counts["eval" if is_eval else "train"][label] += 1
+        for night in loaded:
+            is_eval = night.night.subject in eval_set
+            records = render_night(night, staging[EVAL_IMAGES if is_eval else TRAIN_IMAGES], is_eval, cot_mode,
+                                   render, rng, pool)
+            (questions if is_eval else train).extend(records)
+            counts["eval" if is_eval else "train"].update(night.labels)
         drawn = True
     finally:
         if pool is not None:
@@ -144,17 +203,9 @@ def prepare(
         if not drawn:
             for folder in staging.values():
                 shutil.rmtree(folder, ignore_errors=True)
-    for name, folder in staging.items():
-        old = out / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if (out / name).exists():
-            os.replace(out / name, old)
-        os.replace(folder, out / name)
-        shutil.rmtree(old, ignore_errors=True)
-    write_json(out / RENDER_FILE, render.to_dict())
-    write_json(out / TRAIN_RECORDS, train)
-    write_jsonl(out / EVAL_RECORDS, questions)
-    return counts
+    replace_folders(out, staging)
+    write_records(out, render, train, questions)
+    return PrepareResult(counts, sorted(eval_set), len(train), len(questions))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,13 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
     cfg = RenderConfig(channels=channels, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
                        band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram)
-    counts = prepare(
+    result = prepare(
         args.edf_dir, args.out, cot_mode=args.cot, eval_fraction=args.eval_fraction,
         eval_subjects=[s for s in args.eval_subjects.split(",") if s] or None, seed=args.seed,
         workers=max(1, args.workers), fs=args.fs, trim_minutes=None if args.trim_minutes < 0 else args.trim_minutes,
         render=cfg,
     )
-    print(count_table(counts))
+    print(count_table(result.counts))
     print(f"images {cfg.size[0]}x{cfg.size[1]} px ({', '.join(channels)}) -> {Path(args.out) / TRAIN_IMAGES}, "
           f"{Path(args.out) / EVAL_IMAGES}; settings {cfg.render_id} in {Path(args.out) / RENDER_FILE}")
     return 0

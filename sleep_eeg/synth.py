@@ -269,73 +269,110 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
+class _Events:
+    """The transient-event canvas ``[channel, samples]`` and the draws every stage's events share."""
+
+    eye_leak = (0.35, 0.05, 1.0)  # how much of an eye movement each channel sees (Fpz-Cz, Pz-Oz, EOG)
+
+    def __init__(self, rng: np.random.Generator, n_epochs: int):
+        self.rng = rng
+        self.ev = np.zeros((len(EEG_CHANNELS), N_PER * n_epochs))
+        self.t = np.arange(int(3 * FS)) / FS
+
+    def at(self, e0: int, margin_s: float = 1.0) -> int:
+        """A random onset inside the epoch starting at sample ``e0``, ``margin_s`` from its edges."""
+        return e0 + int(self.rng.uniform(margin_s, EPOCH_S - margin_s) * FS)
+
+    def eye(self, pos: int, wave: np.ndarray) -> None:
+        """An eye movement: the EOG sees all of it, the EEG channels a leak."""
+        for c, k in enumerate(self.eye_leak):
+            _add(self.ev[c], pos, k * wave)
+
+
+_FPZ, _PZ, _EOG = 0, 1, 2
+
+
+def _wake_events(e: _Events, e0: int, rates: dict) -> None:
+    """Blinks and saccades."""
+    rng, t = e.rng, e.t
+    for _ in range(rng.poisson(rates["W_blinks_per_epoch"])):
+        e.eye(e.at(e0), rng.uniform(60, 150) * _gauss(t[:60], 0.3, 0.08) * rng.choice([0.3, 1.0]))
+    for _ in range(rng.poisson(rates["W_saccades_per_epoch"])):
+        a = rng.choice([-1, 1]) * rng.uniform(40, 120)
+        e.eye(e.at(e0), a * (1 / (1 + np.exp(-(t[:150] - 0.1) / 0.02))) * np.exp(-t[:150] / 1.2))
+
+
+def _n1_events(e: _Events, e0: int, rates: dict) -> None:
+    """Vertex sharp waves and, in some epochs, one slow eye movement."""
+    rng, t = e.rng, e.t
+    for _ in range(rng.poisson(rates["N1_vertex_per_epoch"])):
+        a = rng.uniform(50, 100)
+        w = -a * _gauss(t[:60], 0.25, 0.05) + 0.35 * a * _gauss(t[:60], 0.4, 0.08)
+        _add(e.ev[_FPZ], e.at(e0), w)
+        _add(e.ev[_PZ], e.at(e0), 0.4 * w)
+    if rng.random() < rates["N1_slow_eye_movement_prob"]:
+        dur = rng.uniform(2.0, 5.0)
+        k = int(dur * FS)
+        e.eye(e.at(e0, 5.0) - k // 2, rng.choice([-1, 1]) * rng.uniform(50, 120) * np.sin(np.pi * np.arange(k) / k))
+
+
+def _n2_events(e: _Events, e0: int, rates: dict, sigma_z: float, spindle_hz: float) -> None:
+    """Spindles (more where the epoch's sigma share stands ``sigma_z`` above the night's N2 median) and
+    K-complexes."""
+    rng, t = e.rng, e.t
+    for _ in range(rng.poisson(rates["N2_spindles_per_epoch"] * np.exp(sigma_z))):
+        dur = rng.uniform(0.5, 2.0)
+        k = np.arange(int(dur * FS)) / FS
+        w = rng.uniform(15, 35) * np.sin(np.pi * k / dur) ** 2 * np.sin(
+            2 * np.pi * (spindle_hz + rng.uniform(-0.5, 0.5)) * k)
+        pos = e.at(e0)
+        _add(e.ev[_FPZ], pos, w)
+        _add(e.ev[_PZ], pos, 0.8 * w)
+    for _ in range(rng.poisson(rates["N2_k_complexes_per_epoch"])):
+        a = rng.uniform(75, 160)
+        w = -a * _gauss(t[:150], 0.3, 0.1) + 0.6 * a * _gauss(t[:150], 0.75, 0.18)
+        pos = e.at(e0)
+        _add(e.ev[_FPZ], pos, w)
+        _add(e.ev[_PZ], pos, 0.5 * w)
+        _add(e.ev[_EOG], pos, 0.3 * w)
+
+
+def _rem_events(e: _Events, e0: int, rates: dict) -> None:
+    """Sawtooth-wave trains and, in phasic epochs, bursts of rapid eye movements."""
+    rng, t = e.rng, e.t
+    for _ in range(rng.poisson(rates["REM_sawtooth_trains_per_epoch"])):
+        f = rng.uniform(2.0, 3.5)
+        k = np.arange(int(rng.integers(3, 8) / f * FS)) / FS
+        w = rng.uniform(20, 45) * (2 * ((k * f) % 1.0) - 1) * np.hanning(len(k)) ** 0.3
+        pos = e.at(e0)
+        _add(e.ev[_FPZ], pos, w)
+        _add(e.ev[_PZ], pos, 0.6 * w)
+    if rng.random() < rates["REM_phasic_prob"]:  # rapid eye movements come in bursts
+        for _ in range(rng.poisson(rates["REM_eye_movements_per_phasic_epoch"])):
+            a = rng.choice([-1, 1]) * rng.uniform(50, 150)
+            e.eye(e.at(e0), a * (1 / (1 + np.exp(-(t[:100] - 0.1) / 0.025))) * np.exp(-np.maximum(t[:100] - 0.15, 0) / 0.35))
+
+
 def _events(rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray) -> np.ndarray:
-    """``[channel, samples]`` transients whose rates follow each epoch's drawn spectrum."""
-    n = N_PER * len(stages)
-    ev = np.zeros((len(EEG_CHANNELS), n))
-    fpz, pz, eog = 0, 1, 2
-    eye_leak = (0.35, 0.05, 1.0)  # how much of an eye movement each channel sees
-    t = np.arange(int(3 * FS)) / FS
+    """``[channel, samples]`` transients whose rates follow each epoch's drawn spectrum: each epoch's
+    stage draws its own events (:func:`_wake_events`, :func:`_n1_events`, :func:`_n2_events`,
+    :func:`_rem_events`), epoch after epoch from the one ``rng``."""
+    e = _Events(rng, len(stages))
     rates = load_calibration()["morphology"]
-
-    def at(e0: int, margin_s: float = 1.0) -> int:
-        return e0 + int(rng.uniform(margin_s, EPOCH_S - margin_s) * FS)
-
-    def eye(pos: int, wave: np.ndarray) -> None:
-        for c, k in enumerate(eye_leak):
-            _add(ev[c], pos, k * wave)
-
     # spindle counts follow how far an N2 epoch's drawn sigma share stands from the night's N2 median
-    n2_sigma = spectra[fpz, np.asarray(_scored(stages)) == "N2", 3]
+    n2_sigma = spectra[_FPZ, np.asarray(_scored(stages)) == "N2", 3]
     n2_median = float(np.median(n2_sigma)) if len(n2_sigma) else 0.0
     for i, s in enumerate(stages):
         e0 = i * N_PER
         if s == "W":
-            for _ in range(rng.poisson(rates["W_blinks_per_epoch"])):
-                eye(at(e0), rng.uniform(60, 150) * _gauss(t[:60], 0.3, 0.08) * rng.choice([0.3, 1.0]))
-            for _ in range(rng.poisson(rates["W_saccades_per_epoch"])):
-                a = rng.choice([-1, 1]) * rng.uniform(40, 120)
-                eye(at(e0), a * (1 / (1 + np.exp(-(t[:150] - 0.1) / 0.02))) * np.exp(-t[:150] / 1.2))
+            _wake_events(e, e0, rates)
         elif s == "N1":
-            for _ in range(rng.poisson(rates["N1_vertex_per_epoch"])):
-                a = rng.uniform(50, 100)
-                w = -a * _gauss(t[:60], 0.25, 0.05) + 0.35 * a * _gauss(t[:60], 0.4, 0.08)
-                _add(ev[fpz], at(e0), w)
-                _add(ev[pz], at(e0), 0.4 * w)
-            if rng.random() < rates["N1_slow_eye_movement_prob"]:
-                dur = rng.uniform(2.0, 5.0)
-                k = int(dur * FS)
-                eye(at(e0, 5.0) - k // 2, rng.choice([-1, 1]) * rng.uniform(50, 120) * np.sin(np.pi * np.arange(k) / k))
+            _n1_events(e, e0, rates)
         elif s == "N2":
-            sigma_z = spectra[fpz, i, 3] - n2_median
-            for _ in range(rng.poisson(rates["N2_spindles_per_epoch"] * np.exp(sigma_z))):
-                dur = rng.uniform(0.5, 2.0)
-                k = np.arange(int(dur * FS)) / FS
-                w = rng.uniform(15, 35) * np.sin(np.pi * k / dur) ** 2 * np.sin(
-                    2 * np.pi * (subject.spindle_hz + rng.uniform(-0.5, 0.5)) * k)
-                pos = at(e0)
-                _add(ev[fpz], pos, w)
-                _add(ev[pz], pos, 0.8 * w)
-            for _ in range(rng.poisson(rates["N2_k_complexes_per_epoch"])):
-                a = rng.uniform(75, 160)
-                w = -a * _gauss(t[:150], 0.3, 0.1) + 0.6 * a * _gauss(t[:150], 0.75, 0.18)
-                pos = at(e0)
-                _add(ev[fpz], pos, w)
-                _add(ev[pz], pos, 0.5 * w)
-                _add(ev[eog], pos, 0.3 * w)
+            _n2_events(e, e0, rates, spectra[_FPZ, i, 3] - n2_median, subject.spindle_hz)
         elif s == "REM":
-            for _ in range(rng.poisson(rates["REM_sawtooth_trains_per_epoch"])):
-                f = rng.uniform(2.0, 3.5)
-                k = np.arange(int(rng.integers(3, 8) / f * FS)) / FS
-                w = rng.uniform(20, 45) * (2 * ((k * f) % 1.0) - 1) * np.hanning(len(k)) ** 0.3
-                pos = at(e0)
-                _add(ev[fpz], pos, w)
-                _add(ev[pz], pos, 0.6 * w)
-            if rng.random() < rates["REM_phasic_prob"]:  # rapid eye movements come in bursts
-                for _ in range(rng.poisson(rates["REM_eye_movements_per_phasic_epoch"])):
-                    a = rng.choice([-1, 1]) * rng.uniform(50, 150)
-                    eye(at(e0), a * (1 / (1 + np.exp(-(t[:100] - 0.1) / 0.025))) * np.exp(-np.maximum(t[:100] - 0.15, 0) / 0.35))
-    return ev
+            _rem_events(e, e0, rates)
+    return e.ev
 
 
 def _alpha(rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from eeg_core.answer import stage_line
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
+from sleep_eeg import score
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = [s.name for s in demo.pipeline(demo.QUICK, seed=0)]
@@ -111,6 +112,19 @@ def test_each_step_writes_its_files(quick_run):
     labels = [q["label"] for q in questions]
     assert table[0]["accuracy"] == pytest.approx(max(labels.count(s) for s in set(labels)) / len(labels))
     assert table[-1]["accuracy"] == metrics["accuracy"]
+    # every row below the majority class is what the scoring computes from that row's answers file, which
+    # answers every held-out epoch (checked here by hand for accuracy)
+    assert [r["answers_file"] for r in table[1:]] == [
+        *(demo.baseline_answers(k) for k in demo.BASELINES), demo.VISION_ANSWERS, demo.ANSWERS]
+    for row in table[1:]:
+        by_id = {a["question_id"]: a for a in formats.read_jsonl(workdir / row["answers_file"])}
+        assert sorted(by_id) == sorted(q["question_id"] for q in questions), row["name"]
+        pred = [score.parse_stage(by_id[q["question_id"]]["text"]) or score.UNPARSEABLE for q in questions]
+        expected = score.compute_metrics(labels, pred)
+        assert row["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(pred, labels)])), row["name"]
+        for key in ("n", "accuracy", "macro_f1", "kappa"):
+            assert row[key] == pytest.approx(expected[key], nan_ok=True), (row["name"], key)
+        assert (row["n1_f1"], row["rem_f1"]) == (expected["per_class"]["N1"]["f1"], expected["per_class"]["REM"]["f1"])
     out = proc.stdout
     for row in table:
         assert row["name"] in out

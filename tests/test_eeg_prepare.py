@@ -1,6 +1,7 @@
 """`eeg-vlm prepare`: records schema, split by subject, label alignment, label-free images, bad inputs."""
 import json
 import shutil
+from collections import Counter
 
 import pytest
 
@@ -157,10 +158,16 @@ def test_cot_none_answers_are_the_stage_line(nights, tmp_path):
 
 def test_rerun_with_another_split_leaves_no_stale_images(nights, tmp_path):
     for eval_subject in ("SC900", "SC901"):
-        prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=[eval_subject])
+        result = prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=[eval_subject])
         for records, folder in (("eeg_ft.json", "eeg_images_ft"), ("eeg_eval.jsonl", "eeg_images_eval")):
             named = {r["image"][0] for r in read_records(tmp_path / records)}
             assert {p.name for p in (tmp_path / folder).iterdir()} == named
+        # the result names what was written
+        train, questions = read_records(tmp_path / "eeg_ft.json"), read_records(tmp_path / "eeg_eval.jsonl")
+        assert result.eval_subjects == [eval_subject]
+        assert (result.train_records, result.eval_questions) == (len(train), len(questions))
+        assert result.counts["train"] == Counter(r["label"] for r in train)
+        assert result.counts["eval"] == Counter(q["label"] for q in questions)
         assert {r["subject"] for r in read_records(tmp_path / "eeg_eval.jsonl")} == {eval_subject}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eeg_eval.jsonl", "eeg_ft.json", "eeg_images_eval",
                                                           "eeg_images_ft", RENDER_FILE]

@@ -1,5 +1,5 @@
 """Vision modules: shapes, declared input/normalisation, tapped stage, registry, weights loading."""
-import time
+import socket
 
 import pytest
 import timm
@@ -9,6 +9,16 @@ from torch import nn
 
 from eeg_core.errors import FormatError
 from vision_modules import VisionOutput, create_vision_module, list_vision_modules, register_vision_module
+from vision_modules.registry import temporary_vision_modules, unregister_vision_module
+
+
+@pytest.fixture
+def scratch_registry():
+    """What a test registers is gone after it: the registry is left as the test found it."""
+    before = list_vision_modules()
+    with temporary_vision_modules():
+        yield
+    assert list_vision_modules() == before
 
 
 def _forward(model, batch=2):
@@ -66,7 +76,7 @@ def test_unknown_names_give_one_line_errors():
         create_vision_module("timm:not_a_timm_model")
 
 
-def test_user_module_registers_in_a_few_lines():
+def test_user_module_registers_in_a_few_lines(scratch_registry):
     @register_vision_module("test_tiny_cnn")
     class TinyCNN(nn.Module):
         def __init__(self, feature_dim=1024, num_classes=5, pretrained=False, image_size=(16, 48)):
@@ -89,17 +99,43 @@ def test_user_module_registers_in_a_few_lines():
         register_vision_module("timm:x")
 
 
-def test_module_without_declarations_is_refused():
+def test_module_without_declarations_is_refused(scratch_registry):
     register_vision_module("test_bare")(lambda **kw: nn.Identity())
     with pytest.raises(FormatError, match="does not declare"):
         create_vision_module("test_bare")
 
 
-def test_hub_weights_offline_fail_fast():
-    t0 = time.perf_counter()
+def test_temporary_registrations_are_undone():
+    before = list_vision_modules()
+    with temporary_vision_modules():
+        register_vision_module("test_temporary")(nn.Identity)
+        unregister_vision_module("resnet18")
+        assert "test_temporary" in list_vision_modules() and "resnet18" not in list_vision_modules()
+    assert list_vision_modules() == before and "resnet18" in before
+    with pytest.raises(RuntimeError), temporary_vision_modules():  # undone when the block fails too
+        register_vision_module("test_temporary")(nn.Identity)
+        raise RuntimeError
+    assert list_vision_modules() == before
+    unregister_vision_module("test_never_registered")  # nothing to remove: no error
+
+
+def test_hub_weights_offline_fail_fast(monkeypatch):
+    """Hub weights that are not cached, with no hub: a one-line error naming --pretrained PATH, without a
+    connection when the environment says offline, and after one short probe (no retries) otherwise."""
+    probes = []
+
+    def unreachable(address, timeout=None, *args, **kwargs):
+        probes.append((address, timeout))
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(FormatError, match="not cached and the hub is offline.*--pretrained PATH"):
+        create_vision_module("resnet18", pretrained=True, image_size=32)
+    assert probes == []  # HF_HUB_OFFLINE=1 (conftest)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(FormatError, match="--pretrained PATH"):
         create_vision_module("resnet18", pretrained=True, image_size=32)
-    assert time.perf_counter() - t0 < 2.0
+    assert len(probes) == 1 and probes[0][1] is not None and probes[0][1] <= 1.0
 
 
 def test_local_pretrained_weights_are_loaded(tmp_path):

@@ -143,6 +143,49 @@ def test_resume_continues_training(trained, tmp_path):
         train_vision_module("resnet18", records, root / "img", tmp_path / "fresh", epochs=1, resume=True, **kw)
 
 
+def test_training_steps_one_by_one(tmp_path):
+    from vision_modules.train import (VisionTrainConfig, class_weights, is_better, load_training_data,
+                                      make_optimizer, recorded_args)
+
+    # options: a dataclass; keyword overrides on top; the builder kwargs the user set
+    opts = VisionTrainConfig(epochs=4, image_size=48, tap=-1)
+    assert opts.module_kwargs() == {"image_size": [48, 48], "tap": -1}
+    assert VisionTrainConfig().module_kwargs() == {}
+    with pytest.raises(TypeError):
+        train_vision_module("resnet18", "r.json", "img", "out", epochs=1, no_such_option=1)
+    args = recorded_args("resnet18", tmp_path / "r.json", "img", tmp_path / "out", opts)
+    assert list(args)[:5] == ["arch", "records", "image_folder", "out", "epochs"] and args["records"] == str(tmp_path / "r.json")
+    assert json.loads(json.dumps(args))["image_size"] == 48
+
+    # data: checked records and a split that holds out whole subjects
+    records = make_images(tmp_path, n_per_class=4)
+    data = load_training_data(records, tmp_path / "img", VisionTrainConfig(val_fraction=0.25, progress=False))
+    assert data.split == "subject" and len(data.train_idx) + len(data.val_idx) == 20 and data.keys is None
+    subject = {i: data.records[i]["subject"] for i in range(20)}
+    assert not {subject[i] for i in data.train_idx} & {subject[i] for i in data.val_idx}
+
+    # class weights: inverse frequency over the classes present, 0 for an absent class
+    w = class_weights(np.array([0, 0, 0, 1, 2, 2]))
+    np.testing.assert_allclose(w, [6 / 9, 2.0, 1.0, 0.0, 0.0], rtol=1e-6)
+
+    # schedule: linear warm-up, then cosine down to 0 at the last step
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = make_optimizer(model, VisionTrainConfig(epochs=2, lr=0.1), steps_per_epoch=20)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.05) and lrs[1] == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi / 40)))
+    assert max(lrs) <= 0.1 and lrs[-1] < 0.001 and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+
+    # best epoch: macro-F1, then accuracy; a tie goes to the later epoch; without validation every epoch is kept
+    best = {"macro_f1": 0.5, "accuracy": 0.6}
+    assert is_better({"macro_f1": 0.6, "accuracy": 0.1}, best) and is_better(dict(best), best)
+    assert not is_better({"macro_f1": 0.5, "accuracy": 0.5}, best) and is_better(best, None)
+    assert is_better({"macro_f1": None, "accuracy": None}, {"macro_f1": None, "accuracy": None})
+
+
 def _bad_copy(root: Path, tmp_path: Path, edit) -> tuple[Path, Path]:
     """A copy of the image set whose records (or images) ``edit`` spoils; returns (records, image folder)."""
     folder = tmp_path / "img"
@@ -234,8 +277,21 @@ class TinyCNN(nn.Module):
 '''
 
 
-def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, monkeypatch):
-    import vision_modules.registry as registry
+@pytest.fixture
+def scratch_registry():
+    """What a test registers is gone after it: the registry is left as the test found it."""
+    from vision_modules import list_vision_modules
+    from vision_modules.registry import temporary_vision_modules
+
+    before = list_vision_modules()
+    with temporary_vision_modules():
+        yield
+    assert list_vision_modules() == before
+
+
+def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, monkeypatch, scratch_registry):
+    from vision_modules import list_vision_modules
+    from vision_modules.registry import unregister_vision_module
 
     root, records, _, _ = trained
     (tmp_path / "my_eeg_modules.py").write_text(USER_MODULE)
@@ -247,7 +303,7 @@ def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, 
     config = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert config["arch"] == "user_tiny_cnn" and config["import_path"] == "my_eeg_modules"
     # a fresh process has not imported the user's module: a checkpoint alone never makes it import one ...
-    monkeypatch.delitem(registry._REGISTRY, "user_tiny_cnn")
+    unregister_vision_module("user_tiny_cnn")
     monkeypatch.delitem(sys.modules, "my_eeg_modules")
     with pytest.raises(FormatError, match=r"config.json: vision module 'user_tiny_cnn' is registered by the Python "
                                           r"module 'my_eeg_modules'.*--import-module my_eeg_modules"):
@@ -257,7 +313,7 @@ def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, 
     feats = extract_features(tmp_path / "ck", records, root / "img", tmp_path / "f.npy", feature_dim=64, progress=False,
                              import_modules=["my_eeg_modules"])
     assert feats.shape == (len(read_records(records)), 1, 64)
-    assert "user_tiny_cnn" in registry._REGISTRY
+    assert "user_tiny_cnn" in list_vision_modules()
 
 
 def _as_nights(records: Path, out: Path, render: dict | None = None) -> Path:

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable, NamedTuple, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -74,6 +75,28 @@ def register_vision_module(name: str) -> Callable[[Callable[..., nn.Module]], Ca
 def register_vision_family(prefix: str, builder: Callable[..., nn.Module]) -> None:
     """``create_vision_module(prefix + model_name, ...)`` calls ``builder(model_name, ...)`` (``timm:<name>``)."""
     _FAMILIES[prefix] = builder
+
+
+def unregister_vision_module(name: str) -> None:
+    """Remove ``name`` from the registry (nothing happens when it is not registered)."""
+    _REGISTRY.pop(name, None)
+
+
+@contextmanager
+def temporary_vision_modules() -> Iterator[None]:
+    """Registrations (and removals) made inside the block are undone when it ends: the registry is left as
+    it was. For tests, or a notebook trying out a module::
+
+        with temporary_vision_modules():
+            register_vision_module("tiny_cnn")(TinyCNN)
+            ...
+    """
+    saved = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(saved)
 
 
 def list_vision_modules() -> list[str]:

@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -77,92 +78,219 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
     }
 
 
+@dataclass(frozen=True)
+class VisionTrainConfig:
+    """The training options (``eeg-vlm vision train``'s flags besides the data and the output folder)."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    image_size: Sequence[int] | int | None = None  # (H, W) or N for N x N; None: the module's default
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    resume: bool = False
+    pretrained: str | os.PathLike | bool | None = None
+    feature_dim: int = 1024
+    tap: int | None = None
+    context: int = 0
+    progress: bool = True
+
+    def module_kwargs(self) -> dict[str, Any]:
+        """The builder's keyword arguments the user set (``image_size`` as [H, W], ``tap``)."""
+        kwargs: dict[str, Any] = {}
+        if self.image_size is not None:
+            size = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+            kwargs["image_size"] = [int(x) for x in size]
+        if self.tap is not None:
+            kwargs["tap"] = int(self.tap)
+        return kwargs
+
+
+@dataclass
+class TrainingData:
+    """The checked training records, their image paths and the train / validation split."""
+
+    records: list[dict]
+    labels: list[int]
+    render: dict | None
+    keys: list | None  # night keys (only with a context head)
+    paths: list
+    train_idx: list[int]
+    val_idx: list[int]
+    split: str  # "subject" | "records" | "none"
+
+
+def load_training_data(records_path: Path, image_folder: str | os.PathLike, opts: VisionTrainConfig) -> TrainingData:
+    """Read and check the records (labels, render settings, nights for ``context``, images) and split them."""
+    recs = read_records(records_path)
+    labels = record_labels(recs, str(records_path))
+    render = records_render(recs, records_path)
+    keys = night_keys(recs, str(records_path)) if opts.context > 0 else None
+    paths = record_image_paths(recs, image_folder, str(records_path), progress=opts.progress)
+    train_idx, val_idx, split = split_train_val(recs, labels, opts.val_fraction, opts.seed)
+    return TrainingData(recs, labels, render, keys, paths, train_idx, val_idx, split)
+
+
+def load_resume_state(out: Path, arch: str, feature_dim: int, module_kwargs: dict[str, Any]) -> dict:
+    """``out/resume.pt``, refused unless it is a plain tensor file of the same module (arch, feature, kwargs)."""
+    resume_path = out / RESUME_NAME
+    if not resume_path.is_file():
+        raise FormatError(f"{resume_path}: nothing to resume from")
+    try:
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a hostile or foreign pickle, a truncated file
+        detail = next((line.strip() for line in reversed(str(e).splitlines()) if "GLOBAL" in line or
+                       "Unsupported" in line), str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise FormatError(f"{resume_path}: refused: not a plain tensor file that loads without running code "
+                          f"({detail[:160]})") from None
+    saved = read_config(out)
+    saved = {**saved, **saved.get("module_kwargs", {})}
+    for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
+        if saved.get(key) != value:
+            raise FormatError(f"{out / CONFIG_NAME}: --resume with {key}={value!r} but the checkpoint has {saved.get(key)!r}")
+    return state
+
+
+def build_model(arch: str, opts: VisionTrainConfig, module_kwargs: dict[str, Any], pretrained: bool,
+                device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The seeded module on ``device`` (backbone weights only when ``pretrained``: not on resume), and the
+    builder kwargs to record (a timm module's defaults pinned: later defaults may change)."""
+    torch.manual_seed(opts.seed)
+    model = create_vision_module(
+        arch, feature_dim=opts.feature_dim, num_classes=len(STAGES),
+        pretrained=(opts.pretrained or False) if pretrained else False, **module_kwargs
+    )
+    model.to(device, memory_format=memory_format(model))
+    if isinstance(model, TimmVisionModule):
+        module_kwargs = {"image_size": list(model.input_size[1:]), "tap": model.tap}
+    return model, module_kwargs
+
+
+def make_loaders(dataset: EEGImageDataset, data: TrainingData, opts: VisionTrainConfig
+                 ) -> tuple[DataLoader, DataLoader | None, torch.Generator]:
+    """The shuffled (seeded) train loader, the validation loader (None without a split) and the generator."""
+    generator = torch.Generator().manual_seed(opts.seed)
+    train_loader = DataLoader(
+        Subset(dataset, data.train_idx), batch_size=opts.batch_size, shuffle=True, generator=generator,
+        num_workers=opts.workers, drop_last=len(data.train_idx) > opts.batch_size, persistent_workers=opts.workers > 0,
+    )
+    val_loader = (DataLoader(Subset(dataset, data.val_idx), batch_size=opts.batch_size, num_workers=opts.workers)
+                  if data.val_idx else None)
+    return train_loader, val_loader, generator
+
+
+def class_weights(train_labels: np.ndarray, n_classes: int = len(STAGES)) -> np.ndarray:
+    """Inverse class frequency ("balanced") of the classes present; 0 for the absent ones."""
+    present = np.unique(train_labels)
+    weights = np.zeros(n_classes, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=train_labels)
+    return weights
+
+
+def class_weighted_loss(train_labels: np.ndarray, device: torch.device) -> nn.CrossEntropyLoss:
+    return nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights(train_labels)).to(device))
+
+
+def make_optimizer(model: nn.Module, opts: VisionTrainConfig, steps_per_epoch: int):
+    """AdamW and its schedule: a linear warm-up (a twentieth of the steps, at most one epoch), then cosine."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    total_steps = max(1, opts.epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, max(1, total_steps // 20))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+    return optimizer, scheduler
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scheduler,
+                    device: torch.device, desc: str = "", progress: bool = False) -> float:
+    """One pass over ``loader``; returns the mean training loss per record."""
+    model.train()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for images, targets in bar:
+        images = images.to(device, memory_format=memory_format(model))
+        targets = targets.to(device)
+        loss = criterion(model(images).logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(targets)
+        seen += len(targets)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    return loss_sum / max(seen, 1)
+
+
+def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Best so far by validation macro-F1, then accuracy (ties go to the later epoch; no split: every epoch)."""
+    return best is None or (metrics["macro_f1"] or 0.0, metrics["accuracy"] or 0.0) >= (
+        best["macro_f1"] or 0.0, best["accuracy"] or 0.0)
+
+
+def save_resume(path: Path, model: nn.Module, optimizer, scheduler, generator: torch.Generator, epoch: int,
+                best: dict | None, history: list[dict]) -> None:
+    """The last epoch's full state (atomically), what ``--resume`` continues from."""
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(), "epoch": epoch, "best": best, "history": history}, tmp)
+
+
+def recorded_args(arch: str, records, image_folder, out, opts: VisionTrainConfig) -> dict[str, Any]:
+    """The call as recorded in config.json (``args``): paths as strings."""
+    args = {"arch": arch, "records": records, "image_folder": image_folder, "out": out,
+            **{f.name: getattr(opts, f.name) for f in fields(opts)}}
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in args.items()}
+
+
+def checkpoint_config(arch: str, opts: VisionTrainConfig, model: nn.Module, module_kwargs: dict[str, Any],
+                      data: TrainingData, args: dict[str, Any]) -> dict[str, Any]:
+    """config.json beside the weights (the metrics and history are added at each save)."""
+    return {
+        "arch": arch,
+        "import_path": builder_import_path(arch),
+        "feature_dim": int(opts.feature_dim),
+        "num_classes": len(STAGES),
+        "classes": list(STAGES),
+        "module_kwargs": module_kwargs,
+        "input_size": list(model.input_size),
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "args": args,
+        "split": {"by": data.split, "n_train": len(data.train_idx), "n_val": len(data.val_idx)},
+        "render": data.render,
+    }
+
+
 def train_vision_module(
     arch: str,
     records: str | os.PathLike,
     image_folder: str | os.PathLike,
     out: str | os.PathLike,
-    epochs: int = 5,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    image_size: Sequence[int] | int | None = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    device: str = "cpu",
-    workers: int = 0,
-    resume: bool = False,
-    pretrained: str | bool | None = None,
-    feature_dim: int = 1024,
-    tap: int | None = None,
-    context: int = 0,
-    progress: bool = True,
+    options: VisionTrainConfig | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``arch`` and save the best checkpoint in ``out``; returns its validation metrics
-    (``accuracy``, ``macro_f1``, ``n``, ``epoch``; accuracy is None without a validation split)."""
-    args = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in locals().items()}  # recorded in config.json
+    (``accuracy``, ``macro_f1``, ``n``, ``epoch``; accuracy is None without a validation split).
+
+    The options are ``options`` (a :class:`VisionTrainConfig`) with ``overrides`` (its fields by keyword,
+    e.g. ``epochs=3``) applied."""
+    opts = replace(options or VisionTrainConfig(), **overrides)
+    args = recorded_args(arch, records, image_folder, out, opts)
     records_path, out = Path(records), Path(out)
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    module_kwargs: dict[str, Any] = {}
-    if image_size is not None:
-        module_kwargs["image_size"] = [int(x) for x in image_size]
-    if tap is not None:
-        module_kwargs["tap"] = int(tap)
-    device_ = torch.device(device)
+    module_kwargs = opts.module_kwargs()
+    device = torch.device(opts.device)
 
-    recs = read_records(records_path)
-    labels = record_labels(recs, str(records_path))
-    render = records_render(recs, records_path)
-    keys = night_keys(recs, str(records_path)) if context > 0 else None
-    paths = record_image_paths(recs, image_folder, str(records_path), progress=progress)
-    train_idx, val_idx, split = split_train_val(recs, labels, val_fraction, seed)
-
-    resume_path = out / RESUME_NAME
-    state = None
-    if resume:
-        if not resume_path.is_file():
-            raise FormatError(f"{resume_path}: nothing to resume from")
-        try:
-            state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a hostile or foreign pickle, a truncated file
-            detail = next((line.strip() for line in reversed(str(e).splitlines()) if "GLOBAL" in line or
-                           "Unsupported" in line), str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise FormatError(f"{resume_path}: refused: not a plain tensor file that loads without running code "
-                              f"({detail[:160]})") from None
-        saved = read_config(out)
-        saved = {**saved, **saved.get("module_kwargs", {})}
-        for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
-            if saved.get(key) != value:
-                raise FormatError(f"{out / CONFIG_NAME}: --resume with {key}={value!r} but the checkpoint has {saved.get(key)!r}")
-
-    torch.manual_seed(seed)
-    model = create_vision_module(
-        arch, feature_dim=feature_dim, num_classes=len(STAGES), pretrained=(pretrained or False) if state is None else False, **module_kwargs
-    )
-    model.to(device_, memory_format=memory_format(model))
-    if isinstance(model, TimmVisionModule):  # pin the defaults in the checkpoint: later defaults may change
-        module_kwargs = {"image_size": list(model.input_size[1:]), "tap": model.tap}
-
-    dataset = EEGImageDataset(paths, labels, model.input_size, model.mean, model.std)
-    train_labels = np.asarray(labels)[train_idx]
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        Subset(dataset, train_idx), batch_size=batch_size, shuffle=True, generator=generator,
-        num_workers=workers, drop_last=len(train_idx) > batch_size, persistent_workers=workers > 0,
-    )
-    val_loader = DataLoader(Subset(dataset, val_idx), batch_size=batch_size, num_workers=workers) if val_idx else None
-
-    present = np.unique(train_labels)
-    weights = np.zeros(len(STAGES), dtype=np.float32)
-    weights[present] = compute_class_weight("balanced", classes=present, y=train_labels)
-    criterion = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device_))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total_steps = max(1, epochs * len(train_loader))
-    warmup = min(len(train_loader), max(1, total_steps // 20))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
+    data = load_training_data(records_path, image_folder, opts)
+    state = load_resume_state(out, arch, opts.feature_dim, module_kwargs) if opts.resume else None
+    model, module_kwargs = build_model(arch, opts, module_kwargs, pretrained=state is None, device=device)
+    dataset = EEGImageDataset(data.paths, data.labels, model.input_size, model.mean, model.std)
+    train_loader, val_loader, generator = make_loaders(dataset, data, opts)
+    criterion = class_weighted_loss(np.asarray(data.labels)[data.train_idx], device)
+    optimizer, scheduler = make_optimizer(model, opts, len(train_loader))
 
     start_epoch, best, history = 0, None, []
     if state is not None:
@@ -172,55 +300,31 @@ def train_vision_module(
         generator.set_state(state["generator"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
 
-    config = {
-        "arch": arch,
-        "import_path": builder_import_path(arch),
-        "feature_dim": int(feature_dim),
-        "num_classes": len(STAGES),
-        "classes": list(STAGES),
-        "module_kwargs": module_kwargs,
-        "input_size": list(model.input_size),
-        "mean": list(model.mean),
-        "std": list(model.std),
-        "args": args,
-        "split": {"by": split, "n_train": len(train_idx), "n_val": len(val_idx)},
-        "render": render,
-    }
-    print(f"vision train: {arch}, {len(train_idx)} train / {len(val_idx)} val records (split by {split}), "
-          f"input {tuple(model.input_size)}, feature {feature_dim}, {epochs} epochs")
+    config = checkpoint_config(arch, opts, model, module_kwargs, data, args)
+    epochs = opts.epochs
+    print(f"vision train: {arch}, {len(data.train_idx)} train / {len(data.val_idx)} val records (split by {data.split}), "
+          f"input {tuple(model.input_size)}, feature {opts.feature_dim}, {epochs} epochs")
     for epoch in range(start_epoch, epochs):
-        model.train()
-        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for images, targets in bar:
-            images = images.to(device_, memory_format=memory_format(model))
-            targets = targets.to(device_)
-            loss = criterion(model(images).logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(targets)
-            seen += len(targets)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        metrics = evaluate(model, val_loader, device_) if val_loader is not None else {"accuracy": None, "macro_f1": None, "n": 0}
-        metrics.update(epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), seconds=round(time.perf_counter() - t0, 1))
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device,
+                                     f"epoch {epoch + 1}/{epochs}", opts.progress)
+        metrics = evaluate(model, val_loader, device) if val_loader is not None else {"accuracy": None, "macro_f1": None, "n": 0}
+        metrics.update(epoch=epoch + 1, train_loss=train_loss, seconds=round(time.perf_counter() - t0, 1))
         history.append(metrics)
-        is_best = best is None or (metrics["macro_f1"] or 0.0, metrics["accuracy"] or 0.0) >= (best["macro_f1"] or 0.0, best["accuracy"] or 0.0)
-        if is_best:
+        better = is_better(metrics, best)
+        if better:
             best = metrics
             save_checkpoint(out, model, {**config, "val_metrics": best, "history": history})
-        with atomic_path(resume_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "generator": generator.get_state(), "epoch": epoch, "best": best, "history": history}, tmp)
+        save_resume(out / RESUME_NAME, model, optimizer, scheduler, generator, epoch, best, history)
         val = "" if metrics["accuracy"] is None else f", val acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
         tqdm.write(f"epoch {epoch + 1}/{epochs}: train loss {metrics['train_loss']:.4f}{val} "
-                   f"({metrics['seconds']:.0f}s){' *best*' if is_best else ''}")
+                   f"({metrics['seconds']:.0f}s){' *best*' if better else ''}")
     if best is None:
         raise FormatError(f"{out}: nothing trained (epochs={epochs}, already done {start_epoch})")
-    if context > 0:
-        best = {**best, "context": add_context_head(out, dataset, np.asarray(labels), keys, train_idx, val_idx,
-                                                    context, batch_size, device, seed, progress)}
+    if opts.context > 0:
+        best = {**best, "context": add_context_head(out, dataset, np.asarray(data.labels), data.keys, data.train_idx,
+                                                    data.val_idx, opts.context, opts.batch_size, opts.device,
+                                                    opts.seed, opts.progress)}
     print(f"best checkpoint: {out} (epoch {best['epoch']})")
     return best
 
@@ -270,10 +374,11 @@ def main_from_args(a: argparse.Namespace) -> int:
     import_user_modules(a.import_module)
     if a.image_size is not None and len(a.image_size) not in (1, 2):
         raise FormatError("--image-size takes H W or a single N")
-    train_vision_module(
-        a.arch, a.records, a.image_folder, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-        weight_decay=a.weight_decay, image_size=(a.image_size * 2)[:2] if a.image_size else None,
-        val_fraction=a.val_fraction, seed=a.seed, device=a.device, workers=a.workers, resume=a.resume,
-        pretrained=True if a.pretrained == "hub" else a.pretrained, feature_dim=a.feature_dim, tap=a.tap, context=a.context, progress=not a.no_progress,
+    options = VisionTrainConfig(
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        image_size=(a.image_size * 2)[:2] if a.image_size else None, val_fraction=a.val_fraction, seed=a.seed,
+        device=a.device, workers=a.workers, resume=a.resume, pretrained=True if a.pretrained == "hub" else a.pretrained,
+        feature_dim=a.feature_dim, tap=a.tap, context=a.context, progress=not a.no_progress,
     )
+    train_vision_module(a.arch, a.records, a.image_folder, a.out, options)
     return 0
