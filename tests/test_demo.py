@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from eeg_vlm import demo
+from eeg_vlm import demo, steps
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.errors import FormatError
@@ -139,13 +139,13 @@ def test_each_step_writes_its_files(quick_run):
 
 def test_rerun_skips_current_steps_and_redoes_only_what_changed(quick_run):
     workdir, _ = quick_run
-    stamps = {p.name: p.read_text() for p in (workdir / demo.STAMPS).iterdir()}
+    stamps = {p.name: p.read_text() for p in (workdir / steps.STAMPS).iterdir()}
     answers = workdir / demo.ANSWERS
     mtime = answers.stat().st_mtime_ns
 
     out = run_demo(workdir).stdout
     assert out.count(": current, skipped") == len(STEPS)
-    assert {p.name: p.read_text() for p in (workdir / demo.STAMPS).iterdir()} == stamps
+    assert {p.name: p.read_text() for p in (workdir / steps.STAMPS).iterdir()} == stamps
     assert answers.stat().st_mtime_ns == mtime
     assert json.loads((workdir / "results" / "demo_summary.json").read_text())["ran"] == []
 
@@ -178,12 +178,12 @@ def test_edf_dir_runs_a_recipe_on_your_own_nights(quick_run, tmp_path):
 
 
 def test_stamp_follows_arguments_inputs_and_upstream(tmp_path):
-    step = demo.Step("x", ["eeg-vlm", "score", "--out", "a"], outputs=["o"], inputs=["in.txt"], after=["up"])
+    step = steps.Step("x", ["eeg-vlm", "score", "--out", "a"], outputs=["o"], inputs=["in.txt"], after=["up"])
     (tmp_path / "in.txt").write_text("1")
-    key = demo.stamp_key(step, tmp_path, {"up": "k1"})
-    assert demo.stamp_key(step, tmp_path, {"up": "k1"}) == key
-    assert demo.stamp_key(step, tmp_path, {"up": "k2"}) != key
+    key = steps.stamp_key(step, tmp_path, {"up": "k1"})
+    assert steps.stamp_key(step, tmp_path, {"up": "k1"}) == key
+    assert steps.stamp_key(step, tmp_path, {"up": "k2"}) != key
     (tmp_path / "in.txt").write_text("2")
-    assert demo.stamp_key(step, tmp_path, {"up": "k1"}) != key
-    other = demo.Step("x", ["eeg-vlm", "score", "--out", "b"], outputs=["o"], inputs=["in.txt"], after=["up"])
-    assert demo.stamp_key(other, tmp_path, {"up": "k1"}) != demo.stamp_key(step, tmp_path, {"up": "k1"})
+    assert steps.stamp_key(step, tmp_path, {"up": "k1"}) != key
+    other = steps.Step("x", ["eeg-vlm", "score", "--out", "b"], outputs=["o"], inputs=["in.txt"], after=["up"])
+    assert steps.stamp_key(other, tmp_path, {"up": "k1"}) != steps.stamp_key(step, tmp_path, {"up": "k1"})
