@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eeg_core.answer import parse_stage
 from eeg_core.atomic import write_jsonl
 from eeg_core.formats import make_question, read_jsonl, save_features
 from eeg_core.stages import STAGES
-from llava.eval import model_vqa
 from eeg_vlm.tiny import build_tiny_llava, train_stage_only
+from llava.eval import model_vqa
 from sleep_eeg.cot import QUESTIONS
-from eeg_core.answer import parse_stage
 
 
 def make_questions(root: Path, n: int, seed: int = 0, pairs: bool = False) -> Path:

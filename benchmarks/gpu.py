@@ -141,9 +141,9 @@ def build_model(out: Path, size: dict, device: str) -> Path:
 
     import torch
 
+    from eeg_vlm.tiny import LLAVA_V15_MM_KEYS, build_tiny_clip, tokenizer_corpus
     from llava.model.config import LlavaConfig
     from llava.model.llava_llama import LlavaLlamaForCausalLM
-    from eeg_vlm.tiny import LLAVA_V15_MM_KEYS, build_tiny_clip, tokenizer_corpus
     from llava.tokenizer import load_tokenizer, train_sentencepiece
 
     out.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,9 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
     """naive vs add vs token: one forward + backward + AdamW step of the same LoRA model on the same batch
     (as benchmarks/train_step.py, on the device, in bf16 with gradient checkpointing on a GPU)."""
     import torch
-    from train_step import lora_training_model  # benchmarks/ is on sys.path: this script's own folder
+    from train_step import (
+        lora_training_model,  # benchmarks/ is on sys.path: this script's own folder
+    )
 
     from eeg_core import formats
     from eeg_core.layout import FEATURES_TRAIN_NAME
@@ -399,8 +401,8 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
 
     cuda = args.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
-    tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name, device=args.device,
-                                                           torch_dtype=dtype)
+    tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name,
+                                                           device=args.device, torch_dtype=dtype)
     model, optimizer = lora_training_model(model, args.lora_r, gradient_checkpointing=True)
     base = model.get_base_model()
     all_records = formats.read_records(data["records"])  # the features file is bound to the whole records file
@@ -461,8 +463,8 @@ def run_vqa(model_dir: Path, data: dict, work: Path, args, budget: Budget) -> li
             rows.append({"dtype": dtype_name, "skipped": "time budget"})
             continue
         dtype = getattr(torch, dtype_name)
-        tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name, device=args.device,
-                                                               torch_dtype=dtype)
+        tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name,
+                                                               device=args.device, torch_dtype=dtype)
         loaded = (tokenizer, model, processor)
         common = dict(model_path=str(model_dir), question_file=str(data["questions"]), image_folder=str(data["images"]),
                       device=args.device, loaded=loaded, max_new_tokens=args.max_new_tokens)

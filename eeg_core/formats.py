@@ -31,6 +31,7 @@ from eeg_core.atomic import atomic_path, file_sha256, write_json
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 
+
 # ---------------------------------------------------------------------------------------------
 # Records (train JSON array or eval JSONL)
 # ---------------------------------------------------------------------------------------------

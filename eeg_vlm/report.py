@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eeg_core.answer import UNPARSEABLE
 from eeg_core.atomic import atomic_path
 from eeg_core.stages import STAGES
-from eeg_core.answer import UNPARSEABLE
 from sleep_eeg.plots import HYPNOGRAM_ORDER
 
 # One colour per stage, in the hypnodensity and the hypnogram's ticks.

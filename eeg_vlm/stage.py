@@ -42,8 +42,7 @@ import numpy as np
 from eeg_core.atomic import atomic_folder, atomic_path, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
-from eeg_core.stages import STAGES
-from eeg_core.stages import EPOCH_S
+from eeg_core.stages import EPOCH_S, STAGES
 from sleep_eeg.stages import UNSCORED_TAIL_S
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
@@ -265,9 +264,8 @@ class Stager:
     def _load_vlm(self, vlm: Path, model_base) -> None:
         from llava.conversation import get_conv_template
         from llava.eval import model_vqa
-        from sleep_eeg.cot import QUESTIONS
-
         from llava.model.config import load_config
+        from sleep_eeg.cot import QUESTIONS
 
         config = load_config(vlm)  # checked before the weights load
         check_render(getattr(config, "eeg_render", None), self.vision_config["render"], str(vlm),

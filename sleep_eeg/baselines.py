@@ -49,11 +49,10 @@ from eeg_core.answer import stage_line
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import make_answer, read_records, record_id
-from eeg_core.stages import STAGES, check_stage
+from eeg_core.stages import EPOCH_S, STAGES, check_stage
 from sleep_eeg import features as F
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.measures import BANDS, log_relative_band_power
-from eeg_core.stages import EPOCH_S
 
 KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")

@@ -24,8 +24,8 @@ import numpy as np
 from scipy.signal import welch
 from scipy.signal.windows import triang
 
-from sleep_eeg.render import bandpass
 from eeg_core.stages import EPOCH_S
+from sleep_eeg.render import bandpass
 from sleep_eeg.stages import epoch_array
 
 FEATURES_FS = 100.0

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import butter, sosfiltfilt, welch
 
-from sleep_eeg.render import bandpass
 from eeg_core.stages import EPOCH_S
+from sleep_eeg.render import bandpass
 from sleep_eeg.stages import epoch_array
 
 BANDS: dict[str, tuple[float, float]] = {

@@ -26,7 +26,12 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict:
     ``y_pred`` may hold ``UNPARSEABLE``; it is never right. Macro-F1 averages over the stages that occur
     in the labels or the (parsed) predictions; a stage in neither has no F1 and is left out.
     """
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     y_true, y_pred = list(y_true), list(y_pred)
     present = [s for s in STAGES if s in y_true or s in y_pred]

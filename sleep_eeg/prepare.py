@@ -29,15 +29,25 @@ from typing import Sequence
 from eeg_core.atomic import write_json, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import make_question, make_train_record
-from eeg_core.layout import EVAL_IMAGES, EVAL_RECORDS, RENDER_FILE, TRAIN_IMAGES, TRAIN_RECORDS
+from eeg_core.layout import (
+    EVAL_IMAGES,
+    EVAL_RECORDS,
+    RENDER_FILE,
+    TRAIN_IMAGES,
+    TRAIN_RECORDS,
+)
 from eeg_core.stages import STAGES
 from sleep_eeg import cot
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.edf import Night, find_nights, read_channels
 from sleep_eeg.measures import epoch_measures
 from sleep_eeg.render import RenderConfig, prepare_night, render_epochs
-from sleep_eeg.stages import check_annotations, epoch_array, night_warnings, scorable_epochs
-
+from sleep_eeg.stages import (
+    check_annotations,
+    epoch_array,
+    night_warnings,
+    scorable_epochs,
+)
 
 
 def split_subjects(

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.formats import settings_id
-from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from eeg_core.stages import EPOCH_S
+from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 
 CONTEXT_GREY = 170  # ink of the neighbouring epochs
 

@@ -36,10 +36,16 @@ from typing import Sequence
 
 import numpy as np
 
+from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
-from eeg_core.formats import answer_keys, question_keys, read_jsonl, read_records, record_id
-from eeg_core.answer import UNPARSEABLE, parse_stage
+from eeg_core.formats import (
+    answer_keys,
+    question_keys,
+    read_jsonl,
+    read_records,
+    record_id,
+)
 from eeg_core.stages import STAGES
 from sleep_eeg.metrics import (
     MAJORITY,
@@ -52,6 +58,7 @@ from sleep_eeg.metrics import (
     summary_row,
 )
 from sleep_eeg.plots import plot_calibration, plot_confusion_matrix, plot_hypnograms
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading and matching

@@ -9,20 +9,20 @@ import numpy as np
 from eeg_core.errors import FormatError
 from eeg_core.stages import EPOCH_S
 
+# Sleep-EDF's R&K annotation texts: each stage as written in its hypnograms (N3 as S3 or S4), and the unscorable.
+RK_TEXT: dict[str, str] = {"W": "Sleep stage W", "N1": "Sleep stage 1", "N2": "Sleep stage 2", "N3": "Sleep stage 3",
+                           "REM": "Sleep stage R"}
+RK_S4_TEXT = "Sleep stage 4"
+UNSCORED_TEXT = "Sleep stage ?"
+MOVEMENT_TEXT = "Movement time"
+
 # R&K (Sleep-EDF) and AASM annotation texts -> AASM stage; None = not scorable (dropped).
 TEXT_TO_STAGE: dict[str, str | None] = {
-    "Sleep stage W": "W",
-    "Sleep stage 1": "N1",
-    "Sleep stage 2": "N2",
-    "Sleep stage 3": "N3",
-    "Sleep stage 4": "N3",
-    "Sleep stage R": "REM",
-    "Sleep stage N1": "N1",
-    "Sleep stage N2": "N2",
-    "Sleep stage N3": "N3",
-    "Sleep stage REM": "REM",
-    "Sleep stage ?": None,
-    "Movement time": None,
+    **{text: stage for stage, text in RK_TEXT.items()},
+    RK_S4_TEXT: "N3",
+    **{f"Sleep stage {stage}": stage for stage in ("N1", "N2", "N3", "REM")},
+    UNSCORED_TEXT: None,
+    MOVEMENT_TEXT: None,
 }
 
 

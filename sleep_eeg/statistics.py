@@ -10,8 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from eeg_core.errors import FormatError
-from eeg_core.stages import STAGES
-from eeg_core.stages import EPOCH_S
+from eeg_core.stages import EPOCH_S, STAGES
 
 SLEEP_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != "W")
 

@@ -39,11 +39,10 @@ from typing import Sequence
 import numpy as np
 from scipy import fft as sp_fft
 
-from eeg_core.stages import STAGES
+from eeg_core.stages import EPOCH_S, STAGES
 from sleep_eeg.edf import write_night
 from sleep_eeg.measures import BANDS, log_relative_band_power
-from eeg_core.stages import EPOCH_S
-from sleep_eeg.stages import TEXT_TO_STAGE
+from sleep_eeg.stages import MOVEMENT_TEXT, RK_S4_TEXT, RK_TEXT, UNSCORED_TEXT
 
 CALIBRATION = Path(__file__).with_name("sleepedf_calibration.json")
 FS = 100.0
@@ -52,8 +51,7 @@ EMG_CHANNEL = "EMG submental"
 RATES = {**{c: FS for c in EEG_CHANNELS}, EMG_CHANNEL: 1.0}
 UNSCORED, MOVE = "?", "MT"  # epochs without a stage in the generated sequence
 # R&K annotation text of each generated stage (N3 is written as S3 or S4 by its slow-wave content).
-RK_TEXT = {stage: text for text, stage in TEXT_TO_STAGE.items() if stage and len(text) == len("Sleep stage W")}
-RK_TEXT.update({UNSCORED: "Sleep stage ?", MOVE: "Movement time"})
+ANNOTATION = {**RK_TEXT, UNSCORED: UNSCORED_TEXT, MOVE: MOVEMENT_TEXT}
 N_PER = int(EPOCH_S * FS)
 
 
@@ -493,7 +491,7 @@ def synth_signal(
     signals[EMG_CHANNEL] = emg
     n3 = spectra[0, np.asarray(_scored(stages)) == "N3", 0]
     s4 = np.median(n3) if len(n3) else 0.0
-    texts = [("Sleep stage 4" if spectra[0, i, 0] > s4 else "Sleep stage 3") if s == "N3" else RK_TEXT[s]
+    texts = [(RK_S4_TEXT if spectra[0, i, 0] > s4 else RK_TEXT["N3"]) if s == "N3" else ANNOTATION[s]
              for i, s in enumerate(stages)]
     return signals, texts
 

@@ -31,10 +31,10 @@ from PIL import Image
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_json, write_jsonl
-from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
-from eeg_core.stages import STAGES
 from eeg_core.cli import run as run_command
 from eeg_core.errors import FormatError
+from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
+from eeg_core.stages import STAGES
 from eeg_vlm import commands
 
 REPO = Path(__file__).resolve().parents[1]

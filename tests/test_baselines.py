@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eeg_vlm.cli import main as eeg_vlm
-from eeg_core.cli import run
-from eeg_core.answer import stage_line
+from eeg_core.answer import parse_stage, stage_line
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
+from eeg_core.cli import run
 from eeg_core.formats import read_jsonl, read_records
 from eeg_core.stages import STAGES
+from eeg_vlm.cli import main as eeg_vlm
 from sleep_eeg import baselines, features, measures
-from eeg_core.answer import parse_stage
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

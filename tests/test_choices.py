@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
+from eeg_core.answer import parse_stage
 from eeg_core.atomic import write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import make_question, read_jsonl, save_features
 from eeg_core.stages import STAGES
 from llava.eval import choices, model_vqa
 from sleep_eeg.cot import QUESTIONS
-from eeg_core.answer import parse_stage
 
 
 @pytest.fixture(scope="module")

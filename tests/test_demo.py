@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from eeg_vlm import demo, steps
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
+from eeg_vlm import demo, steps
 from sleep_eeg import score
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,11 +4,10 @@ import shutil
 from collections import Counter
 
 import pytest
-
-from eeg_core.cli import run
 from PIL import Image
 
 from eeg_core.answer import stage_line
+from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render
 from eeg_core.layout import RENDER_FILE

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from eeg_core.errors import FormatError
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX as IMG
+from llava.constants import IGNORE_INDEX
+from llava.constants import IMAGE_TOKEN_INDEX as IMG
 
 torch.set_num_threads(1)
 PATCHES = 16  # (56 / 14) ** 2, CLS dropped

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from eeg_core.cli import run
-from eeg_core.atomic import write_jsonl
-from eeg_core.formats import make_answer, make_question
 from eeg_core.answer import UNPARSEABLE, parse_stage
+from eeg_core.atomic import write_jsonl
+from eeg_core.cli import run
+from eeg_core.formats import make_answer, make_question
 from sleep_eeg.score import main, score
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import edfio
 import numpy as np
 import pytest
 
-from eeg_vlm.cli import main as eeg_vlm_main
 from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.stages import STAGES
+from eeg_vlm.cli import main as eeg_vlm_main
 from sleep_eeg.render import RenderConfig
 
 REPO = Path(__file__).resolve().parents[1]

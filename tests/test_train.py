@@ -21,9 +21,9 @@ from PIL import Image
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_json
+from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
-from eeg_core.errors import FormatError
 from eeg_vlm.commands import train_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,9 +250,10 @@ def test_class_balance_draws_every_stage_equally_often():
 
 def test_features_follow_the_record_not_the_batch_position(tiny_llava, tmp_path):
     """Item i carries features row i (or its feature_index), whatever order the sampler asks in."""
+    from transformers import CLIPImageProcessor
+
     from llava.tokenizer import load_tokenizer
     from llava.train.dataset import DataCollatorForSupervisedDataset, SupervisedDataset
-    from transformers import CLIPImageProcessor
 
     data = make_data(tmp_path / "data", n=4)
     records = formats.read_records(data / "eeg_ft.json")

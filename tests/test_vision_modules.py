@@ -8,7 +8,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from eeg_core.errors import FormatError
-from vision_modules import VisionOutput, create_vision_module, list_vision_modules, register_vision_module
+from vision_modules import (
+    VisionOutput,
+    create_vision_module,
+    list_vision_modules,
+    register_vision_module,
+)
 from vision_modules.registry import temporary_vision_modules, unregister_vision_module
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from eeg_vlm.cli import main as eeg_vlm_main
-from eeg_core.cli import run
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
+from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.formats import load_features, read_records
 from eeg_core.stages import STAGES
+from eeg_vlm.cli import main as eeg_vlm_main
 from vision_modules import extract_features, train_vision_module
 from vision_modules.cli import main as vision_main
 
@@ -144,8 +144,14 @@ def test_resume_continues_training(trained, tmp_path):
 
 
 def test_training_steps_one_by_one(tmp_path):
-    from vision_modules.train import (VisionTrainConfig, class_weights, is_better, load_training_data,
-                                      make_optimizer, recorded_args)
+    from vision_modules.train import (
+        VisionTrainConfig,
+        class_weights,
+        is_better,
+        load_training_data,
+        make_optimizer,
+        recorded_args,
+    )
 
     # options: a dataclass; keyword overrides on top; the builder kwargs the user set
     opts = VisionTrainConfig(epochs=4, image_size=48, tap=-1)

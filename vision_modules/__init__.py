@@ -1,13 +1,13 @@
 """Specialized vision modules: a registry of image models that turn an EEG epoch image into one
 high-level feature ``[1, feature_dim]`` (1024 = CLIP-L's width, what the LLaVA projector takes),
 their training on the sleep stage, and feature extraction for the VLM."""
+from vision_modules import modules as _builtins  # noqa: F401  (registers resnet18, convnext_base)
 from vision_modules.registry import (
     VisionOutput,
     create_vision_module,
     list_vision_modules,
     register_vision_module,
 )
-from vision_modules import modules as _builtins  # noqa: F401  (registers resnet18, convnext_base)
 
 __all__ = ["VisionOutput", "create_vision_module", "list_vision_modules", "register_vision_module",
            "train_vision_module", "extract_features", "load_vision_module"]

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.transforms import functional as TF
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 from eeg_core.errors import FormatError
 from eeg_core.formats import decode_images, image_path, record_id, record_images

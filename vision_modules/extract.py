@@ -17,10 +17,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-
-from PIL import Image
 
 from eeg_core.atomic import file_sha256
 from eeg_core.errors import FormatError

@@ -29,7 +29,12 @@ import torch
 from torch import nn
 
 from eeg_core.errors import FormatError
-from vision_modules.registry import TIMM_PREFIX, VisionOutput, register_vision_family, register_vision_module
+from vision_modules.registry import (
+    TIMM_PREFIX,
+    VisionOutput,
+    register_vision_family,
+    register_vision_module,
+)
 
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (64, 192)
 DEFAULT_TAP = -2

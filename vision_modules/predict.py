@@ -14,7 +14,13 @@ from pathlib import Path
 
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_jsonl
-from eeg_core.formats import check_render, make_answer, read_records, record_id, records_render
+from eeg_core.formats import (
+    check_render,
+    make_answer,
+    read_records,
+    record_id,
+    records_render,
+)
 from eeg_core.stages import STAGES
 from vision_modules.checkpoint import load_vision_module
 from vision_modules.data import record_image_paths

@@ -31,11 +31,20 @@ from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.formats import read_records, records_render
 from eeg_core.stages import STAGES
-from vision_modules.checkpoint import CONFIG_NAME, load_vision_module, read_config, save_checkpoint
+from vision_modules.checkpoint import (
+    CONFIG_NAME,
+    load_vision_module,
+    read_config,
+    save_checkpoint,
+)
 from vision_modules.context import neighbour_index, night_keys, train_head
 from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
 from vision_modules.modules import TimmVisionModule, memory_format
-from vision_modules.registry import builder_import_path, create_vision_module, import_user_modules
+from vision_modules.registry import (
+    builder_import_path,
+    create_vision_module,
+    import_user_modules,
+)
 
 RESUME_NAME = "resume.pt"
 

@@ -19,7 +19,13 @@ from typing import Sequence
 
 from eeg_core.atomic import write_jsonl
 from eeg_core.errors import FormatError
-from eeg_core.formats import answer_keys, question_key, question_keys, read_jsonl, read_records
+from eeg_core.formats import (
+    answer_keys,
+    question_key,
+    question_keys,
+    read_jsonl,
+    read_records,
+)
 
 
 def merge_answers(question_file: str | Path, chunk_files: Sequence[str | Path], answers_file: str | Path) -> int:

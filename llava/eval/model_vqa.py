@@ -50,6 +50,7 @@ from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line, user_prompt
 from eeg_core.atomic import append_jsonl, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import (
+    answer_keys,
     check_feature_size,
     decode_images,
     default_features_path,
@@ -58,7 +59,6 @@ from eeg_core.formats import (
     image_path,
     load_features,
     make_answer,
-    answer_keys,
     question_key,
     question_keys,
     read_jsonl,
@@ -68,8 +68,13 @@ from eeg_core.formats import (
     record_images,
 )
 from eeg_core.stages import STAGES
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_TOKEN_INDEX,
+)
 from llava.eval import choices
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 # Question fields that make the prompt; every other field is carried into the answer's metadata.
 PROMPT_FIELDS = ("question_id", "text", "image")
@@ -175,8 +180,8 @@ def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprin
 # ---------------------------------------------------------------------------------------------
 def load_model(model_path: str, model_base: str | None, device: str):
     """``(tokenizer, model, image_processor)`` through LLaVA's loader; float16 on a GPU, float32 on the CPU."""
-    from llava.model.builder import load_pretrained_model
     from llava.mm_utils import get_model_name_from_path
+    from llava.model.builder import load_pretrained_model
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer, model, image_processor, _ = load_pretrained_model(

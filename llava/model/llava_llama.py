@@ -9,7 +9,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, Lla
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from eeg_core.errors import FormatError
-from llava.model.config import FUSION_MODES, FEATURE_PROJECTORS, LlavaConfig, load_config
+from llava.model.config import (
+    FEATURE_PROJECTORS,
+    FUSION_MODES,
+    LlavaConfig,
+    load_config,
+)
 from llava.model.multimodal import LlavaMetaForCausalLM
 from llava.model.projector import build_vision_projector
 from llava.model.vision_tower import CLIPVisionTower, build_vision_tower

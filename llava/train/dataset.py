@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from eeg_core import formats
-from eeg_core.stages import check_stage
 from eeg_core.errors import FormatError
+from eeg_core.stages import check_stage
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 
 logger = logging.getLogger("llava.train")
