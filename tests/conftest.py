@@ -59,3 +59,15 @@ def stage_only_llava(tiny_llava, tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (40, 120, 3), dtype=np.uint8)).save(images[-1])
     features = rng.normal(size=(6, 1, 1024)).astype(np.float32)
     return train_stage_only(tiny_llava, root / "checkpoint", images, features, labels), images, features, labels
+
+
+@pytest.fixture
+def scratch_registry():
+    """What a test registers is gone after it: the registry is left as the test found it."""
+    from vision_modules import list_vision_modules
+    from vision_modules.registry import temporary_vision_modules
+
+    before = list_vision_modules()
+    with temporary_vision_modules():
+        yield
+    assert list_vision_modules() == before

@@ -1,5 +1,6 @@
 """Vision modules: shapes, declared input/normalisation, tapped stage, registry, weights loading."""
 import socket
+import textwrap
 
 import pytest
 import timm
@@ -15,15 +16,6 @@ from vision_modules import (
     register_vision_module,
 )
 from vision_modules.registry import temporary_vision_modules, unregister_vision_module
-
-
-@pytest.fixture
-def scratch_registry():
-    """What a test registers is gone after it: the registry is left as the test found it."""
-    before = list_vision_modules()
-    with temporary_vision_modules():
-        yield
-    assert list_vision_modules() == before
 
 
 def _forward(model, batch=2):
@@ -81,22 +73,19 @@ def test_unknown_names_give_one_line_errors():
         create_vision_module("timm:not_a_timm_model")
 
 
+def documented_example() -> str:
+    """The code block of vision_modules.registry's docstring: the example users copy."""
+    from vision_modules import registry
+
+    block = registry.__doc__.split("::\n", 1)[1].split("\n\n\n", 1)[0].split("\nThe builder is called")[0]
+    return textwrap.dedent(block)
+
+
 def test_user_module_registers_in_a_few_lines(scratch_registry):
-    @register_vision_module("test_tiny_cnn")
-    class TinyCNN(nn.Module):
-        def __init__(self, feature_dim=1024, num_classes=5, pretrained=False, image_size=(16, 48)):
-            super().__init__()
-            self.feature_dim, self.input_size = feature_dim, (3, *image_size)
-            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-            self.body = nn.Sequential(nn.Conv2d(3, feature_dim, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-            self.head = nn.Linear(feature_dim, num_classes)
-
-        def forward(self, images):
-            h = self.body(images).flatten(1)
-            return VisionOutput(h[:, None, :], self.head(h))
-
+    """The documented example, as written, registers a module that builds and runs."""
+    exec(compile(documented_example().replace('"tiny_cnn"', '"test_tiny_cnn"'), "registry example", "exec"), {})
     assert "test_tiny_cnn" in list_vision_modules()
-    model = create_vision_module("test_tiny_cnn", feature_dim=32)
+    model = create_vision_module("test_tiny_cnn", feature_dim=32, image_size=(16, 48))
     assert _forward(model).features.shape == (2, 1, 32)
     with pytest.raises(ValueError, match="already registered"):
         register_vision_module("test_tiny_cnn")(nn.Identity)

@@ -283,18 +283,6 @@ class TinyCNN(nn.Module):
 '''
 
 
-@pytest.fixture
-def scratch_registry():
-    """What a test registers is gone after it: the registry is left as the test found it."""
-    from vision_modules import list_vision_modules
-    from vision_modules.registry import temporary_vision_modules
-
-    before = list_vision_modules()
-    with temporary_vision_modules():
-        yield
-    assert list_vision_modules() == before
-
-
 def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, monkeypatch, scratch_registry):
     from vision_modules import list_vision_modules
     from vision_modules.registry import unregister_vision_module
