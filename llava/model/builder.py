@@ -138,57 +138,13 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     """LLaVA's loader: ``(tokenizer, model, image_processor, context_len)``, with LLaVA's positional order and
     defaults. ``model_name`` is accepted for compatibility; the layout (full, LoRA, projector-only) is read from
     the files. ``torch_dtype``: default float16 on a GPU, float32 on the CPU. Devices: see ``resolve_device``
-    (``device="cpu"`` loads everything on the CPU; ``"cuda"`` without a GPU falls back to the CPU with a warning).
-    ``model_name`` may be left out (None), as callers of earlier versions did."""
+    (``device="cpu"`` loads everything on the CPU; ``"cuda"`` without a GPU falls back to the CPU with a warning)."""
     device_map, device = resolve_device(device_map, device)
     folder = resolve_model_dir(model_path, what="model", hint="--model-path")
     base = resolve_model_dir(model_base, what="model base", hint="--model-base") if model_base else None
-    kind = checkpoint_kind(folder)
-    config = load_config(folder)
     dtype = _dtype(torch_dtype, device)
-    load_kwargs = dict(dtype=dtype, **kwargs)
-    if load_8bit or load_4bit:
-        from transformers import BitsAndBytesConfig
-
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=load_8bit, load_in_4bit=load_4bit, bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
-    if device_map is not None:
-        load_kwargs["device_map"] = device_map
-
-    if kind == "full":
-        if base is not None:
-            logger.info("%s holds full weights: model_base %s is not used", folder, base)
-        model, _ = _from_pretrained(folder, config, load_kwargs)
-    else:
-        if base is None:
-            raise FormatError(f"{folder}: a {'LoRA' if kind == 'lora' else 'projector-only'} checkpoint needs "
-                              "model_base (--model-base) naming the base model it was trained on")
-        # The base lacks what the run trained beside it (e.g. a separate feature projector): load it quietly,
-        # then the checkpoint's own weights must cover every missing tensor. A run that added <im_patch>
-        # (--mm_use_im_patch_token True) saved a config one row longer than the base's embeddings: the base is
-        # read at its own size and resized after (the new row is never used in a prompt).
-        trained_vocab, base_vocab = config.vocab_size, _vocab_size(base)
-        if base_vocab is not None and base_vocab != trained_vocab:
-            config.vocab_size = base_vocab
-        model, missing = _from_pretrained(base, config, load_kwargs, quiet=True)
-        if model.get_input_embeddings().weight.shape[0] < trained_vocab:
-            model.resize_token_embeddings(trained_vocab)
-        extra_files = (["non_lora_trainables.bin", "non_lora_trainables.safetensors"] if kind == "lora"
-                       else ["mm_projector.bin"])
-        for name in extra_files:
-            if (folder / name).is_file():
-                missing -= load_extra_weights(model, folder / name)
-        if missing:
-            logger.warning("%s: %d tensors are in neither the base %s nor the checkpoint (left random): %s",
-                           folder, len(missing), base, ", ".join(sorted(missing)[:5]))
-        if kind == "lora":
-            from peft import PeftModel
-
-            with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-
+    load_kwargs = _load_kwargs(dtype, load_8bit, load_4bit, device_map, kwargs)
+    model = _load_weights(folder, base, load_config(folder), load_kwargs)
     # The CLIP tower last (as LLaVA): an adapter whose target_modules are short names (q_proj, v_proj, as
     # LLaVA-1.5's LoRA checkpoints have) must not reach CLIP's layers of the same names.
     tower = model.get_vision_tower()
@@ -198,7 +154,68 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     if device_map is None and not (load_8bit or load_4bit):
         model.to(device)
     model.eval()
+    tokenizer = _load_tokenizer(folder, base, model)
+    image_processor = tower.image_processor if tower is not None else None
+    context_len = (getattr(model.config, "max_sequence_length", None)
+                   or getattr(model.config, "tokenizer_model_max_length", None) or 2048)
+    return tokenizer, model, image_processor, context_len
 
+
+def _load_kwargs(dtype, load_8bit: bool, load_4bit: bool, device_map, kwargs: dict) -> dict:
+    """``from_pretrained``'s keyword arguments: the dtype, 8- or 4-bit quantisation, the device map."""
+    load_kwargs = dict(dtype=dtype, **kwargs)
+    if load_8bit or load_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=load_8bit, load_in_4bit=load_4bit, bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map
+    return load_kwargs
+
+
+def _load_weights(folder: Path, base: Path | None, config, load_kwargs: dict):
+    """The language model and projector of a full checkpoint, or of the base with a LoRA or projector-only
+    checkpoint's weights on it (LoRA merged)."""
+    kind = checkpoint_kind(folder)
+    if kind == "full":
+        if base is not None:
+            logger.info("%s holds full weights: model_base %s is not used", folder, base)
+        return _from_pretrained(folder, config, load_kwargs)[0]
+    if base is None:
+        raise FormatError(f"{folder}: a {'LoRA' if kind == 'lora' else 'projector-only'} checkpoint needs "
+                          "model_base (--model-base) naming the base model it was trained on")
+    # The base lacks what the run trained beside it (e.g. a separate feature projector): load it quietly,
+    # then the checkpoint's own weights must cover every missing tensor. A run that added <im_patch>
+    # (--mm_use_im_patch_token True) saved a config one row longer than the base's embeddings: the base is
+    # read at its own size and resized after (the new row is never used in a prompt).
+    trained_vocab, base_vocab = config.vocab_size, _vocab_size(base)
+    if base_vocab is not None and base_vocab != trained_vocab:
+        config.vocab_size = base_vocab
+    model, missing = _from_pretrained(base, config, load_kwargs, quiet=True)
+    if model.get_input_embeddings().weight.shape[0] < trained_vocab:
+        model.resize_token_embeddings(trained_vocab)
+    extra_files = (["non_lora_trainables.bin", "non_lora_trainables.safetensors"] if kind == "lora"
+                   else ["mm_projector.bin"])
+    for name in extra_files:
+        if (folder / name).is_file():
+            missing -= load_extra_weights(model, folder / name)
+    if missing:
+        logger.warning("%s: %d tensors are in neither the base %s nor the checkpoint (left random): %s",
+                       folder, len(missing), base, ", ".join(sorted(missing)[:5]))
+    if kind == "lora":
+        from peft import PeftModel
+
+        with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    return model
+
+
+def _load_tokenizer(folder: Path, base: Path | None, model):
+    """The checkpoint's tokenizer (else the base's), left-padded for generation, with ``<im_patch>`` when the
+    model was trained with it; its BOS / EOS / pad ids must be the config's."""
     from llava.tokenizer import load_tokenizer
 
     tokenizer_dir = folder if any((folder / n).is_file() for n in ("tokenizer.model", "tokenizer.json")) else base
@@ -206,11 +223,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     if getattr(model.config, "mm_use_im_patch_token", False):
         add_image_patch_token(tokenizer, model)
     _check_special_ids(model.config, tokenizer, folder)
-
-    image_processor = tower.image_processor if tower is not None else None
-    context_len = (getattr(model.config, "max_sequence_length", None)
-                   or getattr(model.config, "tokenizer_model_max_length", None) or 2048)
-    return tokenizer, model, image_processor, context_len
+    return tokenizer
 
 
 def add_image_patch_token(tokenizer, model) -> None:
