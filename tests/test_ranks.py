@@ -1,4 +1,5 @@
-"""The documented training command on 2 ranks (DeepSpeed ZeRO-3 on the CPU), against one process.
+"""The documented training command on 2 ranks (DeepSpeed ZeRO-3 on the CPU), against one process; the suite's
+one test of the documented command under the ``deepspeed`` launcher besides the demo's.
 
 One 2-rank run (``deepspeed --num_gpus 2 llava/train/train_mem.py`` + the README's flags, tiny base,
 ``--per_device_train_batch_size 2``, 3 steps, ``checkpoint-2`` kept) is shared by every test here. It is set
@@ -131,6 +132,17 @@ def test_two_ranks_save_whole_projector_equal_to_one_process(runs):
                      "tokenizer.model"):
             assert (folder / name).is_file(), f"{folder / name} missing"
     assert json.loads((two / "trainer_state.json").read_text())["global_step"] == STEPS
+    # The documented command's layout, as LLaVA writes it: the settings in config.json, LoRA r128 on the
+    # language model's layers only (never CLIP's), the tokenizer beside the weights.
+    assert "--bf16 True ignored" in runs["log"]
+    for folder in (two, two / "checkpoint-2"):
+        assert (folder / "tokenizer_config.json").is_file()
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["mm_hl_fusion"], config["mm_hl_projector"], config["conv_version"]) == ("add", "shared", "v1")
+        assert config["tokenizer_model_max_length"] == 4096 and config["tokenizer_padding_side"] == "right"
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        assert adapter["r"] == 128 and adapter["target_modules"]
+        assert all(t.startswith("model.layers.") for t in adapter["target_modules"])
 
     # Really partitioned: each rank's ZeRO-3 optimizer partition holds about half of the trainable weights.
     saved = trainables(two)

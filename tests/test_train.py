@@ -1,4 +1,5 @@
-"""Training: the documented command under DeepSpeed ZeRO-3 on CPU, feature injection by record, bad input.
+"""Training: the documented command (in-process; under DeepSpeed ZeRO-3 in test_ranks.py), feature injection by
+record, bad input.
 
 All on the tiny checkpoint (``tiny_llava``) with tiny data made here.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -92,76 +92,7 @@ def generate_stages(model, tokenizer, processor, image: Path, feats: np.ndarray)
 
 
 # ---------------------------------------------------------------------------------------------
-# (1) The documented command under the deepspeed launcher, ZeRO-3 on CPU
-# ---------------------------------------------------------------------------------------------
-def test_documented_command_zero3_saves_loadable_checkpoints(tiny_llava, tmp_path):
-    from llava.model.builder import load_pretrained_model
-
-    data = make_data(tmp_path / "data", n=6)
-    out = tmp_path / "run"
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    with socket.socket() as s:  # a free port: another deepspeed job may hold the default 29500
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [str(deepspeed), "--master_port", str(port), "llava/train/train_mem.py", *documented_argv(tiny_llava, data, out),
-           "--max_steps", "2", "--save_steps", "1"]
-    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
-               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
-    assert "--bf16 True ignored" in log and "attention: sdpa" in log
-
-    for folder in (out, out / "checkpoint-2"):
-        for name in ("config.json", "adapter_config.json", "adapter_model.safetensors", "non_lora_trainables.bin",
-                     "tokenizer.model", "tokenizer_config.json"):
-            assert (folder / name).is_file(), f"{folder / name} missing"
-        config = json.loads((folder / "config.json").read_text())
-        assert (config["mm_hl_fusion"], config["mm_hl_projector"], config["conv_version"]) == ("add", "shared", "v1")
-        assert config["tokenizer_model_max_length"] == 4096 and config["tokenizer_padding_side"] == "right"
-        non_lora = torch.load(folder / "non_lora_trainables.bin", weights_only=True)
-        assert sorted(non_lora) == [f"base_model.model.model.mm_projector.{i}.{p}" for i in (0, 2)
-                                    for p in ("bias", "weight")]
-        assert non_lora["base_model.model.model.mm_projector.0.weight"].shape == (128, 1024)  # gathered, not a shard
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        targets = adapter["target_modules"]
-        assert targets and all(t.startswith("model.layers.") for t in targets)
-        assert adapter["r"] == 128
-    assert (out / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed state for --resume_from_checkpoint
-    assert not (out / "checkpoint-1").exists()  # --save_total_limit 1
-
-    # The projector moved during training: the saved one differs from the base's.
-    from safetensors.torch import load_file
-
-    base = load_file(tiny_llava / "model.safetensors")
-    saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
-    assert not torch.equal(base["model.mm_projector.0.weight"], saved["base_model.model.model.mm_projector.0.weight"])
-
-    tokenizer, model, processor, context_len = load_pretrained_model(str(out / "checkpoint-2"), str(tiny_llava),
-                                                                     "tiny", device="cpu")
-    assert context_len == 4096
-    feats = np.load(data / FEATURES_TRAIN_NAME)[:2, 0]
-    with torch.no_grad():
-        from llava.mm_utils import load_image, process_images, tokenizer_image_token
-
-        ids = tokenizer_image_token(f"USER: <image>\n<image>\n{QUESTION} ASSISTANT:", tokenizer,
-                                    return_tensors="pt")[None]
-        pixels = process_images([load_image(data / "images" / "e0.png")], processor, model.config)
-        new = model.generate(ids, images=pixels, high_level_features=torch.from_numpy(feats[:1])[None],
-                             max_new_tokens=4, do_sample=False)
-    assert new.shape == (1, 4)
-
-    # Resume the DeepSpeed run from its checkpoint for one more step.
-    resume = cmd[:-4] + ["--max_steps", "3", "--save_steps", "50000", "--resume_from_checkpoint",
-                         str(out / "checkpoint-2")]
-    proc = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 3
-
-
-# ---------------------------------------------------------------------------------------------
+# (1) The documented command under the deepspeed launcher, ZeRO-3 on CPU: tests/test_ranks.py (2 ranks and 1)
 # (2) Features reach the model: a task only the features can answer
 # ---------------------------------------------------------------------------------------------
 def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
