@@ -24,8 +24,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from eeg_core.errors import FormatError
@@ -110,6 +108,9 @@ def train_head(
     """Fit a :class:`ContextHead` on the records ``train_idx`` (their windows may hold any record's feature:
     neighbours are the same night's, and a night lies on one side of the subject split); keep the epoch with
     the best macro-F1 on ``val_idx`` (the last epoch without validation records)."""
+    from sklearn.metrics import f1_score  # training only: extraction and staging start faster without it
+    from sklearn.utils.class_weight import compute_class_weight
+
     torch.manual_seed(seed)
     head = ContextHead(features.shape[1], k, num_classes)
     y = torch.as_tensor(labels, dtype=torch.long)
