@@ -227,11 +227,18 @@ def setup_environment(training_args: TrainingArguments) -> None:
     wandb's mode in ``os.environ`` (``setup_reporting``) and, for DeepSpeed without a GPU, DeepSpeed's
     communication layer on the process group that accelerate started over gloo (see
     ``TrainingArguments.__post_init__``), so that ZeRO-3's ``zero.Init`` at model load and ``deepspeed.initialize``
-    count the launcher's world size."""
+    count the launcher's world size. On the CPU its collectives stay on gloo: DeepSpeed's shared-memory allreduce
+    op, a C++ extension compiled on first use (1-3 minutes per machine and Python environment), is not built for
+    runs that exist to be small (the tests, the demo)."""
     setup_reporting(training_args)
     if training_args.deepspeed and training_args.use_cpu and torch.distributed.is_initialized():
+        import importlib
+
         import deepspeed
 
+        # TorchBackend reads this module's build_shm_op (None: gloo only). Imported by name: the attribute
+        # ``deepspeed.comm.torch`` is the torch package itself.
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
 
 
