@@ -27,8 +27,7 @@ What can honestly be asserted, and why:
 
 Other changes to the documented command, for time only: ``--report_to none`` (wandb offline is covered in
 test_train.py), ``--dataloader_num_workers 0``, ``--warmup_ratio 0`` (the 3 steps then all train).
-The first DeepSpeed run on a machine compiles DeepSpeed's CPU shared-memory op (1-3 minutes, cached in
-~/.cache/torch_extensions); the times in docs/benchmarks.md are with that cache warm.
+On the CPU, DeepSpeed's collectives stay on gloo (``setup_environment``): no launch compiles its shared-memory op.
 """
 from __future__ import annotations
 
