@@ -305,7 +305,7 @@ def test_documented_flags_map_onto_transformers_5(tmp_path):
     model_args, data_args, training_args = parse_args(documented_argv(tmp_path, tmp_path, tmp_path / "run"))
     assert training_args.eval_strategy == "no" and training_args.warmup_steps == 0.03
     assert training_args.get_warmup_steps(1000) == 30
-    assert not training_args.bf16 and not training_args.tf32  # no GPU here: float32
+    assert training_args.bf16 and not training_args.tf32  # no GPU here: bfloat16 kept, tf32 dropped
     assert training_args.lora_enable and training_args.lora_r == 128 and training_args.mm_projector_lr == 2e-5
     assert training_args.activation_checkpointing and training_args.group_by_modality_length
     assert data_args.lazy_preprocess and data_args.image_aspect_ratio == "pad"

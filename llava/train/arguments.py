@@ -4,7 +4,8 @@ Compatibility with the documented command on transformers 5:
 - ``--evaluation_strategy`` is accepted and copied into ``eval_strategy``;
 - ``--warmup_ratio`` is accepted and becomes ``warmup_steps`` (transformers 5 reads a value in [0, 1) there as
   a ratio of the total steps);
-- without a GPU, ``--bf16`` / ``--fp16`` / ``--tf32`` log a warning and the run trains in float32.
+- without a GPU, ``--bf16`` / ``--fp16`` are kept (the run trains in that dtype on the CPU, as on a GPU, and a
+  log line says so); ``--tf32`` logs a warning and is dropped.
 
 Parsing has no side effect on the process: it neither changes ``os.environ`` nor starts torch.distributed;
 ``llava.train.train.setup_environment`` does both, once, from ``train()``.
@@ -130,19 +131,19 @@ class TrainingArguments(transformers.TrainingArguments):
             # transformers 5 renamed it; same meaning, without the deprecation warning.
             self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
         if not torch.cuda.is_available():
-            if int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1:
-                # Under a launcher with no GPU, say "CPU" to accelerate: otherwise it finds no distributed
-                # backend and counts ONE process whatever the world size, so the DeepSpeed config is filled
-                # with train_batch_size = 1 x per-device batch and DeepSpeed (which sees every rank) stops with
-                # "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size".
-                # With use_cpu it joins the launcher's ranks over gloo (RANK / WORLD_SIZE / MASTER_* from the
-                # launcher); the Trainer's Accelerator still runs DeepSpeed on top (it is not told cpu=True).
-                self.use_cpu = True
+            # With no GPU, say "CPU" to accelerate. Under a launcher it would otherwise find no distributed
+            # backend and count ONE process whatever the world size, so the DeepSpeed config is filled with
+            # train_batch_size = 1 x per-device batch and DeepSpeed (which sees every rank) stops with
+            # "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size". With
+            # use_cpu it joins the launcher's ranks over gloo (RANK / WORLD_SIZE / MASTER_* from the launcher);
+            # the Trainer's Accelerator still runs DeepSpeed on top (it is not told cpu=True). Without a launcher
+            # it is also what lets --bf16 through transformers' GPU check.
+            self.use_cpu = True
             self.dataloader_pin_memory = False
-            for flag in ("bf16", "fp16"):
+            for flag, dtype in (("bf16", "bfloat16"), ("fp16", "float16")):
                 if getattr(self, flag):
-                    logger.warning("no GPU: --%s True ignored, training in float32", flag)
-                    setattr(self, flag, False)
+                    logger.warning("no GPU: --%s True kept, training in %s on the CPU (slower than float32 on "
+                                   "most CPUs; --%s False trains in float32)", flag, dtype, flag)
             if self.tf32:
                 logger.warning("no GPU: --tf32 True ignored")
                 self.tf32 = None

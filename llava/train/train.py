@@ -296,6 +296,28 @@ def record_settings(config, tokenizer, *, model_args, data_args, training_args, 
             setattr(config, key, getattr(tokenizer, key))
 
 
+def trainable_dtype(training_args) -> torch.dtype:
+    """The dtype the trainable weights (LoRA, projectors, or the whole LM) are kept in.
+
+    Under DeepSpeed with ``--bf16`` / ``--fp16``: that half dtype. DeepSpeed keeps its own float32 master copy in
+    the optimizer, and ZeRO-3 requires every trainable weight to share the model's dtype (its ``defragment``
+    asserts a single dtype; peft would otherwise keep LoRA in float32 beside a bfloat16 projector). Without
+    DeepSpeed: float32, always. The optimizer then steps float32 weights (a bfloat16 weight ignores most
+    updates of size lr x grad), a float16 gradient scaler unscales float32 gradients, and autocast runs the
+    compute in half precision."""
+    if training_args.deepspeed and (training_args.bf16 or training_args.fp16):
+        return torch.bfloat16 if training_args.bf16 else torch.float16
+    return torch.float32
+
+
+def cast_trainable(model, dtype: torch.dtype) -> None:
+    """Every trainable weight to ``dtype``. A weight ZeRO-3 has already partitioned (it has a ``ds_id``; its
+    ``zero.Init`` gave it DeepSpeed's dtype) is left to DeepSpeed."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype and not hasattr(p, "ds_id"):
+            p.data = p.data.to(dtype)
+
+
 def prepare_trainable(model, *, model_args, training_args):
     """Freezes what is not trained, wraps the model in LoRA when asked, logs the trainable counts. Returns the
     model to train (the peft model under ``--lora_enable``)."""
@@ -321,6 +343,7 @@ def prepare_trainable(model, *, model_args, training_args):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, lora_config)
         set_trainable(model.get_base_model(), model_args, training_args, freeze_lm=False)  # peft froze the projector(s)
+    cast_trainable(model, trainable_dtype(training_args))
 
     def numel(p):  # a ZeRO-3 shard's numel() is 0; ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())

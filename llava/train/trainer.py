@@ -169,6 +169,20 @@ class LLaVATrainer(Trainer):
     def __init__(self, *args, tokenizer_model_file: str | None = None, **kwargs):
         self.tokenizer_model_file = tokenizer_model_file
         super().__init__(*args, **kwargs)
+        self._cpu_float16_amp()
+
+    def _cpu_float16_amp(self) -> None:
+        """``--fp16`` on the CPU without DeepSpeed, as on a GPU: float16 autocast and a gradient scaler.
+
+        accelerate runs float16 mixed precision only on accelerators; on the CPU it would train with neither
+        autocast nor loss scaling, so small float16 gradients would underflow to zero unseen. torch's
+        ``GradScaler("cpu")`` does what the CUDA one does; it is set before ``accelerator.prepare``, which
+        wraps the optimizer and the forward with it."""
+        acc = self.accelerator
+        if (self.args.fp16 and not self.is_deepspeed_enabled and acc.device.type == "cpu" and acc.scaler is None):
+            acc.scaler = torch.amp.GradScaler("cpu")
+            acc.native_amp = True
+            logger.info("--fp16 on the CPU: float16 autocast with torch.amp.GradScaler('cpu')")
 
     def _is_saver(self) -> bool:
         """The process that moves finished saves into place (one per node with --save_on_each_node)."""
