@@ -77,7 +77,40 @@ def test_shared_cache_scores_equal_whole_sequence_likelihoods(stage_only_llava, 
                 logits = model(input_ids=ids, images=pixels, high_level_features=hl).logits[0].float()
             logp = torch.log_softmax(logits, -1)
             expected = sum(float(logp[-n - 1 + t, ids[0, -n + t]]) for t in range(n))
-            assert scores[0, k] == pytest.approx(expected, abs=1e-3)
+            assert scores[0, k] == pytest.approx(expected, abs=1e-4)
+
+
+def test_candidates_never_copy_the_prompt_cache(stage_only_llava, stage_loaded, monkeypatch):
+    """The KV cache holds each question's context once: never a copy per candidate (batch x 5), and never more
+    than the context plus the longest candidate's tokens."""
+    from transformers.cache_utils import DynamicLayer
+
+    from llava.conversation import get_conv_template
+    from llava.mm_utils import process_images
+
+    tokenizer, model, processor = stage_loaded
+    _, images, features, _ = stage_only_llava
+    conv = get_conv_template("llava_v1")
+    text = f"<image>\n<image>\n{QUESTIONS[0]}"
+    batch = 3
+    pixels = process_images([Image.open(images[i]).convert("RGB") for i in range(batch)], processor, model.config)
+    hl = [torch.from_numpy(features[i]) for i in range(batch)]
+    cands = [choices.candidates(conv, text, tokenizer, "Reasoning first.\n")] * batch
+    shapes = []
+    update = DynamicLayer.update
+
+    def recording(self, key_states, value_states, *args, **kwargs):
+        out = update(self, key_states, value_states, *args, **kwargs)
+        shapes.append(tuple(self.keys.shape[:1]) + tuple(self.keys.shape[2:3]))
+        return out
+
+    monkeypatch.setattr(DynamicLayer, "update", recording)
+    choices.score_candidates(model, tokenizer, cands, pixels, hl, check_greedy=False)
+    context = shapes[0][1]
+    longest = max(len(s) for s in cands[0].suffixes)
+    assert len(shapes) > model.config.num_hidden_layers  # the candidates' tokens ran against the cache
+    assert {b for b, _ in shapes} == {batch}
+    assert max(n for _, n in shapes) <= context + longest - 1
 
 
 def test_chain_of_thought_is_generated_then_the_stage_scored(tiny_llava, stage_questions, tmp_path):

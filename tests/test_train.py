@@ -312,6 +312,34 @@ def test_documented_flags_map_onto_transformers_5(tmp_path):
     assert (model_args.hl_fusion, model_args.hl_projector, model_args.version) == ("add", "shared", "v1")
 
 
+@pytest.mark.parametrize("flag", ["bf16", "fp16"])
+def test_half_precision_without_deepspeed_trains_float32_weights_under_autocast(tiny_llava, tmp_path, flag):
+    """``--bf16`` / ``--fp16`` without DeepSpeed, as a one-GPU user runs it: the frozen tower and LM in that half
+    dtype, the trainable weights (LoRA, projector) in float32, so that AdamW's small steps are not rounded away
+    (in bfloat16 most of the projector's entries stayed unchanged after two steps at lr 2e-5); float16 gets a
+    gradient scaler (on the CPU torch's ``GradScaler("cpu")``)."""
+    from llava.train.train import train
+    from safetensors.torch import load_file
+
+    data = make_data(tmp_path / "data", n=4)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[flag]
+    argv = quick_argv(tiny_llava, data, tmp_path / "run", "--bf16", str(flag == "bf16"), "--fp16", str(flag == "fp16"),
+                      "--max_steps", "2", "--warmup_ratio", "0", "--per_device_train_batch_size", "2")
+    trainer = train(argv)
+    params = dict(trainer.model.named_parameters())
+    assert {p.dtype for p in params.values() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in params.values() if not p.requires_grad} == {half}
+    assert trainer.accelerator.native_amp  # the forward runs under half-precision autocast
+    if flag == "fp16":
+        assert isinstance(trainer.accelerator.scaler, torch.amp.GradScaler)
+        assert trainer.accelerator.scaler.get_scale() > 0
+    base = load_file(tiny_llava / "model.safetensors")
+    for key in ("model.mm_projector.0.weight", "model.mm_projector.2.weight"):
+        trained = params["base_model.model." + key].detach()
+        changed = (trained != base[key].to(trained.dtype)).float().mean().item()
+        assert changed > 0.95, f"{key}: only {changed:.0%} of the entries changed in 2 steps at lr 2e-5"
+
+
 def test_wandb_without_api_key_runs_offline(tmp_path, monkeypatch, caplog):
     from llava.train.train import setup_reporting
 

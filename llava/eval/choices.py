@@ -6,8 +6,9 @@ end the line are scored instead of decoded.
 
 - A stage-only checkpoint (answers ``Sleep stage: X``) writes the answer line first: one forward pass over the
   prompt and the answer line's shared tokens (``Sleep stage:``) checks that greedy decoding would write them, and
-  its cache (the KV cache) is shared by the five candidates: it is repeated five times and only the tokens
-  where the candidates differ (``W``, ``N 1``, ..., ``REM`` and the closing ``</s>``) are run through the model.
+  its cache (the KV cache) is shared by the five candidates: one candidate after another, only the tokens where
+  the candidates differ (``W``, ``N 1``, ..., ``REM`` and the closing ``</s>``) run through the model after it,
+  and the cache is cropped back after each (never copied per candidate).
 - A chain-of-thought checkpoint starts with its reasoning instead: for those questions the reasoning is
   generated greedily up to the answer line, then the five stages are scored after it in the same way.
 
@@ -75,9 +76,11 @@ def score_candidates(model, tokenizer, cands: Sequence[Candidates], images, high
     """Log-likelihoods ``[B, K]`` of every question's K candidate suffixes, and (``check_greedy``) whether greedy
     decoding would write each context's reply tokens (the answer line's shared part) itself.
 
-    One forward pass over the left-padded contexts (images and features spliced in) fills the KV cache; the cache
-    is repeated K times and one more pass runs the candidates' own tokens after the first (whose log-probability
-    the first pass already gives)."""
+    One forward pass over the left-padded contexts (images and features spliced in) fills the KV cache. Then each
+    candidate in turn runs its own tokens after the first (whose log-probability the first pass already gives)
+    against that cache, which is cropped back to the shared context after each: the cache is never copied per
+    candidate, so it holds the prompt's keys and values once plus a few tokens (a copy per candidate would hold
+    K times the prompt: about 150 GiB for LLaVA-1.5-13B in float16 at batch 32 and 1,224 prompt tokens)."""
     device = model.device
     batch, n_cand = len(cands), len(cands[0].suffixes)
     width = max(len(c.context) for c in cands)
@@ -104,24 +107,26 @@ def score_candidates(model, tokenizer, cands: Sequence[Candidates], images, high
     for b, c in enumerate(cands):
         for k, s in enumerate(c.suffixes):
             scores[b, k] = first[b, s[0]]
-    if longest > 1:  # the candidates' later tokens, against the shared cache repeated K times
-        cache = out.cache
-        cache.batch_repeat_interleave(n_cand)
-        steps = longest - 1
-        ids = torch.full((batch * n_cand, steps), tokenizer.pad_token_id, dtype=torch.long)
-        for b, c in enumerate(cands):
-            for k, s in enumerate(c.suffixes):
-                ids[b * n_cand + k, : len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
-        past = mask.repeat_interleave(n_cand, dim=0)
+    if longest > 1:  # the candidates' later tokens, each candidate in turn after the shared cache
+        cache, past = out.cache, mask
+        prompt_len = cache.get_seq_length()
         start = past.sum(dim=1, keepdim=True)
-        pos = start + torch.arange(steps, device=device)[None, :]
-        full_mask = torch.cat([past, torch.ones((batch * n_cand, steps), dtype=past.dtype, device=device)], dim=1)
-        more = _log_softmax(model(input_ids=ids.to(device), attention_mask=full_mask, position_ids=pos, cache=cache,
-                                  use_cache=True).logits).cpu()
-        for b, c in enumerate(cands):
-            for k, s in enumerate(c.suffixes):
-                row = b * n_cand + k
-                scores[b, k] += sum(float(more[row, t, s[t + 1]]) for t in range(len(s) - 1))
+        for k in range(n_cand):
+            steps = max(len(c.suffixes[k]) for c in cands) - 1
+            if steps == 0:
+                continue
+            ids = torch.full((batch, steps), tokenizer.pad_token_id, dtype=torch.long)
+            for b, c in enumerate(cands):
+                s = c.suffixes[k]
+                ids[b, : len(s) - 1] = torch.tensor(s[:-1], dtype=torch.long)
+            pos = start + torch.arange(steps, device=device)[None, :]
+            full_mask = torch.cat([past, torch.ones((batch, steps), dtype=past.dtype, device=device)], dim=1)
+            more = _log_softmax(model(input_ids=ids.to(device), attention_mask=full_mask, position_ids=pos,
+                                      cache=cache, use_cache=True).logits).cpu()
+            cache.crop(prompt_len - cache.get_seq_length())  # back to the shared context for the next candidate
+            for b, c in enumerate(cands):
+                s = c.suffixes[k]
+                scores[b, k] += sum(float(more[b, t, s[t + 1]]) for t in range(len(s) - 1))
     return scores.numpy(), greedy
 
 
