@@ -16,12 +16,14 @@ What can honestly be asserted, and why:
   dropout masks are drawn per rank and cannot match a single process's (the only flag changed for that).
 - Both runs train in bfloat16, each the way it does on a GPU: DeepSpeed holds bfloat16 weights with a float32
   master copy in its optimizer and reduces bfloat16 gradients; the single process keeps the trainable weights in
-  float32 under bfloat16 autocast. So the losses agree to 1e-4 relative (measured 6e-5), but the updates
+  float32 under bfloat16 autocast. So the losses agree to 1e-3 relative (measured 2e-4), but the updates
   (trained minus initial weights) only to about 8e-2 relative (measured 7.5e-2 on the projector, 6e-2 on LoRA B):
   Adam's first steps are nearly lr x sign(gradient), and bfloat16 rounding flips the sign of the small gradients.
   The bound asserted is 0.15; a projector saved from one rank's shard (half of it zero), or a step that saw other
   data, misses it (relative difference about 1). ``--mm_projector_lr 1e-3`` (not 2e-5) makes the projector's
   update large enough to compare.
+- Both start from a pretrained projector (``--pretrain_mm_mlp_adapter``, half the base's): under ZeRO-3 it is
+  loaded into partitioned weights (gathered first), and the updates are measured from it.
 - The projector really was partitioned: each rank's ZeRO-3 optimizer partition holds about half the
   trainable parameters, yet ``non_lora_trainables.bin`` holds whole tensors equal to the one-process run.
 - ``checkpoint-2`` resumes on 2 ranks (DeepSpeed loads its own partitions: same result as the uninterrupted
@@ -114,16 +116,24 @@ def runs(tiny_llava, tmp_path_factory):
     """The shared runs: 2 ranks under DeepSpeed (3 steps, checkpoint-2 kept) and one process in-process."""
     from llava.train.train import train
 
+    from safetensors.torch import load_file
+
     root = tmp_path_factory.mktemp("ranks")
     data = make_data(root / "data", n=8)  # 2 global batches of 4 per epoch: step 3 opens epoch 2
+    # A pretrained projector (LLaVA's mm_projector.bin), unlike the base's: under ZeRO-3 it is loaded into
+    # partitioned weights, so it must be gathered first.
+    adapter = root / "mm_projector.bin"
+    start = {k: v * 0.5 for k, v in load_file(tiny_llava / "model.safetensors").items() if "mm_projector." in k}
+    torch.save(start, adapter)
     two = root / "two_ranks"
-    log = deepspeed_run(2, flags(tiny_llava, data, two, 2), root)
+    log = deepspeed_run(2, flags(tiny_llava, data, two, 2, "--pretrain_mm_mlp_adapter", str(adapter)), root)
     one = root / "one_process"
-    argv = flags(tiny_llava, data, one, 4)
+    argv = flags(tiny_llava, data, one, 4, "--pretrain_mm_mlp_adapter", str(adapter))
     i = argv.index("--deepspeed")
     del argv[i : i + 2]
     train(argv)
-    return {"root": root, "data": data, "two": two, "one": one, "log": log, "tiny": tiny_llava}
+    return {"root": root, "data": data, "two": two, "one": one, "log": log, "tiny": tiny_llava, "start": start,
+            "adapter": adapter}
 
 
 def test_two_ranks_save_whole_projector_equal_to_one_process(runs):
@@ -160,14 +170,14 @@ def test_two_ranks_save_whole_projector_equal_to_one_process(runs):
     # ... and the saved projector is whole, with the one-process run's values, after 2 and after 3 steps.
     assert sorted(k for k in saved if "lora_" not in k) == PROJECTOR
     assert saved[PROJECTOR[1]].shape == (128, 1024) and saved[PROJECTOR[3]].shape == (128, 128)
-    base = load_file(runs["tiny"] / "model.safetensors")
+    base = runs["start"]  # the pretrained projector both runs started from (LoRA A is seeded, B starts at zero)
     assert {t.dtype for t in saved.values()} == {torch.bfloat16}  # DeepSpeed trained (and saved) bfloat16 weights
     assert {t.dtype for t in trainables(one).values()} == {torch.float32}  # one process: float32 under autocast
     assert_same_training(trainables(two / "checkpoint-2"), trainables(one / "checkpoint-2"), base, rel=0.15)
     assert_same_training(saved, trainables(one), base, rel=0.15)
     losses = [[e["loss"] for e in json.loads((d / "trainer_state.json").read_text())["log_history"] if "loss" in e]
               for d in (two, one)]
-    assert len(losses[0]) == STEPS and np.allclose(losses[0], losses[1], rtol=1e-4), losses
+    assert len(losses[0]) == STEPS and np.allclose(losses[0], losses[1], rtol=1e-3), losses
     assert losses[0][-1] < losses[0][0] - 0.1, losses  # it learns
 
 
@@ -176,7 +186,8 @@ def test_checkpoint_resumes_on_two_ranks_and_on_one(runs, ranks):
     """checkpoint-2 (written by 2 ranks) trained on to step 3 gives the uninterrupted run's weights."""
     out = runs["root"] / f"resumed_on_{ranks}"
     shutil.copytree(runs["two"] / "checkpoint-2", out / "checkpoint-2")
-    argv = flags(runs["tiny"], runs["data"], out, 4 // ranks, "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    argv = flags(runs["tiny"], runs["data"], out, 4 // ranks, "--resume_from_checkpoint", str(out / "checkpoint-2"),
+                 "--pretrain_mm_mlp_adapter", str(runs["adapter"]))
     log = deepspeed_run(ranks, argv, runs["root"])
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == STEPS
     want, got = trainables(runs["two"]), trainables(out)

@@ -8,7 +8,9 @@ The CLIP tower is read from ``mm_vision_tower`` after the language model (it is 
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -37,15 +39,57 @@ def checkpoint_kind(folder: Path) -> str:
     return "full"
 
 
+# Weight files at least this large have their sha256 remembered (see ``weights_sha256``).
+CACHED_HASH_BYTES = 64 << 20
+
+
+def _hash_cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "eeg-vlm" / "weights_sha256.json"
+
+
+def weights_sha256(path: Path, min_bytes: int = CACHED_HASH_BYTES) -> str:
+    """sha256 of a weights file, remembered for large files so that a 26 GB checkpoint is read once, not on every
+    evaluation run (about 30 s each).
+
+    The remembered hash is used only while the file is the very same one: same device and inode, size,
+    modification time and status-change time (``st_ctime_ns``). The kernel sets the status-change time on every
+    write and rename, and no user call can set it back, so a file rewritten with other weights (even one whose
+    size and modification time were restored) is hashed again. The memory is a JSON file in the user's cache
+    folder (``$XDG_CACHE_HOME/eeg-vlm/``); where it cannot be written, every run hashes."""
+    from eeg_core.atomic import file_sha256, write_json
+
+    st = path.stat()
+    if st.st_size < min_bytes:
+        return file_sha256(path)
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    cache_file, key = _hash_cache_path(), str(path.resolve())
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key) if isinstance(cache, dict) else None
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = file_sha256(path)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache_file, cache)
+    except OSError as err:
+        logger.info("could not remember the hash of %s in %s (%s)", path, cache_file, err)
+    return digest
+
+
 def model_fingerprint(model_path, model_base=None) -> str:
     """sha256 identifying a checkpoint by content, not by folder name: its ``config.json`` and the weights it
     holds (the adapter and ``non_lora_trainables`` of a LoRA checkpoint, ``mm_projector.bin`` of a projector-only
-    one, every weights file of a full one), each under its file name. For a base (``model_base``) its
-    ``config.json`` and the names and sizes of its weight files count (hashing a 13B base on every run would
-    cost minutes). Two trainings into the same folder name give two fingerprints."""
+    one, every weights file of a full one), each under its file name, and for a LoRA or projector-only
+    checkpoint its base's (``model_base``) ``config.json`` and weight files. Two trainings into the same folder
+    name give two fingerprints. Large files are hashed once and remembered while they stay the same file
+    (``weights_sha256``), so a 13B base costs one read, not one per run."""
     import hashlib
-
-    from eeg_core.atomic import file_sha256
 
     folder = resolve_model_dir(model_path, what="model", hint="--model-path")
     kind = checkpoint_kind(folder)
@@ -60,13 +104,13 @@ def model_fingerprint(model_path, model_base=None) -> str:
     h = hashlib.sha256(f"{kind}\n".encode())
     for name in names:
         if (folder / name).is_file():
-            h.update(f"{name} {file_sha256(folder / name)}\n".encode())
+            h.update(f"{name} {weights_sha256(folder / name)}\n".encode())
     if model_base and kind != "full":
         base = resolve_model_dir(model_base, what="model base", hint="--model-base")
         if (base / "config.json").is_file():
-            h.update(f"base config.json {file_sha256(base / 'config.json')}\n".encode())
+            h.update(f"base config.json {weights_sha256(base / 'config.json')}\n".encode())
         for p in sorted({p for pattern in WEIGHT_PATTERNS for p in base.glob(pattern)}):
-            h.update(f"base {p.name} {p.stat().st_size}\n".encode())
+            h.update(f"base {p.name} {weights_sha256(p)}\n".encode())
     return h.hexdigest()
 
 
@@ -121,16 +165,20 @@ def resolve_device(device_map, device) -> tuple[object, str]:
     - ``device`` other than ``"cuda"`` (``"cpu"``, ``"cuda:1"``): everything on that device, whatever
       ``device_map`` says (LLaVA's rule: ``device_map={"": device}``), so no accelerate dispatch is needed.
     - ``device="cuda"`` with a GPU: ``device_map`` as given (``"auto"``: accelerate spreads the layers over the
-      GPUs); ``None``: no device map, the model is moved to ``cuda`` after loading.
-    Returns ``(device_map or None, device)``; None means load on the CPU, then ``model.to(device)``.
+      GPUs); ``None``: everything on ``cuda``.
+    A GPU device is always loaded straight onto (``{"": device}``): the weights never pass through host memory
+    (a 13B model built on the CPU first would hold about 26 GB of host memory per process).
+    Returns ``(device_map, device)``; a device_map of None (the CPU) loads on the CPU.
     """
     device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("device %r asked for but no GPU is available: loading on the CPU in float32", device)
         device = "cpu"
-    if device != "cuda":
+    if device == "cpu":
         return None, device
-    return device_map, device
+    if device == "cuda" and device_map is not None:
+        return device_map, device
+    return {"": device}, device
 
 
 def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
@@ -152,7 +200,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
         tower.load_model(base_dirs=tuple(str(d) for d in (folder, base) if d is not None))
         tower.vision_tower.to(dtype=dtype, device=model.device)
     if device_map is None and not (load_8bit or load_4bit):
-        model.to(device)
+        model.to(device)  # the CPU: already there
     model.eval()
     tokenizer = _load_tokenizer(folder, base, model)
     image_processor = tower.image_processor if tower is not None else None

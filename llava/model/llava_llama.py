@@ -79,9 +79,24 @@ class LlavaLlamaModel(LlamaModel):
 
         adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
         if adapter:
-            state = torch.load(adapter, map_location="cpu", weights_only=True)
-            self.mm_projector.load_state_dict(
-                {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k})
+            load_projector_weights(self.mm_projector, adapter)
+
+
+def load_projector_weights(projector: nn.Module, path) -> None:
+    """LLaVA's pretrained projector (``mm_projector.bin``, keys ``model.mm_projector.*``) into ``projector``.
+    Under ZeRO-3 the projector's weights are partitioned (each rank holds a shard, the parameters themselves are
+    empty): they are gathered, loaded on rank 0 and partitioned again."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
+    params = list(projector.parameters())
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            if torch.distributed.get_rank() == 0:
+                projector.load_state_dict(state)
+    else:
+        projector.load_state_dict(state)
 
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):

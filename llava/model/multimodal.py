@@ -61,7 +61,8 @@ class LlavaMetaForCausalLM:
         """[K,D] high-level features -> [K,hidden] through P_hl (the shared mm_projector unless ``separate``)."""
         model = self.get_model()
         projector = model.mm_hl_projector if self.config.mm_hl_projector == "separate" else model.mm_projector
-        return projector(features.to(device=self.get_model().embed_tokens.weight.device,
+        weight = next(projector.parameters(), None)
+        return projector(features.to(device=features.device if weight is None else weight.device,
                                      dtype=_param_dtype(projector, features.dtype)))
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
@@ -120,12 +121,13 @@ class LlavaMetaForCausalLM:
                 piece_labels.append(labs[start:position])
                 if i in projected_hl and j == len(image_positions) - 1:
                     hl = projected_hl[i].unsqueeze(0)  # [1, hidden]
-                    slot = first_image + hl if config.mm_hl_fusion == "add" else hl
+                    slot = first_image.to(hl.device) + hl if config.mm_hl_fusion == "add" else hl
                 else:
                     slot = image_features[next_image]
                     next_image += 1
                     first_image = slot if first_image is None else first_image
-                pieces.append(slot.to(embeds.dtype))
+                # The projector may sit on another device than the embeddings (device_map="auto" over GPUs).
+                pieces.append(slot.to(device=embeds.device, dtype=embeds.dtype))
                 piece_labels.append(labs.new_full((slot.shape[0],), IGNORE_INDEX))
                 start = position + 1
             pieces.append(embeds[start:])

@@ -393,17 +393,33 @@ def removed_if_no_step(training_args):
         raise
 
 
+def attention_implementation(bf16: bool, fp16: bool) -> tuple[str, str]:
+    """``(implementation, why)`` for a run in bfloat16 (``bf16``), float16 (``fp16``) or float32.
+
+    flash-attention 2 only where transformers can use it (``is_flash_attn_2_available``: the package imports, a
+    GPU is present, the installed version works with this transformers) and the run is in half precision
+    (flash-attention has no float32 kernel); else PyTorch's sdpa."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if not (bf16 or fp16):
+        return "sdpa", "float32 run: flash-attention needs --bf16 or --fp16"
+    if not is_flash_attn_2_available():
+        return "sdpa", "flash-attention 2 is not usable here (no GPU, flash_attn not installed, or it fails to import)"
+    return "flash_attention_2", "flash_attn usable, half precision"
+
+
 def train(argv: Sequence[str] | None = None, attn_implementation: str | None = None, *,
           attn_reason: str | None = None):
     """Parse ``argv`` (default ``sys.argv[1:]``), check every input, train, save. Returns the trainer.
 
     Steps: parse (no side effect), set up logging, check the options, set up the environment (one call), check
-    the output folder, the tokenizer, the records and features, then ``fit``. ``attn_implementation`` (and why it
-    was chosen, ``attn_reason``) come from ``train_mem.py``."""
+    the output folder, the tokenizer, the records and features, then ``fit``. ``attn_implementation`` (LLaVA's
+    argument; ``attn_reason`` says why) defaults to ``attention_implementation``'s choice for the run's dtype."""
     model_args, data_args, training_args = parse_args(argv)
     setup_logging()
-    if attn_implementation:
-        logger.info("attention: %s%s", attn_implementation, f" ({attn_reason})" if attn_reason else "")
+    if attn_implementation is None:
+        attn_implementation, attn_reason = attention_implementation(training_args.bf16, training_args.fp16)
+    logger.info("attention: %s%s", attn_implementation, f" ({attn_reason})" if attn_reason else "")
     check_options(model_args, data_args, training_args)
     setup_environment(training_args)
 

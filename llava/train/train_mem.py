@@ -1,27 +1,14 @@
-"""Entry point of the documented command: picks the attention kernel, then runs ``llava.train.train``.
-
-flash-attention 2 when the ``flash_attn`` package is installed and a GPU is present, else PyTorch's sdpa.
-"""
+"""Entry point of the documented command (LLaVA's name): ``llava.train.train.train``, which picks the attention
+kernel for the run (``llava.train.train.attention_implementation``) and logs which and why."""
 from __future__ import annotations
 
-import importlib.util
-
-import torch
+from typing import Sequence
 
 
-def attention_implementation() -> str:
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     from llava.train.train import train
 
-    impl = attention_implementation()
-    reason = "flash_attn installed and a GPU present" if impl == "flash_attention_2" else (
-        "no GPU" if not torch.cuda.is_available() else "flash_attn not installed")
-    train(argv, attn_implementation=impl, attn_reason=reason)  # train() sets up logging, then logs the choice
+    train(argv)
 
 
 if __name__ == "__main__":
