@@ -229,7 +229,7 @@ def test_model_vqa_answers_with_the_two_rank_result(runs):
         if mode == "choices":  # five probabilities per answer, and the answer is the most likely stage
             for r in rows:
                 probs = r["metadata"]["probabilities"]
-                assert sorted(probs) == sorted(STAGES) and abs(sum(probs.values()) - 1) < 1e-6
+                assert sorted(probs) == sorted(STAGES) and abs(sum(probs.values()) - 1) < 1e-5  # 6 decimals each
                 assert r["text"].endswith(max(probs, key=probs.get))
 
 
