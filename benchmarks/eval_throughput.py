@@ -12,6 +12,14 @@ loaded once beforehand and warmed up on a few questions.
 (image, feature) pairs (``eeg_vlm.tiny.train_stage_only``), so that ``generate`` stops after the stage as a
 trained checkpoint does; ``--answer-modes generate choices`` then times both modes on it and checks that
 ``choices`` gives the stage of every ``generate`` answer.
+
+``--cache-memory`` then runs each answer mode once more at the largest batch size, untimed, recording the bytes
+held by the KV cache (``CacheMemory``): after the first forward pass (the prompt) and at the peak, so that
+``choices`` (the prompt's cache shared by the five candidates, cropped back after each) can be compared with
+``generate``; and checks ``choices``' probabilities against whole-sequence scoring (``--check-questions``).
+
+    .venv/bin/python benchmarks/eval_throughput.py --stage-only --answer-modes generate choices --batch-sizes 32 \
+        --repeats 1 --cache-memory
 """
 from __future__ import annotations
 
@@ -25,9 +33,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eeg_core.answer import parse_stage
+from eeg_core.answer import parse_stage, stage_line
 from eeg_core.atomic import write_jsonl
-from eeg_core.formats import make_question, read_jsonl, save_features
+from eeg_core.formats import (
+    feature_row,
+    has_placeholder,
+    make_question,
+    question_key,
+    read_jsonl,
+    record_id,
+    save_features,
+)
 from eeg_core.stages import STAGES
 from eeg_vlm.tiny import build_tiny_llava, train_stage_only
 from llava.eval import model_vqa
@@ -56,6 +72,133 @@ def make_questions(root: Path, n: int, seed: int = 0, pairs: bool = False) -> Pa
     return root / "eeg_eval.jsonl"
 
 
+class CacheMemory:
+    """While active, the bytes that each KV cache (``transformers`` ``Cache``) holds, read after each of its updates.
+
+    Held bytes: the storage behind every layer's keys and values, each storage once (a cropped cache still holds
+    the storage it was cropped from until its next update replaces it). Per cache: ``prompt``, held once the
+    first forward pass reached the last layer (the prompt, or ``choices``' shared context), ``peak``, the most it
+    held at any update, ``rows``, its batch dimension at its widest, and the positions (tokens, padding
+    included) it held at those two moments."""
+
+    def __init__(self):
+        self.caches: list[dict] = []
+
+    @staticmethod
+    def held(cache) -> int:
+        storages = {}
+        for layer in cache.layers:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, torch.Tensor) and t.numel():
+                    storage = t.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
+
+    def __enter__(self):
+        from transformers.cache_utils import Cache
+
+        self.cls, self.original = Cache, Cache.update
+        original, caches = self.original, self.caches
+
+        def update(cache, key_states, value_states, layer_idx, *args, **kwargs):
+            out = original(cache, key_states, value_states, layer_idx, *args, **kwargs)
+            record = cache.__dict__.get("_held_bytes")
+            if record is None:
+                record = cache.__dict__["_held_bytes"] = {"prompt": None, "peak": 0, "rows": 0,
+                                                          "prompt_tokens": 0, "peak_tokens": 0}
+                caches.append(record)
+            held = self.held(cache)
+            positions = cache.layers[layer_idx].keys.shape[-2]
+            if held > record["peak"]:
+                record["peak"], record["peak_tokens"] = held, positions
+            record["rows"] = max(record["rows"], int(key_states.shape[0]))
+            if record["prompt"] is None and layer_idx == len(cache.layers) - 1:
+                record["prompt"], record["prompt_tokens"] = held, positions
+            return out
+
+        Cache.update = update
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.update = self.original
+
+    def summary(self) -> dict:
+        """The largest prompt and peak over the caches (one per batch, or per scoring pass), and their widest rows."""
+        if not self.caches:
+            raise RuntimeError("no KV cache was updated while recording (nothing answered?)")
+        prompt = max(self.caches, key=lambda c: c["prompt"] or 0)
+        peak = max(self.caches, key=lambda c: c["peak"])
+        return {"caches": len(self.caches), "prompt_bytes": prompt["prompt"] or 0,
+                "prompt_tokens": prompt["prompt_tokens"], "peak_bytes": peak["peak"],
+                "peak_tokens": peak["peak_tokens"], "rows": max(c["rows"] for c in self.caches)}
+
+
+def whole_sequence_probabilities(loaded, model_path: str, qfile: Path, image_folder: Path, answers: list[dict],
+                                 n: int) -> float:
+    """The largest difference between ``choices``' probabilities (``answers``, in question order) and those of
+    whole-sequence scoring, over the first ``n`` questions: each candidate reply (the answer's reasoning, if any,
+    then ``Sleep stage: X``) appended to the prompt and run through the model in one pass, no cache, batch 1; the
+    log-likelihood of its tokens after the candidates' shared context, softmaxed over the five."""
+    from llava.conversation import get_conv_template
+    from llava.eval import choices
+    from llava.mm_utils import tokenizer_image_token
+
+    tokenizer, model, _ = loaded
+    work = model_vqa.plan_work(model_vqa.VqaOptions(model_path=model_path, question_file=str(qfile),
+                                                    answers_file=str(qfile.with_suffix(".unused.jsonl")),
+                                                    image_folder=str(image_folder)))
+    conv = get_conv_template(getattr(model.config, "conv_version", None) or "llava_v1")
+    use_im_start_end = bool(getattr(model.config, "mm_use_im_start_end", False))
+    worst = 0.0
+    for (i, q), answer in list(zip(work.todo, answers))[:n]:
+        assert answer["question_id"] == q["question_id"]
+        key = question_key(record_id(q))
+        images, _ = model_vqa.pixels(model, loaded[2], [work.paths[key]])
+        feature = work.features[feature_row(q, i)] if has_placeholder(q) else None
+        hl = model_vqa.feature_tensors(model, [feature]) if feature is not None else None
+        text = model_vqa.user_text(q, use_im_start_end)
+        reasoning = choices.reasoning_of(answer["text"])
+        suffixes = choices.candidates(conv, text, tokenizer, reasoning).suffixes
+        scores = []
+        for stage, suffix in zip(STAGES, suffixes):
+            prompt, _ = choices.render_reply(conv, text, reasoning + stage_line(stage))
+            ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
+            assert ids[0, -len(suffix):].tolist() == suffix
+            with torch.inference_mode():
+                logits = model(input_ids=ids, images=images, high_level_features=hl).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            scores.append(sum(float(logp[-len(suffix) - 1 + t, suffix[t]]) for t in range(len(suffix))))
+        expected = choices.probabilities(np.array(scores))
+        got = np.array([answer["metadata"]["probabilities"][stage] for stage in STAGES])
+        worst = max(worst, float(np.abs(expected - got).max()))
+    return worst
+
+
+def cache_memory(common: dict, tmp: Path, modes: list[str], batch: int, loaded, model_path: str, qfile: Path,
+                 check: int) -> None:
+    """``--cache-memory``: one untimed run per answer mode at ``batch``, the KV cache's bytes recorded; then
+    ``choices``' probabilities against whole-sequence scoring on ``check`` questions."""
+    figures = {}
+    for mode in modes:
+        out = tmp / f"cache_{mode}_bs{batch}.jsonl"
+        with CacheMemory() as memory:
+            model_vqa.run(answers_file=str(out), batch_size=batch, answer_mode=mode, **common)
+        figures[mode] = memory.summary()
+        f = figures[mode]
+        print(f"KV cache, {mode:<8} batch {batch}: prompt {f['prompt_bytes'] / 2**20:8.2f} MiB "
+              f"({f['prompt_tokens']} positions), peak {f['peak_bytes'] / 2**20:8.2f} MiB ({f['peak_tokens']} "
+              f"positions), widest cache {f['rows']} rows, {f['caches']} caches")
+    if {"generate", "choices"} <= set(modes):
+        g, c = figures["generate"], figures["choices"]
+        print(f"choices peak / generate prompt cache: x{c['peak_bytes'] / g['prompt_bytes']:.3f}; "
+              f"choices peak / generate peak: x{c['peak_bytes'] / g['peak_bytes']:.3f}")
+    if "choices" in modes and check:
+        answers = read_jsonl(tmp / f"cache_choices_bs{batch}.jsonl")
+        worst = whole_sequence_probabilities(loaded, model_path, qfile, qfile.parent / "images", answers, check)
+        print(f"choices probabilities vs whole-sequence scoring, first {min(check, len(answers))} questions: "
+              f"largest difference {worst:.1e} (answers file rounds to 1e-6)")
+
+
 def cpu_name() -> str:
     """The CPU model as lscpu names it, and the core count."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -75,6 +218,11 @@ def main() -> None:
     p.add_argument("--answer-modes", nargs="+", default=["generate"], choices=model_vqa.ANSWER_MODES)
     p.add_argument("--stage-only", action="store_true",
                    help="time a stage-only checkpoint (the tiny model fine-tuned to answer 'Sleep stage: X')")
+    p.add_argument("--cache-memory", action="store_true",
+                   help="also record the KV cache's bytes in each answer mode at the largest batch size (untimed), "
+                        "and check choices' probabilities against whole-sequence scoring")
+    p.add_argument("--check-questions", type=int, default=8,
+                   help="questions whose choices probabilities are checked (--cache-memory)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,6 +275,9 @@ def main() -> None:
             print(f"choices gives the stage of generate on {agree:.0%} of the questions; choices / generate: "
                   + ", ".join(f"batch {bs} x{results['choices', bs] / results['generate', bs]:.2f}"
                               for bs in args.batch_sizes))
+        if args.cache_memory:
+            cache_memory(common, tmp, args.answer_modes, max(args.batch_sizes), loaded, str(model_path), qfile,
+                         args.check_questions)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The GPU benchmark: LLaVA-1.5-13B's width, few layers, through the project's own entry points; one table.
 
     python benchmarks/gpu.py                              # on a GPU machine: about 8 minutes
-    python benchmarks/gpu.py --device cpu --tiny          # toy sizes, same code path, about a minute (CI)
+    python benchmarks/gpu.py --device cpu --tiny          # toy sizes, same code path (CI)
 
 What it does, in order (each part skips, saying so, when the time budget ``--budget-s`` is spent):
 
@@ -9,51 +9,73 @@ What it does, in order (each part skips, saying so, when the time budget ``--bud
    a CLIP tower folder) with LLaVA-1.5-13B's width: Llama hidden 5120, 40 heads, intermediate 13824, vocab
    32000, ``--layers`` (4) layers; CLIP ViT-L/14-336-shaped: hidden 1024, 24 layers, 16 heads, 336 px, 576
    patches. A layer then costs what one of the real model's 40 does; time scales with the layer count.
-2. Trains it with the README's command (LoRA r128, bf16, gradient checkpointing, batch 16, ZeRO-3 when
-   DeepSpeed is installed, else the plain Trainer on one GPU) through ``llava/train/train_mem.py``, one
-   process per fusion mode, on records of the real size: two images per record (a 30-s epoch drawn as
-   ``eeg-vlm prepare`` draws it, the second the placeholder) and the stage-wise chain-of-thought answer.
-   Modes: ``add`` and ``token``. The training entry has no ``naive`` mode (placeholder through CLIP, as the
-   paper's code); naive is timed beside add and token at the model level (one forward + backward + AdamW
-   step of the same LoRA model on the same batch, Image2 passed to CLIP as a real image), so the three
-   compare on equal terms. Reports step time, tokens/s, peak memory, MFU and the projected epoch time of
-   the real 13B on Sleep-EDF-20-sized data (42k records).
-3. Runs ``llava/eval/model_vqa.py`` (its ``run``) in float16 and bfloat16 at batch 1, 8 and 32: questions/s
-   and whether the greedy answers are identical across batch sizes (how many differ, where they do).
-   ``model_vqa.py`` has no ``choices`` mode, so none is timed.
+2. Trains it with the README's command (LoRA r128, bf16, gradient checkpointing, batch 16, ZeRO-3 under the
+   ``deepspeed`` launcher when DeepSpeed is installed, else the plain Trainer) through
+   ``llava/train/train_mem.py``, one process group per fusion mode, on records of the real size: two images per
+   record (a 30-s epoch drawn as ``eeg-vlm prepare`` draws it, the second the placeholder) and the stage-wise
+   chain-of-thought answer. Modes: ``add`` and ``token``. The training entry has no ``naive`` mode (placeholder
+   through CLIP, as the paper's code); naive is timed beside add and token at the model level (one forward +
+   backward + AdamW step of the same LoRA model on the same batch, Image2 passed to CLIP as a real image), so
+   the three compare on equal terms. Reports step time, tokens/s, peak memory, MFU and the projected epoch time
+   of the real 13B on Sleep-EDF-20-sized data (42k records). A run that outlives the budget is stopped with its
+   whole process group (the launcher and the workers it started), so no worker is left holding the GPU.
+3. Answers with ``llava/eval/model_vqa.py`` (its ``run``) in float16 and bfloat16, in both answer modes,
+   ``generate`` (greedy decoding) and ``choices`` (the five stages scored by likelihood, ``llava.eval.choices``),
+   at batch 1, 8 and 32: questions/s, peak memory, and whether the answers are identical across batch sizes
+   (how many differ, where they do). Each model is loaded once (float16 through ``model_vqa.load_model``, as
+   ``model_vqa`` loads it on a GPU) and handed to ``run(..., loaded=...)``; only the answering is timed
+   (``model_vqa.answer_work``: prompts, images, the model, the answers file), not the loading, the question
+   checks or the checkpoint's fingerprint (hashing). The float16 model is freed before the bfloat16 one is
+   loaded (checked: ``models_freed``). On random weights the model never writes ``Sleep stage:`` first, so
+   ``choices`` takes its chain-of-thought path: greedy text up to ``--max-new-tokens`` (as ``generate``), then
+   the five stages scored after it; a trained stage-only checkpoint skips the decoding.
 4. Trains (one epoch) and extracts resnet18 and convnext_base with the project's ``vision_modules`` on the
    device (img/s), and times the bare models at batch 64 in float32 vs bf16 autocast, channels_last.
 
-MFU (model FLOPs utilisation), stated: FLOPs per training step
-    6 * N_lm * T  +  12 * L * d * sum_i(s_i^2)  +  2 * N_clip * T_clip
-N_lm = Llama parameters without the input embedding (LoRA's included), T = real (unpadded) tokens in the
-step's sequences after the multimodal splice, L, d = layers and hidden size, s_i = length of sequence i
-(attention), N_clip, T_clip = CLIP's parameters and patch tokens (frozen: forward only). 6 * N * T counts
-the weight gradients as a full fine-tune would (LoRA skips most of them) and not the recomputation of
-gradient checkpointing: the conventional "model FLOPs". MFU = FLOPs per step / step time / the device's
-dense bf16 peak (a table by device name, or ``--peak-tflops``).
+MFU (model FLOPs utilisation) follows LoRA's arithmetic. FLOPs per training step:
+    2 * N_lm * T                 forward through the language model (LoRA's adapters included)
+  + 2 * N_lm * T                 backward, activation gradients: the frozen weights need no weight gradient
+  + 2 * N_lora * T               backward, weight gradients of LoRA's own parameters only
+  + 6 * N_proj * T_proj          the projector, trained in full (forward, activation and weight gradients)
+  + 12 * L * d * sum_i(s_i^2)    attention scores and values, forward and backward (no causal halving)
+  + 2 * N_clip * T_clip          CLIP, frozen: forward only
+N_lm = Llama parameters without the input embedding, LoRA's included (the LM head counts: it runs on every
+token); N_lora = LoRA's parameters (r on every decoder linear); T = real (unpadded) tokens in the step's
+sequences after the multimodal splice; N_proj, T_proj = the projector's parameters and the tokens it maps (CLIP
+patches and features); L, d = layers and hidden size; s_i = length of sequence i; N_clip, T_clip = CLIP's
+parameters and tokens. A full fine-tune would count 6 * N_lm * T; LoRA's is about 4 * N_lm * T. Gradient
+checkpointing's recomputation (one more forward) is not counted: the convention for "model FLOPs", so MFU
+compares across recomputation settings. MFU = FLOPs per step / step time / the device's dense bf16 peak (a
+table by device name, or ``--peak-tflops``).
 Projection to the real 13B: step time x FLOPs(40 layers) / FLOPs(L layers) (same MFU), steps per epoch =
 42000 / (16 x GPUs), ideal scaling over GPUs; memory by the formula printed with it.
 
-Packages: torch, transformers, peft, accelerate, timm, sentencepiece, safetensors, scipy, PIL. DeepSpeed is
-optional (without it: plain Trainer, no ZeRO-3 figures); edfio is never imported. To bring DeepSpeed to a
-machine without it: ``pip wheel --no-deps -w wheels deepspeed==0.19.8`` where the registry is reachable,
-carry ``wheels/``, then ``pip install --no-deps wheels/*.whl`` (its Python deps: hjson, ninja, py-cpuinfo,
-msgpack, pydantic, psutil, einops).
+Peak memory: ``torch.cuda.max_memory_allocated`` (weights included) for each training run and each
+(dtype, answer mode, batch) run, the counter reset before each; answering rows also give what the answering
+added to the weights (KV cache, activations). On the CPU torch keeps no such counter: "n/a".
+
+Packages: torch, transformers, peft, accelerate, timm, sentencepiece, safetensors, scipy, PIL, and DeepSpeed
+(the project's install; without it training falls back to the plain Trainer and there are no ZeRO-3 figures);
+edfio is never imported. To bring DeepSpeed to a machine without it: ``pip wheel --no-deps -w wheels
+deepspeed==0.19.8`` where the registry is reachable, carry ``wheels/``, then ``pip install --no-deps
+wheels/*.whl`` (its Python deps: hjson, ninja, py-cpuinfo, msgpack, pydantic, psutil, einops).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,11 +99,51 @@ PEAK_BF16_TFLOPS = [("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H
 # --------------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------------
-def block_imports(names: list[str]) -> None:
-    """Make ``import name`` fail (as on a machine without the package); ``find_spec`` then says absent too."""
-    for name in names:
-        if name:
-            sys.modules[name] = None  # type: ignore[assignment]
+def run_process_group(cmd: list[str], *, timeout: float, log: Path, grace_s: float = 10.0, **popen) -> int:
+    """Run ``cmd`` in a session (and process group) of its own, stdout and stderr into ``log``; its exit status.
+
+    On a timeout (``subprocess.TimeoutExpired``, re-raised) or any other interruption (Ctrl-C), the whole group
+    is stopped: SIGTERM (the ``deepspeed`` launcher then stops its workers), ``grace_s`` seconds, then SIGKILL for
+    whatever is left. Killing the launcher alone would leave its workers running, holding the GPU. Whatever of the
+    group outlives a normal exit is killed too."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+        try:
+            return proc.wait(timeout=timeout)
+        except BaseException:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            raise
+        finally:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # nothing of the group is left
+        pass
+
+
+def free_model(ref: weakref.ref) -> bool:
+    """Collect garbage (and the GPU's cached blocks); whether the object behind ``ref`` (a model) is gone."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return ref() is None
+
+
+def peak_memory_gib(device: str):
+    """``torch.cuda.max_memory_allocated`` in GiB since the last reset; "n/a" on the CPU (no such counter)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else "n/a"
 
 
 def versions() -> dict[str, str]:
@@ -91,7 +153,7 @@ def versions() -> dict[str, str]:
     for name in ("torch", "transformers", "peft", "accelerate", "timm", "deepspeed", "flash_attn"):
         try:
             out[name] = getattr(importlib.import_module(name), "__version__", "?")
-        except Exception:  # absent, or blocked
+        except Exception:  # absent, or fails to import
             out[name] = "absent"
     return out
 
@@ -241,7 +303,7 @@ def train_worker(argv: list[str]) -> None:
     """``gpu.py --worker train <result.json> <train argv>``: llava/train/train_mem.py with a timing callback.
 
     Per step: wall time (synchronised), tokens after the multimodal splice (real and padded), the sequence
-    lengths (for attention FLOPs) and CLIP's images; at the end the peak memory."""
+    lengths (for attention FLOPs), the sequences and CLIP's images; at the end the peak memory (GPU)."""
     import torch
     from transformers import TrainerCallback
 
@@ -251,7 +313,7 @@ def train_worker(argv: list[str]) -> None:
     result_path, train_argv = Path(argv[0]), argv[1:]
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    current = {"tokens": 0, "padded": 0, "sq": 0, "images": 0}
+    current = {"tokens": 0, "padded": 0, "sq": 0, "images": 0, "sequences": 0}
     splice = LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal
 
     def counting_splice(self, input_ids, position_ids, attention_mask, past_key_values, labels, images, *a, **kw):
@@ -262,6 +324,7 @@ def train_worker(argv: list[str]) -> None:
             current["tokens"] += int(lengths.sum())
             current["padded"] += int(embeds.shape[0] * embeds.shape[1])
             current["sq"] += int((lengths.double() ** 2).sum())
+            current["sequences"] += int(mask.shape[0])
             current["images"] += 0 if images is None else int(sum(1 for _ in images) if isinstance(images, list)
                                                               else images.shape[0])
         return out
@@ -272,7 +335,7 @@ def train_worker(argv: list[str]) -> None:
     class Timing(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
             sync()
-            current.update(tokens=0, padded=0, sq=0, images=0, t0=time.perf_counter())
+            current.update(tokens=0, padded=0, sq=0, images=0, sequences=0, t0=time.perf_counter())
 
         def on_step_end(self, args, state, control, **kw):
             sync()
@@ -291,11 +354,9 @@ def train_worker(argv: list[str]) -> None:
         torch.cuda.reset_peak_memory_stats()
     main(train_argv)
     if int(os.environ.get("RANK", "0")) == 0:
-        import resource
-
         peak = {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
                 "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30} if cuda else \
-            {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            {"peak_allocated_gib": "n/a"}
         result_path.write_text(json.dumps({"steps": steps, **peak}))
 
 
@@ -303,8 +364,7 @@ def run_training(mode: str, model: Path, data: dict, work: Path, args, use_deeps
     out = work / f"train_{mode}"
     result = work / f"train_{mode}.json"
     argv = documented_train_argv(model, data, out, mode, args.batch, args.warmup_steps + args.steps, use_deepspeed)
-    worker = [str(Path(__file__).resolve()), "--worker", "train", *(["--without", args.without] if args.without else []),
-              "--", str(result), *argv]
+    worker = [str(Path(__file__).resolve()), "--worker", "train", "--", str(result), *argv]
     if use_deepspeed:
         cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "1", "--master_port", str(free_port()),
                *worker]
@@ -313,14 +373,19 @@ def run_training(mode: str, model: Path, data: dict, work: Path, args, use_deeps
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     if not args.device.startswith("cuda"):
         env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
+    log = work / f"train_{mode}.log"
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(30, budget.left()))
-    if proc.returncode != 0 or not result.is_file():
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"training ({mode}) failed:\n{tail}")
+    try:
+        code = run_process_group(cmd, timeout=max(30, budget.left()), log=log, cwd=REPO, env=env)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"training ({mode}) stopped after {e.timeout:.0f} s (time budget), its process group "
+                           f"killed:\n{log.read_text(errors='replace')[-3000:]}") from None
+    text = log.read_text(errors="replace")
+    if code != 0 or not result.is_file():
+        raise RuntimeError(f"training ({mode}) failed (exit {code}):\n{text[-3000:]}")
     r = json.loads(result.read_text())
     r["wall_s"] = time.perf_counter() - t0
-    r["log_tail"] = "\n".join(l for l in (proc.stdout + proc.stderr).splitlines() if "llava.train" in l)[-1500:]
+    r["log_tail"] = "\n".join(line for line in text.splitlines() if "llava.train" in line)[-1500:]
     return r
 
 
@@ -332,29 +397,37 @@ def lm_params(hidden: int, intermediate: int, layers: int, vocab: int, lora_r: i
             "lora": layers * lora_per_layer}
 
 
-def step_flops(size: dict, layers: int, tokens: float, sq: float, clip_tokens: float, lora_r: int) -> float:
+def step_flops(size: dict, layers: int, tokens: float, sq: float, clip_tokens: float, proj_tokens: float,
+               lora_r: int) -> dict:
+    """FLOPs of one LoRA training step by term (the module docstring's formula) and their ``total``."""
     p = lm_params(size["hidden"], size["intermediate"], layers, size["vocab"], lora_r)
     n_lm = p["layers"] + p["head"] + p["lora"]
-    h = size["clip_hidden"]
+    h, d = size["clip_hidden"], size["hidden"]
     n_clip = size["clip_layers"] * (4 * h * h + 2 * h * size["clip_intermediate"])
-    return 6 * n_lm * tokens + 12 * layers * size["hidden"] * sq + 2 * n_clip * clip_tokens
+    n_proj = h * d + d + d * d + d  # mlp2x_gelu: Linear(h, d), GELU, Linear(d, d)
+    terms = {"lm_forward": 2 * n_lm * tokens, "lm_activation_grads": 2 * n_lm * tokens,
+             "lora_weight_grads": 2 * p["lora"] * tokens, "projector": 6 * n_proj * proj_tokens,
+             "attention": 12 * layers * d * sq, "clip_forward": 2 * n_clip * clip_tokens}
+    return {**terms, "total": sum(terms.values())}
 
 
 def summarise_training(mode: str, r: dict, size: dict, args, peak: float | None) -> dict:
     measured = r["steps"][args.warmup_steps:] or r["steps"]
     best = min(measured, key=lambda s: s["seconds"])
     seconds = sorted(s["seconds"] for s in measured)[len(measured) // 2]  # median
-    patches = (size["image_size"] // size["patch"]) ** 2 + 1
-    tokens = sum(s["tokens"] for s in measured) / len(measured)
-    sq = sum(s["sq"] for s in measured) / len(measured)
-    images = sum(s["images"] for s in measured) / len(measured)
-    flops = step_flops(size, size["layers"], tokens, sq, images * patches, args.lora_r)
-    flops_real = step_flops(size, REAL_13B_LAYERS, tokens, sq, images * patches, args.lora_r)
-    real_step = seconds * flops_real / flops
+    patches = (size["image_size"] // size["patch"]) ** 2  # CLIP adds its class token; the projector maps patches
+    mean = lambda key: sum(s[key] for s in measured) / len(measured)  # noqa: E731
+    tokens, sq, images, sequences = mean("tokens"), mean("sq"), mean("images"), mean("sequences")
+    counts = dict(tokens=tokens, sq=sq, clip_tokens=images * (patches + 1),
+                  proj_tokens=images * patches + sequences, lora_r=args.lora_r)  # one feature per record
+    terms = step_flops(size, size["layers"], **counts)
+    flops = terms["total"]
+    real_step = seconds * step_flops(size, REAL_13B_LAYERS, **counts)["total"] / flops
     out = {"mode": mode, "step_s": seconds, "best_step_s": best["seconds"], "tokens_per_step": tokens,
            "padded_tokens_per_step": sum(s["padded"] for s in measured) / len(measured),
            "tokens_per_s": tokens / seconds, "tflops_per_step": flops / 1e12,
            "mfu": (flops / seconds / (peak * 1e12)) if peak else None,
+           "tflops_by_term": {k: v / 1e12 for k, v in terms.items() if k != "total"},
            "real13b_step_s": real_step,
            "epoch_h": {g: math.ceil(EPOCH_RECORDS / (args.batch * g)) * real_step / 3600 for g in (1, 4, 8)}}
     out.update({k: v for k, v in r.items() if k.startswith("peak_")})
@@ -386,7 +459,7 @@ def memory_projection(size: dict, measured_peak_gib: float | None, layers: int, 
     return out
 
 
-def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict:
+def model_level_steps(model_dir: Path, data: dict, args, budget: Budget, freed: list[dict]) -> dict:
     """naive vs add vs token: one forward + backward + AdamW step of the same LoRA model on the same batch
     (as benchmarks/train_step.py, on the device, in bf16 with gradient checkpointing on a GPU)."""
     import torch
@@ -441,59 +514,126 @@ def model_level_steps(model_dir: Path, data: dict, args, budget: Budget) -> dict
             dt = step(inputs)
             if rep:
                 times[name].append(dt)
+    ref = weakref.ref(base)
     model = base = optimizer = None  # frees the memory (the closure above sees None)
-    if cuda:
-        torch.cuda.empty_cache()
+    freed.append({"model": "model-level LoRA step", "freed": free_model(ref)})
     return {name: (min(t) if t else None) for name, t in times.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
-# 3. model_vqa in float16 / bfloat16 at batch 1, 8, 32
+# 3. model_vqa in float16 / bfloat16, generate and choices, at batch 1, 8, 32
 # --------------------------------------------------------------------------------------------------------
-def run_vqa(model_dir: Path, data: dict, work: Path, args, budget: Budget) -> list[dict]:
+ANSWER_MODES = ("generate", "choices")
+
+
+def load_answering_model(model_dir: Path, device: str, dtype_name: str):
+    """``(tokenizer, model, image_processor)``: ``model_vqa.load_model`` where it gives ``dtype_name`` (float16 on
+    a GPU: what ``model_vqa`` runs), else LLaVA's loader with load_model's arguments and that dtype."""
+    import torch
+
+    from llava.eval import model_vqa
+    from llava.mm_utils import get_model_name_from_path
+    from llava.model.builder import load_pretrained_model
+
+    if dtype_name == ("float16" if device.startswith("cuda") else "float32"):
+        return model_vqa.load_model(str(model_dir), None, device)
+    tokenizer, model, processor, _ = load_pretrained_model(
+        str(model_dir), None, get_model_name_from_path(str(model_dir)), device_map=None, device=device,
+        torch_dtype=getattr(torch, dtype_name))
+    return tokenizer, model, processor
+
+
+class AnsweringTimer:
+    """Times ``model_vqa.answer_work`` (the batch loop: prompts, images, the model, the answers file) inside
+    ``model_vqa.run``; run's checks of the questions and the checkpoint's fingerprint stay outside."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        self.seconds: list[float] = []
+
+    def __enter__(self):
+        from llava.eval import model_vqa
+
+        self.module, self.original = model_vqa, model_vqa.answer_work
+
+        def timed(*a, **kw):
+            self.sync()
+            t0 = time.perf_counter()
+            try:
+                return self.original(*a, **kw)
+            finally:
+                self.sync()
+                self.seconds.append(time.perf_counter() - t0)
+
+        model_vqa.answer_work = timed
+        return self
+
+    def __exit__(self, *exc):
+        self.module.answer_work = self.original
+
+
+def vqa_rows(loaded, dtype_name: str, model_dir: Path, data: dict, work: Path, args, budget: Budget) -> list[dict]:
+    """One loaded model's rows: each answer mode at each batch size (the first run of each mode warms up)."""
     import torch
 
     from eeg_core import formats
     from llava.eval import model_vqa
-    from llava.model.builder import load_pretrained_model
 
+    tokenizer = loaded[0]
+    cuda = args.device.startswith("cuda")
+    common = dict(model_path=str(model_dir), question_file=str(data["questions"]), image_folder=str(data["images"]),
+                  device=args.device, loaded=loaded, max_new_tokens=args.max_new_tokens, progress=False)
     rows = []
-    for dtype_name in ("float16", "bfloat16"):
-        if budget.left() < 30:
-            rows.append({"dtype": dtype_name, "skipped": "time budget"})
+    for mode in ANSWER_MODES:
+        if budget.left() < 15:
+            rows.append({"dtype": dtype_name, "mode": mode, "skipped": "time budget"})
             continue
-        dtype = getattr(torch, dtype_name)
-        tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, Path(model_dir).name,
-                                                               device=args.device, torch_dtype=dtype)
-        loaded = (tokenizer, model, processor)
-        common = dict(model_path=str(model_dir), question_file=str(data["questions"]), image_folder=str(data["images"]),
-                      device=args.device, loaded=loaded, max_new_tokens=args.max_new_tokens)
-        for old in work.glob(f"vqa_{dtype_name}_*.jsonl"):  # model_vqa resumes: start from none answered
+        for old in work.glob(f"vqa_{dtype_name}_{mode}_*.jsonl"):  # model_vqa resumes: start from none answered
             old.unlink()
-        warm = work / f"vqa_{dtype_name}_warmup.jsonl"  # first kernels, allocator: not timed
-        model_vqa.run(answers_file=str(warm), batch_size=max(args.vqa_batches), **common)
+        # first kernels, allocator, the fingerprint's hashes (remembered for large files): not timed
+        model_vqa.run(answers_file=str(work / f"vqa_{dtype_name}_{mode}_warmup.jsonl"),
+                      batch_size=max(args.vqa_batches), answer_mode=mode, **common)
         answers = {}
         for bs in args.vqa_batches:
-            path = work / f"vqa_{dtype_name}_b{bs}.jsonl"
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model_vqa.run(answers_file=str(path), batch_size=bs, **common)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+            path = work / f"vqa_{dtype_name}_{mode}_b{bs}.jsonl"
+            before = torch.cuda.memory_allocated() / 2**30 if cuda else None
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            with AnsweringTimer(args.device) as timer:
+                result = model_vqa.run(answers_file=str(path), batch_size=bs, answer_mode=mode, **common)
+            seconds = sum(timer.seconds)
+            peak = peak_memory_gib(args.device)
             got = {r["question_id"]: r["text"] for r in formats.read_jsonl(path)}
             answers[bs] = got
             n_tokens = sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in got.values())
             ref = answers[args.vqa_batches[0]]
             differ = [q for q in ref if got.get(q) != ref[q]]
-            rows.append({"dtype": dtype_name, "batch": bs, "questions": len(got), "seconds": seconds,
-                         "questions_per_s": len(got) / seconds, "new_tokens_per_s": n_tokens / seconds,
+            rows.append({"dtype": dtype_name, "mode": mode, "batch": bs, "questions": len(got), "seconds": seconds,
+                         "run_s": result["seconds"], "questions_per_s": len(got) / seconds,
+                         "new_tokens_per_s": n_tokens / seconds, "peak_allocated_gib": peak,
+                         "answering_gib": (peak - before) if cuda else "n/a",
                          "differ_from_batch1": len(differ),
                          "first_divergence": first_divergence(ref, got, differ[:1], tokenizer)})
-        del model, loaded
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    return rows
+
+
+def run_vqa(model_dir: Path, data: dict, work: Path, args, budget: Budget, freed: list[dict]) -> list[dict]:
+    """float16, then bfloat16: each model loaded once, answered with, and freed (checked, into ``freed``) before
+    the next is loaded."""
+    rows = []
+    for dtype_name in ("float16", "bfloat16"):
+        if budget.left() < 30:
+            rows.append({"dtype": dtype_name, "skipped": "time budget"})
+            continue
+        loaded = load_answering_model(model_dir, args.device, dtype_name)
+        ref = weakref.ref(loaded[1])
+        try:
+            rows += vqa_rows(loaded, dtype_name, model_dir, data, work, args, budget)
+        finally:
+            del loaded
+            freed.append({"model": f"model_vqa {dtype_name}", "freed": free_model(ref)})
     return rows
 
 
@@ -581,6 +721,11 @@ def fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
+def gib(x) -> str:
+    """A memory figure in GiB, or what stands in for it ("n/a" on the CPU)."""
+    return format(x, ".1f") if isinstance(x, (int, float)) else str(x or "-")
+
+
 def print_report(rep: dict) -> None:
     print()
     print(f"# GPU benchmark: {rep['device']['name']} ({rep['args']['device']}), size {rep['size_name']}, "
@@ -595,9 +740,9 @@ def print_report(rep: dict) -> None:
         if "error" in t or "skipped" in t:
             print(f"| {t['mode']} | {t.get('error') or t.get('skipped')} |||||||")
             continue
-        mem = t.get("peak_allocated_gib", t.get("peak_rss_gib"))
+        mem = t.get("peak_allocated_gib")
         print(f"| {t['mode']} | {t['step_s']:.3f} | {t['tokens_per_step']:.0f} | {t['tokens_per_s']:.0f} | "
-              f"{t['tflops_per_step']:.2f} | {fmt(t['mfu'], '.1%')} | {fmt(mem, '.1f')} | {t['real13b_step_s']:.2f} | "
+              f"{t['tflops_per_step']:.2f} | {fmt(t['mfu'], '.1%')} | {gib(mem)} | {t['real13b_step_s']:.2f} | "
               + " / ".join(f"{h:.1f}" for h in t["epoch_h"].values()) + " |")
     ml = rep.get("model_level") or {}
     if ml:
@@ -613,15 +758,22 @@ def print_report(rep: dict) -> None:
         print("ZeRO-3 per-GPU memory of the real 13B (projected, GiB; see memory_projection): " +
               ", ".join(f"{g} GPU{'s' if g > 1 else ''}: {fmt(v, '.0f')}" for g, v in mp.items()))
     print()
-    print("| model_vqa | batch | questions/s | new tokens/s | answers differing from batch 1 |")
-    print("|---|---|---|---|---|")
+    print("| model_vqa (answering only) | batch | questions/s | new tokens/s | peak mem GiB | answering GiB "
+          "| answers differing from batch 1 |")
+    print("|---|---|---|---|---|---|---|")
     for v in rep["vqa"]:
+        name = f"{v['dtype']} {v.get('mode', '')}".strip()
         if "skipped" in v or "error" in v:
-            print(f"| {v['dtype']} | {v.get('skipped') or v.get('error')} ||||")
+            print(f"| {name} | {v.get('skipped') or v.get('error')} ||||||")
             continue
         where = f" ({v['first_divergence']})" if v["first_divergence"] else ""
-        print(f"| {v['dtype']} | {v['batch']} | {v['questions_per_s']:.2f} | {v['new_tokens_per_s']:.1f} | "
+        print(f"| {name} | {v['batch']} | {v['questions_per_s']:.2f} | {v['new_tokens_per_s']:.1f} | "
+              f"{gib(v['peak_allocated_gib'])} | {gib(v['answering_gib'])} | "
               f"{v['differ_from_batch1']} of {v['questions']}{where} |")
+    if rep.get("models_freed"):
+        print()
+        print("models freed before the next was built: " +
+              ", ".join(f"{m['model']}: {'yes' if m['freed'] else 'NO'}" for m in rep["models_freed"]))
     print()
     print("| vision module | train entry img/s | extract entry img/s | bare train fp32 / bf16 img/s "
           "| bare extract fp32 / bf16 img/s |")
@@ -643,9 +795,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
     if argv[:2] == ["--worker", "train"]:
         rest = argv[2:]
-        if rest[:1] == ["--without"]:
-            block_imports(rest[1].split(","))
-            rest = rest[2:]
         train_worker(rest[1:] if rest[:1] == ["--"] else rest)
         return 0
 
@@ -654,17 +803,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="toy sizes (the CPU smoke test): same code path")
     p.add_argument("--layers", type=int, default=None, help="Llama layers (default 4; tiny 2)")
     p.add_argument("--deepspeed", choices=("auto", "on", "off"), default="auto",
-                   help="train under deepspeed ZeRO-3 (auto: when installed and on a GPU)")
+                   help="train under the deepspeed launcher with ZeRO-3 (auto: when DeepSpeed is installed; "
+                   "on the CPU with its CPU accelerator)")
     p.add_argument("--budget-s", type=float, default=480.0, help="parts that do not fit are skipped")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--parts", default="train,model,vqa,vision", help="comma list of train,model,vqa,vision")
-    p.add_argument("--without", default="", help="make these imports fail (e.g. deepspeed,edfio): the GPU "
-                   "machine's packages")
     a = p.parse_args(argv)
-    if a.without:
-        block_imports(a.without.split(","))
     tiny = a.tiny
     size = dict(SIZES["tiny" if tiny else "13b"])
     size["layers"] = a.layers or size["layers"]
@@ -672,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     a.lora_r = 128
     a.warmup_steps, a.steps = (1, 2) if tiny else (2, 5)
     a.model_level_repeats = 2 if tiny else 3
-    a.vqa_batches = [1, 8, 32]
+    a.vqa_batches = [1, 4, 8] if tiny else [1, 8, 32]  # tiny: 8 questions, every batch size a different split
     a.max_new_tokens = 6 if tiny else 48
     a.vision_images = 16 if tiny else 512
     a.vision_batch = 8 if tiny else 64
@@ -690,14 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(a.budget_s)
     started = time.perf_counter()
     has_ds = versions()["deepspeed"] != "absent"
-    use_ds = a.deepspeed == "on" or (a.deepspeed == "auto" and has_ds and a.device.startswith("cuda"))
+    use_ds = a.deepspeed == "on" or (a.deepspeed == "auto" and has_ds)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="gpu_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     parts = set(a.parts.split(","))
     rep: dict = {"args": {k: v for k, v in vars(a).items() if k != "archs"}, "size_name": "tiny" if tiny else "13b",
                  "size": size, "versions": versions(), "device": device_info(a.device),
                  "deepspeed": "yes" if use_ds else f"no ({'not installed' if not has_ds else 'off'})",
-                 "peak_tflops": peak_tflops(a.device, a.peak_tflops), "training": [], "vqa": [], "vision": []}
+                 "peak_tflops": peak_tflops(a.device, a.peak_tflops), "training": [], "vqa": [], "vision": [],
+                 "models_freed": []}
     try:
         t0 = time.perf_counter()
         model_dir = build_model(work / "model", size, a.device)
@@ -728,11 +875,11 @@ def main(argv: list[str] | None = None) -> int:
         rep["part_s"]["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if "model" in parts and budget.left() > 30:
-            rep["model_level"] = model_level_steps(model_dir, data, a, budget)
+            rep["model_level"] = model_level_steps(model_dir, data, a, budget, rep["models_freed"])
         rep["part_s"]["model_level"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if "vqa" in parts:
-            rep["vqa"] = run_vqa(model_dir, data, work, a, budget)
+            rep["vqa"] = run_vqa(model_dir, data, work, a, budget, rep["models_freed"])
         rep["part_s"]["vqa"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if "vision" in parts:
