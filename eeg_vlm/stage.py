@@ -10,8 +10,9 @@ EEG-VLM answers each epoch in choices mode (the five stage answers scored, see l
 vision module's own probabilities give the stages. The VLM is asked the first of the question templates
 (sleep_eeg.cot.QUESTIONS) with the epoch's image and its feature, as in training.
 
-Outputs (in --out; with --edf-dir one folder per night inside it), written into a temporary folder that then
-replaces the night's folder whole:
+Outputs (in --out; with --edf-dir one folder per night inside it), each file written atomically. Stage writes only
+these files into the folder and leaves every other file there alone; it overwrites one of them only when it wrote
+it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), else it refuses before any work:
 - stages.csv: epoch, onset as clock time (from the EDF's start) and in seconds, stage, the five probabilities,
   the scored stage with --hypnogram, and with --explain the VLM's reasoning before its stage line (empty for a
   stage-only checkpoint);
@@ -22,7 +23,7 @@ replaces the night's folder whole:
   epochs, and the scored night's statistics;
 - report.html: one self-contained file (the figure embedded) with the statistics, the agreement and the table.
 
-Refused in one line, before anything is written: an unreadable EDF, a missing channel, a vision checkpoint without
+Refused in one line, before anything is written: an --out that is a file (or lies under one), an unreadable EDF, a missing channel, a vision checkpoint without
 recorded render settings, a VLM trained on images drawn otherwise (other channels or rendering) or on features of
 another size, and a hypnogram that does not lie on the recording (another night's). With --edf-dir every night is
 staged before any folder is written. Python: ``from eeg_vlm import stage_night``.
@@ -32,14 +33,16 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from eeg_core.atomic import atomic_folder, atomic_path, write_json
+from eeg_core.atomic import atomic_path, check_out_folder, file_sha256, write_files, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
 from eeg_core.stages import EPOCH_S, STAGES
@@ -47,6 +50,8 @@ from sleep_eeg.stages import UNSCORED_TAIL_S
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
 AGREEMENT_NAME, REPORT_NAME = "agreement.json", "report.html"
+OUTPUT_NAMES = (CSV_NAME, FIGURE_NAME, STATISTICS_NAME, AGREEMENT_NAME, REPORT_NAME)
+MANIFEST_NAME = ".eeg-vlm-stage.json"  # what stage wrote into an output folder, with each file's sha256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,23 +151,85 @@ class StagedNight:
         return fig
 
     def save(self, out: str | Path) -> Path:
-        """Write every output into the folder ``out`` (replaced whole, atomically) and return it."""
+        """Write every output into the folder ``out`` and return it (see :func:`write_outputs`)."""
         from eeg_vlm.report import figure_png, report_html
 
+        previous = check_output_folder(out)
         fig = self.plot()
         png = figure_png(fig)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
         statistics, agreement = self.statistics, self.agreement
-        with atomic_folder(out) as tmp:
-            self.to_csv(tmp / CSV_NAME)
-            (tmp / FIGURE_NAME).write_bytes(png)
-            write_json(tmp / STATISTICS_NAME, statistics)
-            if agreement is not None:
-                write_json(tmp / AGREEMENT_NAME, agreement)
-            (tmp / REPORT_NAME).write_text(report_html(self, png, statistics, agreement), encoding="utf-8")
-        return Path(out)
+        files = {CSV_NAME: self.to_csv().encode("utf-8"), FIGURE_NAME: png,
+                 STATISTICS_NAME: json_bytes(statistics)}
+        if agreement is not None:
+            files[AGREEMENT_NAME] = json_bytes(agreement)
+        files[REPORT_NAME] = report_html(self, png, statistics, agreement).encode("utf-8")
+        return write_outputs(out, files, previous)
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder: stage writes its own files and nothing else
+# ---------------------------------------------------------------------------------------------
+def _manifest(out: Path) -> dict[str, list[str]]:
+    """``{file name: [sha256, ...]}`` of the files stage wrote into ``out`` (its manifest), or {}."""
+    path = out / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        return {}
+    if path.is_symlink() or not path.is_file():
+        raise FormatError(f"{path}: not a file that eeg-vlm stage wrote; move it, or choose another --out")
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return {}  # unreadable: nothing in the folder counts as written by stage
+    if not isinstance(files, dict):
+        return {}
+    return {str(k): [str(h) for h in v] for k, v in files.items() if isinstance(v, list)}
+
+
+def check_output_folder(out: str | Path) -> dict[str, list[str]]:
+    """Refuse, before any work, an output folder that is a file or lies under one, and a folder holding a file of
+    one of stage's names (``OUTPUT_NAMES``) that stage did not write there, or that was changed since: stage
+    never overwrites or deletes a file it did not write. Returns the folder's manifest (see ``write_outputs``)."""
+    out = check_out_folder(out)
+    if not out.exists():
+        return {}
+    manifest = _manifest(out)
+    for name in OUTPUT_NAMES:
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file() or file_sha256(path) not in manifest.get(name, []):
+            raise FormatError(f"{path}: is there and eeg-vlm stage did not write it (or it was changed since); "
+                              "stage does not overwrite files it did not write: move it, or choose another --out")
+    return manifest
+
+
+def write_outputs(out: str | Path, files: dict[str, bytes], previous: dict[str, list[str]]) -> Path:
+    """The rule for ``--out``: stage writes only its own files (``OUTPUT_NAMES``) into the folder, each atomically,
+    and leaves every other file there as it is. A hidden manifest (``MANIFEST_NAME``) keeps the sha256 of what it
+    wrote: a rerun replaces those files, removes its own file that the new run does not write (an agreement.json
+    of an earlier run with --hypnogram) when it is unchanged, and refuses to touch anything else
+    (:func:`check_output_folder`, called before any work)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    new = {name: [hashlib.sha256(data).hexdigest()] for name, data in files.items()}
+    stale = [name for name in previous if name in OUTPUT_NAMES and name not in files and (out / name).is_file()
+             and not (out / name).is_symlink() and file_sha256(out / name) in previous[name]]
+    # While the files are replaced, the manifest accepts both the old and the new ones: a run killed midway
+    # leaves a folder that the next run may still write into.
+    during = {name: previous.get(name, []) + new.get(name, []) for name in {*previous, *new}}
+    write_json(out / MANIFEST_NAME, {"files": during})
+    write_files(out, files)
+    for name in stale:
+        (out / name).unlink()
+    write_json(out / MANIFEST_NAME, {"files": new})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,13 +461,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FormatError("give one PSG file or --edf-dir, not both or neither")
     if args.edf_dir is not None and args.hypnogram is not None:
         raise FormatError("--hypnogram goes with one PSG file; with --edf-dir hypnograms are paired by their names")
+    out = Path(args.out)
+    check_out_folder(out)
     jobs = nights_in(args.edf_dir) if args.edf_dir is not None else [(Path(args.psg), args.hypnogram)]
+    for psg, _ in jobs:  # every output folder is checked before any work
+        check_output_folder(out / night_name(Path(psg)) if args.edf_dir is not None else out)
     stager = Stager(args.vision, args.vlm, args.model_base, args.device, args.batch_size)
     from tqdm.auto import tqdm
 
     staged = [stager.stage(psg, hyp, args.explain, progress=True)
               for psg, hyp in tqdm(jobs, desc="nights", unit="night", disable=len(jobs) < 2)]
-    out = Path(args.out)
     for night in staged:
         folder = night.save(out / night.name if args.edf_dir is not None else out)
         line = f"{night.name}: {len(night.stages)} epochs, TST {night.statistics['TST']:.1f} min"

@@ -84,8 +84,8 @@ def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_pa
         eeg_vlm_main(["stage", str(psg), "--hypnogram", str(hyp), "--vision", str(nights["vision"]),
                       "--vlm", str(stage_only_llava[0]), "--out", str(out), "--explain", "--batch-size", "16"])
     assert code.value.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["agreement.json", "hypnogram.png", "report.html", "stages.csv",
-                                                     "statistics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "agreement.json", "hypnogram.png",
+                                                     "report.html", "stages.csv", "statistics.json"]
     rows = read_csv(out / "stages.csv")
     start = edfio.read_edf(psg).startdatetime
     n_epochs = int(edfio.read_edf(psg).duration // 30)
@@ -183,6 +183,61 @@ def test_bad_input_is_one_line_and_writes_nothing(case, nights, tmp_path, capsys
     assert code.value.code == 2 and len(err.splitlines()) == 1, err
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def _stage(argv):
+    from eeg_vlm import stage
+
+    with pytest.raises(SystemExit) as code:
+        run(stage.main, argv)
+    return code.value.code
+
+
+def test_out_keeps_the_users_files_and_refuses_to_overwrite_them(nights, tmp_path, capsys):
+    """--out is a folder; stage writes its own files into it, each atomically, and never deletes, hides or
+    overwrites a file it did not write."""
+    psg, hyp, vision = str(nights["psgs"][0]), str(nights["hyps"][0]), str(nights["vision"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    assert _stage([psg, "--hypnogram", hyp, "--vision", vision, "--out", str(out)]) == 0
+    assert (out / "notes.txt").read_text() == "my notes\n"
+    assert {"notes.txt", "stages.csv", "agreement.json", "report.html"} <= {p.name for p in out.iterdir()}
+    # a rerun replaces what stage wrote; its agreement.json, which the new run does not write, goes
+    assert _stage([psg, "--vision", vision, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "hypnogram.png", "notes.txt",
+                                                     "report.html", "stages.csv", "statistics.json"]
+    capsys.readouterr()
+    # a file of stage's name that stage did not write (or that was edited since) is refused, before any work
+    (out / "stages.csv").write_text("my own table\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _stage([psg, "--vision", vision, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {out / 'stages.csv'}: is there and eeg-vlm stage did not write it (or it was changed "
+                   "since); stage does not overwrite files it did not write: move it, or choose another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the same in a folder stage never wrote into
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>mine</p>")
+    assert _stage([psg, "--vision", vision, "--out", str(mine)]) == 2
+    assert [p.name for p in mine.iterdir()] == ["report.html"] and "report.html: is there" in capsys.readouterr().err
+    # a file given as --out (or a folder under a file) is refused, not renamed away
+    for target in (tmp_path / "file.out", tmp_path / "file.out" / "sub"):
+        (tmp_path / "file.out").write_text("keep\n")
+        assert _stage([psg, "--vision", vision, "--out", str(target)]) == 2
+        assert "--out must be a folder" in capsys.readouterr().err
+        assert (tmp_path / "file.out").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.out", "mine", "out"]
+
+
+def test_edf_dir_checks_every_output_folder_before_any_work(nights, tmp_path, capsys):
+    out = tmp_path / "all"
+    out.mkdir()
+    (out / "SC9011E0").write_text("a file where a night's folder goes\n")
+    assert _stage(["--edf-dir", str(nights["root"] / "edf"), "--vision", str(nights["vision"]), "--out", str(out)]) == 2
+    assert f"{out / 'SC9011E0'}: --out must be a folder, but it is a file" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["SC9011E0"]
 
 
 def test_explain_needs_a_vlm(nights):
