@@ -36,6 +36,7 @@ import datetime
 import hashlib
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +47,6 @@ from eeg_core.atomic import atomic_path, check_out_folder, file_sha256, write_fi
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
 from eeg_core.stages import EPOCH_S, STAGES
-from sleep_eeg.stages import UNSCORED_TAIL_S
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
 AGREEMENT_NAME, REPORT_NAME = "agreement.json", "report.html"
@@ -241,11 +241,12 @@ def night_name(psg: Path) -> str:
     return stem[: -len("-PSG")] if stem.upper().endswith("-PSG") else stem
 
 
-def read_signals(psg: Path, channels: Sequence[str], vision: str) -> tuple[dict, datetime.datetime | None, int]:
-    """``({channel: (µV, rate)}, start, number of complete epochs)`` of the channels the checkpoint was trained on."""
-    from sleep_eeg.edf import read_edf, signal_uv, start_datetime
+def read_signals(psg: Path, channels: Sequence[str], vision: str):
+    """``({channel: (µV, rate)}, start, number of complete epochs, the read EDF)`` of the channels the checkpoint
+    was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused)."""
+    from sleep_eeg.edf import read_recording, signal_uv, start_datetime
 
-    edf = read_edf(psg)
+    edf = read_recording(psg)
     missing = [c for c in channels if c not in edf.labels]
     if missing:
         raise FormatError(f"{psg}: no channel {missing[0]!r}, which the vision checkpoint {vision} was trained on "
@@ -254,30 +255,22 @@ def read_signals(psg: Path, channels: Sequence[str], vision: str) -> tuple[dict,
     n_epochs = min(int(len(x) // round(EPOCH_S * fs)) for x, fs in signals.values())
     if n_epochs < 1:
         raise FormatError(f"{psg}: shorter than one {EPOCH_S:g}-s epoch")
-    return signals, start_datetime(edf), n_epochs
+    return signals, start_datetime(edf), n_epochs, edf
 
 
-def read_scored(hypnogram: Path, psg: Path, start: datetime.datetime | None, n_epochs: int) -> list[str | None]:
-    """The scored stage of each epoch; a hypnogram whose scoring does not lie on the recording (it begins before
-    it or ends more than five minutes after it, by the two files' start times) is another night's."""
-    from sleep_eeg.edf import read_edf, stage_annotations, start_datetime
-    from sleep_eeg.stages import check_annotations, epoch_labels
+def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int) -> tuple[list[str | None], list[str]]:
+    """The scored stage of each epoch, and the warnings about the scoring (one line each, with counts). Which
+    hypnogram belongs to which recording is ``sleep_eeg.edf.scoring_on_recording``'s rule, as in prepare: another
+    night's is refused."""
+    from sleep_eeg.edf import read_edf, scoring_on_recording
+    from sleep_eeg.stages import check_annotations, epoch_labels, scoring_warnings
 
-    hyp = read_edf(hypnogram)
-    theirs = start_datetime(hyp)
-    offset = (theirs - start).total_seconds() if theirs is not None and start is not None else 0.0
-    annotations = stage_annotations(hyp, hypnogram, offset)
-    if not annotations:
-        raise FormatError(f"{hypnogram}: no 'Sleep stage ...' annotations")
+    hypnogram, psg = Path(hypnogram), Path(psg)
+    own = hypnogram.resolve() == psg.resolve()
+    annotations = scoring_on_recording(psg, edf, hypnogram, None if own else read_edf(hypnogram))
     check_annotations(annotations, hypnogram)
-    first = min(o for o, _, _ in annotations)
-    last = max(o + d for o, d, _ in annotations)
-    duration = n_epochs * EPOCH_S
-    if first < -EPOCH_S / 2 or last > duration + UNSCORED_TAIL_S or first >= duration:
-        when = f"starting {theirs:%Y-%m-%d %H:%M:%S}" if theirs is not None else "as dated"
-        raise FormatError(f"{hypnogram}: scores {first / 3600:+.2f} h to {last / 3600:+.2f} h ({when}) of a recording "
-                          f"of {duration / 3600:.2f} h ({psg}): a hypnogram of another night")
-    return epoch_labels(annotations, n_epochs)
+    return (epoch_labels(annotations, n_epochs),
+            scoring_warnings(annotations, n_epochs, float(edf.duration), psg, hypnogram))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,16 +347,23 @@ class Stager:
         from tqdm.auto import tqdm
 
         from llava.eval import model_vqa
-        from sleep_eeg.render import render_night
+        from sleep_eeg.channels import channel_role
+        from sleep_eeg.render import check_rates, render_night
+        from sleep_eeg.stages import flat_warnings
         from vision_modules.extract import night_features
 
         psg = Path(psg)
         if explain and self.vlm is None:
             raise FormatError("--explain needs --vlm: the vision module gives no reasoning")
-        signals, start, n_epochs = read_signals(psg, self.render.channels, str(self.vision))
-        scored = read_scored(Path(hypnogram), psg, start, n_epochs) if hypnogram is not None else None
+        signals, start, n_epochs, edf = read_signals(psg, self.render.channels, str(self.vision))
+        check_rates(signals, self.render, psg)
+        scored, warnings = read_scored(hypnogram, psg, edf, n_epochs) if hypnogram is not None else (None, [])
         epochs = list(range(n_epochs))
-        images = render_night(signals, epochs, self.render)
+        warnings += [w for c in self.render.channels if channel_role(c) != "emg"
+                     for w in flat_warnings(*signals[c], epochs, psg, c)]
+        for warning in dict.fromkeys(warnings):
+            print(f"warning: {warning}", file=sys.stderr)
+        images = render_night(signals, epochs, self.render)  # prepare draws through the same functions
         features, probs = night_features(self.vision_model, images, epochs, device=self.device)
         probs = np.asarray(probs, dtype=np.float64)[:, self.columns]
         reasoning = None

@@ -245,3 +245,72 @@ def test_explain_needs_a_vlm(nights):
 
     with pytest.raises(FormatError, match="--explain needs --vlm"):
         Stager(nights["vision"], device="cpu").stage(nights["psgs"][0], explain=True)
+
+
+def test_stage_draws_the_pixels_prepare_wrote(nights, tmp_path, monkeypatch):
+    """A night recorded at 200 Hz: prepare and stage both resample it to the render's rate and draw it through
+    the same functions; stage's in-memory images are prepare's PNGs byte for byte."""
+    from scipy.signal import resample_poly
+
+    from eeg_vlm.stage import stage_night
+    from sleep_eeg import edf, prepare
+    from sleep_eeg.render import png_bytes
+    from vision_modules import extract
+
+    night = edf.find_nights(nights["root"] / "edf")[0]
+    signals, _ = edf.read_channels(night, CHANNELS)
+    src = tmp_path / "edf"
+    hyp = edf.read_edf(night.hypnogram)
+    edf.write_night(src / night.psg.name, src / night.hypnogram.name,
+                    {c: resample_poly(x, 2, 1) for c, (x, _) in signals.items()}, 200.0,
+                    [(a.onset, a.duration, a.text) for a in hyp.annotations], hyp.startdatetime)
+    assert prepare.main(["--edf-dir", str(src), "--out", str(tmp_path / "data"), "--channels", ",".join(CHANNELS),
+                         "--fs", "100", "--px-per-s", "4", "--height", "32", "--eval-fraction", "0",
+                         "--trim-minutes", "-1", "--workers", "1"]) == 0
+    render = json.loads((tmp_path / "data" / "render.json").read_text())
+    assert render["fs"] == 100.0  # the rate is part of the render settings' identity
+    vision = random_vision_checkpoint(tmp_path / "vision", render, image_size=(32, 96))
+    drawn = []
+    real = extract.night_features
+
+    def spy(model, images, *args, **kwargs):
+        drawn.extend(images)
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "night_features", spy)
+    stage_night(src / night.psg.name, vision=vision, device="cpu")
+    pngs = sorted((tmp_path / "data" / "eeg_images_ft").glob("*.png"))
+    assert len(drawn) == 30 and len(pngs) >= 25
+    for png in pngs:
+        epoch = int(png.stem.rsplit("_", 1)[1])
+        assert png_bytes(drawn[epoch], RenderConfig.compress_level) == png.read_bytes(), png.name
+
+
+def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_path, capsys):
+    """One rule (sleep_eeg.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording, which
+    starts ten minutes later and runs past its end, is refused by both commands with the same line."""
+    from sleep_eeg import edf, prepare
+
+    night = edf.find_nights(nights["root"] / "edf")[0]
+    hyp = edf.read_edf(night.hypnogram)
+    src = tmp_path / "edf"
+    src.mkdir()
+    shutil.copy(night.psg, src)
+    later = edfio.Edf([], starttime=(hyp.startdatetime + datetime.timedelta(minutes=10)).time(),
+                      recording=edfio.Recording(startdate=hyp.startdate), annotations=hyp.annotations)
+    later.write(src / night.hypnogram.name)
+    lines = []
+    for argv, main in (([str(src / night.psg.name), "--hypnogram", str(src / night.hypnogram.name), "--vision",
+                         str(nights["vision"]), "--out", str(tmp_path / "report")], None),
+                       (["--edf-dir", str(src), "--out", str(tmp_path / "data"), "--workers", "1"], prepare.main)):
+        if main is None:
+            assert _stage(argv) == 2
+        else:
+            with pytest.raises(SystemExit) as code:
+                run(main, argv)
+            assert code.value.code == 2
+        lines.append(capsys.readouterr().err.strip())
+    assert lines[0] == lines[1] and "\n" not in lines[0], lines
+    assert lines[0].startswith(f"error: {src / night.hypnogram.name}: scores +0.17 h to +0.42 h (starting ")
+    assert lines[0].endswith(f"of a recording of 0.25 h ({src / night.psg.name}): a hypnogram of another night")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edf"]
