@@ -24,9 +24,10 @@ it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), el
 - report.html: one self-contained file (the figure embedded) with the statistics, the agreement and the table.
 
 Refused in one line, before anything is written: an --out that is a file (or lies under one), an unreadable EDF, a missing channel, a vision checkpoint without
-recorded render settings, a VLM trained on images drawn otherwise (other channels or rendering) or on features of
-another size, and a hypnogram that does not lie on the recording (another night's). With --edf-dir every night is
-staged before any folder is written. Python: ``from eeg_vlm import stage_night``.
+recorded render settings, an EDF+D recording with gaps, a channel sampled too slowly for its band, a VLM trained on
+images drawn otherwise (other channels or rendering) or on features of another size, and a hypnogram of another
+night (sleep_eeg.edf.scoring_on_recording, the rule prepare follows). A flat channel and a hypnogram that runs past
+the recording are warnings with counts. With --edf-dir every night is staged before any folder is written. Python: ``from eeg_vlm import stage_night``.
 """
 from __future__ import annotations
 
