@@ -80,6 +80,8 @@ class RenderConfig:
         for name in ("height", "eog_height", "emg_height", "spec_height"):
             if getattr(self, name) < 1:
                 raise FormatError(f"render: {name} must be at least 1 pixel, got {getattr(self, name)}")
+        if not self.context_s >= 0:
+            raise FormatError(f"render: context_s must be 0 or more seconds, got {self.context_s:g}")
         if self.width < 1:
             raise FormatError(f"render: {self.px_per_s:g} px/s draws an epoch less than one pixel wide")
         for name in ("band", "eog_band"):
@@ -126,6 +128,8 @@ class RenderConfig:
             cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "id"})
         except (TypeError, ValueError) as e:  # a setting of the wrong type: hand-edited
             raise FormatError(f"{where}: unreadable render settings ({e})") from None
+        except FormatError as e:  # a value no image can be drawn with
+            raise FormatError(f"{where}: {str(e).removeprefix('render: ')}") from None
         if "id" in d and d["id"] != cfg.render_id:
             raise FormatError(f"{where}: render settings do not match their id {d['id']!r} (edited by hand?)")
         return cfg
