@@ -528,8 +528,9 @@ def make_discontinuous(psg: Path, gap_after_records: int = 34, gap_s: int = 300)
 
 
 def vision_checkpoint(ctx) -> Path:
-    """One random vision module (resnet18) trained, as it were, on EEG Fpz-Cz images; made once per module."""
-    out = ctx.root / "rel_eeg_vision"
+    """One random vision module (resnet18) trained, as it were, on EEG Fpz-Cz images; made once per module, beside
+    ctx.root (whose snapshot the cases compare)."""
+    out = ctx.root.parent / f"{ctx.root.name}_rel_eeg_vision"
     if not (out / "config.json").is_file():
         sys.path.insert(0, str(REPO / "benchmarks"))
         from stage_night import random_vision_checkpoint
