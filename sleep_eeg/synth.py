@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         synth_nights(args.out, args.nights, args.seed, args.hours, args.nights_per_subject)
     except ValueError as e:
-        p.error(str(e))
+        raise FormatError(str(e)) from None
     return 0
 
 

@@ -649,6 +649,11 @@ def synth_hours_too_short(ctx, tmp):
             ["--hours 0.005 is 18 s; a synthetic night is at least 4 epochs of 30 s (0.0333 h)"])
 
 
+def synth_no_nights(ctx, tmp):
+    return (["--out", str(tmp / "edf"), "--nights", "0"],
+            ["--nights, --hours and --nights-per-subject must be positive"])
+
+
 def demo_workdir_is_a_file(ctx, tmp):
     (tmp / "work").write_text("the user's file\n")
     return (["--workdir", str(tmp / "work"), "--quick"],
@@ -736,6 +741,7 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("prepare", prepare_out_is_a_file_itself, False),
     ("synth", synth_out_is_a_file, True),
     ("synth", synth_hours_too_short, False),
+    ("synth", synth_no_nights, False),
     ("demo", demo_workdir_is_a_file, False),
     ("vision", vision_train_link_out_of_the_image_folder, False),
     ("vision", vision_train_image_of_another_size, False),
