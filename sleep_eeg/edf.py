@@ -113,6 +113,12 @@ def find_nights(edf_dir: str | Path) -> list[Night]:
     nights = [Night(stem, psg, paired.get(stem, psg), *subject_and_night(stem)) for stem, psg in sorted(psgs.items())]
     for p in plain:
         nights.append(Night(p.stem, p, p, *subject_and_night(p.stem)))
+    names: dict[str, Path] = {}
+    for night in nights:  # a night's name names its images, records and report folder
+        if night.name in names:
+            raise FormatError(f"{night.psg}: the night name {night.name!r} is also {names[night.name].name}'s; "
+                              "rename one of them")
+        names[night.name] = night.psg
     return nights
 
 

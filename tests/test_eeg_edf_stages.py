@@ -62,6 +62,11 @@ def test_pairing_by_stem_and_ambiguous_hypnograms(tmp_path):
     (tmp_path / "a2E-PSG.edf").write_bytes(b"")
     with pytest.raises(FormatError, match="a2E-PSG.edf already has the hypnogram"):
         edf.find_nights(tmp_path)
+    for name in ("a2C-Hypnogram.edf", "a2E-PSG.edf", "a2H-Hypnogram.edf"):
+        (tmp_path / name).unlink()
+    (tmp_path / "b1.edf").write_bytes(b"")  # a plain EDF+ night named as b1-PSG.edf's night
+    with pytest.raises(FormatError, match=r"b1.edf: the night name 'b1' is also b1-PSG.edf's"):
+        edf.find_nights(tmp_path)
 
 
 def test_rk_to_aasm_mapping():
