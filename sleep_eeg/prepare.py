@@ -11,11 +11,13 @@ Every night is read and checked before anything is written: an unknown stage tex
 contradicting annotations are errors; a flat-line channel or a hypnogram that ends well before its
 recording is a warning with counts (``stages.night_warnings``). The images are drawn into temporary folders
 that then replace the two image folders whole (no image of an earlier run is left behind), and the
-records files are written atomically. The split is by subject: no subject has epochs on both sides.
+records files are written atomically. An image folder that holds anything prepare did not draw there is
+refused before any work (each folder's hidden ``.eeg-vlm-prepare.json`` lists the images drawn into it). The split is by subject: no subject has epochs on both sides.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import random
@@ -28,7 +30,7 @@ from typing import Sequence
 
 from eeg_core.atomic import check_out_folder, write_json, write_jsonl
 from eeg_core.errors import FormatError
-from eeg_core.formats import make_question, make_train_record
+from eeg_core.formats import make_question, make_train_record, read_records, record_images
 from eeg_core.layout import (
     EVAL_IMAGES,
     EVAL_RECORDS,
@@ -141,6 +143,44 @@ def render_night(loaded: LoadedNight, folder: Path, is_eval: bool, cot_mode: str
     return records
 
 
+IMAGES_MANIFEST = ".eeg-vlm-prepare.json"  # in each image folder: the images prepare drew into it
+
+
+def _drawn_images(out: Path, folder: Path) -> set[str]:
+    """The images prepare drew into ``folder``: its manifest, or for a folder of an older version without one, the
+    images the records files beside it name (empty when they cannot be read)."""
+    try:
+        return set(json.loads((folder / IMAGES_MANIFEST).read_text(encoding="utf-8"))["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    names: set[str] = set()
+    for records in (TRAIN_RECORDS, EVAL_RECORDS):
+        try:
+            names.update(name for rec in read_records(out / records) for name in record_images(rec))
+        except (OSError, FormatError):
+            pass
+    return names
+
+
+def check_image_folders(out: Path) -> None:
+    """Prepare replaces its two image folders whole: one that holds anything prepare did not draw there (a file of
+    the user's) is refused in one line before any work, and nothing is deleted."""
+    for name in (TRAIN_IMAGES, EVAL_IMAGES):
+        folder = out / name
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            raise FormatError(f"{folder}: not an image folder that eeg-vlm prepare wrote (prepare replaces it whole): "
+                              "move it, or choose another --out")
+        drawn = _drawn_images(out, folder)
+        for entry in sorted(folder.iterdir()):
+            if entry.name == IMAGES_MANIFEST:
+                continue
+            if entry.name not in drawn or entry.is_symlink() or not entry.is_file():
+                raise FormatError(f"{entry}: eeg-vlm prepare did not draw it, and it replaces {folder} whole: move it, "
+                                  "or choose another --out")
+
+
 def replace_folders(out: Path, staging: dict[str, Path]) -> None:
     """Each staged folder replaces ``out/<name>`` whole (no file of an earlier run is left behind)."""
     for name, folder in staging.items():
@@ -180,6 +220,7 @@ def prepare(
         raise FormatError(f"--eval-fraction must be between 0 and 1, got {eval_fraction:g}")
     out = Path(out)
     check_out_folder(out)
+    check_image_folders(out)
     # Read and check every night before writing anything.
     loaded = [load_night(night, render, trim_minutes) for night in find_nights(edf_dir)]
     eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, eval_subjects, seed)
@@ -209,6 +250,8 @@ def prepare(
         if not drawn:
             for folder in staging.values():
                 shutil.rmtree(folder, ignore_errors=True)
+    for name, records in ((TRAIN_IMAGES, train), (EVAL_IMAGES, questions)):
+        write_json(staging[name] / IMAGES_MANIFEST, {"images": sorted({n for r in records for n in record_images(r)})})
     replace_folders(out, staging)
     write_records(out, render, train, questions)
     return PrepareResult(counts, sorted(eval_set), len(train), len(questions))
