@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file (or folder) beside the target, renamed over it on success.
+"""Atomic file writes: a temporary file beside the target, renamed over it on success.
 
 A crash or an error never leaves a half-written file behind, and the old file stays as it was.
 """
@@ -8,10 +8,11 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from eeg_core.errors import FormatError
 
 
 @contextlib.contextmanager
@@ -30,26 +31,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole (a folder already
-    there is removed), on error it vanishes and ``path`` is left as it was."""
+def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output folder that is a file, or lies under one, is a one-line error (raised before any work)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # an ordinary folder, not mkdtemp's private one
-    old = path.with_name(f".{path.name}.old")
-    try:
-        yield tmp
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            if folder == path:
+                raise FormatError(f"{path}: {flag} must be a folder, but it is a file")
+            raise FormatError(f"{path}: {flag} must be a folder, but {folder} is a file")
+    return path
+
+
+def write_files(folder: str | os.PathLike, files: dict[str, bytes]) -> Path:
+    """Write ``{name: bytes}`` into ``folder`` (made if missing), each file atomically; every other file in the
+    folder is left as it is."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(data)
+    return folder
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

@@ -162,23 +162,38 @@ def image_path(folder: str | os.PathLike, name: str, where: str) -> Path:
     if pure.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive or ".." in pure.parts:
         raise FormatError(f"{where}: image path {name!r} leaves the image folder (absolute or '..'); "
                           "image paths are relative to the image folder")
-    return Path(folder) / name
+    path = Path(folder) / name
+    if os.path.islink(path) or any(os.path.islink(Path(folder) / part) for part in _prefixes(pure)):
+        real, root = os.path.realpath(path), os.path.realpath(folder)
+        if os.path.commonpath([real, root]) != root:
+            raise FormatError(f"{where}: image {name!r} is a link to {real}, outside the image folder {folder}")
+    return path
+
+
+def _prefixes(pure: PurePosixPath) -> list[str]:
+    """``a/b/c.png`` -> ``["a", "a/b"]``: the folders inside the image folder that an image path passes through."""
+    parts = pure.parts[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking images", progress: bool = True) -> None:
     """Open and fully decode every image (``(path, where)`` pairs, ``where`` naming the records file and record)
     before any work, with a progress bar: a missing file, a non-image or corrupt pixel data (a bad PNG IDAT)
-    is one FormatError naming the image and the record. Decoding runs on a few threads."""
+    is one FormatError naming the image and the record, as are images of different sizes (one render draws
+    every image at its one size). Decoding runs on a few threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
     from tqdm.auto import tqdm
+
+    sizes: dict[tuple[int, int], tuple[Path, str]] = {}  # the first image of each size
 
     def check(item: tuple[Path, str]) -> str | None:
         path, where = item
         try:
             with Image.open(path) as img:
                 img.load()
+                sizes.setdefault(img.size, (path, where))
         except FileNotFoundError:
             return f"{where}: image {path} not found"
         except IsADirectoryError:
@@ -201,6 +216,17 @@ def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking imag
                 raise FormatError(problem)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if len(sizes) > 1:  # one render draws every image at one size: another size is another drawing (or an edit)
+        counts = {size: 0 for size in sizes}
+        for path, _ in images:
+            with Image.open(path) as img:
+                counts[img.size] += 1
+        (common, _), *_ = sorted(counts.items(), key=lambda kv: -kv[1])
+        odd = next(size for size in sizes if size != common)
+        path, where = sizes[odd]
+        raise FormatError(f"{where}: image {path} is {odd[0]}x{odd[1]} px, but {counts[common]} of the {len(images)} "
+                          f"images are {common[0]}x{common[1]} px ({sum(counts.values()) - counts[common]} of "
+                          "other sizes): images of one render settings have one size")
 
 
 def make_train_record(

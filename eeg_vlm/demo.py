@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from eeg_core import layout
-from eeg_core.atomic import write_json
+from eeg_core.atomic import check_out_folder, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import read_records
 from eeg_vlm.commands import train_argv
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-vlm", action="store_true", help="stop after the vision module and the baselines")
     args = p.parse_args(argv)
 
-    workdir = Path(args.workdir).resolve()
+    workdir = check_out_folder(Path(args.workdir).resolve(), "--workdir")
     edf_dir = Path(args.edf_dir).resolve() if args.edf_dir else None
     if edf_dir is not None:
         subjects = {n.subject for n in find_nights(edf_dir)}

@@ -10,8 +10,9 @@ EEG-VLM answers each epoch in choices mode (the five stage answers scored, see l
 vision module's own probabilities give the stages. The VLM is asked the first of the question templates
 (sleep_eeg.cot.QUESTIONS) with the epoch's image and its feature, as in training.
 
-Outputs (in --out; with --edf-dir one folder per night inside it), written into a temporary folder that then
-replaces the night's folder whole:
+Outputs (in --out; with --edf-dir one folder per night inside it), each file written atomically. Stage writes only
+these files into the folder and leaves every other file there alone; it overwrites one of them only when it wrote
+it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), else it refuses before any work:
 - stages.csv: epoch, onset as clock time (from the EDF's start) and in seconds, stage, the five probabilities,
   the scored stage with --hypnogram, and with --explain the VLM's reasoning before its stage line (empty for a
   stage-only checkpoint);
@@ -22,31 +23,36 @@ replaces the night's folder whole:
   epochs, and the scored night's statistics;
 - report.html: one self-contained file (the figure embedded) with the statistics, the agreement and the table.
 
-Refused in one line, before anything is written: an unreadable EDF, a missing channel, a vision checkpoint without
-recorded render settings, a VLM trained on images drawn otherwise (other channels or rendering) or on features of
-another size, and a hypnogram that does not lie on the recording (another night's). With --edf-dir every night is
-staged before any folder is written. Python: ``from eeg_vlm import stage_night``.
+Refused in one line, before anything is written: an --out that is a file (or lies under one), an unreadable EDF, a missing channel, a vision checkpoint without
+recorded render settings, an EDF+D recording with gaps, a channel sampled too slowly for its band, a VLM trained on
+images drawn otherwise (other channels or rendering) or on features of another size, and a hypnogram of another
+night (sleep_eeg.edf.scoring_on_recording, the rule prepare follows). A flat channel and a hypnogram that runs past
+the recording are warnings with counts. With --edf-dir every night is staged before any folder is written. Python: ``from eeg_vlm import stage_night``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
+import hashlib
 import io
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from eeg_core.atomic import atomic_folder, atomic_path, write_json
+from eeg_core.atomic import atomic_path, check_out_folder, file_sha256, write_files, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
 from eeg_core.stages import EPOCH_S, STAGES
-from sleep_eeg.stages import UNSCORED_TAIL_S
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
 AGREEMENT_NAME, REPORT_NAME = "agreement.json", "report.html"
+OUTPUT_NAMES = (CSV_NAME, FIGURE_NAME, STATISTICS_NAME, AGREEMENT_NAME, REPORT_NAME)
+MANIFEST_NAME = ".eeg-vlm-stage.json"  # what stage wrote into an output folder, with each file's sha256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,23 +152,85 @@ class StagedNight:
         return fig
 
     def save(self, out: str | Path) -> Path:
-        """Write every output into the folder ``out`` (replaced whole, atomically) and return it."""
+        """Write every output into the folder ``out`` and return it (see :func:`write_outputs`)."""
         from eeg_vlm.report import figure_png, report_html
 
+        previous = check_output_folder(out)
         fig = self.plot()
         png = figure_png(fig)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
         statistics, agreement = self.statistics, self.agreement
-        with atomic_folder(out) as tmp:
-            self.to_csv(tmp / CSV_NAME)
-            (tmp / FIGURE_NAME).write_bytes(png)
-            write_json(tmp / STATISTICS_NAME, statistics)
-            if agreement is not None:
-                write_json(tmp / AGREEMENT_NAME, agreement)
-            (tmp / REPORT_NAME).write_text(report_html(self, png, statistics, agreement), encoding="utf-8")
-        return Path(out)
+        files = {CSV_NAME: self.to_csv().encode("utf-8"), FIGURE_NAME: png,
+                 STATISTICS_NAME: json_bytes(statistics)}
+        if agreement is not None:
+            files[AGREEMENT_NAME] = json_bytes(agreement)
+        files[REPORT_NAME] = report_html(self, png, statistics, agreement).encode("utf-8")
+        return write_outputs(out, files, previous)
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder: stage writes its own files and nothing else
+# ---------------------------------------------------------------------------------------------
+def _manifest(out: Path) -> dict[str, list[str]]:
+    """``{file name: [sha256, ...]}`` of the files stage wrote into ``out`` (its manifest), or {}."""
+    path = out / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        return {}
+    if path.is_symlink() or not path.is_file():
+        raise FormatError(f"{path}: not a file that eeg-vlm stage wrote; move it, or choose another --out")
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return {}  # unreadable: nothing in the folder counts as written by stage
+    if not isinstance(files, dict):
+        return {}
+    return {str(k): [str(h) for h in v] for k, v in files.items() if isinstance(v, list)}
+
+
+def check_output_folder(out: str | Path) -> dict[str, list[str]]:
+    """Refuse, before any work, an output folder that is a file or lies under one, and a folder holding a file of
+    one of stage's names (``OUTPUT_NAMES``) that stage did not write there, or that was changed since: stage
+    never overwrites or deletes a file it did not write. Returns the folder's manifest (see ``write_outputs``)."""
+    out = check_out_folder(out)
+    if not out.exists():
+        return {}
+    manifest = _manifest(out)
+    for name in OUTPUT_NAMES:
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file() or file_sha256(path) not in manifest.get(name, []):
+            raise FormatError(f"{path}: is there and eeg-vlm stage did not write it (or it was changed since); "
+                              "stage does not overwrite files it did not write: move it, or choose another --out")
+    return manifest
+
+
+def write_outputs(out: str | Path, files: dict[str, bytes], previous: dict[str, list[str]]) -> Path:
+    """The rule for ``--out``: stage writes only its own files (``OUTPUT_NAMES``) into the folder, each atomically,
+    and leaves every other file there as it is. A hidden manifest (``MANIFEST_NAME``) keeps the sha256 of what it
+    wrote: a rerun replaces those files, removes its own file that the new run does not write (an agreement.json
+    of an earlier run with --hypnogram) when it is unchanged, and refuses to touch anything else
+    (:func:`check_output_folder`, called before any work)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    new = {name: [hashlib.sha256(data).hexdigest()] for name, data in files.items()}
+    stale = [name for name in previous if name in OUTPUT_NAMES and name not in files and (out / name).is_file()
+             and not (out / name).is_symlink() and file_sha256(out / name) in previous[name]]
+    # While the files are replaced, the manifest accepts both the old and the new ones: a run killed midway
+    # leaves a folder that the next run may still write into.
+    during = {name: previous.get(name, []) + new.get(name, []) for name in {*previous, *new}}
+    write_json(out / MANIFEST_NAME, {"files": during})
+    write_files(out, files)
+    for name in stale:
+        (out / name).unlink()
+    write_json(out / MANIFEST_NAME, {"files": new})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,11 +242,12 @@ def night_name(psg: Path) -> str:
     return stem[: -len("-PSG")] if stem.upper().endswith("-PSG") else stem
 
 
-def read_signals(psg: Path, channels: Sequence[str], vision: str) -> tuple[dict, datetime.datetime | None, int]:
-    """``({channel: (µV, rate)}, start, number of complete epochs)`` of the channels the checkpoint was trained on."""
-    from sleep_eeg.edf import read_edf, signal_uv, start_datetime
+def read_signals(psg: Path, channels: Sequence[str], vision: str):
+    """``({channel: (µV, rate)}, start, number of complete epochs, the read EDF)`` of the channels the checkpoint
+    was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused)."""
+    from sleep_eeg.edf import read_recording, signal_uv, start_datetime
 
-    edf = read_edf(psg)
+    edf = read_recording(psg)
     missing = [c for c in channels if c not in edf.labels]
     if missing:
         raise FormatError(f"{psg}: no channel {missing[0]!r}, which the vision checkpoint {vision} was trained on "
@@ -187,30 +256,22 @@ def read_signals(psg: Path, channels: Sequence[str], vision: str) -> tuple[dict,
     n_epochs = min(int(len(x) // round(EPOCH_S * fs)) for x, fs in signals.values())
     if n_epochs < 1:
         raise FormatError(f"{psg}: shorter than one {EPOCH_S:g}-s epoch")
-    return signals, start_datetime(edf), n_epochs
+    return signals, start_datetime(edf), n_epochs, edf
 
 
-def read_scored(hypnogram: Path, psg: Path, start: datetime.datetime | None, n_epochs: int) -> list[str | None]:
-    """The scored stage of each epoch; a hypnogram whose scoring does not lie on the recording (it begins before
-    it or ends more than five minutes after it, by the two files' start times) is another night's."""
-    from sleep_eeg.edf import read_edf, stage_annotations, start_datetime
-    from sleep_eeg.stages import check_annotations, epoch_labels
+def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int) -> tuple[list[str | None], list[str]]:
+    """The scored stage of each epoch, and the warnings about the scoring (one line each, with counts). Which
+    hypnogram belongs to which recording is ``sleep_eeg.edf.scoring_on_recording``'s rule, as in prepare: another
+    night's is refused."""
+    from sleep_eeg.edf import read_edf, scoring_on_recording
+    from sleep_eeg.stages import check_annotations, epoch_labels, scoring_warnings
 
-    hyp = read_edf(hypnogram)
-    theirs = start_datetime(hyp)
-    offset = (theirs - start).total_seconds() if theirs is not None and start is not None else 0.0
-    annotations = stage_annotations(hyp, hypnogram, offset)
-    if not annotations:
-        raise FormatError(f"{hypnogram}: no 'Sleep stage ...' annotations")
+    hypnogram, psg = Path(hypnogram), Path(psg)
+    own = hypnogram.resolve() == psg.resolve()
+    annotations = scoring_on_recording(psg, edf, hypnogram, None if own else read_edf(hypnogram))
     check_annotations(annotations, hypnogram)
-    first = min(o for o, _, _ in annotations)
-    last = max(o + d for o, d, _ in annotations)
-    duration = n_epochs * EPOCH_S
-    if first < -EPOCH_S / 2 or last > duration + UNSCORED_TAIL_S or first >= duration:
-        when = f"starting {theirs:%Y-%m-%d %H:%M:%S}" if theirs is not None else "as dated"
-        raise FormatError(f"{hypnogram}: scores {first / 3600:+.2f} h to {last / 3600:+.2f} h ({when}) of a recording "
-                          f"of {duration / 3600:.2f} h ({psg}): a hypnogram of another night")
-    return epoch_labels(annotations, n_epochs)
+    return (epoch_labels(annotations, n_epochs),
+            scoring_warnings(annotations, n_epochs, float(edf.duration), psg, hypnogram))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,16 +348,23 @@ class Stager:
         from tqdm.auto import tqdm
 
         from llava.eval import model_vqa
-        from sleep_eeg.render import render_night
+        from sleep_eeg.channels import channel_role
+        from sleep_eeg.render import check_rates, render_night
+        from sleep_eeg.stages import flat_warnings
         from vision_modules.extract import night_features
 
         psg = Path(psg)
         if explain and self.vlm is None:
             raise FormatError("--explain needs --vlm: the vision module gives no reasoning")
-        signals, start, n_epochs = read_signals(psg, self.render.channels, str(self.vision))
-        scored = read_scored(Path(hypnogram), psg, start, n_epochs) if hypnogram is not None else None
+        signals, start, n_epochs, edf = read_signals(psg, self.render.channels, str(self.vision))
+        check_rates(signals, self.render, psg)
+        scored, warnings = read_scored(hypnogram, psg, edf, n_epochs) if hypnogram is not None else (None, [])
         epochs = list(range(n_epochs))
-        images = render_night(signals, epochs, self.render)
+        warnings += [w for c in self.render.channels if channel_role(c) != "emg"
+                     for w in flat_warnings(*signals[c], epochs, psg, c)]
+        for warning in dict.fromkeys(warnings):
+            print(f"warning: {warning}", file=sys.stderr)
+        images = render_night(signals, epochs, self.render)  # prepare draws through the same functions
         features, probs = night_features(self.vision_model, images, epochs, device=self.device)
         probs = np.asarray(probs, dtype=np.float64)[:, self.columns]
         reasoning = None
@@ -394,13 +462,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FormatError("give one PSG file or --edf-dir, not both or neither")
     if args.edf_dir is not None and args.hypnogram is not None:
         raise FormatError("--hypnogram goes with one PSG file; with --edf-dir hypnograms are paired by their names")
+    out = Path(args.out)
+    check_out_folder(out)
     jobs = nights_in(args.edf_dir) if args.edf_dir is not None else [(Path(args.psg), args.hypnogram)]
+    for psg, _ in jobs:  # every output folder is checked before any work
+        check_output_folder(out / night_name(Path(psg)) if args.edf_dir is not None else out)
     stager = Stager(args.vision, args.vlm, args.model_base, args.device, args.batch_size)
     from tqdm.auto import tqdm
 
     staged = [stager.stage(psg, hyp, args.explain, progress=True)
               for psg, hyp in tqdm(jobs, desc="nights", unit="night", disable=len(jobs) < 2)]
-    out = Path(args.out)
     for night in staged:
         folder = night.save(out / night.name if args.edf_dir is not None else out)
         line = f"{night.name}: {len(night.stages)} epochs, TST {night.statistics['TST']:.1f} min"

@@ -40,7 +40,7 @@ import sys
 import uuid
 from collections import Counter
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Sequence
 
 import numpy as np
@@ -117,6 +117,10 @@ def group_by_night(records: Sequence[dict], path: Path, need_label: bool) -> dic
         psg = rec.get("psg")
         if not isinstance(psg, str) or not psg:
             raise FormatError(f"{where} has no 'psg' field (its PSG file name); rerun eeg-vlm prepare to add it")
+        pure = PurePosixPath(psg.replace("\\", "/"))
+        if pure.is_absolute() or PureWindowsPath(psg).drive or ".." in pure.parts:
+            raise FormatError(f"{where}: 'psg' {psg!r} leaves --edf-dir (absolute or '..'); PSG names are relative "
+                              "to --edf-dir")
         epoch = rec.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise FormatError(f"{where}: 'epoch' {epoch!r} is not a non-negative integer")
@@ -153,12 +157,12 @@ def night_features(
     """
     from scipy.signal import resample_poly
 
-    from sleep_eeg.edf import read_edf, signal_uv
+    from sleep_eeg.edf import read_recording, signal_uv
 
     first = record_id(records[items[0][0]])
     if not psg.is_file():
         raise FormatError(f"{psg}: PSG file not found (named by record {first!r} of {records_path})")
-    edf = read_edf(psg)
+    edf = read_recording(psg)
     for c in channels:
         if c not in edf.labels:
             raise FormatError(

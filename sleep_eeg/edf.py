@@ -19,7 +19,9 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from eeg_core.errors import FormatError
+from eeg_core.stages import EPOCH_S
 from sleep_eeg.channels import DEFAULT_CHANNEL
+from sleep_eeg.stages import map_stage
 
 STAGE_PREFIX = "Sleep stage"
 _SLEEP_EDF_NAME = re.compile(r"^(S[CT]\d\d\d)(\d)")  # SC4 + subject (2 digits), then the night
@@ -111,6 +113,12 @@ def find_nights(edf_dir: str | Path) -> list[Night]:
     nights = [Night(stem, psg, paired.get(stem, psg), *subject_and_night(stem)) for stem, psg in sorted(psgs.items())]
     for p in plain:
         nights.append(Night(p.stem, p, p, *subject_and_night(p.stem)))
+    names: dict[str, Path] = {}
+    for night in nights:  # a night's name names its images, records and report folder
+        if night.name in names:
+            raise FormatError(f"{night.psg}: the night name {night.name!r} is also {names[night.name].name}'s; "
+                              "rename one of them")
+        names[night.name] = night.psg
     return nights
 
 
@@ -129,36 +137,114 @@ def signal_uv(edf: edfio.Edf, channel: str) -> tuple[np.ndarray, float]:
     return np.asarray(sig.data, dtype=np.float64) * scale, float(sig.sampling_frequency)
 
 
+def _gaps(edf: edfio.Edf) -> list[tuple[float, float]]:
+    """``(seconds of data before the gap, gap in seconds)`` of each gap between an EDF+ file's data records, from
+    their timekeeping annotations (empty when unreadable)."""
+    try:
+        from edfio.edf_annotations import _get_data_record_onset
+
+        signal = edf._timekeeping_signal
+        records = signal.digital.reshape((-1, signal._bytes_per_data_record))
+        onsets = [float(_get_data_record_onset(r)) for r in records]
+    except Exception:  # noqa: BLE001 - edfio internals; the caller's message stands without the detail
+        return []
+    step = float(edf.data_record_duration)
+    return [((i + 1) * step, b - a - step) for i, (a, b) in enumerate(zip(onsets, onsets[1:])) if abs(b - a - step) > 1e-6]
+
+
+def read_recording(path: str | Path) -> edfio.Edf:
+    """A PSG read whole (:func:`read_edf`). An EDF+D (discontinuous) recording whose data records leave gaps is
+    refused in one line: its samples are not one time axis, and epochs and clock times after a gap would be
+    shifted. An EDF+D file whose records do follow each other without a gap is read as it is."""
+    path = Path(path)
+    edf = read_edf(path)
+    try:
+        continuous = edf.is_continuous
+    except Exception as e:  # noqa: BLE001 - an unreadable timekeeping annotation
+        raise FormatError(f"{path}: unreadable EDF+ data record times ({type(e).__name__}: {e})") from None
+    if not continuous:
+        gaps = _gaps(edf)
+        detail = (f"{len(gaps)} gap(s), the first {gaps[0][1]:g} s long after {gaps[0][0]:g} s of data"
+                  if gaps else "its data records do not follow each other")
+        raise FormatError(f"{path}: a discontinuous EDF+D recording ({detail}): epochs and clock times after a gap "
+                          "would be shifted; export each continuous part as its own file (EDF+C)")
+    return edf
+
+
+def _night_key(path: Path) -> tuple[str, int] | None:
+    """(subject, night) of a Sleep-EDF file name (``SC4012E0-PSG.edf``, ``SC4012EC-Hypnogram.edf``), else None."""
+    m = _SLEEP_EDF_NAME.match(path.name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def scoring_on_recording(psg_path: Path, psg: edfio.Edf, hyp_path: Path,
+                         hyp: edfio.Edf | None = None) -> list[tuple[float, float, str]]:
+    """The stage annotations of ``hyp_path`` (``hyp`` read, or the PSG itself when None) on the recording's time
+    axis: onsets in seconds from the PSG's start. The one rule, in prepare and in stage, for which hypnogram
+    belongs to which recording; a hypnogram of another night is refused in one line:
+
+    - two Sleep-EDF names must name the same subject and night (``SC4001E0-PSG.edf``, ``SC4001EC-Hypnogram.edf``);
+    - the two files' start times (when both are dated) place the scoring on the recording: it must not begin
+      before the recording (by more than half an epoch) nor at or after its end;
+    - a hypnogram that starts later than its recording must end within it (night 2's hypnogram beside night 1's
+      recording starts minutes later and runs past its end).
+
+    Scoring that starts with the recording and runs past its end (a cut recording, Sleep-EDF's trailing '?') is
+    kept: the epochs without signal are dropped, with a warning with counts (``stages.scoring_warnings``)."""
+    own = hyp is None
+    hyp = psg if own else hyp
+    if not own:
+        a, b = _night_key(psg_path), _night_key(hyp_path)
+        if a is not None and b is not None and a != b:
+            raise FormatError(f"{hyp_path}: a hypnogram of subject {b[0]} night {b[1]}, not of {psg_path.name} "
+                              f"(subject {a[0]} night {a[1]})")
+    theirs, ours = start_datetime(hyp), start_datetime(psg)
+    offset = (theirs - ours).total_seconds() if theirs is not None and ours is not None and not own else 0.0
+    annotations = stage_annotations(hyp, hyp_path, offset)
+    if not annotations:
+        raise FormatError(f"{hyp_path}: no '{STAGE_PREFIX} ...' annotations")
+    duration = float(psg.duration)
+    first = min(o for o, _, _ in annotations)
+    scored = [o + d for o, d, t in annotations if map_stage(t) is not None]
+    last = max(scored, default=first)
+    late_and_long = offset > EPOCH_S / 2 and last > duration + EPOCH_S / 2
+    if first < -EPOCH_S / 2 or first >= duration or late_and_long:
+        when = f"starting {theirs:%Y-%m-%d %H:%M:%S}" if theirs is not None and not own else "as dated"
+        raise FormatError(f"{hyp_path}: scores {first / 3600:+.2f} h to {last / 3600:+.2f} h ({when}) of a recording "
+                          f"of {duration / 3600:.2f} h ({psg_path}): a hypnogram of another night")
+    return annotations
+
+
 def read_channels(
     night: Night, channels: Sequence[str] = (DEFAULT_CHANNEL,), fs: float | None = None
 ) -> tuple[dict[str, tuple[np.ndarray, float]], list[tuple[float, float, str]]]:
     """``{channel: (samples in µV, rate)}`` and the stage annotations with onsets in seconds from the PSG's
-    start. ``fs`` resamples the waveform channels (above 10 Hz); slower channels (a 1-Hz EMG level) keep
-    their rate."""
-    psg = read_edf(night.psg)
+    start (:func:`scoring_on_recording`). ``fs`` resamples the waveform channels (above 10 Hz, see
+    :func:`resample`); slower channels (a 1-Hz EMG level) keep their rate."""
+    psg = read_recording(night.psg)
     missing = [c for c in channels if c not in psg.labels]
     if missing:
         raise FormatError(f"{night.psg}: no channel {missing[0]!r}; channels present: {', '.join(psg.labels)}")
     signals = {}
     for channel in channels:
         data, rate = signal_uv(psg, channel)
-        if fs is not None and rate > 10.0 and abs(fs - rate) > 1e-9:
-            ratio = Fraction(fs / rate).limit_denominator(1000)
-            data = resample_poly(data, ratio.numerator, ratio.denominator)
-            rate = float(fs)
-        signals[channel] = (data, rate)
+        signals[channel] = resample(data, rate, fs) if fs is not None else (data, rate)
     if night.hypnogram == night.psg:
-        annotations = stage_annotations(psg, night.psg)
-        if not annotations:
+        if not stage_annotations(psg, night.psg):
             raise FormatError(f"{night.psg}: no hypnogram file and no '{STAGE_PREFIX} ...' annotations")
+        annotations = scoring_on_recording(night.psg, psg, night.psg)
     else:
-        hyp = read_edf(night.hypnogram)
-        a, b = start_datetime(hyp), start_datetime(psg)
-        offset = (a - b).total_seconds() if a is not None and b is not None else 0.0
-        annotations = stage_annotations(hyp, night.hypnogram, offset)
-        if not annotations:
-            raise FormatError(f"{night.hypnogram}: no '{STAGE_PREFIX} ...' annotations")
+        annotations = scoring_on_recording(night.psg, psg, night.hypnogram, read_edf(night.hypnogram))
     return signals, annotations
+
+
+def resample(data: np.ndarray, rate: float, fs: float) -> tuple[np.ndarray, float]:
+    """A waveform channel (above 10 Hz) at ``fs`` Hz (polyphase, ``scipy.signal.resample_poly``); a slower
+    channel (a 1-Hz EMG level) and one at ``fs`` already are returned as they are."""
+    if rate <= 10.0 or abs(fs - rate) <= 1e-9:
+        return data, rate
+    ratio = Fraction(fs / rate).limit_denominator(1000)
+    return resample_poly(data, ratio.numerator, ratio.denominator), float(fs)
 
 
 def read_night(

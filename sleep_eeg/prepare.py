@@ -11,11 +11,13 @@ Every night is read and checked before anything is written: an unknown stage tex
 contradicting annotations are errors; a flat-line channel or a hypnogram that ends well before its
 recording is a warning with counts (``stages.night_warnings``). The images are drawn into temporary folders
 that then replace the two image folders whole (no image of an earlier run is left behind), and the
-records files are written atomically. The split is by subject: no subject has epochs on both sides.
+records files are written atomically. An image folder that holds anything prepare did not draw there is
+refused before any work (each folder's hidden ``.eeg-vlm-prepare.json`` lists the images drawn into it). The split is by subject: no subject has epochs on both sides.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import random
@@ -26,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from eeg_core.atomic import write_json, write_jsonl
+from eeg_core.atomic import check_out_folder, write_json, write_jsonl
 from eeg_core.errors import FormatError
-from eeg_core.formats import make_question, make_train_record
+from eeg_core.formats import make_question, make_train_record, read_records, record_images
 from eeg_core.layout import (
     EVAL_IMAGES,
     EVAL_RECORDS,
@@ -41,7 +43,7 @@ from sleep_eeg import cot
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.edf import Night, find_nights, read_channels
 from sleep_eeg.measures import epoch_measures
-from sleep_eeg.render import RenderConfig, prepare_night, render_epochs
+from sleep_eeg.render import RenderConfig, check_rates, prepare_night, render_epochs
 from sleep_eeg.stages import (
     check_annotations,
     epoch_array,
@@ -96,17 +98,12 @@ class PrepareResult:
     eval_questions: int
 
 
-def check_out_folder(out: Path) -> None:
-    """An ``--out`` that is (or lies under) a file is a one-line error."""
-    for folder in (out, *out.parents):
-        if folder.exists() and not folder.is_dir():
-            raise FormatError(f"{out}: --out must be a folder, but {folder} is a file")
-
-
-def load_night(night: Night, render: RenderConfig, fs: float | None, trim_minutes: float | None) -> LoadedNight:
-    """Read the night's channels, check its annotations, pick its scorable epochs (first channel) and
-    print its warnings (flat lines, a short hypnogram) once each."""
-    signals, annotations = read_channels(night, render.channels, fs)
+def load_night(night: Night, render: RenderConfig, trim_minutes: float | None) -> LoadedNight:
+    """Read the night's channels (at their own rates; drawing resamples them to ``render.fs``), check their rates
+    and its annotations, pick its scorable epochs (first channel) and print its warnings (flat lines, a short or
+    long hypnogram) once each."""
+    signals, annotations = read_channels(night, render.channels)
+    check_rates(signals, render, night.psg)
     check_annotations(annotations, night.hypnogram)
     signal, rate = signals[render.channels[0]]
     epochs, labels = scorable_epochs(annotations, len(signal), rate, trim_minutes)
@@ -146,6 +143,44 @@ def render_night(loaded: LoadedNight, folder: Path, is_eval: bool, cot_mode: str
     return records
 
 
+IMAGES_MANIFEST = ".eeg-vlm-prepare.json"  # in each image folder: the images prepare drew into it
+
+
+def _drawn_images(out: Path, folder: Path) -> set[str]:
+    """The images prepare drew into ``folder``: its manifest, or for a folder of an older version without one, the
+    images the records files beside it name (empty when they cannot be read)."""
+    try:
+        return set(json.loads((folder / IMAGES_MANIFEST).read_text(encoding="utf-8"))["images"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    names: set[str] = set()
+    for records in (TRAIN_RECORDS, EVAL_RECORDS):
+        try:
+            names.update(name for rec in read_records(out / records) for name in record_images(rec))
+        except (OSError, FormatError):
+            pass
+    return names
+
+
+def check_image_folders(out: Path) -> None:
+    """Prepare replaces its two image folders whole: one that holds anything prepare did not draw there (a file of
+    the user's) is refused in one line before any work, and nothing is deleted."""
+    for name in (TRAIN_IMAGES, EVAL_IMAGES):
+        folder = out / name
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            raise FormatError(f"{folder}: not an image folder that eeg-vlm prepare wrote (prepare replaces it whole): "
+                              "move it, or choose another --out")
+        drawn = _drawn_images(out, folder)
+        for entry in sorted(folder.iterdir()):
+            if entry.name == IMAGES_MANIFEST:
+                continue
+            if entry.name not in drawn or entry.is_symlink() or not entry.is_file():
+                raise FormatError(f"{entry}: eeg-vlm prepare did not draw it, and it replaces {folder} whole: move it, "
+                                  "or choose another --out")
+
+
 def replace_folders(out: Path, staging: dict[str, Path]) -> None:
     """Each staged folder replaces ``out/<name>`` whole (no file of an earlier run is left behind)."""
     for name, folder in staging.items():
@@ -173,7 +208,6 @@ def prepare(
     eval_subjects: Sequence[str] | None = None,
     seed: int = 0,
     workers: int = 1,
-    fs: float | None = None,
     trim_minutes: float | None = 30.0,
     render: RenderConfig = RenderConfig(),
 ) -> PrepareResult:
@@ -182,10 +216,13 @@ def prepare(
     replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`)."""
     if cot_mode not in cot.COT_MODES:
         raise FormatError(f"--cot must be one of {'|'.join(cot.COT_MODES)}, got {cot_mode!r}")
+    if not 0.0 <= eval_fraction <= 1.0:
+        raise FormatError(f"--eval-fraction must be between 0 and 1, got {eval_fraction:g}")
     out = Path(out)
     check_out_folder(out)
+    check_image_folders(out)
     # Read and check every night before writing anything.
-    loaded = [load_night(night, render, fs, trim_minutes) for night in find_nights(edf_dir)]
+    loaded = [load_night(night, render, trim_minutes) for night in find_nights(edf_dir)]
     eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, eval_subjects, seed)
 
     # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
@@ -213,6 +250,8 @@ def prepare(
         if not drawn:
             for folder in staging.values():
                 shutil.rmtree(folder, ignore_errors=True)
+    for name, records in ((TRAIN_IMAGES, train), (EVAL_IMAGES, questions)):
+        write_json(staging[name] / IMAGES_MANIFEST, {"images": sorted({n for r in records for n in record_images(r)})})
     replace_folders(out, staging)
     write_records(out, render, train, questions)
     return PrepareResult(counts, sorted(eval_set), len(train), len(questions))
@@ -229,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-subjects", default="", help="comma-separated subjects for eval (overrides the fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--fs", type=float, default=None, help="resample the waveform channels to this rate (Hz)")
+    p.add_argument("--fs", type=float, default=RenderConfig.fs,
+                   help="rate (Hz) the channels above 10 Hz are resampled to before drawing (a render setting)")
     p.add_argument("--trim-minutes", type=float, default=30.0, help="wake kept around sleep; negative keeps all")
     p.add_argument("--px-per-s", type=float, default=RenderConfig.px_per_s)
     p.add_argument("--height", type=int, default=RenderConfig.height, help="EEG panel height (px)")
@@ -239,12 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below each EEG panel")
     args = p.parse_args(argv)
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
-    cfg = RenderConfig(channels=channels, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
+    cfg = RenderConfig(channels=channels, fs=args.fs, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
                        band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram)
     result = prepare(
         args.edf_dir, args.out, cot_mode=args.cot, eval_fraction=args.eval_fraction,
         eval_subjects=[s for s in args.eval_subjects.split(",") if s] or None, seed=args.seed,
-        workers=max(1, args.workers), fs=args.fs, trim_minutes=None if args.trim_minutes < 0 else args.trim_minutes,
+        workers=max(1, args.workers), trim_minutes=None if args.trim_minutes < 0 else args.trim_minutes,
         render=cfg,
     )
     print(count_table(result.counts))

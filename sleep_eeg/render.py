@@ -31,6 +31,7 @@ from eeg_core.errors import FormatError
 from eeg_core.formats import settings_id
 from eeg_core.stages import EPOCH_S
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.edf import resample
 
 CONTEXT_GREY = 170  # ink of the neighbouring epochs
 
@@ -38,6 +39,7 @@ CONTEXT_GREY = 170  # ink of the neighbouring epochs
 @dataclass(frozen=True)
 class RenderConfig:
     channels: tuple[str, ...] = (DEFAULT_CHANNEL,)  # one panel each, top to bottom
+    fs: float = 100.0  # Hz: every channel above 10 Hz is resampled to this rate before it is filtered and drawn
     px_per_s: float = 12.0  # 30 s -> 360 px wide
     height: int = 128  # EEG panel height (px)
     uv: float = 150.0  # an EEG panel spans -uv..+uv µV; larger values are clipped
@@ -51,6 +53,7 @@ class RenderConfig:
     spectrogram: bool = False  # a spectrogram panel below each EEG panel
     spec_height: int = 48
     spec_fmax: float = 30.0
+    spec_window_s: float = 2.0  # spectrogram window (Hann), hop a quarter of it
     spec_db: tuple[float, float] = (-10.0, 30.0)  # dB re 1 µV²/Hz mapped to white..black
     compress_level: int = 1  # PNG zlib level: fast, still lossless (not part of the settings' identity)
 
@@ -71,6 +74,23 @@ class RenderConfig:
             raise FormatError("render: no channel to draw")
         if len(set(self.channels)) != len(self.channels):
             raise FormatError(f"render: a channel is named twice ({', '.join(self.channels)})")
+        for name in ("fs", "px_per_s", "uv", "eog_uv", "spec_window_s"):
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise FormatError(f"render: {name} must be a positive number, got {getattr(self, name):g}")
+        for name in ("height", "eog_height", "emg_height", "spec_height"):
+            if getattr(self, name) < 1:
+                raise FormatError(f"render: {name} must be at least 1 pixel, got {getattr(self, name)}")
+        if not self.context_s >= 0:
+            raise FormatError(f"render: context_s must be 0 or more seconds, got {self.context_s:g}")
+        if self.width < 1:
+            raise FormatError(f"render: {self.px_per_s:g} px/s draws an epoch less than one pixel wide")
+        for name in ("band", "eog_band"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise FormatError(f"render: {name} {lo:g}-{hi:g} Hz is not a band (0 < low < high)")
+            if hi > self.fs / 2:
+                raise FormatError(f"render: the {name} {lo:g}-{hi:g} Hz reaches above half the drawing rate "
+                                  f"fs = {self.fs:g} Hz; raise fs or lower the band's top")
 
     @property
     def width(self) -> int:
@@ -100,10 +120,16 @@ class RenderConfig:
         unknown = sorted(set(d) - known - {"id"})
         if unknown:
             raise FormatError(f"{where}: unknown render setting(s) {', '.join(unknown)}")
+        lacking = sorted(known - set(d) - {"compress_level"})
+        if "id" in d and lacking:
+            raise FormatError(f"{where}: render settings without {', '.join(lacking)} (recorded before every setting "
+                              "that changes a pixel was): draw the images again with eeg-vlm prepare and retrain")
         try:
             cfg = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "id"})
         except (TypeError, ValueError) as e:  # a setting of the wrong type: hand-edited
             raise FormatError(f"{where}: unreadable render settings ({e})") from None
+        except FormatError as e:  # a value no image can be drawn with
+            raise FormatError(f"{where}: {str(e).removeprefix('render: ')}") from None
         if "id" in d and d["id"] != cfg.render_id:
             raise FormatError(f"{where}: render settings do not match their id {d['id']!r} (edited by hand?)")
         return cfg
@@ -116,7 +142,7 @@ class RenderConfig:
 def bandpass(signal: np.ndarray, fs: float, band: tuple[float, float]) -> np.ndarray:
     """Zero-phase Butterworth band-pass of a whole night (the top edge is kept below Nyquist)."""
     lo, hi = band
-    hi = min(hi, 0.45 * fs)
+    hi = min(hi, 0.45 * fs)  # fs is the drawing rate of the render settings: the edge is part of their identity
     sos = butter(4, (lo, hi), btype="bandpass", fs=fs, output="sos")
     return sosfiltfilt(sos, np.asarray(signal, dtype=np.float64))
 
@@ -134,11 +160,31 @@ def emg_level(signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
     return np.sqrt(np.mean(x[: k * n].reshape(k, n) ** 2, axis=1)), 1.0
 
 
+MIN_RATE_FACTOR = 2.0  # a waveform channel must be sampled at least at twice the top of its band
+
+
+def check_rates(signals: Mapping[str, tuple[np.ndarray, float]], cfg: RenderConfig, where: str | Path) -> None:
+    """An EEG or EOG channel sampled too slowly for its band (below twice its top edge: 70 Hz for the default EEG
+    band 0.3-35 Hz) is refused in one line naming the file, the channel and the rate: its images would hold
+    nothing of the band."""
+    for c in cfg.channels:
+        role = channel_role(c)
+        if role == "emg":
+            continue
+        lo, hi = cfg.eog_band if role == "eog" else cfg.band
+        rate = float(signals[c][1])
+        if not rate >= MIN_RATE_FACTOR * hi:
+            raise FormatError(f"{where}: channel {c!r} is sampled at {rate:g} Hz, too slow for its band {lo:g}-{hi:g} "
+                              f"Hz (at least {MIN_RATE_FACTOR * hi:g} Hz)")
+
+
 def prepare_night(signals: Mapping[str, tuple[np.ndarray, float]], cfg: RenderConfig) -> list[tuple[np.ndarray, float]]:
-    """Each of ``cfg.channels`` ready to cut into epochs: EEG / EOG band-passed, EMG as its level."""
+    """Each of ``cfg.channels`` ready to cut into epochs: resampled to ``cfg.fs`` (channels above 10 Hz, see
+    ``sleep_eeg.edf.resample``), EEG / EOG band-passed, EMG as its level. Prepare and stage both draw through this
+    function and :func:`render_epoch`, so the same recording gives the same pixels in both."""
     out = []
     for c in cfg.channels:
-        x, fs = signals[c]
+        x, fs = resample(*signals[c], cfg.fs)
         role = channel_role(c)
         if role == "emg":
             out.append(emg_level(x, fs))
@@ -192,7 +238,7 @@ def draw_level(x: np.ndarray, width: int, height: int, uv: tuple[float, float]) 
 def draw_spectrogram(x: np.ndarray, fs: float, cfg: RenderConfig) -> np.ndarray:
     """Log power 0..spec_fmax Hz (low frequencies at the bottom) as a ``[spec_height, width]`` uint8 image."""
     x = np.nan_to_num(x, nan=0.0)
-    nper = int(2 * fs)
+    nper = int(round(cfg.spec_window_s * fs))
     f, _, p = spectrogram(x, fs=fs, nperseg=nper, noverlap=nper * 3 // 4, window="hann", mode="psd")
     p = p[f <= cfg.spec_fmax][::-1]
     db = 10.0 * np.log10(p + 1e-12)

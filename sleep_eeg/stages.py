@@ -56,27 +56,48 @@ FLAT_UV = 1.0  # an epoch whose peak-to-peak is below this (µV) is a flat line:
 UNSCORED_TAIL_S = 300.0  # a hypnogram ending more than this before the recording is worth a warning
 
 
-def night_warnings(signal: np.ndarray, fs: float, annotations: Sequence[tuple[float, float, str]],
-                   epochs: Sequence[int], psg: str | Path, hypnogram: str | Path, channel: str,
-                   epoch_s: float = EPOCH_S) -> list[str]:
-    """Data that may be fine but is suspicious, as one line each with counts: a channel that is a flat line
-    in kept epochs (they become blank images), and a hypnogram that ends well before the recording (the
-    epochs after it have no stage and are dropped)."""
+def flat_warnings(signal: np.ndarray, fs: float, epochs: Sequence[int], psg: str | Path, channel: str,
+                  epoch_s: float = EPOCH_S) -> list[str]:
+    """A channel that is a flat line in some of ``epochs`` (they become blank images), as one line with counts."""
+    if not len(epochs):
+        return []
+    ptp = np.ptp(epoch_array(signal, fs, epochs, epoch_s), axis=1)
+    flat = int((ptp < FLAT_UV).sum())
+    if not flat:
+        return []
+    return [f"{psg}: channel {channel!r} is flat (peak-to-peak under {FLAT_UV:g} µV) in {flat} of {len(epochs)} "
+            "epochs; their images are blank"]
+
+
+def scoring_warnings(annotations: Sequence[tuple[float, float, str]], n_epochs: int, duration_s: float,
+                     psg: str | Path, hypnogram: str | Path, epoch_s: float = EPOCH_S) -> list[str]:
+    """A hypnogram that ends well before its recording of ``n_epochs`` complete epochs (the epochs after it have
+    no stage and are dropped), and one that scores past the recording's end (those epochs have no signal), as
+    one line each with counts."""
     out = []
-    if len(epochs):
-        ptp = np.ptp(epoch_array(signal, fs, epochs, epoch_s), axis=1)
-        flat = int((ptp < FLAT_UV).sum())
-        if flat:
-            out.append(f"{psg}: channel {channel!r} is flat (peak-to-peak under {FLAT_UV:g} µV) in {flat} of "
-                       f"{len(epochs)} epochs; their images are blank")
-    n_epochs = int(len(signal) // round(epoch_s * fs))
     scored_end = max((o + d for o, d, _ in annotations), default=0.0)
     unscored = n_epochs - min(n_epochs, int(np.ceil(scored_end / epoch_s - 1e-9)))
     if unscored * epoch_s > UNSCORED_TAIL_S:
         out.append(f"{hypnogram}: the hypnogram ends at {scored_end / 3600:.2f} h, {unscored * epoch_s / 3600:.2f} h "
-                   f"before the recording does ({len(signal) / fs / 3600:.2f} h in {psg}); {unscored} of {n_epochs} "
+                   f"before the recording does ({duration_s / 3600:.2f} h in {psg}); {unscored} of {n_epochs} "
                    "epochs have no stage and are dropped")
+    labels = epoch_labels(annotations, None, epoch_s)
+    beyond = sum(s is not None for s in labels[n_epochs:])
+    if beyond:
+        out.append(f"{hypnogram}: the hypnogram scores {beyond} epochs ({beyond * epoch_s / 3600:.2f} h) after the "
+                   f"recording ends ({duration_s / 3600:.2f} h in {psg}); they have no signal and are dropped")
     return out
+
+
+def night_warnings(signal: np.ndarray, fs: float, annotations: Sequence[tuple[float, float, str]],
+                   epochs: Sequence[int], psg: str | Path, hypnogram: str | Path, channel: str,
+                   epoch_s: float = EPOCH_S) -> list[str]:
+    """Data that may be fine but is suspicious, as one line each with counts: a channel that is a flat line
+    in kept epochs (:func:`flat_warnings`), and a hypnogram that ends well before the recording or scores past
+    its end (:func:`scoring_warnings`)."""
+    n_epochs = int(len(signal) // round(epoch_s * fs))
+    return (flat_warnings(signal, fs, epochs, psg, channel, epoch_s)
+            + scoring_warnings(annotations, n_epochs, len(signal) / fs, psg, hypnogram, epoch_s))
 
 
 def epoch_labels(

@@ -542,7 +542,13 @@ def synth_nights(
     return written
 
 
+MIN_EPOCHS = 4  # the shortest night synth_hypnogram draws
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from eeg_core.atomic import check_out_folder
+    from eeg_core.errors import FormatError
+
     p = argparse.ArgumentParser(prog="eeg-vlm synth", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the EDF files")
     p.add_argument("--nights", type=int, default=10, help="number of nights")
@@ -552,10 +558,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(sleep period drawn from Sleep-EDF, plus 30 min of wake on each side)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_out_folder(args.out)
+    if args.hours is not None and not args.hours * 3600 >= MIN_EPOCHS * EPOCH_S:
+        raise FormatError(f"--hours {args.hours:g} is {args.hours * 3600:g} s; a synthetic night is at least "
+                          f"{MIN_EPOCHS} epochs of {EPOCH_S:g} s ({MIN_EPOCHS * EPOCH_S / 3600:.4f} h)")
     try:
         synth_nights(args.out, args.nights, args.seed, args.hours, args.nights_per_subject)
     except ValueError as e:
-        p.error(str(e))
+        raise FormatError(str(e)) from None
     return 0
 
 

@@ -458,6 +458,14 @@ def _main(entry: str):
         from llava.eval.model_vqa import main
     elif entry == "merge":
         from llava.eval.merge_answers import main
+    elif entry == "stage":
+        from eeg_vlm.stage import main
+    elif entry == "synth":
+        from sleep_eeg.synth import main
+    elif entry == "demo":
+        from eeg_vlm.demo import main
+    elif entry == "baseline":
+        from sleep_eeg.baselines import main
     else:
         from sleep_eeg.score import main
     return main
@@ -467,9 +475,221 @@ def _command(entry: str) -> list[str]:
     script = Path(sys.executable).parent / "eeg-vlm"
     eeg_vlm = [str(script)] if script.is_file() else [sys.executable, "-m", "eeg_vlm.cli"]
     return {"prepare": eeg_vlm + ["prepare"], "vision": eeg_vlm + ["vision"], "score": eeg_vlm + ["score"],
+            "stage": eeg_vlm + ["stage"], "synth": eeg_vlm + ["synth"], "demo": eeg_vlm + ["demo"],
+            "baseline": eeg_vlm + ["baseline"],
             "train": [sys.executable, "llava/train/train_mem.py"],
             "model_vqa": [sys.executable, "llava/eval/model_vqa.py"],
             "merge": [sys.executable, "llava/eval/merge_answers.py"]}[entry]
+
+
+# ---------------------------------------------------------------------------------------------
+# EEG side: which hypnogram goes with which recording, EDF+D, sampling rates, output paths, images
+# ---------------------------------------------------------------------------------------------
+NIGHT_START = datetime.datetime(2000, 1, 1, 22)
+
+
+def write_pair(folder: Path, psg: str = "SC9001E0-PSG.edf", hyp: str = "SC9001EC-Hypnogram.edf", minutes: float = 20,
+               fs: float = 100.0, hyp_start: datetime.datetime = NIGHT_START, flat: bool = False,
+               annotations=((0, 600, "Sleep stage W"), (600, 600, "Sleep stage 2"))) -> tuple[Path, Path]:
+    """A PSG (EEG Fpz-Cz at ``fs``, starting NIGHT_START) and a hypnogram whose header starts at ``hyp_start``."""
+    import edfio
+
+    from sleep_eeg import edf
+
+    n = int(minutes * 60 * fs)
+    t = np.arange(n) / fs
+    x = np.zeros(n) if flat else 30 * np.sin(2 * np.pi * 0.25 * t) + np.random.default_rng(0).normal(0, 10, n)
+    folder.mkdir(parents=True, exist_ok=True)
+    edf.write_night(folder / psg, folder / hyp, {"EEG Fpz-Cz": x}, fs, list(annotations), NIGHT_START)
+    if hyp_start != NIGHT_START:
+        edfio.Edf([], recording=edfio.Recording(startdate=hyp_start.date()), starttime=hyp_start.time(),
+                  annotations=[edfio.EdfAnnotation(*a) for a in annotations]).write(folder / hyp)
+    return folder / psg, folder / hyp
+
+
+def make_discontinuous(psg: Path, gap_after_records: int = 34, gap_s: int = 300) -> None:
+    """Rewrite an EDF as EDF+D whose data records after the first ``gap_after_records`` start ``gap_s`` later."""
+    import edfio
+
+    src = edfio.read_edf(psg)
+    edf = edfio.Edf(list(src.signals), starttime=src.starttime, recording=src.recording,
+                    data_record_duration=src.data_record_duration,
+                    annotations=[edfio.EdfAnnotation(0, None, "Recording starts")])
+    edf.write(psg)
+    data = bytearray(psg.read_bytes())
+    data[192:197] = b"EDF+D"
+    step = int(src.data_record_duration)
+    for k in range(gap_after_records, src.num_data_records):
+        old, new = b"+%d\x14\x14\x00" % (k * step), b"+%d\x14\x14\x00" % (k * step + gap_s)
+        assert len(old) == len(new)
+        i = data.index(old)
+        data[i: i + len(old)] = new
+    psg.write_bytes(bytes(data))
+
+
+def vision_checkpoint(ctx) -> Path:
+    """One random vision module (resnet18) trained, as it were, on EEG Fpz-Cz images; made once per module, beside
+    ctx.root (whose snapshot the cases compare)."""
+    out = ctx.root.parent / f"{ctx.root.name}_rel_eeg_vision"
+    if not (out / "config.json").is_file():
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from stage_night import random_vision_checkpoint
+
+        from sleep_eeg.render import RenderConfig
+
+        random_vision_checkpoint(out, RenderConfig(px_per_s=4, height=32).to_dict(), image_size=(32, 96))
+    return out
+
+
+def prepare_argv(tmp: Path, edf_dir: Path, *extra: str) -> list[str]:
+    return ["--edf-dir", str(edf_dir), "--out", str(tmp / "sleep_data"), "--workers", "1", *extra]
+
+
+def stage_argv(ctx, tmp: Path, psg: Path, *extra: str) -> list[str]:
+    return [str(psg), "--vision", str(vision_checkpoint(ctx)), "--out", str(tmp / "report"), "--device", "cpu", *extra]
+
+
+def prepare_hypnogram_of_night_2(ctx, tmp):
+    """Night 2's hypnogram (it starts ten minutes after night 1's recording) under night 1's name."""
+    psg, hyp = write_pair(tmp / "edf", hyp_start=NIGHT_START + datetime.timedelta(minutes=10))
+    return (prepare_argv(tmp, tmp / "edf"),
+            [f"{hyp}: scores +0.17 h to +0.50 h (starting 2000-01-01 22:10:00) of a recording of 0.33 h ({psg}): "
+             "a hypnogram of another night"])
+
+
+def prepare_hypnogram_of_the_next_day(ctx, tmp):
+    psg, hyp = write_pair(tmp / "edf", hyp_start=NIGHT_START + datetime.timedelta(days=1))
+    return prepare_argv(tmp, tmp / "edf"), [f"{hyp}: scores +24.00 h to +24.33 h", "a hypnogram of another night"]
+
+
+def stage_hypnogram_of_another_subject(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    _, hyp = write_pair(tmp / "edf", "SC9011E0-PSG.edf", "SC9011EC-Hypnogram.edf")
+    return (stage_argv(ctx, tmp, psg, "--hypnogram", str(hyp)),
+            [f"{hyp}: a hypnogram of subject SC901 night 1, not of SC9001E0-PSG.edf (subject SC900 night 1)"])
+
+
+def stage_hypnogram_of_night_2(ctx, tmp):
+    psg, hyp = write_pair(tmp / "edf", hyp_start=NIGHT_START + datetime.timedelta(minutes=10))
+    return (stage_argv(ctx, tmp, psg, "--hypnogram", str(hyp)),
+            [f"{hyp}: scores +0.17 h to +0.50 h (starting 2000-01-01 22:10:00) of a recording of 0.33 h ({psg}): "
+             "a hypnogram of another night"])
+
+
+def prepare_discontinuous_edf(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    make_discontinuous(psg)
+    return (prepare_argv(tmp, tmp / "edf"),
+            [f"{psg}: a discontinuous EDF+D recording (1 gap(s), the first 300 s long after 1020 s of data)"])
+
+
+def stage_discontinuous_edf(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    make_discontinuous(psg)
+    return (stage_argv(ctx, tmp, psg),
+            [f"{psg}: a discontinuous EDF+D recording (1 gap(s), the first 300 s long after 1020 s of data)"])
+
+
+def stage_out_is_a_file(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    (tmp / "report").write_text("the user's file\n")
+    return stage_argv(ctx, tmp, psg), [f"{tmp / 'report'}: --out must be a folder, but it is a file"]
+
+
+def stage_out_holds_the_users_stages_csv(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    (tmp / "report").mkdir()
+    (tmp / "report" / "stages.csv").write_text("the user's table\n")
+    return (stage_argv(ctx, tmp, psg),
+            [f"{tmp / 'report' / 'stages.csv'}: is there and eeg-vlm stage did not write it"])
+
+
+def stage_eeg_at_2_hz(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf", fs=2.0)
+    return (stage_argv(ctx, tmp, psg),
+            [f"{psg}: channel 'EEG Fpz-Cz' is sampled at 2 Hz, too slow for its band 0.3-35 Hz (at least 70 Hz)"])
+
+
+def prepare_eeg_at_2_hz(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf", fs=2.0)
+    return (prepare_argv(tmp, tmp / "edf"),
+            [f"{psg}: channel 'EEG Fpz-Cz' is sampled at 2 Hz, too slow for its band 0.3-35 Hz (at least 70 Hz)"])
+
+
+def prepare_px_per_s_0(ctx, tmp):
+    write_pair(tmp / "edf")
+    return prepare_argv(tmp, tmp / "edf", "--px-per-s", "0"), ["render: px_per_s must be a positive number, got 0"]
+
+
+def prepare_fs_below_the_band(ctx, tmp):
+    write_pair(tmp / "edf")
+    return (prepare_argv(tmp, tmp / "edf", "--fs", "50"),
+            ["render: the band 0.3-35 Hz reaches above half the drawing rate fs = 50 Hz"])
+
+
+def prepare_eval_fraction_1_5(ctx, tmp):
+    write_pair(tmp / "edf")
+    return prepare_argv(tmp, tmp / "edf", "--eval-fraction", "1.5"), ["--eval-fraction must be between 0 and 1, got 1.5"]
+
+
+def prepare_out_is_a_file_itself(ctx, tmp):
+    write_pair(tmp / "edf")
+    (tmp / "sleep_data").write_text("the user's file\n")
+    return prepare_argv(tmp, tmp / "edf"), [f"{tmp / 'sleep_data'}: --out must be a folder, but it is a file"]
+
+
+def synth_out_is_a_file(ctx, tmp):
+    (tmp / "edf").write_text("the user's file\n")
+    return (["--out", str(tmp / "edf"), "--nights", "1", "--hours", "0.1"],
+            [f"{tmp / 'edf'}: --out must be a folder, but it is a file"])
+
+
+def synth_hours_too_short(ctx, tmp):
+    return (["--out", str(tmp / "edf"), "--nights", "1", "--hours", "0.005"],
+            ["--hours 0.005 is 18 s; a synthetic night is at least 4 epochs of 30 s (0.0333 h)"])
+
+
+def synth_no_nights(ctx, tmp):
+    return (["--out", str(tmp / "edf"), "--nights", "0"],
+            ["--nights, --hours and --nights-per-subject must be positive"])
+
+
+def demo_workdir_is_a_file(ctx, tmp):
+    (tmp / "work").write_text("the user's file\n")
+    return (["--workdir", str(tmp / "work"), "--quick"],
+            [f"{(tmp / 'work').resolve()}: --workdir must be a folder, but it is a file"])
+
+
+def vision_train_link_out_of_the_image_folder(ctx, tmp):
+    images = copy_images(ctx, tmp)
+    (tmp / "elsewhere").mkdir()
+    secret = tmp / "elsewhere" / "secret.png"
+    shutil.copy(images / "e1.png", secret)
+    (images / "e1.png").unlink()
+    os.symlink(secret, images / "e1.png")
+    return (["train", "--records", str(ctx.train_records), "--image-folder", str(images), "--out", str(tmp / "ck"),
+             "--epochs", "1", "--no-progress"],
+            [f"{ctx.train_records}: record 'r1' (#1): image 'e1.png' is a link to {os.path.realpath(secret)}, outside "
+             f"the image folder {images}"])
+
+
+def vision_train_image_of_another_size(ctx, tmp):
+    images = copy_images(ctx, tmp)
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(images / "e3.png")
+    return (["train", "--records", str(ctx.train_records), "--image-folder", str(images), "--out", str(tmp / "ck"),
+             "--epochs", "1", "--no-progress"],
+            [f"{ctx.train_records}: record 'r3' (#3): image {images / 'e3.png'} is 30x20 px, but 5 of the 6 images "
+             "are 60x40 px"])
+
+
+def baseline_psg_outside_the_edf_dir(ctx, tmp):
+    psg, _ = write_pair(tmp / "elsewhere")
+    records = [{"id": f"r{i}", "psg": str(psg), "epoch": i, "label": "W"} for i in range(4)]
+    write_json(tmp / "eeg_ft.json", records)
+    (tmp / "edf").mkdir()
+    return (["train", "--records", str(tmp / "eeg_ft.json"), "--edf-dir", str(tmp / "edf"), "--out",
+             str(tmp / "model")],
+            [f"{tmp / 'eeg_ft.json'}: record 'r0' (#0): 'psg' '{psg}' leaves --edf-dir (absolute or '..')"])
 
 
 CASES = [  # (entry point, bad input, run as a real subprocess: one per entry point)
@@ -504,6 +724,28 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("merge", merge_two_models, True),
     ("merge", merge_int_and_str_ids, False),
     ("score", score_int_and_str_ids, True),
+    # EEG side: the hypnogram of another night, EDF+D, sampling rates, output paths, images, PSG paths
+    ("prepare", prepare_hypnogram_of_night_2, False),
+    ("prepare", prepare_hypnogram_of_the_next_day, False),
+    ("stage", stage_hypnogram_of_another_subject, False),
+    ("stage", stage_hypnogram_of_night_2, False),
+    ("prepare", prepare_discontinuous_edf, False),
+    ("stage", stage_discontinuous_edf, True),
+    ("stage", stage_out_is_a_file, False),
+    ("stage", stage_out_holds_the_users_stages_csv, False),
+    ("stage", stage_eeg_at_2_hz, False),
+    ("prepare", prepare_eeg_at_2_hz, False),
+    ("prepare", prepare_px_per_s_0, False),
+    ("prepare", prepare_fs_below_the_band, False),
+    ("prepare", prepare_eval_fraction_1_5, False),
+    ("prepare", prepare_out_is_a_file_itself, False),
+    ("synth", synth_out_is_a_file, True),
+    ("synth", synth_hours_too_short, False),
+    ("synth", synth_no_nights, False),
+    ("demo", demo_workdir_is_a_file, False),
+    ("vision", vision_train_link_out_of_the_image_folder, False),
+    ("vision", vision_train_image_of_another_size, False),
+    ("baseline", baseline_psg_outside_the_edf_dir, False),
 ]
 
 
@@ -702,3 +944,31 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
+
+
+# ---------------------------------------------------------------------------------------------
+# EEG side: suspicious but maybe fine, a warning with counts and the work done
+# ---------------------------------------------------------------------------------------------
+def test_a_hypnogram_longer_than_its_recording_and_a_flat_night_are_warnings_with_counts(ctx, tmp_path, capsys):
+    """A recording cut short under its whole hypnogram (prepare and stage), and a flat EEG (stage): one warning
+    line each, with counts, and the work is done."""
+    from eeg_vlm.stage import main as stage_main
+    from sleep_eeg.prepare import main as prepare_main
+
+    scoring = ((0, 600, "Sleep stage W"), (600, 1200, "Sleep stage 2"), (1800, 300, "Sleep stage ?"))
+    psg, hyp = write_pair(tmp_path / "edf", minutes=20, annotations=scoring)  # scored to 30 min, recorded 20
+    longer = (f"warning: {hyp}: the hypnogram scores 20 epochs (0.17 h) after the recording ends (0.33 h in {psg}); "
+              "they have no signal and are dropped")
+    assert prepare_main(prepare_argv(tmp_path, tmp_path / "edf", "--eval-fraction", "0")) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")] == [longer]
+    assert len(formats.read_records(tmp_path / "sleep_data" / "eeg_ft.json")) == 40
+    assert stage_main(stage_argv(ctx, tmp_path, psg, "--hypnogram", str(hyp))) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")] == [longer]
+
+    flat, _ = write_pair(tmp_path / "flat", flat=True)
+    assert stage_main([str(flat), "--vision", str(vision_checkpoint(ctx)), "--out", str(tmp_path / "flat_report"),
+                       "--device", "cpu"]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")] == [
+        f"warning: {flat}: channel 'EEG Fpz-Cz' is flat (peak-to-peak under 1 µV) in 40 of 40 epochs; their images "
+        "are blank"]
+    assert (tmp_path / "flat_report" / "stages.csv").is_file()

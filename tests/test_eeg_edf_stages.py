@@ -62,6 +62,11 @@ def test_pairing_by_stem_and_ambiguous_hypnograms(tmp_path):
     (tmp_path / "a2E-PSG.edf").write_bytes(b"")
     with pytest.raises(FormatError, match="a2E-PSG.edf already has the hypnogram"):
         edf.find_nights(tmp_path)
+    for name in ("a2C-Hypnogram.edf", "a2E-PSG.edf", "a2H-Hypnogram.edf"):
+        (tmp_path / name).unlink()
+    (tmp_path / "b1.edf").write_bytes(b"")  # a plain EDF+ night named as b1-PSG.edf's night
+    with pytest.raises(FormatError, match=r"b1.edf: the night name 'b1' is also b1-PSG.edf's"):
+        edf.find_nights(tmp_path)
 
 
 def test_rk_to_aasm_mapping():
@@ -120,3 +125,17 @@ def test_truncated_edf_is_one_line_error(tmp_path):
     psg.write_bytes(b"0       garbage")
     with pytest.raises(FormatError, match="not a readable EDF"):
         edf.read_edf(psg)
+
+
+def test_real_hypnogram_over_a_cut_recording_is_kept_with_a_warning(shared_data, tmp_path):
+    """Sleep-EDF's short PSG (the first 300 s) under the night's whole hypnogram: the same start, so the same
+    night; the scoring past the end is dropped with a warning that counts it (2650 scored epochs, 10 recorded)."""
+    src = shared_data / "edfio_sleepedf_SC4001"
+    os.symlink(src / "short_psg.edf", tmp_path / "SC4001E0-PSG.edf")
+    os.symlink(src / "SC4001EC-Hypnogram.edf", tmp_path / "SC4001EC-Hypnogram.edf")
+    night, = edf.find_nights(tmp_path)
+    psg = edf.read_recording(night.psg)
+    annotations = edf.scoring_on_recording(night.psg, psg, night.hypnogram, edf.read_edf(night.hypnogram))
+    assert stages.scoring_warnings(annotations, 10, psg.duration, night.psg, night.hypnogram) == [
+        f"{night.hypnogram}: the hypnogram scores 2640 epochs (22.00 h) after the recording ends (0.08 h in "
+        f"{night.psg}); they have no signal and are dropped"]

@@ -160,7 +160,7 @@ def test_rerun_with_another_split_leaves_no_stale_images(nights, tmp_path):
         result = prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=[eval_subject])
         for records, folder in (("eeg_ft.json", "eeg_images_ft"), ("eeg_eval.jsonl", "eeg_images_eval")):
             named = {r["image"][0] for r in read_records(tmp_path / records)}
-            assert {p.name for p in (tmp_path / folder).iterdir()} == named
+            assert {p.name for p in (tmp_path / folder).iterdir()} == named | {prepare.IMAGES_MANIFEST}
         # the result names what was written
         train, questions = read_records(tmp_path / "eeg_ft.json"), read_records(tmp_path / "eeg_eval.jsonl")
         assert result.eval_subjects == [eval_subject]
@@ -183,3 +183,20 @@ def test_eeg_vlm_unknown_command_is_one_line_on_stderr(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0 and "eeg-vlm prepare" in capsys.readouterr().out
+
+
+def test_an_image_folder_holding_the_users_files_is_refused_not_replaced(nights, tmp_path, capsys):
+    """Prepare replaces its image folders whole, so it refuses one that holds a file it did not draw there."""
+    prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=["SC900"])
+    mine = tmp_path / "eeg_images_ft" / "my_notes.txt"
+    mine.write_text("mine\n")
+    before = sorted(p.name for p in (tmp_path / "eeg_images_ft").iterdir())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(prepare.main, ["--edf-dir", str(nights), "--out", str(tmp_path), "--workers", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: {mine}: eeg-vlm prepare did not draw it, and it replaces "
+                                               f"{tmp_path / 'eeg_images_ft'} whole: move it, or choose another --out")
+    assert sorted(p.name for p in (tmp_path / "eeg_images_ft").iterdir()) == before
+    mine.unlink()
+    prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=["SC901"])  # its own images it replaces

@@ -126,3 +126,21 @@ def test_measured_answer_never_claims_a_number_the_signal_lacks():
     assert scored_n3.endswith("Sleep stage: N3")
     not_n3 = build_answer("N2", "measured", dict(measures, slow_waves=35))
     assert "cover 35% of the epoch, above the 20% criterion; not N3" in not_n3
+
+
+def test_every_setting_that_changes_a_pixel_is_in_the_render_identity():
+    """The drawing rate (signals are resampled to it: prepare --fs), the band edges and the spectrogram window
+    change the pixels, so each changes the settings' id; settings recorded before they were are refused."""
+    base = RenderConfig(spectrogram=True)
+    rng = np.random.default_rng(0)
+    signals = {"EEG Fpz-Cz": (30 * rng.standard_normal(200 * 90), 200.0)}
+    pixels = np.asarray(render_night(signals, [1], base)[0])
+    for other in (RenderConfig(spectrogram=True, fs=80.0), RenderConfig(spectrogram=True, band=(0.3, 30.0)),
+                  RenderConfig(spectrogram=True, spec_window_s=4.0)):
+        assert other.render_id != base.render_id
+        assert not np.array_equal(np.asarray(render_night(signals, [1], other)[0]), pixels)
+    saved = base.to_dict()
+    assert saved["fs"] == 100.0 and saved["spec_window_s"] == 2.0
+    old = {k: v for k, v in saved.items() if k not in ("fs", "spec_window_s")}
+    with pytest.raises(FormatError, match="render settings without fs, spec_window_s"):
+        RenderConfig.from_dict(old, "checkpoints/vision/config.json: render")

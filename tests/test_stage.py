@@ -84,8 +84,8 @@ def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_pa
         eeg_vlm_main(["stage", str(psg), "--hypnogram", str(hyp), "--vision", str(nights["vision"]),
                       "--vlm", str(stage_only_llava[0]), "--out", str(out), "--explain", "--batch-size", "16"])
     assert code.value.code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["agreement.json", "hypnogram.png", "report.html", "stages.csv",
-                                                     "statistics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "agreement.json", "hypnogram.png",
+                                                     "report.html", "stages.csv", "statistics.json"]
     rows = read_csv(out / "stages.csv")
     start = edfio.read_edf(psg).startdatetime
     n_epochs = int(edfio.read_edf(psg).duration // 30)
@@ -185,8 +185,132 @@ def test_bad_input_is_one_line_and_writes_nothing(case, nights, tmp_path, capsys
     assert not out.exists()
 
 
+def _stage(argv):
+    from eeg_vlm import stage
+
+    with pytest.raises(SystemExit) as code:
+        run(stage.main, argv)
+    return code.value.code
+
+
+def test_out_keeps_the_users_files_and_refuses_to_overwrite_them(nights, tmp_path, capsys):
+    """--out is a folder; stage writes its own files into it, each atomically, and never deletes, hides or
+    overwrites a file it did not write."""
+    psg, hyp, vision = str(nights["psgs"][0]), str(nights["hyps"][0]), str(nights["vision"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    assert _stage([psg, "--hypnogram", hyp, "--vision", vision, "--out", str(out)]) == 0
+    assert (out / "notes.txt").read_text() == "my notes\n"
+    assert {"notes.txt", "stages.csv", "agreement.json", "report.html"} <= {p.name for p in out.iterdir()}
+    # a rerun replaces what stage wrote; its agreement.json, which the new run does not write, goes
+    assert _stage([psg, "--vision", vision, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "hypnogram.png", "notes.txt",
+                                                     "report.html", "stages.csv", "statistics.json"]
+    capsys.readouterr()
+    # a file of stage's name that stage did not write (or that was edited since) is refused, before any work
+    (out / "stages.csv").write_text("my own table\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _stage([psg, "--vision", vision, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {out / 'stages.csv'}: is there and eeg-vlm stage did not write it (or it was changed "
+                   "since); stage does not overwrite files it did not write: move it, or choose another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the same in a folder stage never wrote into
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>mine</p>")
+    assert _stage([psg, "--vision", vision, "--out", str(mine)]) == 2
+    assert [p.name for p in mine.iterdir()] == ["report.html"] and "report.html: is there" in capsys.readouterr().err
+    # a file given as --out (or a folder under a file) is refused, not renamed away
+    for target in (tmp_path / "file.out", tmp_path / "file.out" / "sub"):
+        (tmp_path / "file.out").write_text("keep\n")
+        assert _stage([psg, "--vision", vision, "--out", str(target)]) == 2
+        assert "--out must be a folder" in capsys.readouterr().err
+        assert (tmp_path / "file.out").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.out", "mine", "out"]
+
+
+def test_edf_dir_checks_every_output_folder_before_any_work(nights, tmp_path, capsys):
+    out = tmp_path / "all"
+    out.mkdir()
+    (out / "SC9011E0").write_text("a file where a night's folder goes\n")
+    assert _stage(["--edf-dir", str(nights["root"] / "edf"), "--vision", str(nights["vision"]), "--out", str(out)]) == 2
+    assert f"{out / 'SC9011E0'}: --out must be a folder, but it is a file" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["SC9011E0"]
+
+
 def test_explain_needs_a_vlm(nights):
     from eeg_vlm.stage import Stager
 
     with pytest.raises(FormatError, match="--explain needs --vlm"):
         Stager(nights["vision"], device="cpu").stage(nights["psgs"][0], explain=True)
+
+
+def test_stage_draws_the_pixels_prepare_wrote(nights, tmp_path, monkeypatch):
+    """A night recorded at 200 Hz: prepare and stage both resample it to the render's rate and draw it through
+    the same functions; stage's in-memory images are prepare's PNGs byte for byte."""
+    from scipy.signal import resample_poly
+
+    from eeg_vlm.stage import stage_night
+    from sleep_eeg import edf, prepare
+    from sleep_eeg.render import png_bytes
+    from vision_modules import extract
+
+    night = edf.find_nights(nights["root"] / "edf")[0]
+    signals, _ = edf.read_channels(night, CHANNELS)
+    src = tmp_path / "edf"
+    hyp = edf.read_edf(night.hypnogram)
+    edf.write_night(src / night.psg.name, src / night.hypnogram.name,
+                    {c: resample_poly(x, 2, 1) for c, (x, _) in signals.items()}, 200.0,
+                    [(a.onset, a.duration, a.text) for a in hyp.annotations], hyp.startdatetime)
+    assert prepare.main(["--edf-dir", str(src), "--out", str(tmp_path / "data"), "--channels", ",".join(CHANNELS),
+                         "--fs", "100", "--px-per-s", "4", "--height", "32", "--eval-fraction", "0",
+                         "--trim-minutes", "-1", "--workers", "1"]) == 0
+    render = json.loads((tmp_path / "data" / "render.json").read_text())
+    assert render["fs"] == 100.0  # the rate is part of the render settings' identity
+    vision = random_vision_checkpoint(tmp_path / "vision", render, image_size=(32, 96))
+    drawn = []
+    real = extract.night_features
+
+    def spy(model, images, *args, **kwargs):
+        drawn.extend(images)
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "night_features", spy)
+    stage_night(src / night.psg.name, vision=vision, device="cpu")
+    pngs = sorted((tmp_path / "data" / "eeg_images_ft").glob("*.png"))
+    assert len(drawn) == 30 and len(pngs) >= 25
+    for png in pngs:
+        epoch = int(png.stem.rsplit("_", 1)[1])
+        assert png_bytes(drawn[epoch], RenderConfig.compress_level) == png.read_bytes(), png.name
+
+
+def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_path, capsys):
+    """One rule (sleep_eeg.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording, which
+    starts ten minutes later and runs past its end, is refused by both commands with the same line."""
+    from sleep_eeg import edf, prepare
+
+    night = edf.find_nights(nights["root"] / "edf")[0]
+    hyp = edf.read_edf(night.hypnogram)
+    src = tmp_path / "edf"
+    src.mkdir()
+    shutil.copy(night.psg, src)
+    later = edfio.Edf([], starttime=(hyp.startdatetime + datetime.timedelta(minutes=10)).time(),
+                      recording=edfio.Recording(startdate=hyp.startdate), annotations=hyp.annotations)
+    later.write(src / night.hypnogram.name)
+    lines = []
+    for argv, main in (([str(src / night.psg.name), "--hypnogram", str(src / night.hypnogram.name), "--vision",
+                         str(nights["vision"]), "--out", str(tmp_path / "report")], None),
+                       (["--edf-dir", str(src), "--out", str(tmp_path / "data"), "--workers", "1"], prepare.main)):
+        if main is None:
+            assert _stage(argv) == 2
+        else:
+            with pytest.raises(SystemExit) as code:
+                run(main, argv)
+            assert code.value.code == 2
+        lines.append(capsys.readouterr().err.strip())
+    assert lines[0] == lines[1] and "\n" not in lines[0], lines
+    assert lines[0].startswith(f"error: {src / night.hypnogram.name}: scores +0.17 h to +0.42 h (starting ")
+    assert lines[0].endswith(f"of a recording of 0.25 h ({src / night.psg.name}): a hypnogram of another night")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edf"]
