@@ -102,7 +102,7 @@ def test_gpu_benchmark_runs_at_toy_size_on_the_cpu(tmp_path):
     assert set(rep["model_level"]) == {"naive", "add", "token"} and all(rep["model_level"].values())
 
     rows = [(v["dtype"], v["mode"], v["batch"]) for v in rep["vqa"]]
-    assert rows == [(d, m, b) for d in ("float16", "bfloat16") for m in ("generate", "choices") for b in (1, 4, 8)]
+    assert rows == [(d, m, b) for d in ("float16", "bfloat16") for m in ("generate", "choices") for b in (1, 8)]
     for v in rep["vqa"]:
         assert v["questions"] == 8 and v["questions_per_s"] > 0 and v["seconds"] <= v["run_s"]
         assert v["peak_allocated_gib"] == "n/a" and v["answering_gib"] == "n/a"
