@@ -134,6 +134,14 @@ def test_prepare_on_another_montage_in_volts_with_a_20_s_csv_hypnogram(lab, tmp_
     records = json.loads((out / "eeg_ft.json").read_text())
     assert [r["label"] for r in records] == ["W"] * 4 + ["N1"] * 2 + ["N2"] * 6 + ["N3"] * 2 + ["REM"] * 2
     assert {r["subject"] for r in records} == {"P01"}
+    # the band-power baseline on the same pairing CSV, its EEG channel named by role
+    from sleep_eeg import baselines
+
+    with pytest.raises(SystemExit) as code:
+        run(baselines.main, ["train", "--records", str(out / "eeg_ft.json"), "--edf-dir", str(lab["pairs"]),
+                             "--eeg-name", "C4-M1", "--out", str(tmp_path / "bandpower")])
+    assert code.value.code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "bandpower" / "config.json").read_text())["channels"] == ["C4-M1"]
 
 
 def test_stage_cli_writes_edf_plus_and_yasa_codes(lab, tmp_path, capsys):
@@ -182,7 +190,10 @@ def test_stage_night_on_raw_and_arrays_equals_the_path(lab, tmp_path):
     by_raw = stage_night(raw, vision=lab["vision"], device="cpu")
     by_arrays = stage_night((raw.get_data() * 1e6, raw.info["sfreq"], raw.ch_names), vision=lab["vision"],
                             device="cpu")
-    for other in (by_raw, by_arrays):
+    fif = tmp_path / "one_rate_raw.fif"  # another format, read through MNE
+    raw.save(fif, verbose="error")
+    by_fif = stage_night(fif, vision=lab["vision"], device="cpu")
+    for other in (by_raw, by_arrays, by_fif):
         assert other.stages == by_path.stages
         np.testing.assert_allclose(other.probabilities, by_path.probabilities, atol=1e-6)
     assert by_raw.start == by_path.start == START
@@ -228,3 +239,20 @@ def test_hypnogram_shorter_longer_or_offset(lab, tmp_path, capsys):
     elsewhere = _edf_hypnogram(tmp_path / "elsewhere.edf", START + datetime.timedelta(hours=2), 4)
     with pytest.raises(FormatError, match="elsewhere.edf: scores .* a hypnogram of another night"):
         read_scored(elsewhere, psg, edf, 16)
+
+
+def test_demo_edf_dir_passes_the_roles_and_the_pairing(lab, tmp_path):
+    from eeg_vlm import demo
+
+    roles = {"eeg": "C4-M1", "eog": "E1-M2", "emg": "Chin1-Chin2"}
+    steps = {s.name: s for s in demo.pipeline(demo.QUICK, 0, edf_dir=lab["pairs"], roles=roles, hypnogram_epoch=20)}
+    prepare = steps["prepare"]
+    assert prepare.argv[-8:] == ["--eeg-name", "C4-M1", "--eog-name", "E1-M2", "--emg-name", "Chin1-Chin2",
+                                 "--hypnogram-epoch", "20"]
+    assert set(prepare.inputs) == {str(lab["pairs"]), str(lab["psg"]), str(lab["hyp"])}
+    channels = {name: s.argv[s.argv.index("--channels") + 1] for name, s in steps.items()
+                if name.endswith("-train") and "--channels" in s.argv}
+    assert channels == {"baseline-bandpower-train": "C4-M1", "baseline-bandpower3-train": "C4-M1,E1-M2",
+                        "baseline-features-train": "C4-M1,E1-M2"}
+    with pytest.raises(FormatError, match=r"pairs.csv: nights of 1 subject\(s\) \(P01\)"):
+        demo.main(["--workdir", str(tmp_path / "w"), "--edf-dir", str(lab["pairs"]), "--eeg-name", "C4-M1"])
