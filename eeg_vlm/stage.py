@@ -1,9 +1,13 @@
 """``eeg-vlm stage``: stage whole nights from their EDF files, with one command, into a sleep report.
 
     eeg-vlm stage NIGHT-PSG.edf --vision CKPT [--vlm CKPT [--model-base BASE]] --out DIR [--hypnogram H.edf] [--explain]
-    eeg-vlm stage --edf-dir DIR --vision CKPT [--vlm CKPT ...] --out DIR
+    eeg-vlm stage --edf-dir DIR|PAIRS.csv --vision CKPT [--vlm CKPT ...] --out DIR
+    [--eeg-name C4-M1 --eog-name E1-M2 --emg-name Chin1-Chin2] [--hypnogram H.csv --hypnogram-epoch 20]
 
-Steps, all in memory: the channels the vision checkpoint was trained on are read from the EDF; every complete
+Steps, all in memory: the channels the vision checkpoint was trained on are read from the recording (each the
+channel named for its role by --eeg-name / --eog-name / --emg-name, else the one of its derivation; another
+derivation than the checkpoint's is said in one line; µV from the header's unit, a unit that does not fit the
+amplitudes a warning); every complete
 30-s epoch of the recording is drawn with the checkpoint's render settings (no PNG folder); the vision module
 gives each epoch its feature and its five probabilities (with its temporal head, if it has one); with --vlm,
 EEG-VLM answers each epoch in choices mode (the five stage answers scored, see llava.eval.choices), else the
@@ -83,7 +87,8 @@ class StagedNight:
     scored : list of str or None
         With a hypnogram: the scored stage of each epoch (None where it gives none).
     models : dict
-        The checkpoints that staged the night.
+        The checkpoints that staged the night, and ``channels``: the recording's channel read for each channel
+        the vision checkpoint was trained on.
     """
 
     name: str
@@ -302,8 +307,8 @@ def open_recording(source) -> tuple[Path, object]:
 
 
 def read_signals(psg: Path, channels: Sequence[str], vision: str, names: dict | None = None, recording=None):
-    """``({channel: (µV, rate)}, start, number of complete epochs, the read recording)`` of the channels the
-    checkpoint was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused): each
+    """``({channel: (µV, rate)}, start, number of complete epochs, the read recording, {channel: the recording's
+    label})`` of the channels the checkpoint was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused): each
     panel reads the channel named for its role in ``names``, else the one of its derivation. A channel of another
     derivation than the checkpoint's is said in one line; units implausible for their header are a warning."""
     from sleep_eeg.channels import derivation
@@ -321,7 +326,7 @@ def read_signals(psg: Path, channels: Sequence[str], vision: str, names: dict | 
     n_epochs = min(int(len(x) // round(EPOCH_S * fs)) for x, fs in signals.values())
     if n_epochs < 1:
         raise FormatError(f"{psg}: shorter than one {EPOCH_S:g}-s epoch")
-    return signals, start_datetime(edf), n_epochs, edf
+    return signals, start_datetime(edf), n_epochs, edf, found
 
 
 def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int,
@@ -424,7 +429,8 @@ class Stager:
             raise FormatError("--explain needs --vlm: the vision module gives no reasoning")
         psg, recording = open_recording(psg)
         names = {"eeg": eeg_name, "eog": eog_name, "emg": emg_name}
-        signals, start, n_epochs, edf = read_signals(psg, self.render.channels, str(self.vision), names, recording)
+        signals, start, n_epochs, edf, found = read_signals(psg, self.render.channels, str(self.vision), names,
+                                                            recording)
         check_rates(signals, self.render, psg)
         scored, warnings = (read_scored(hypnogram, psg, edf, n_epochs, hypnogram_epoch) if hypnogram is not None
                             else (None, []))
@@ -455,7 +461,8 @@ class Stager:
         probs = probs / probs.sum(axis=1, keepdims=True)
         stages = [STAGES[int(i)] for i in probs.argmax(axis=1)]
         return StagedNight(night_name(psg), psg, start, stages, probs, reasoning, scored,
-                           {**self.models, "hypnogram": None if hypnogram is None else str(hypnogram)})
+                           {**self.models, "channels": found,
+                            "hypnogram": None if hypnogram is None else str(hypnogram)})
 
 
 def stage_night(psg, vision: str | Path, vlm: str | Path | None = None,

@@ -122,9 +122,12 @@ def read_with_mne(path: Path) -> Recording:
     return from_mne(raw)
 
 
-def unit_warnings(data_uv: np.ndarray, label: str, unit: str, where: str | Path) -> list[str]:
-    """A channel whose amplitudes are implausible for its header's unit (a volts file labelled µV spreads over
-    millionths of a µV; a µV file labelled V over tens of volts), as one line; a flat channel says nothing here."""
+def unit_warnings(data_uv: np.ndarray, label: str, unit: str, where: str | Path, rate: float | None = None) -> list[str]:
+    """A waveform channel whose amplitudes are implausible for its header's unit (a volts file labelled µV spreads
+    over millionths of a µV; a µV file labelled V over tens of volts), as one line. A flat channel, a channel of
+    10 Hz or less (a level, such as Sleep-EDF's 1-Hz EMG rms) and a unit that is not a voltage say nothing here."""
+    if unit.strip().lower() not in _UNIT_TO_UV or (rate is not None and rate <= 10.0):
+        return []
     x = np.asarray(data_uv, dtype=np.float64)
     x = x[np.isfinite(x)]
     if not len(x):
@@ -312,7 +315,8 @@ def channels_uv(edf: edfio.Edf | Recording, panels: Sequence[str], names: dict |
     signals, warned = {}, []
     for panel, label in found.items():
         signals[panel] = signal_uv(edf, label)
-        warned += unit_warnings(signals[panel][0], label, edf.get_signal(label).physical_dimension, where)
+        warned += unit_warnings(signals[panel][0], label, edf.get_signal(label).physical_dimension, where,
+                                signals[panel][1])
     return signals, found, warned
 
 

@@ -256,3 +256,17 @@ def test_demo_edf_dir_passes_the_roles_and_the_pairing(lab, tmp_path):
                         "baseline-features-train": "C4-M1,E1-M2"}
     with pytest.raises(FormatError, match=r"pairs.csv: nights of 1 subject\(s\) \(P01\)"):
         demo.main(["--workdir", str(tmp_path / "w"), "--edf-dir", str(lab["pairs"]), "--eeg-name", "C4-M1"])
+
+
+def test_real_hypnograms_of_yasa_and_the_sleep_edf_emg_level(shared_data):
+    """YASA's example hypnograms (integer codes with comment lines; stage names) read as stage lists; Sleep-EDF's
+    1-Hz EMG level is not a unit problem."""
+    from sleep_eeg.edf import read_recording, signal_uv
+
+    codes = read_stage_list(shared_data / "yasa_snippets" / "data_full_6hrs_100Hz_hypno_30s.txt").annotations
+    assert len(codes) == 720 and [map_stage(a.text) for a in codes].count("REM") == 155
+    names = read_stage_list(shared_data / "yasa_snippets" / "sub-02_hypno_30s.txt").annotations
+    assert len(names) == 98 and [map_stage(a.text) for a in names].count("N3") == 22
+    edf = read_recording(shared_data / "edfio_sleepedf_SC4001" / "short_psg.edf")
+    for label in ("EEG Fpz-Cz", "EOG horizontal", "EMG submental"):
+        assert not unit_warnings(*signal_uv(edf, label)[:1], label, "uV", "x", signal_uv(edf, label)[1])
