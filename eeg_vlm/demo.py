@@ -275,7 +275,7 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, 
     if held_out and vlm_ran:
         edf = Path(held_out[0])
         print(f"\nstage a held-out night with these checkpoints (from {workdir}):\n  eeg-vlm stage "
-              f"{edf_dir or EDF}/{edf} --vision {VISION} --vlm {RUN} --model-base {TINY} --out reports/{edf.name.split('-')[0]}")
+              f"{(edf_dir.parent if edf_dir.is_file() else edf_dir) if edf_dir else EDF}/{edf} --vision {VISION} --vlm {RUN} --model-base {TINY} --out reports/{edf.name.split('-')[0]}")
     print("\n== time per step ==")
     for name, (seconds, ran) in timings.items():
         print(f"{name:<28}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")

@@ -160,6 +160,12 @@ def test_stage_cli_writes_edf_plus_and_yasa_codes(lab, tmp_path, capsys):
     assert [(a.onset, a.duration) for a in edf.annotations] == [(30.0 * i, 30.0) for i in range(16)]
     assert [map_stage(a.text) for a in edf.annotations] == [r["stage"] for r in rows]
     assert edf.startdatetime == START
+    # the same night through the pairing CSV: one folder per night
+    with pytest.raises(SystemExit) as code:
+        run(stage.main, ["--edf-dir", str(lab["pairs"]), "--vision", str(lab["vision"]), "--out", str(tmp_path / "all"),
+                         "--hypnogram-epoch", "20", "--device", "cpu"])
+    assert code.value.code == 0
+    assert (tmp_path / "all" / "night1" / "stages.csv").read_text() == (out / "stages.csv").read_text()
     mne = pytest.importorskip("mne")
     ann = mne.read_annotations(out / "hypnogram.edf")
     assert list(ann.onset) == [30.0 * i for i in range(16)] and [map_stage(t) for t in ann.description] == [
@@ -270,3 +276,26 @@ def test_real_hypnograms_of_yasa_and_the_sleep_edf_emg_level(shared_data):
     edf = read_recording(shared_data / "edfio_sleepedf_SC4001" / "short_psg.edf")
     for label in ("EEG Fpz-Cz", "EOG horizontal", "EMG submental"):
         assert not unit_warnings(*signal_uv(edf, label)[:1], label, "uV", "x", signal_uv(edf, label)[1])
+
+
+@pytest.mark.parametrize("eeg_rate, emg_rate", [(128, 200), (256, 512), (512, 500)])
+def test_any_rate_is_drawn_at_the_render_rate(eeg_rate, emg_rate):
+    """EEG at 128 / 256 / 512 Hz and EMG at 200-512 Hz: resampled to the render's fs, the same picture as at 100 Hz."""
+    from sleep_eeg.edf import from_arrays, signal_uv
+    from sleep_eeg.render import check_rates, render_night
+
+    cfg = RenderConfig(channels=("C4-M1", "Chin1-Chin2"), **RENDER)
+
+    def drawn(eeg_fs, emg_fs):
+        t = np.arange(60 * eeg_fs) / eeg_fs
+        eeg = 40 * np.sin(2 * np.pi * 1.5 * t) + 15 * np.sin(2 * np.pi * 12 * t)
+        emg = 10 * np.sin(2 * np.pi * 40 * np.arange(60 * emg_fs) / emg_fs)
+        rec = from_arrays(eeg[None], eeg_fs, ["C4-M1"])
+        rec.signals.update(from_arrays(emg[None], emg_fs, ["Chin1-Chin2"]).signals)
+        signals = {c: signal_uv(rec, c) for c in ("C4-M1", "Chin1-Chin2")}
+        check_rates(signals, cfg, "x")
+        return np.stack([np.asarray(im) for im in render_night(signals, [0, 1], cfg)])
+
+    ours, reference = drawn(eeg_rate, emg_rate), drawn(100, 100)
+    assert ours.shape == reference.shape
+    assert np.mean(ours != reference) < 0.02
