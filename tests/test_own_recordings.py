@@ -76,6 +76,8 @@ def test_roles_and_aliases():
     labels = ["EEG C4-A1", "LOC", "EMG Chin1-Chin2"]
     assert resolve_channels(labels, ["C4-M1", "EOG horizontal", "Chin1-Chin2"], {"eog": "LOC"}) == {
         "C4-M1": "EEG C4-A1", "EOG horizontal": "LOC", "Chin1-Chin2": "EMG Chin1-Chin2"}
+    # a name that does not say its role is kept under the role's word, and read back from the file by its name
+    assert resolve_channels(["X9", "C4-M1"], ["C4-M1", "EMG X9"]) == {"C4-M1": "C4-M1", "EMG X9": "X9"}
     with pytest.raises(FormatError, match="no channel 'EEG Fpz-Cz'; name the EEG channel to use with --eeg-name"):
         resolve_channels(labels, ["EEG Fpz-Cz"], where="x.edf")
 
