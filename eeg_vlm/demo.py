@@ -6,8 +6,10 @@
 
 It ends with one table on the same held-out epochs: the majority class, the band-power baselines (Fpz-Cz
 alone and three channels), the feature baseline, the vision module and EEG-VLM (accuracy, macro-F1, kappa,
-N1 F1, REM F1). ``--edf-dir DIR`` runs the same recipe on a folder of Sleep-EDF-style nights (yours)
-instead of synthesizing them; subjects are held out as with the synthetic nights.
+N1 F1, REM F1). ``--edf-dir DIR`` runs the same recipe on a folder of Sleep-EDF-style nights (yours), or on
+the nights of a pairing CSV (recording, hypnogram, subject), instead of synthesizing them; subjects are held
+out as with the synthetic nights. ``--eeg-name`` / ``--eog-name`` / ``--emg-name`` name your channels (the
+baselines then read the named channels too) and ``--hypnogram-epoch`` the length of a CSV hypnogram's lines.
 
 What is drawn and trained is a named recipe (``--recipe``, the rows of the ablation in docs/benchmarks.md,
 ``benchmarks/ablation.py``); the default is the best one that fits the demo's time.
@@ -129,16 +131,23 @@ DEFAULT_RECIPE = "context-features"  # the best EEG-VLM macro-F1 of the ablation
 
 
 def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[DEFAULT_RECIPE],
-             edf_dir: Path | None = None, baselines_from: Path | None = None, vlm: bool = True) -> list[Step]:
+             edf_dir: Path | None = None, baselines_from: Path | None = None, vlm: bool = True,
+             roles: dict | None = None, hypnogram_epoch: float | None = None) -> list[Step]:
     """The demo's steps. ``edf_dir``: use these nights instead of synthesizing them. ``baselines_from``: the
     workdir of an earlier run on the same nights and seed whose baseline answers to reuse. ``vlm=False``
-    stops after the vision module (its answers are then the ones scored)."""
+    stops after the vision module (its answers are then the ones scored). ``roles``: your channel for each role
+    (``{"eeg": "C4-M1", ...}``); ``hypnogram_epoch``: seconds per line of CSV hypnograms."""
     train_mem = str(REPO / "llava" / "train" / "train_mem.py")
     model_vqa = str(REPO / "llava" / "eval" / "model_vqa.py")
     zero3 = str(REPO / "scripts" / "zero3.json")
     h, w = recipe.image_size()
     edf = str(edf_dir) if edf_dir is not None else EDF
-    edf_inputs = sorted(str(p) for p in edf_dir.glob("*.edf")) if edf_dir is not None else []
+    edf_inputs = sorted(str(p) for p in edf_dir.glob("*.edf")) if edf_dir is not None and edf_dir.is_dir() else []
+    if edf_dir is not None and edf_dir.is_file():  # a pairing CSV: it and the files it names
+        edf_inputs = [str(edf_dir), *sorted({str(f) for n in find_nights(edf_dir) for f in (n.psg, n.hypnogram)})]
+    roles = {k: v for k, v in (roles or {}).items() if v}
+    own = [arg for role, name in roles.items() for arg in (f"--{role}-name", name)]
+    own += ["--hypnogram-epoch", f"{hypnogram_epoch:g}"] if hypnogram_epoch else []
     # The documented training command with its paths pointed at the tiny base, and the demo's recipe.
     train = ["deepspeed", train_mem, *train_argv(
         model=TINY, data_path=TRAIN_RECORDS, image_folder=TRAIN_IMAGES, output_dir=RUN, deepspeed=zero3,
@@ -155,7 +164,8 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     upstream = [] if edf_dir is not None else ["synth"]
     steps += [
         Step("prepare", ["eeg-vlm", "prepare", "--edf-dir", edf, "--out", DATA, "--cot", cot,
-                         "--eval-fraction", "0.2", "--seed", str(seed), "--workers", "2", *recipe.prepare_args()],
+                         "--eval-fraction", "0.2", "--seed", str(seed), "--workers", "2", *recipe.prepare_args(),
+                         *own],
              outputs=[TRAIN_IMAGES, EVAL_IMAGES, TRAIN_RECORDS, EVAL_RECORDS], inputs=edf_inputs, after=upstream),
         Step("vision-train", ["eeg-vlm", "vision", "train", "--arch", "resnet18", "--records", TRAIN_RECORDS,
                               "--image-folder", TRAIN_IMAGES, "--out", VISION, "--epochs", str(size.vision_epochs),
@@ -168,7 +178,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
              outputs=[VISION_ANSWERS], inputs=[EVAL_RECORDS], after=["vision-train"]),
     ]
     if baselines_from is None:
-        steps += baseline_steps(edf, upstream)
+        steps += baseline_steps(edf, upstream, roles)
     if vlm:
         steps += [
             Step("vision-extract-train", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
@@ -205,10 +215,25 @@ def baseline_answers(name: str) -> str:
     return f"{DATA}/answers/baseline_{name}_answers.jsonl"
 
 
-def baseline_steps(edf: str, upstream: list[str]) -> list[Step]:
+def baseline_channels(channels: str, roles: dict) -> str:
+    """A baseline's channels on recordings whose channels are named by role: each role's channel replaced by the
+    named one (no role is added), and an EEG channel beyond the named ones left out (the 3-channel baseline: EEG and
+    EOG)."""
+    from sleep_eeg.channels import channel_role, with_roles
+
+    names = [c for c in channels.split(",")]
+    if roles.get("eeg"):
+        keep = len(roles["eeg"].split(","))
+        eeg = [i for i, c in enumerate(names) if channel_role(c) == "eeg"]
+        names = [c for i, c in enumerate(names) if i not in eeg[keep:]]
+    return ",".join(with_roles(names, {r: n for r, n in roles.items() if any(channel_role(c) == r for c in names)}))
+
+
+def baseline_steps(edf: str, upstream: list[str], roles: dict | None = None) -> list[Step]:
     """Train each baseline on the training records' nights, answer the held-out questions."""
     steps = []
     for name, (kind, channels, _) in BASELINES.items():
+        channels = baseline_channels(channels, roles) if roles else channels
         model = f"checkpoints/baseline-{name}"
         steps += [
             Step(f"baseline-{name}-train", ["eeg-vlm", "baseline", "train", "--kind", kind, "--channels", channels,
@@ -250,7 +275,7 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, 
     if held_out and vlm_ran:
         edf = Path(held_out[0])
         print(f"\nstage a held-out night with these checkpoints (from {workdir}):\n  eeg-vlm stage "
-              f"{edf_dir or EDF}/{edf} --vision {VISION} --vlm {RUN} --model-base {TINY} --out reports/{edf.name.split('-')[0]}")
+              f"{(edf_dir.parent if edf_dir.is_file() else edf_dir) if edf_dir else EDF}/{edf} --vision {VISION} --vlm {RUN} --model-base {TINY} --out reports/{edf.name.split('-')[0]}")
     print("\n== time per step ==")
     for name, (seconds, ran) in timings.items():
         print(f"{name:<28}{seconds:>8.1f} s{'' if ran else '  (skipped; its last run)'}")
@@ -272,8 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cot", default="none", choices=("none", "stage", "measured"),
                    help="answers: the stage alone (default: the tiny model learns it in time) or a chain of thought")
     p.add_argument("--force", action="store_true", help="rerun every step even when its outputs are current")
-    p.add_argument("--edf-dir", help="run on this folder of Sleep-EDF-style nights (*-PSG.edf + *-Hypnogram.edf) "
-                   "instead of synthetic ones; at least two subjects (some are held out)")
+    p.add_argument("--edf-dir", help="run on this folder of Sleep-EDF-style nights (*-PSG.edf + *-Hypnogram.edf), or "
+                   "a pairing CSV (recording, hypnogram, subject), instead of synthetic ones; at least two subjects "
+                   "(some are held out)")
+    for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
+        p.add_argument(f"--{role}-name", default=None, help=f"with --edf-dir: your {role.upper()} channel (e.g. {example})")
+    p.add_argument("--hypnogram-epoch", type=float, default=None,
+                   help="with --edf-dir: seconds per line of CSV / TXT hypnograms (default 30)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
                    help=f"what is drawn and trained (default {DEFAULT_RECIPE}; see docs/benchmarks.md, Ablation)")
     p.add_argument("--baselines-from", metavar="WORKDIR",
@@ -284,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = check_out_folder(Path(args.workdir).resolve(), "--workdir")
     edf_dir = Path(args.edf_dir).resolve() if args.edf_dir else None
     if edf_dir is not None:
-        subjects = {n.subject for n in find_nights(edf_dir)}
+        subjects = {n.subject for n in find_nights(edf_dir, args.hypnogram_epoch or 30.0)}
         if len(subjects) < 2:
             raise FormatError(f"{edf_dir}: nights of {len(subjects)} subject(s) ({', '.join(sorted(subjects))}); "
                               "the demo holds subjects out for evaluation and needs at least two")
@@ -295,7 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FormatError(f"{baselines_from}: no {missing[0]} (run the demo there with its baselines first)")
     workdir.mkdir(parents=True, exist_ok=True)
     size = QUICK if args.quick else FULL
-    steps = pipeline(size, args.seed, args.cot, RECIPES[args.recipe], edf_dir, baselines_from, not args.no_vlm)
+    roles = {"eeg": args.eeg_name, "eog": args.eog_name, "emg": args.emg_name}
+    if edf_dir is None and (any(roles.values()) or args.hypnogram_epoch):
+        raise FormatError("--eeg-name, --eog-name, --emg-name and --hypnogram-epoch go with --edf-dir (your nights)")
+    steps = pipeline(size, args.seed, args.cot, RECIPES[args.recipe], edf_dir, baselines_from, not args.no_vlm,
+                     roles, args.hypnogram_epoch)
     env = subprocess_env(args.threads)
     print(f"EEG-VLM demo in {workdir} ({'quick' if args.quick else 'full'} size, {args.threads} threads)")
     timings = run_steps(steps, workdir, env, force=args.force)

@@ -1,9 +1,13 @@
 """``eeg-vlm stage``: stage whole nights from their EDF files, with one command, into a sleep report.
 
     eeg-vlm stage NIGHT-PSG.edf --vision CKPT [--vlm CKPT [--model-base BASE]] --out DIR [--hypnogram H.edf] [--explain]
-    eeg-vlm stage --edf-dir DIR --vision CKPT [--vlm CKPT ...] --out DIR
+    eeg-vlm stage --edf-dir DIR|PAIRS.csv --vision CKPT [--vlm CKPT ...] --out DIR
+    [--eeg-name C4-M1 --eog-name E1-M2 --emg-name Chin1-Chin2] [--hypnogram H.csv --hypnogram-epoch 20]
 
-Steps, all in memory: the channels the vision checkpoint was trained on are read from the EDF; every complete
+Steps, all in memory: the channels the vision checkpoint was trained on are read from the recording (each the
+channel named for its role by --eeg-name / --eog-name / --emg-name, else the one of its derivation; another
+derivation than the checkpoint's is said in one line; µV from the header's unit, a unit that does not fit the
+amplitudes a warning); every complete
 30-s epoch of the recording is drawn with the checkpoint's render settings (no PNG folder); the vision module
 gives each epoch its feature and its five probabilities (with its temporal head, if it has one); with --vlm,
 EEG-VLM answers each epoch in choices mode (the five stage answers scored, see llava.eval.choices), else the
@@ -14,8 +18,10 @@ Outputs (in --out; with --edf-dir one folder per night inside it), each file wri
 these files into the folder and leaves every other file there alone; it overwrites one of them only when it wrote
 it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), else it refuses before any work:
 - stages.csv: epoch, onset as clock time (from the EDF's start) and in seconds, stage, the five probabilities,
-  the scored stage with --hypnogram, and with --explain the VLM's reasoning before its stage line (empty for a
-  stage-only checkpoint);
+  the stage as YASA's integer code (yasa: 0 W, 1 N1, 2 N2, 3 N3, 4 REM), the scored stage with --hypnogram, and
+  with --explain the VLM's reasoning before its stage line (empty for a stage-only checkpoint);
+- hypnogram.edf: the stages as EDF+ annotations ("Sleep stage W" / "N1" / "N2" / "N3" / "R", one per 30-s epoch,
+  onsets from the recording's start, dated as the recording), which EDFbrowser, MNE and edfio read;
 - hypnogram.png: the hypnogram (and the scored one) above the hypnodensity (the five probabilities over the night);
 - statistics.json: the AASM sleep statistics of the staged night (sleep_eeg.statistics; lights off to lights on =
   the recording);
@@ -50,8 +56,10 @@ from eeg_core.formats import check_render
 from eeg_core.stages import EPOCH_S, STAGES
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
-AGREEMENT_NAME, REPORT_NAME = "agreement.json", "report.html"
-OUTPUT_NAMES = (CSV_NAME, FIGURE_NAME, STATISTICS_NAME, AGREEMENT_NAME, REPORT_NAME)
+AGREEMENT_NAME, REPORT_NAME, EDF_NAME = "agreement.json", "report.html", "hypnogram.edf"
+OUTPUT_NAMES = (CSV_NAME, FIGURE_NAME, STATISTICS_NAME, AGREEMENT_NAME, REPORT_NAME, EDF_NAME)
+EDF_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2", "N3": "Sleep stage N3",
+            "REM": "Sleep stage R"}  # the AASM texts of the EDF+ hypnogram stage writes (as MNE and YASA name them)
 MANIFEST_NAME = ".eeg-vlm-stage.json"  # what stage wrote into an output folder, with each file's sha256
 
 
@@ -79,7 +87,8 @@ class StagedNight:
     scored : list of str or None
         With a hypnogram: the scored stage of each epoch (None where it gives none).
     models : dict
-        The checkpoints that staged the night.
+        The checkpoints that staged the night, and ``channels``: the recording's channel read for each channel
+        the vision checkpoint was trained on.
     """
 
     name: str
@@ -128,11 +137,13 @@ class StagedNight:
         """The stages table as CSV text; written (atomically) to ``path`` when given."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["epoch", "onset_clock", "onset_s", "stage", *(f"p_{s}" for s in STAGES)]
+        from sleep_eeg.stages import STAGE_TO_YASA
+
+        writer.writerow(["epoch", "onset_clock", "onset_s", "stage", *(f"p_{s}" for s in STAGES), "yasa"]
                         + (["scored"] if self.scored is not None else [])
                         + (["reasoning"] if self.reasoning is not None else []))
         for i, (onset, stage, p) in enumerate(zip(self.onsets, self.stages, self.probabilities)):
-            writer.writerow([i, self.clock(onset), f"{onset:g}", stage, *(f"{v:.6f}" for v in p)]
+            writer.writerow([i, self.clock(onset), f"{onset:g}", stage, *(f"{v:.6f}" for v in p), STAGE_TO_YASA[stage]]
                             + ([self.scored[i] or ""] if self.scored is not None else [])
                             + ([self.reasoning[i]] if self.reasoning is not None else []))
         text = buf.getvalue()
@@ -140,6 +151,42 @@ class StagedNight:
             with atomic_path(path) as tmp:
                 tmp.write_text(text, encoding="utf-8")
         return text
+
+    @property
+    def yasa_codes(self) -> np.ndarray:
+        """The stages as YASA's integer codes (0 W, 1 N1, 2 N2, 3 N3, 4 REM)."""
+        from sleep_eeg.stages import STAGE_TO_YASA
+
+        return np.asarray([STAGE_TO_YASA[s] for s in self.stages], dtype=np.int64)
+
+    def to_yasa(self):
+        """A ``yasa.Hypnogram`` of the stages with their probabilities (``proba``) and the start (needs yasa)."""
+        try:
+            import pandas as pd
+            import yasa
+        except ImportError:
+            raise FormatError("to_yasa needs yasa (pip install 'eeg-vlm[baselines]')") from None
+        names = {"W": "WAKE", "N1": "N1", "N2": "N2", "N3": "N3", "REM": "REM"}
+        proba = pd.DataFrame(self.probabilities, columns=[names[s] for s in STAGES])
+        return yasa.Hypnogram([names[s] for s in self.stages], n_stages=5, freq=f"{self.epoch_s:g}s",
+                              start=self.start, proba=proba)
+
+    def to_edf(self, path: str | Path | None = None) -> bytes:
+        """The stages as an EDF+ file of annotations (``EDF_TEXT``, one per epoch, onsets from the recording's
+        start, dated as the recording), written with edfio; written (atomically) to ``path`` when given."""
+        import edfio
+
+        start = self.start or datetime.datetime(1985, 1, 1)  # EDF's clipping date: an undated recording
+        edf = edfio.Edf([], recording=edfio.Recording(startdate=start.date()), starttime=start.time(),
+                        annotations=[edfio.EdfAnnotation(float(o), self.epoch_s, EDF_TEXT[s])
+                                     for o, s in zip(self.onsets, self.stages)])
+        buf = io.BytesIO()
+        edf.write(buf)
+        data = buf.getvalue()
+        if path is not None:
+            with atomic_path(path) as tmp:
+                Path(tmp).write_bytes(data)
+        return data
 
     def plot(self, path: str | Path | None = None):
         """The hypnogram (and the scored one) above the hypnodensity, as a matplotlib Figure; saved as PNG to
@@ -163,7 +210,7 @@ class StagedNight:
         plt.close(fig)
         statistics, agreement = self.statistics, self.agreement
         files = {CSV_NAME: self.to_csv().encode("utf-8"), FIGURE_NAME: png,
-                 STATISTICS_NAME: json_bytes(statistics)}
+                 STATISTICS_NAME: json_bytes(statistics), EDF_NAME: self.to_edf()}
         if agreement is not None:
             files[AGREEMENT_NAME] = json_bytes(agreement)
         files[REPORT_NAME] = report_html(self, png, statistics, agreement).encode("utf-8")
@@ -242,33 +289,57 @@ def night_name(psg: Path) -> str:
     return stem[: -len("-PSG")] if stem.upper().endswith("-PSG") else stem
 
 
-def read_signals(psg: Path, channels: Sequence[str], vision: str):
-    """``({channel: (µV, rate)}, start, number of complete epochs, the read EDF)`` of the channels the checkpoint
-    was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused)."""
-    from sleep_eeg.edf import read_recording, signal_uv, start_datetime
+def open_recording(source) -> tuple[Path, object]:
+    """``(the path or a name, the recording)`` of what ``stage_night`` is given: a path (EDF with edfio, BDF and
+    other formats with MNE), an ``mne.io.Raw`` (volts, as MNE keeps them), or ``(data, sf, ch_names)`` arrays in
+    µV (``data`` ``[channels, samples]``)."""
+    from sleep_eeg.edf import from_arrays, from_mne, read_recording
 
-    edf = read_recording(psg)
-    missing = [c for c in channels if c not in edf.labels]
-    if missing:
-        raise FormatError(f"{psg}: no channel {missing[0]!r}, which the vision checkpoint {vision} was trained on "
-                          f"({', '.join(channels)}); channels present: {', '.join(edf.labels)}")
-    signals = {c: signal_uv(edf, c) for c in channels}
+    if isinstance(source, (str, Path)):
+        return Path(source), read_recording(source)
+    if isinstance(source, (tuple, list)) and len(source) == 3:
+        data, sf, ch_names = source
+        return Path("arrays"), from_arrays(data, sf, list(ch_names))
+    if hasattr(source, "get_data") and hasattr(source, "info"):
+        files = [f for f in (getattr(source, "filenames", None) or []) if f]
+        return (Path(files[0]) if files else Path("raw")), from_mne(source)
+    raise FormatError(f"stage_night: a path, an mne.io.Raw or (data, sf, ch_names) arrays, not {type(source).__name__}")
+
+
+def read_signals(psg: Path, channels: Sequence[str], vision: str, names: dict | None = None, recording=None):
+    """``({channel: (µV, rate)}, start, number of complete epochs, the read recording, {channel: the recording's
+    label})`` of the channels the checkpoint was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused): each
+    panel reads the channel named for its role in ``names``, else the one of its derivation. A channel of another
+    derivation than the checkpoint's is said in one line; units implausible for their header are a warning."""
+    from sleep_eeg.channels import derivation
+    from sleep_eeg.edf import channels_uv, read_recording, start_datetime
+
+    edf = read_recording(psg) if recording is None else recording
+    signals, found, warned = channels_uv(edf, channels, names, psg,
+                                         f", which the vision checkpoint {vision} was trained on ({', '.join(channels)})")
+    other = [f"{label} for {panel}" for panel, label in found.items() if derivation(label) != derivation(panel)]
+    if other:
+        print(f"note: {psg}: another derivation than the vision checkpoint was trained on: {'; '.join(other)}",
+              file=sys.stderr)
+    for warning in warned:
+        print(f"warning: {warning}", file=sys.stderr)
     n_epochs = min(int(len(x) // round(EPOCH_S * fs)) for x, fs in signals.values())
     if n_epochs < 1:
         raise FormatError(f"{psg}: shorter than one {EPOCH_S:g}-s epoch")
-    return signals, start_datetime(edf), n_epochs, edf
+    return signals, start_datetime(edf), n_epochs, edf, found
 
 
-def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int) -> tuple[list[str | None], list[str]]:
+def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int,
+                hypnogram_epoch: float = EPOCH_S) -> tuple[list[str | None], list[str]]:
     """The scored stage of each epoch, and the warnings about the scoring (one line each, with counts). Which
     hypnogram belongs to which recording is ``sleep_eeg.edf.scoring_on_recording``'s rule, as in prepare: another
-    night's is refused."""
-    from sleep_eeg.edf import read_edf, scoring_on_recording
+    night's is refused. ``hypnogram_epoch``: seconds per line of a CSV / TXT hypnogram."""
+    from sleep_eeg.edf import read_hypnogram, scoring_on_recording
     from sleep_eeg.stages import check_annotations, epoch_labels, scoring_warnings
 
     hypnogram, psg = Path(hypnogram), Path(psg)
     own = hypnogram.resolve() == psg.resolve()
-    annotations = scoring_on_recording(psg, edf, hypnogram, None if own else read_edf(hypnogram))
+    annotations = scoring_on_recording(psg, edf, hypnogram, None if own else read_hypnogram(hypnogram, hypnogram_epoch))
     check_annotations(annotations, hypnogram)
     return (epoch_labels(annotations, n_epochs),
             scoring_warnings(annotations, n_epochs, float(edf.duration), psg, hypnogram))
@@ -342,8 +413,9 @@ class Stager:
         self.user_text = model_vqa.user_text(question, bool(getattr(config, "mm_use_im_start_end", False)))
         self.models.update(vlm=str(vlm), model_base=None if model_base is None else str(model_base))
 
-    def stage(self, psg: str | Path, hypnogram: str | Path | None = None, explain: bool = False,
-              progress: bool = False) -> StagedNight:
+    def stage(self, psg, hypnogram: str | Path | None = None, explain: bool = False,
+              progress: bool = False, eeg_name: str | None = None, eog_name: str | None = None,
+              emg_name: str | None = None, hypnogram_epoch: float = EPOCH_S) -> StagedNight:
         """Stage one night (see ``stage_night``)."""
         from tqdm.auto import tqdm
 
@@ -353,12 +425,15 @@ class Stager:
         from sleep_eeg.stages import flat_warnings
         from vision_modules.extract import night_features
 
-        psg = Path(psg)
         if explain and self.vlm is None:
             raise FormatError("--explain needs --vlm: the vision module gives no reasoning")
-        signals, start, n_epochs, edf = read_signals(psg, self.render.channels, str(self.vision))
+        psg, recording = open_recording(psg)
+        names = {"eeg": eeg_name, "eog": eog_name, "emg": emg_name}
+        signals, start, n_epochs, edf, found = read_signals(psg, self.render.channels, str(self.vision), names,
+                                                            recording)
         check_rates(signals, self.render, psg)
-        scored, warnings = read_scored(hypnogram, psg, edf, n_epochs) if hypnogram is not None else (None, [])
+        scored, warnings = (read_scored(hypnogram, psg, edf, n_epochs, hypnogram_epoch) if hypnogram is not None
+                            else (None, []))
         epochs = list(range(n_epochs))
         warnings += [w for c in self.render.channels if channel_role(c) != "emg"
                      for w in flat_warnings(*signals[c], epochs, psg, c)]
@@ -386,18 +461,24 @@ class Stager:
         probs = probs / probs.sum(axis=1, keepdims=True)
         stages = [STAGES[int(i)] for i in probs.argmax(axis=1)]
         return StagedNight(night_name(psg), psg, start, stages, probs, reasoning, scored,
-                           {**self.models, "hypnogram": None if hypnogram is None else str(hypnogram)})
+                           {**self.models, "channels": found,
+                            "hypnogram": None if hypnogram is None else str(hypnogram)})
 
 
-def stage_night(psg: str | Path, vision: str | Path, vlm: str | Path | None = None,
+def stage_night(psg, vision: str | Path, vlm: str | Path | None = None,
                 model_base: str | Path | None = None, hypnogram: str | Path | None = None, explain: bool = False,
-                device: str | None = None, batch_size: int = 32) -> StagedNight:
-    """Stage a whole night from its EDF file.
+                device: str | None = None, batch_size: int = 32, eeg_name: str | None = None,
+                eog_name: str | None = None, emg_name: str | None = None,
+                hypnogram_epoch: float = EPOCH_S) -> StagedNight:
+    """Stage a whole night from its recording.
 
     Parameters
     ----------
-    psg : str or Path
-        The night's PSG EDF; it must hold the channels the vision checkpoint was trained on.
+    psg : str, Path, mne.io.Raw or (data, sf, ch_names)
+        The night's PSG: a file (EDF with edfio; BDF and MNE's other formats with MNE), an ``mne.io.Raw`` (in
+        volts, as MNE keeps it), or arrays ``data`` ``[channels, samples]`` in µV at ``sf`` Hz. The same signal
+        gives the same result in each form. It must hold a channel for each the vision checkpoint was trained on
+        (of the same derivation, or named by role below).
     vision : str or Path
         A vision-module checkpoint folder (``eeg-vlm vision train``).
     vlm : str or Path, optional
@@ -413,6 +494,13 @@ def stage_night(psg: str | Path, vision: str | Path, vlm: str | Path | None = No
         Default: cuda if available, else cpu.
     batch_size : int
         Epochs per VLM batch.
+    eeg_name, eog_name, emg_name : str, optional
+        The recording's channel for the checkpoint's EEG, EOG and EMG panel (YASA's names), e.g. ``"C4-M1"``,
+        ``"E1-M2"``, ``"Chin1-Chin2"``; comma-separated for several panels of one role. Without one, the
+        recording's channel of the checkpoint's derivation (``EEG C4-A1`` for ``C4-M1``). Another derivation than
+        the checkpoint's is said in one line.
+    hypnogram_epoch : float
+        Seconds per line of a CSV / TXT ``hypnogram`` (5 or 20: mapped onto 30-s epochs by majority).
 
     Returns
     -------
@@ -424,23 +512,24 @@ def stage_night(psg: str | Path, vision: str | Path, vlm: str | Path | None = No
     >>> night = stage_night("SC4001E0-PSG.edf", vision="checkpoints/vision/resnet18")  # doctest: +SKIP
     >>> night.statistics["TST"], night.stages[:3]  # doctest: +SKIP
     """
-    return Stager(vision, vlm, model_base, device, batch_size).stage(psg, hypnogram, explain)
+    return Stager(vision, vlm, model_base, device, batch_size).stage(psg, hypnogram, explain, False, eeg_name,
+                                                                    eog_name, emg_name, hypnogram_epoch)
 
 
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
 def nights_in(edf_dir: str | Path) -> list[tuple[Path, Path | None]]:
-    """``(PSG, hypnogram or None)`` of every night in a folder (paired by ``sleep_eeg.edf.find_nights``); an EDF+
-    file with its own stage annotations is its own hypnogram."""
-    from sleep_eeg.edf import STAGE_PREFIX, find_nights, read_edf
+    """``(PSG, hypnogram or None)`` of every night in a folder or pairing CSV (paired by
+    ``sleep_eeg.edf.find_nights``); a recording with its own stage annotations is its own hypnogram."""
+    from sleep_eeg.edf import find_nights, read_recording, stage_annotations
 
     out = []
     for night in find_nights(edf_dir):
         if night.hypnogram != night.psg:
             out.append((night.psg, night.hypnogram))
         else:
-            own = any(a.text.strip().startswith(STAGE_PREFIX) for a in read_edf(night.psg).annotations)
+            own = bool(stage_annotations(read_recording(night.psg), night.psg))
             out.append((night.psg, night.psg if own else None))
     return out
 
@@ -448,8 +537,15 @@ def nights_in(edf_dir: str | Path) -> list[tuple[Path, Path | None]]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="eeg-vlm stage", description=__doc__.split("\n\n")[0])
     p.add_argument("psg", nargs="?", help="the night's PSG EDF file")
-    p.add_argument("--edf-dir", default=None, help="stage every night in this folder instead (one folder each in --out)")
-    p.add_argument("--hypnogram", default=None, help="the night's scored hypnogram (EDF+), for agreement")
+    p.add_argument("--edf-dir", default=None, help="stage every night in this folder (or pairing CSV) instead (one "
+                   "folder each in --out)")
+    p.add_argument("--hypnogram", default=None,
+                   help="the night's scored hypnogram (EDF+, or CSV / TXT of one stage per line), for agreement")
+    p.add_argument("--hypnogram-epoch", type=float, default=EPOCH_S,
+                   help="seconds per line of a CSV / TXT hypnogram (5 or 20: mapped onto 30-s epochs by majority)")
+    for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
+        p.add_argument(f"--{role}-name", default=None,
+                       help=f"the recording's channel for the checkpoint's {role.upper()} panel (e.g. {example})")
     p.add_argument("--vision", required=True, help="vision-module checkpoint (eeg-vlm vision train)")
     p.add_argument("--vlm", default=None, help="EEG-VLM checkpoint; without it the vision module gives the stages")
     p.add_argument("--model-base", default=None, help="base model of a LoRA or projector-only --vlm")
@@ -470,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stager = Stager(args.vision, args.vlm, args.model_base, args.device, args.batch_size)
     from tqdm.auto import tqdm
 
-    staged = [stager.stage(psg, hyp, args.explain, progress=True)
+    staged = [stager.stage(psg, hyp, args.explain, True, args.eeg_name, args.eog_name, args.emg_name,
+                           args.hypnogram_epoch)
               for psg, hyp in tqdm(jobs, desc="nights", unit="night", disable=len(jobs) < 2)]
     for night in staged:
         folder = night.save(out / night.name if args.edf_dir is not None else out)

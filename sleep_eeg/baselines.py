@@ -51,7 +51,7 @@ from eeg_core.errors import FormatError
 from eeg_core.formats import make_answer, read_records, record_id
 from eeg_core.stages import EPOCH_S, STAGES, check_stage
 from sleep_eeg import features as F
-from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
 from sleep_eeg.measures import BANDS, log_relative_band_power
 
 KINDS = ("bandpower", "features")
@@ -140,7 +140,7 @@ def _check_rate(psg: Path, channel: str, fs: float, where: str) -> None:
 
 def night_features(
     psg: Path, items: Sequence[tuple[int, int]], records: Sequence[dict], records_path: Path,
-    kind: str, channels: Sequence[str], extractor: str | None,
+    kind: str, channels: Sequence[str], extractor: str | None, role_names: dict | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """``[len(items), n_features]`` features of one night's requested epochs, and the feature names.
 
@@ -154,6 +154,9 @@ def night_features(
         The records (for error messages naming the record) and their file.
     kind, channels, extractor
         What to compute (see the module docstring).
+    role_names : dict, optional
+        The recording's channel for each role (``{"eeg": "C4-M1"}``); else each channel is the file's channel of
+        its derivation (``sleep_eeg.channels.resolve_channels``).
     """
     from scipy.signal import resample_poly
 
@@ -163,12 +166,9 @@ def night_features(
     if not psg.is_file():
         raise FormatError(f"{psg}: PSG file not found (named by record {first!r} of {records_path})")
     edf = read_recording(psg)
-    for c in channels:
-        if c not in edf.labels:
-            raise FormatError(
-                f"{psg}: no channel {c!r} (needed by record {first!r} of {records_path}); channels present: {', '.join(edf.labels)}"
-            )
-    signals = {c: signal_uv(edf, c) for c in channels}
+    found = resolve_channels(list(edf.labels), channels, role_names, str(psg),
+                             f" (needed by record {first!r} of {records_path})")
+    signals = {c: signal_uv(edf, found[c]) for c in channels}
     for c, (x, fs) in signals.items():
         _check_rate(psg, c, fs, f"needed by record {first!r} of {records_path}")
         n_epochs = len(x) // int(round(EPOCH_S * fs))
@@ -199,16 +199,21 @@ def night_features(
 
 def dataset(
     records: Sequence[dict], records_path: Path, edf_dir: Path, kind: str, channels: Sequence[str],
-    extractor: str | None, need_label: bool,
+    extractor: str | None, need_label: bool, role_names: dict | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Feature matrix of all records (row i for record i), reading each night once."""
+    """Feature matrix of all records (row i for record i), reading each night once. ``edf_dir``: the folder the
+    records' psg names are in, or the pairing CSV that names them (``sleep_eeg.edf.read_pairs``)."""
     from tqdm.auto import tqdm
 
+    from sleep_eeg.edf import find_nights
+
+    paths = {n.psg.name: n.psg for n in find_nights(edf_dir)} if edf_dir.is_file() else {}
     nights = group_by_night(records, records_path, need_label)
     x: np.ndarray | None = None
     names: list[str] = []
     for psg, items in tqdm(nights.items(), desc=f"{kind} features", unit="night", leave=False, disable=None):
-        block, block_names = night_features(edf_dir / psg, items, records, records_path, kind, channels, extractor)
+        block, block_names = night_features(paths.get(psg, edf_dir / psg), items, records, records_path, kind,
+                                            channels, extractor, role_names)
         if x is None:
             x, names = np.full((len(records), block.shape[1]), np.nan), block_names
         elif block_names != names:
@@ -388,17 +393,20 @@ def model_proba(config: dict, numbers: dict, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 def train(
     records_path: str | Path, edf_dir: str | Path, out: str | Path, kind: str = "bandpower",
-    channels: str | Sequence[str] | None = None, extractor: str = "auto",
+    channels: str | Sequence[str] | None = None, extractor: str = "auto", role_names: dict | None = None,
 ) -> dict:
-    """Fit a baseline on the training records and write its model folder; returns its config."""
+    """Fit a baseline on the training records and write its model folder; returns its config. ``role_names``: the
+    recordings' channel for each role (``{"eeg": "C4-M1"}``), replacing that role's channel of ``channels``."""
     import sklearn
 
     kind = check_kind(kind)
-    channels = parse_channels(channels if isinstance(channels, str) or channels is None else ",".join(channels), kind)
+    channels = parse_channels(",".join(with_roles(
+        [c.strip() for c in (channels if isinstance(channels, str) else ",".join(channels or [DEFAULT_CHANNEL])).split(",")
+         if c.strip()], role_names or {})), kind)
     extractor = resolve_extractor(kind, extractor)
     records_path, edf_dir, out = Path(records_path), Path(edf_dir), Path(out)
     check_out_dir(out)
-    if not edf_dir.is_dir():
+    if not edf_dir.is_dir() and not (edf_dir.is_file() and edf_dir.suffix.lower() == ".csv"):
         raise FormatError(f"{edf_dir}: EDF folder not found")
     records = read_records(records_path)
     x, names = dataset(records, records_path, edf_dir, kind, channels, extractor, need_label=True)
@@ -442,9 +450,10 @@ def train(
 
 def predict(
     model_dir: str | Path, question_file: str | Path, edf_dir: str | Path, answers_file: str | Path,
-    allow_overlap: bool = False,
+    allow_overlap: bool = False, role_names: dict | None = None,
 ) -> int:
-    """Answer every question with the baseline; write the answers file whole. Returns the count."""
+    """Answer every question with the baseline; write the answers file whole. Returns the count. ``role_names``: the
+    recordings' channel for each of the model's roles (``{"eeg": "C4-M1"}``), else the one of its derivation."""
     config, numbers = load_model(model_dir)
     question_file, edf_dir, model_dir = Path(question_file), Path(edf_dir), Path(model_dir)
     if config["kind"] == "features" and config["extractor"] == "yasa":
@@ -454,7 +463,7 @@ def predict(
         if installed != config.get("extractor_version"):
             print(f"note: {model_dir} was trained with YASA {config.get('extractor_version')}, this is YASA {installed}",
                   file=sys.stderr)
-    if not edf_dir.is_dir():
+    if not edf_dir.is_dir() and not (edf_dir.is_file() and edf_dir.suffix.lower() == ".csv"):
         raise FormatError(f"{edf_dir}: EDF folder not found")
     questions = read_records(question_file)
     trained_on = set(config["training"]["subjects"])
@@ -466,7 +475,7 @@ def predict(
             f"({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); pass --allow-overlap to answer them anyway"
         )
     x, names = dataset(questions, question_file, edf_dir, config["kind"], config["channels"], config["extractor"],
-                       need_label=False)
+                       need_label=False, role_names=role_names)
     if names != config["feature_names"]:
         raise FormatError(f"{model_dir}: the model was trained on other features ({len(config['feature_names'])} "
                           f"named in {CONFIG_NAME}, {len(names)} computed now)")
@@ -494,7 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="fit a baseline on the training records")
     t.add_argument("--records", required=True, help="train records (eeg_ft.json) with psg / epoch / label")
-    t.add_argument("--edf-dir", required=True, help="the folder the records' psg names are relative to")
+    t.add_argument("--edf-dir", required=True,
+                   help="the folder the records' psg names are relative to (or the pairing CSV prepare read)")
     t.add_argument("--kind", default="bandpower", help=f"{'|'.join(KINDS)} (default bandpower)")
     t.add_argument("--channels", default=DEFAULT_CHANNEL, help="comma-separated channel names")
     t.add_argument("--extractor", default="auto",
@@ -507,16 +517,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--answers-file", required=True)
     q.add_argument("--allow-overlap", action="store_true",
                    help="answer questions of subjects the model was trained on (default: refused)")
+    for parser in (t, q):
+        for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
+            parser.add_argument(f"--{role}-name", default=None,
+                                help=f"the recordings' {role.upper()} channel (e.g. {example})")
     args = p.parse_args(argv)
+    names = {"eeg": args.eeg_name, "eog": args.eog_name, "emg": args.emg_name}
     if args.cmd == "train":
-        cfg = train(args.records, args.edf_dir, args.out, args.kind, args.channels, args.extractor)
+        cfg = train(args.records, args.edf_dir, args.out, args.kind, args.channels, args.extractor, names)
         tr = cfg["training"]
         what = cfg["kind"] + (f" ({cfg['extractor']} features)" if cfg["extractor"] else "")
         print(f"{what} baseline on {tr['n_records']} records of {len(tr['subjects'])} subjects, "
               f"{len(cfg['feature_names'])} features from {', '.join(cfg['channels'])}; "
               f"training accuracy {tr['accuracy']:.3f} -> {args.out}")
     else:
-        n = predict(args.model, args.question_file, args.edf_dir, args.answers_file, args.allow_overlap)
+        n = predict(args.model, args.question_file, args.edf_dir, args.answers_file, args.allow_overlap, names)
         print(f"wrote {n} answers -> {args.answers_file}")
     return 0
 

@@ -40,7 +40,7 @@ from eeg_core.layout import (
 )
 from eeg_core.stages import STAGES
 from sleep_eeg import cot
-from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, with_roles
 from sleep_eeg.edf import Night, find_nights, read_channels
 from sleep_eeg.measures import epoch_measures
 from sleep_eeg.render import RenderConfig, check_rates, prepare_night, render_epochs
@@ -210,10 +210,13 @@ def prepare(
     workers: int = 1,
     trim_minutes: float | None = 30.0,
     render: RenderConfig = RenderConfig(),
+    hypnogram_epoch: float = 30.0,
 ) -> PrepareResult:
     """Run the whole conversion: list and check the nights (:func:`load_night`), split the subjects
     (:func:`split_subjects`), draw each night (:func:`render_night`) into temporary folders that then
-    replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`)."""
+    replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`). ``edf_dir``: a
+    folder, or a pairing CSV (``sleep_eeg.edf.read_pairs``); ``hypnogram_epoch``: seconds per line of CSV / TXT
+    hypnograms."""
     if cot_mode not in cot.COT_MODES:
         raise FormatError(f"--cot must be one of {'|'.join(cot.COT_MODES)}, got {cot_mode!r}")
     if not 0.0 <= eval_fraction <= 1.0:
@@ -222,7 +225,7 @@ def prepare(
     check_out_folder(out)
     check_image_folders(out)
     # Read and check every night before writing anything.
-    loaded = [load_night(night, render, trim_minutes) for night in find_nights(edf_dir)]
+    loaded = [load_night(night, render, trim_minutes) for night in find_nights(edf_dir, hypnogram_epoch)]
     eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, eval_subjects, seed)
 
     # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
@@ -257,12 +260,29 @@ def prepare(
     return PrepareResult(counts, sorted(eval_set), len(train), len(questions))
 
 
+def add_role_arguments(p: argparse.ArgumentParser) -> None:
+    """``--eeg-name``, ``--eog-name``, ``--emg-name``: the recording's channel for each role."""
+    for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
+        p.add_argument(f"--{role}-name", default=None,
+                       help=f"the recordings' {role.upper()} channel (e.g. {example}); replaces the {role.upper()} "
+                            "channel of --channels (comma-separated for several)")
+
+
+def role_names(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"eeg": args.eeg_name, "eog": args.eog_name, "emg": args.emg_name}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="eeg-vlm prepare", description=__doc__.splitlines()[0])
-    p.add_argument("--edf-dir", required=True, help="folder of *-PSG.edf + *-Hypnogram.edf (or EDF+ with stages)")
+    p.add_argument("--edf-dir", required=True,
+                   help="folder of *-PSG.edf + *-Hypnogram.edf (or EDF+ with stages), or a pairing CSV (columns "
+                        "recording, hypnogram, subject)")
     p.add_argument("--out", default="sleep_data")
     p.add_argument("--channels", "--channel", default=DEFAULT_CHANNEL,
                    help="comma-separated channels, one image panel each (e.g. 'EEG Fpz-Cz,EOG horizontal,EMG submental')")
+    add_role_arguments(p)
+    p.add_argument("--hypnogram-epoch", type=float, default=30.0,
+                   help="seconds per line of CSV / TXT hypnograms (5 or 20: mapped onto 30-s epochs by majority)")
     p.add_argument("--cot", default="stage", choices=cot.COT_MODES, help="chain of thought in the answers")
     p.add_argument("--eval-fraction", type=float, default=0.2, help="share of subjects held out for eval")
     p.add_argument("--eval-subjects", default="", help="comma-separated subjects for eval (overrides the fraction)")
@@ -278,14 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--context", type=float, default=0.0, help="seconds of neighbouring epochs drawn in grey")
     p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below each EEG panel")
     args = p.parse_args(argv)
-    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    channels = with_roles(tuple(c.strip() for c in args.channels.split(",") if c.strip()), role_names(args))
     cfg = RenderConfig(channels=channels, fs=args.fs, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
                        band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram)
     result = prepare(
         args.edf_dir, args.out, cot_mode=args.cot, eval_fraction=args.eval_fraction,
         eval_subjects=[s for s in args.eval_subjects.split(",") if s] or None, seed=args.seed,
         workers=max(1, args.workers), trim_minutes=None if args.trim_minutes < 0 else args.trim_minutes,
-        render=cfg,
+        render=cfg, hypnogram_epoch=args.hypnogram_epoch,
     )
     print(count_table(result.counts))
     print(f"images {cfg.size[0]}x{cfg.size[1]} px ({', '.join(channels)}) -> {Path(args.out) / TRAIN_IMAGES}, "

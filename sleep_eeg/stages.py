@@ -26,10 +26,51 @@ TEXT_TO_STAGE: dict[str, str | None] = {
 }
 
 
+# Other labs' texts for the same stages, compared lower-case with ``_`` as a space: AASM ("N2", "Sleep stage N2",
+# "Wake", "REM") and R&K ("Stage 2", "Sleep stage 2", "S4"); the bare digits are not here (see YASA_CODES).
+_TOKENS: dict[str, str | None] = {
+    "w": "W", "wake": "W", "n1": "N1", "s1": "N1", "1": "N1", "n2": "N2", "s2": "N2", "2": "N2",
+    "n3": "N3", "n4": "N3", "s3": "N3", "s4": "N3", "3": "N3", "4": "N3", "r": "REM", "rem": "REM",
+    "?": None, "unscored": None, "u": None, "movement": None, "movement time": None, "mt": None, "artefact": None,
+    "artifact": None,
+}
+_PREFIXES = ("sleep stage ", "stage ")
+# YASA's integer codes, for a CSV / TXT hypnogram of numbers: 0-4 = W N1 N2 N3 REM; -1 (artefact), -2 (unscored).
+YASA_CODES: dict[int, str | None] = {0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "REM", -1: None, -2: None}
+STAGE_TO_YASA: dict[str, int] = {s: c for c, s in YASA_CODES.items() if s is not None}
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.strip().lower().replace("_", " ").split())
+
+
+def stage_text(text: str) -> str | None:
+    """The canonical text (a key of ``TEXT_TO_STAGE``) of a stage annotation in any of the known spellings, or None
+    for a text that is not one: "N2", "Sleep stage N2", "Stage 2", "Sleep stage 2", "S2" -> "Sleep stage 2";
+    "Wake", "W" -> "Sleep stage W"; "Movement time", "MT" -> "Movement time". A bare digit is not a stage text."""
+    if text.strip() in TEXT_TO_STAGE:
+        return text.strip()
+    norm = _normal(text)
+    for prefix in _PREFIXES:
+        if norm.startswith(prefix):
+            norm = norm[len(prefix):]
+            break
+    else:
+        if norm.isdigit():
+            return None
+    if norm not in _TOKENS:
+        return None
+    stage = _TOKENS[norm]
+    if stage is None:
+        return MOVEMENT_TEXT if norm.startswith("m") else UNSCORED_TEXT
+    return RK_TEXT[stage]
+
+
 def map_stage(text: str) -> str | None:
-    """AASM stage of an annotation text (S3 and S4 both N3); ``?``, movement and unknown texts give None
-    (``check_annotations`` refuses unknown texts before this is used)."""
-    return TEXT_TO_STAGE.get(text.strip())
+    """AASM stage of an annotation text in any known spelling (:func:`stage_text`; S3 and S4 both N3); ``?``,
+    movement and unknown texts give None (``check_annotations`` refuses unknown texts before this is used)."""
+    canonical = stage_text(text)
+    return None if canonical is None else TEXT_TO_STAGE[canonical]
 
 
 def check_annotations(annotations: Sequence[tuple[float, float, str]], where: str | Path) -> None:
@@ -38,8 +79,9 @@ def check_annotations(annotations: Sequence[tuple[float, float, str]], where: st
     overlap and give different stages (the later one would win)."""
     known = ", ".join(repr(t) for t in TEXT_TO_STAGE)
     for onset, duration, text in annotations:
-        if text.strip() not in TEXT_TO_STAGE:
-            raise FormatError(f"{where}: unknown stage annotation {text!r} at {onset:g} s (known: {known})")
+        if stage_text(text) is None:
+            raise FormatError(f"{where}: unknown stage annotation {text!r} at {onset:g} s (known: {known}, and the "
+                              "AASM / R&K spellings 'N2', 'Sleep stage N2', 'Stage 2', 'Wake', 'REM')")
     active: list[tuple[float, float, str]] = []  # annotations still open at the current onset
     for onset, duration, text in sorted(annotations, key=lambda a: (a[0], a[1])):
         active = [a for a in active if a[0] + a[1] > onset + 1e-3]

@@ -692,6 +692,36 @@ def baseline_psg_outside_the_edf_dir(ctx, tmp):
             [f"{tmp / 'eeg_ft.json'}: record 'r0' (#0): 'psg' '{psg}' leaves --edf-dir (absolute or '..')"])
 
 
+# Recordings and hypnograms of other labs
+def prepare_csv_hypnogram_unknown_stage(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    (tmp / "edf" / "SC9001EC-Hypnogram.edf").unlink()
+    hyp = tmp / "edf" / "SC9001EC-Hypnogram.csv"
+    hyp.write_text("W\nN2\nN5\n")
+    return prepare_argv(tmp, tmp / "edf"), [f"{hyp}: line 3: unknown stage 'N5'"]
+
+
+def prepare_pairing_csv_without_recording_column(ctx, tmp):
+    write_pair(tmp / "edf")
+    pairs = tmp / "edf" / "pairs.csv"
+    pairs.write_text("psg,hypnogram\nSC9001E0-PSG.edf,SC9001EC-Hypnogram.edf\n")
+    return prepare_argv(tmp, pairs), [f"{pairs}: a pairing CSV needs a header with the column 'recording'"]
+
+
+def stage_eeg_name_not_in_the_recording(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    return (stage_argv(ctx, tmp, psg, "--eeg-name", "C4-M1"),
+            [f"{psg}: no channel 'C4-M1', which the vision checkpoint", "channels present: EEG Fpz-Cz"])
+
+
+def stage_csv_hypnogram_of_a_code_yasa_lacks(ctx, tmp):
+    psg, _ = write_pair(tmp / "edf")
+    hyp = tmp / "codes.txt"
+    hyp.write_text("0\n2\n5\n")
+    return (stage_argv(ctx, tmp, psg, "--hypnogram", str(hyp)),
+            [f"{hyp}: line 3: stage code '5' is not one of YASA's integer codes"])
+
+
 CASES = [  # (entry point, bad input, run as a real subprocess: one per entry point)
     ("prepare", prepare_unknown_stage, True),
     ("prepare", prepare_overlap, False),
@@ -746,6 +776,11 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("vision", vision_train_link_out_of_the_image_folder, False),
     ("vision", vision_train_image_of_another_size, False),
     ("baseline", baseline_psg_outside_the_edf_dir, False),
+    # recordings and hypnograms of other labs
+    ("prepare", prepare_csv_hypnogram_unknown_stage, False),
+    ("prepare", prepare_pairing_csv_without_recording_column, False),
+    ("stage", stage_eeg_name_not_in_the_recording, False),
+    ("stage", stage_csv_hypnogram_of_a_code_yasa_lacks, False),
 ]
 
 

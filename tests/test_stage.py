@@ -84,8 +84,8 @@ def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_pa
         eeg_vlm_main(["stage", str(psg), "--hypnogram", str(hyp), "--vision", str(nights["vision"]),
                       "--vlm", str(stage_only_llava[0]), "--out", str(out), "--explain", "--batch-size", "16"])
     assert code.value.code == 0
-    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "agreement.json", "hypnogram.png",
-                                                     "report.html", "stages.csv", "statistics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "agreement.json", "hypnogram.edf",
+                                                     "hypnogram.png", "report.html", "stages.csv", "statistics.json"]
     rows = read_csv(out / "stages.csv")
     start = edfio.read_edf(psg).startdatetime
     n_epochs = int(edfio.read_edf(psg).duration // 30)
@@ -126,7 +126,7 @@ def test_python_api_vision_only(nights):
     assert night.stages == [STAGES[i] for i in night.probabilities.argmax(axis=1)]
     assert night.reasoning is None and night.agreement is None
     assert night.statistics["TIB"] == 15.0
-    assert night.to_csv().splitlines()[0] == "epoch,onset_clock,onset_s,stage,p_W,p_N1,p_N2,p_N3,p_REM"
+    assert night.to_csv().splitlines()[0] == "epoch,onset_clock,onset_s,stage,p_W,p_N1,p_N2,p_N3,p_REM,yasa"
     assert isinstance(night.plot(), matplotlib.figure.Figure)
 
 
@@ -205,8 +205,8 @@ def test_out_keeps_the_users_files_and_refuses_to_overwrite_them(nights, tmp_pat
     assert {"notes.txt", "stages.csv", "agreement.json", "report.html"} <= {p.name for p in out.iterdir()}
     # a rerun replaces what stage wrote; its agreement.json, which the new run does not write, goes
     assert _stage([psg, "--vision", vision, "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "hypnogram.png", "notes.txt",
-                                                     "report.html", "stages.csv", "statistics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "hypnogram.edf", "hypnogram.png",
+                                                     "notes.txt", "report.html", "stages.csv", "statistics.json"]
     capsys.readouterr()
     # a file of stage's name that stage did not write (or that was edited since) is refused, before any work
     (out / "stages.csv").write_text("my own table\n")
