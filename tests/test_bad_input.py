@@ -372,6 +372,28 @@ def hostile(name: str):
     return make
 
 
+def hostile_deepspeed(where: str, latest: str | None = None):
+    """A hostile pickle where DeepSpeed would load it on resume: under the folder ``latest`` names (inside the
+    checkpoint or not), or deep in a universal checkpoint's ``zero/`` tree. ``{tmp}`` in ``latest`` or ``where``
+    is the case's folder."""
+    def make(ctx, tmp):
+        out = copied_run(ctx, tmp)
+        ck = out / "checkpoint-2"
+        path = Path(where.format(tmp=tmp)) if where.startswith("{tmp}") else ck / where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": Hostile(tmp / "pwned")}, path)
+        if latest is not None:
+            (ck / "latest").write_text(latest.format(tmp=tmp))
+        argv = train_argv(ctx, out, None, None, None, None, True, "--resume_from_checkpoint", str(ck))
+        if latest is not None and (latest.startswith("{tmp}") or latest.startswith("..")):
+            return argv, [f"{ck / 'latest'}: names {latest.format(tmp=tmp)!r}, which is not a folder inside the "
+                          f"checkpoint {ck}; refused"]
+        return argv, [f"{path}: refused: not a plain tensor file that loads without running code (it would "
+                      f"import {os.system.__module__}.system)"]
+    make.__name__ = "train_hostile_" + re.sub(r"\W+", "_", f"{where}_{latest or ''}").strip("_")
+    return make
+
+
 def vqa_retrained_model(ctx, tmp):
     """Answers of a model, then a new training into the same folder name: the answers are not resumed."""
     from llava.model.builder import model_fingerprint
@@ -495,6 +517,11 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("train", hostile("optimizer.pt"), True),
     ("train", hostile("scheduler.pt"), False),
     ("train", hostile("rng_state.pth"), False),
+    ("train", hostile_deepspeed("global_step2_universal/zero/optimizer_state.pt"), False),
+    ("train", hostile_deepspeed("global_step2_universal/zero/lm.weight/fp32.pt"), False),
+    ("train", hostile_deepspeed("weights/mp_rank_00_model_states.pt", latest="weights"), False),
+    ("train", hostile_deepspeed("{tmp}/elsewhere/mp_rank_00_model_states.pt", latest="{tmp}/elsewhere"), False),
+    ("train", hostile_deepspeed("{tmp}/run/elsewhere/mp_rank_00_model_states.pt", latest="../elsewhere"), False),
     ("model_vqa", vqa_retrained_model, False),
     ("model_vqa", vqa_absolute_image, False),
     ("model_vqa", vqa_corrupt_png, False),
@@ -615,6 +642,50 @@ def test_kill_during_save_then_resume_from_the_named_checkpoint(ctx, tmp_path, m
 
     assert [checkpoint_problem(out / f"checkpoint-{k}") for k in (1, 2, 3)] == [None, None, None]
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_kill_during_the_final_save_then_resume_equals_an_uninterrupted_run(ctx, tmp_path, monkeypatch):
+    """The last step's checkpoint is whole, the final save is killed: the resume takes no step beyond
+    --max_steps (no checkpoint-3) and saves the weights an uninterrupted run saves (constant learning rate, so
+    one more step would show)."""
+    from safetensors.torch import load_file
+
+    from llava.train.checkpoints import FINAL_STAGING
+    from llava.train.train import train
+    from llava.train.trainer import LLaVATrainer
+
+    def argv(out: Path) -> list[str]:
+        return train_argv(ctx, out, None, None, None, None, True, "--max_steps", "2", "--save_strategy", "steps",
+                          "--save_steps", "1", "--lr_scheduler_type", "constant", "--warmup_ratio", "0")
+
+    def weights(out: Path) -> dict:
+        state = dict(load_file(out / "adapter_model.safetensors"))
+        state.update(torch.load(out / "non_lora_trainables.bin", weights_only=True))
+        return state
+
+    train(argv(tmp_path / "plain"))
+    out = tmp_path / "run"
+    save_model = LLaVATrainer.save_model
+
+    def killed_in_final_save(self, output_dir=None, _internal_call=False):
+        save_model(self, output_dir, _internal_call)
+        if output_dir is not None and Path(output_dir).name == FINAL_STAGING:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(LLaVATrainer, "save_model", killed_in_final_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(argv(out))
+    monkeypatch.undo()
+    assert not (out / "config.json").exists() and (out / "checkpoint-2").is_dir()
+
+    trainer = train(argv(out) + ["--resume_from_checkpoint", "True"])
+    assert trainer.state.global_step == 2
+    assert sorted(p.name for p in out.glob("*checkpoint*")) == ["checkpoint-1", "checkpoint-2"]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    plain, resumed = weights(tmp_path / "plain"), weights(out)
+    assert plain.keys() == resumed.keys()
+    assert all(torch.equal(plain[k], resumed[k]) for k in plain), \
+        max(float((plain[k] - resumed[k]).abs().max()) for k in plain)
 
 
 def test_failure_before_the_first_step_removes_what_the_run_created(ctx, tmp_path, monkeypatch):
