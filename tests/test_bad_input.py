@@ -469,6 +469,30 @@ def score_int_and_str_ids(ctx, tmp):
             [f"{questions}: question_id 7 (record #0) and '7' (record #1) are the same id"])
 
 
+def score_two_models(ctx, tmp):
+    answers = tmp / "answers.jsonl"
+    write_jsonl(answers, answer_rows(ctx, "a" * 64, "run", ["q0", "q1"]) + answer_rows(ctx, "b" * 64, "run",
+                                                                                        ["q2", "q3"]))
+    return (["--question-file", str(ctx.questions), "--answers-file", str(answers), "--out", str(tmp / "scores")],
+            [f"{answers}: answer #3 (question_id 'q2') comes from another model (model_sha256 bbbbbbbbbbbb) than "
+             "answer #1 (aaaaaaaaaaaa)"])
+
+
+def bad_probabilities(name: str, value):
+    def make(ctx, tmp):
+        rows = answer_rows(ctx, "a" * 64, "run", ["q0", "q1", "q2", "q3"])
+        for row in rows:
+            row["metadata"]["probabilities"] = {s: 0.2 for s in STAGES}
+        rows[1]["metadata"]["probabilities"]["N2"] = value
+        answers = tmp / "answers.jsonl"
+        answers.write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))
+        return (["--question-file", str(ctx.questions), "--answers-file", str(answers), "--out", str(tmp / "s")],
+                [f"{answers}: answer #2 (question_id 'q1'): metadata.probabilities['N2'] = {value!r} is not a "
+                 "probability"])
+    make.__name__ = f"score_probability_{name}"
+    return make
+
+
 def _main(entry: str):
     if entry == "prepare":
         from sleep_eeg.prepare import main
@@ -531,6 +555,9 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("merge", merge_two_models, True),
     ("merge", merge_int_and_str_ids, False),
     ("score", score_int_and_str_ids, True),
+    ("score", score_two_models, False),
+    ("score", bad_probabilities("negative", -0.1), False),
+    ("score", bad_probabilities("nan", float("nan")), False),
 ]
 
 
@@ -590,12 +617,14 @@ def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):
     from eeg_core.answer import parse_stage
     from sleep_eeg.score import score
 
-    hedged = ["stage 2 or stage 3", "REM? no. Sleep stage: unclear", "Sleep stage: N2/N3", "Sleep stage: N1?"]
-    assert [parse_stage(t) for t in hedged] == [None] * 4
+    hedged = ["stage 2 or stage 3", "REM? no. Sleep stage: unclear", "Sleep stage: N2/N3", "Sleep stage: N1?",
+              "N2, possibly N3", "N2 (maybe N1)", "either N1 or W", "Sleep stage: N2.5", "Sleep stage: N2, possibly N3",
+              "Sleep stage: N2 (maybe N1)", "Sleep stage: either N1 or W", "Sleep stage: N2-N3", "probably N2"]
+    assert {t: parse_stage(t) for t in hedged} == {t: None for t in hedged}
     assert parse_stage("It could be N1 or N2; the spindles decide.\nSleep stage: N2") == "N2"
     answers = tmp_path / "answers.jsonl"
     write_jsonl(answers, [formats.make_answer(f"q{i}", QUESTION, text, f"a{i}", "m", {})
-                                  for i, text in enumerate(hedged)])
+                          for i, text in enumerate(hedged[4:8])])  # the four questions, hedged as in the field
     metrics = score(ctx.questions, answers, tmp_path / "scores")
     assert metrics["unparseable_question_ids"] == ["q0", "q1", "q2", "q3"] and metrics["accuracy"] == 0.0
 
