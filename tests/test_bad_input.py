@@ -493,6 +493,100 @@ def bad_probabilities(name: str, value):
     return make
 
 
+_BASELINE: dict = {}
+
+
+def baseline_setup(ctx) -> dict:
+    """Built once, on first use: two 20-minute nights (subjects SC900 for training, SC901 for questions), their
+    records and questions, and a band-power baseline trained on the first."""
+    if _BASELINE:
+        return _BASELINE
+    from sleep_eeg import baselines
+
+    root = ctx.root / "baseline"
+    edf = root / "edf"
+    edf.mkdir(parents=True)
+    stages = [(0, 600, "Sleep stage W"), (600, 600, "Sleep stage 2")]
+    write_night(edf, stages, name="SC9001E0")
+    write_night(edf, stages, name="SC9011E0")
+    rows = [{"psg": "SC9001E0-PSG.edf", "subject": "SC900", "night": 1, "epoch": e, "label": "W" if e < 20 else "N2"}
+            for e in range(40)]
+    write_json(root / "train.json", [{"id": f"b{e}", **r} for e, r in enumerate(rows)])
+    write_jsonl(root / "eval.jsonl", [{"question_id": f"c{e}", "text": QUESTION, **r,
+                                       "psg": "SC9011E0-PSG.edf", "subject": "SC901"} for e, r in enumerate(rows)])
+    baselines.train(root / "train.json", edf, root / "model")
+    _BASELINE.update(root=root, edf=edf, train=root / "train.json", eval=root / "eval.jsonl", model=root / "model")
+    return _BASELINE
+
+
+def baseline_predict_argv(b: dict, tmp: Path, model: Path | None = None, questions: Path | None = None) -> list:
+    return ["predict", "--model", str(model or b["model"]), "--question-file", str(questions or b["eval"]),
+            "--edf-dir", str(b["edf"]), "--answers-file", str(tmp / "answers.jsonl")]
+
+
+def baseline_config_edited(ctx, tmp):
+    """Reversing `classes` would remap every answer: the config is covered by its sha256."""
+    b = baseline_setup(ctx)
+    model = tmp / "model"
+    shutil.copytree(b["model"], model)
+    config = json.loads((model / "config.json").read_text())
+    write_json(model / "config.json", {**config, "classes": config["classes"][::-1]})
+    return (baseline_predict_argv(b, tmp, model),
+            [f"{model / 'config.json'}: its content differs from its config_sha256"])
+
+
+def baseline_object_array(ctx, tmp):
+    """A features model whose model.npz holds an object array (a pickle), its hashes made to match."""
+    from sleep_eeg.baselines import config_sha256
+
+    b = baseline_setup(ctx)
+    model = tmp / "model"
+    model.mkdir()
+    with open(model / "model.npz", "wb") as f:
+        np.savez(f, trees=np.array([Hostile(tmp / "pwned")], dtype=object))
+    config = json.loads((b["model"] / "config.json").read_text())
+    config.update(kind="features", extractor="scipy", model_file="model.npz",
+                  model_sha256=formats.file_sha256(model / "model.npz"))
+    write_json(model / "config.json", {**config, "config_sha256": config_sha256(config)})
+    return (baseline_predict_argv(b, tmp, model),
+            [f"{model / 'model.npz'}: not a model file of plain numbers (Object arrays cannot be loaded"])
+
+
+def baseline_duplicate_ids(ctx, tmp):
+    b = baseline_setup(ctx)
+    questions = tmp / "eval.jsonl"
+    rows = formats.read_records(b["eval"])
+    rows[3]["question_id"] = rows[1]["question_id"]
+    write_jsonl(questions, rows)
+    return (baseline_predict_argv(b, tmp, None, questions),
+            [f"{questions}: duplicate question_id 'c1' (questions #1 and #3)"])
+
+
+def baseline_questions_without_subject(ctx, tmp):
+    b = baseline_setup(ctx)
+    questions = tmp / "eval.jsonl"
+    write_jsonl(questions, [{k: v for k, v in q.items() if k != "subject"} for q in formats.read_records(b["eval"])])
+    return (baseline_predict_argv(b, tmp, None, questions),
+            [f"{questions}: 40 of 40 questions carry no subject, so whether they are of the subjects the model "
+             f"{b['model']} was trained on cannot be checked; pass --allow-overlap"])
+
+
+def baseline_flat_nights(ctx, tmp):
+    b = baseline_setup(ctx)
+    edf = tmp / "edf"
+    edf.mkdir()
+    write_night(edf, [(0, 600, "Sleep stage W"), (600, 600, "Sleep stage 2")], flat=True, name="SC9001E0")
+    return (["train", "--records", str(b["train"]), "--edf-dir", str(edf), "--out", str(tmp / "model")],
+            [f"{b['train']}: the features are the same in every epoch of every night (40 records)"])
+
+
+def vision_predict_duplicate_ids(ctx, tmp):
+    questions = edited_questions(ctx, tmp, lambda q: q[2].update(question_id="q0"))
+    return (["predict", "--checkpoint", str(tmp / "ck"), "--question-file", str(questions), "--image-folder",
+             str(ctx.images), "--answers-file", str(tmp / "answers.jsonl"), "--no-progress"],
+            [f"{questions}: duplicate question_id 'q0' (questions #0 and #2)"])
+
+
 def _main(entry: str):
     if entry == "prepare":
         from sleep_eeg.prepare import main
@@ -504,6 +598,8 @@ def _main(entry: str):
         from llava.eval.model_vqa import main
     elif entry == "merge":
         from llava.eval.merge_answers import main
+    elif entry == "baseline":
+        from sleep_eeg.baselines import main
     else:
         from sleep_eeg.score import main
     return main
@@ -513,6 +609,7 @@ def _command(entry: str) -> list[str]:
     script = Path(sys.executable).parent / "eeg-vlm"
     eeg_vlm = [str(script)] if script.is_file() else [sys.executable, "-m", "eeg_vlm.cli"]
     return {"prepare": eeg_vlm + ["prepare"], "vision": eeg_vlm + ["vision"], "score": eeg_vlm + ["score"],
+            "baseline": eeg_vlm + ["baseline"],
             "train": [sys.executable, "llava/train/train_mem.py"],
             "model_vqa": [sys.executable, "llava/eval/model_vqa.py"],
             "merge": [sys.executable, "llava/eval/merge_answers.py"]}[entry]
@@ -556,6 +653,12 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("merge", merge_int_and_str_ids, False),
     ("score", score_int_and_str_ids, True),
     ("score", score_two_models, False),
+    ("baseline", baseline_config_edited, True),
+    ("baseline", baseline_object_array, False),
+    ("baseline", baseline_duplicate_ids, False),
+    ("baseline", baseline_questions_without_subject, False),
+    ("baseline", baseline_flat_nights, False),
+    ("vision", vision_predict_duplicate_ids, False),
     ("score", bad_probabilities("negative", -0.1), False),
     ("score", bad_probabilities("nan", float("nan")), False),
 ]
@@ -573,9 +676,12 @@ def subprocesses(request, tmp_path_factory):
     ctx_ = request.getfixturevalue("ctx")
     pool = ThreadPoolExecutor(1)
     started = {}
-    for entry, make in real:
+    made = {}
+    for entry, make in real:  # every case made first: a make may build shared input once (baseline_setup)
         tmp = tmp_path_factory.mktemp(make.__name__)
-        argv, fragments = make(ctx_, tmp)
+        made[make.__name__] = (tmp, *make(ctx_, tmp))
+    for entry, make in real:
+        tmp, argv, fragments = made[make.__name__]
         before = snapshot(tmp, ctx_.root)
         env = dict(os.environ, OMP_NUM_THREADS="1",
                    PYTHONPATH=os.pathsep.join([str(REPO), str(tmp / "mods"), os.environ.get("PYTHONPATH", "")]))
@@ -611,6 +717,25 @@ def test_flat_channel_and_short_hypnogram_are_warnings_with_counts(tmp_path, cap
     ]
     assert len(formats.read_records(tmp_path / "out" / "eeg_ft.json")) == 40
     assert len(formats.read_records(tmp_path / "out" / "eeg_eval.jsonl")) == 40
+
+
+def test_baseline_on_a_flat_night_is_a_warning_with_counts(ctx, tmp_path, capsys):
+    from sleep_eeg import baselines
+
+    b = baseline_setup(ctx)
+    edf = tmp_path / "edf"
+    shutil.copytree(b["edf"], edf)
+    write_night(edf, [(0, 600, "Sleep stage W"), (600, 600, "Sleep stage 2")], flat=True, name="SC9011E0")
+    records = tmp_path / "train.json"
+    night2 = [{**r, "id": f"f{r['epoch']}", "psg": "SC9011E0-PSG.edf", "subject": "SC901"}
+              for r in formats.read_records(b["train"])]
+    write_json(records, formats.read_records(b["train"]) + night2)
+    capsys.readouterr()
+    baselines.train(records, edf, tmp_path / "model")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {records}: night SC9011E0-PSG.edf: the features are the same in all 40 of its "
+                        "epochs (a flat channel?); the baseline learns nothing from them"]
+    assert (tmp_path / "model" / "config.json").is_file()
 
 
 def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):

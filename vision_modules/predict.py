@@ -17,6 +17,7 @@ from eeg_core.atomic import write_jsonl
 from eeg_core.formats import (
     check_render,
     make_answer,
+    question_keys,
     read_records,
     record_id,
     records_render,
@@ -39,6 +40,7 @@ def predict_stages(
     """Write one answer per question (file order) and return them."""
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
+    question_keys([{"question_id": record_id(r)} if isinstance(r, dict) else r for r in recs], questions, "question")
     paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     check_render(config.get("render"), records_render(recs, questions), str(checkpoint), str(questions))
