@@ -51,6 +51,7 @@ import numpy as np
 from eeg_core.answer import stage_line
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from eeg_core.formats import make_answer, question_keys, read_records, record_id
 from eeg_core.stages import EPOCH_S, STAGES, check_stage
 from sleep_eeg import features as F
@@ -555,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--allow-overlap", action="store_true",
                    help="answer questions of subjects the model was trained on (default: refused)")
     args = p.parse_args(argv)
+    if args.cmd == "train":
+        check_output(args.out, "--out", folder=True)
+    else:
+        check_output(args.answers_file, "--answers-file", folder=False)
     if args.cmd == "train":
         cfg = train(args.records, args.edf_dir, args.out, args.kind, args.channels, args.extractor)
         tr = cfg["training"]

@@ -41,6 +41,7 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from eeg_core.formats import (
     answer_keys,
     question_keys,
@@ -244,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also score these answers on the same questions and print one table beside the majority "
                         "class and the main answers (repeatable)")
     args = p.parse_args(argv)
+    check_output(args.out if args.out else Path(args.answers_file).parent, "--out", folder=True)
     named = parse_compare(args.compare)
     metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots,
                     compare=named)

@@ -587,6 +587,98 @@ def vision_predict_duplicate_ids(ctx, tmp):
             [f"{questions}: duplicate question_id 'q0' (questions #0 and #2)"])
 
 
+def a_file(tmp: Path) -> Path:
+    path = tmp / "a_file"
+    path.write_text("mine\n")
+    return path
+
+
+def binary(tmp: Path, name: str) -> Path:
+    path = tmp / name
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 8)
+    return path
+
+
+def vision_train_out_is_a_file(ctx, tmp):
+    out = a_file(tmp)
+    return (["train", "--records", str(ctx.train_records), "--image-folder", str(ctx.images), "--out", str(out),
+             "--epochs", "1", "--no-progress"], [f"{out}: --out must be a folder, but it is a file"])
+
+
+def vision_predict_batch_size_0(ctx, tmp):
+    return (["predict", "--checkpoint", str(tmp / "ck"), "--question-file", str(ctx.questions), "--image-folder",
+             str(ctx.images), "--answers-file", str(tmp / "answers.jsonl"), "--batch-size", "0", "--no-progress"],
+            ["--batch-size must be at least 1, got 0"])
+
+
+def vision_extract_out_under_a_file(ctx, tmp):
+    parent = a_file(tmp)
+    return (["extract", "--checkpoint", str(tmp / "ck"), "--records", str(ctx.questions), "--image-folder",
+             str(ctx.images), "--out", str(parent / "f.npy"), "--no-progress"],
+            [f"{parent / 'f.npy'}: --out lies under {parent}, which is a file"])
+
+
+def vqa_answers_under_a_file(ctx, tmp):
+    parent = a_file(tmp)
+    argv = vqa_argv(ctx, tmp)
+    argv[argv.index("--answers-file") + 1] = str(parent / "answers.jsonl")
+    return argv, [f"{parent / 'answers.jsonl'}: --answers-file lies under {parent}, which is a file"]
+
+
+def vqa_binary_questions(ctx, tmp):
+    questions = binary(tmp, "eeg_eval.jsonl")
+    return vqa_argv(ctx, tmp, questions), [f"{questions}: not a text file (byte 0 is not UTF-8)"]
+
+
+def vqa_hostile_adapter_bin(ctx, tmp):
+    """A LoRA checkpoint whose adapter is a pickle that would run a command: refused before peft loads it."""
+    model = tmp / "run"
+    shutil.copytree(ctx.run, model, ignore=shutil.ignore_patterns("checkpoint-*", "adapter_model.safetensors"))
+    torch.save({"base_model.model.x": Hostile(tmp / "pwned")}, model / "adapter_model.bin")
+    return (vqa_argv(ctx, tmp, model=model, base=ctx.tiny),
+            [f"{model / 'adapter_model.bin'}: refused: not a plain tensor file that loads without running code (it "
+             f"would import {os.system.__module__}.system)"])
+
+
+def train_binary_records(ctx, tmp):
+    records = binary(tmp, "eeg_ft.json")
+    return train_argv(ctx, tmp / "out", records), [f"{records}: not a text file (byte 0 is not UTF-8)"]
+
+
+def train_output_dir_under_a_file(ctx, tmp):
+    parent = a_file(tmp)
+    return (train_argv(ctx, parent / "out"), [f"{parent / 'out'}: --output_dir lies under {parent}, which is a file"])
+
+
+def merge_answers_under_a_file(ctx, tmp):
+    parent = a_file(tmp)
+    a = tmp / "4_0.jsonl"
+    write_jsonl(a, answer_rows(ctx, "a" * 64, "run", ["q0", "q1", "q2", "q3"]))
+    return (["--question-file", str(ctx.questions), "--answers-file", str(parent / "m.jsonl"), str(a)],
+            [f"{parent / 'm.jsonl'}: --answers-file lies under {parent}, which is a file"])
+
+
+def score_binary_answers(ctx, tmp):
+    answers = binary(tmp, "answers.jsonl")
+    return (["--question-file", str(ctx.questions), "--answers-file", str(answers), "--out", str(tmp / "s")],
+            [f"{answers}: not a text file (byte 0 is not UTF-8)"])
+
+
+def score_out_is_a_file(ctx, tmp):
+    out = a_file(tmp)
+    answers = tmp / "answers.jsonl"
+    write_jsonl(answers, answer_rows(ctx, "a" * 64, "run", ["q0", "q1", "q2", "q3"]))
+    return (["--question-file", str(ctx.questions), "--answers-file", str(answers), "--out", str(out)],
+            [f"{out}: --out must be a folder, but it is a file"])
+
+
+def baseline_train_out_under_a_file(ctx, tmp):
+    b = baseline_setup(ctx)
+    parent = a_file(tmp)
+    return (["train", "--records", str(b["train"]), "--edf-dir", str(b["edf"]), "--out", str(parent / "m")],
+            [f"{parent / 'm'}: --out lies under {parent}, which is a file"])
+
+
 def _main(entry: str):
     if entry == "prepare":
         from sleep_eeg.prepare import main
@@ -659,6 +751,18 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("baseline", baseline_questions_without_subject, False),
     ("baseline", baseline_flat_nights, False),
     ("vision", vision_predict_duplicate_ids, False),
+    ("vision", vision_train_out_is_a_file, False),
+    ("vision", vision_predict_batch_size_0, False),
+    ("vision", vision_extract_out_under_a_file, False),
+    ("model_vqa", vqa_answers_under_a_file, False),
+    ("model_vqa", vqa_binary_questions, False),
+    ("model_vqa", vqa_hostile_adapter_bin, False),
+    ("train", train_binary_records, False),
+    ("train", train_output_dir_under_a_file, False),
+    ("merge", merge_answers_under_a_file, False),
+    ("score", score_binary_answers, False),
+    ("score", score_out_is_a_file, False),
+    ("baseline", baseline_train_out_under_a_file, False),
     ("score", bad_probabilities("negative", -0.1), False),
     ("score", bad_probabilities("nan", float("nan")), False),
 ]

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line, user_prompt
 from eeg_core.atomic import append_jsonl, write_jsonl
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from eeg_core.formats import (
     answer_keys,
     check_feature_size,
@@ -358,6 +359,7 @@ class VqaOptions:
             raise FormatError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.answer_mode not in ANSWER_MODES:
             raise FormatError(f"--answer-mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}")
+        check_output(self.answers_file, "--answers-file", folder=False)
 
     def generate_kwargs(self) -> dict:
         """``generate``'s decoding arguments: greedy at temperature 0, else sampling."""

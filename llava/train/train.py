@@ -28,6 +28,7 @@ import transformers
 from transformers import HfArgumentParser
 
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.dataset import make_supervised_data_module
 
@@ -156,6 +157,7 @@ def check_output_dir(training_args) -> str | None:
     output_dir = Path(training_args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise FormatError(f"{output_dir}: --output_dir is a file, not a folder")
+    check_output(output_dir, "--output_dir", folder=True)
     resume = training_args.resume_from_checkpoint
     previous = ckpt.run_entries(output_dir)
     if previous and not resume and not training_args.overwrite_output_dir:
