@@ -31,11 +31,11 @@ from PIL import Image
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_json, write_jsonl
-from eeg_core.cli import run as run_command
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
 from eeg_core.stages import STAGES
 from eeg_vlm import commands
+from refusal import check_refusal, refused, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the sleep stage of this EEG epoch?"
@@ -103,16 +103,6 @@ def ctx(tiny_llava, tmp_path_factory) -> Ctx:
                      "--save_steps", "1"))
     assert sorted(p.name for p in c.run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     return c
-
-
-def snapshot(*folders: Path) -> dict:
-    """Every file and folder under ``folders`` with its size and modification time."""
-    out = {}
-    for folder in folders:
-        for p in [folder, *folder.rglob("*")]:
-            st = p.lstat()
-            out[str(p)] = (p.is_dir(), st.st_size if not p.is_dir() else 0, st.st_mtime_ns)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -842,6 +832,36 @@ def test_baseline_on_a_flat_night_is_a_warning_with_counts(ctx, tmp_path, capsys
     assert (tmp_path / "model" / "config.json").is_file()
 
 
+def test_unknown_fusion_is_refused_wherever_it_is_set(ctx, tmp_path):
+    """A fusion name outside FUSION_MODES never falls through to 'token': refused when a config is built, read
+    (a base's config.json) or changed in code (a benchmark, a caller's ModelArguments)."""
+    from llava.model.config import LlavaConfig, load_config
+
+    with pytest.raises(FormatError, match="mm_hl_fusion 'concat' is not one of add token"):
+        LlavaConfig(mm_hl_fusion="concat")
+    config = LlavaConfig()
+    with pytest.raises(FormatError, match="mm_hl_fusion 'concat' is not one of add token"):
+        config.mm_hl_fusion = "concat"
+    with pytest.raises(FormatError, match="mm_hl_projector 'own' is not one of shared separate"):
+        config.mm_hl_projector = "own"
+    assert config.mm_hl_fusion == "add" and config.mm_hl_projector == "shared"
+    base = tmp_path / "base"
+    base.mkdir()
+    saved = json.loads((ctx.tiny / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**saved, "mm_hl_fusion": "Token"}))
+    with pytest.raises(FormatError, match="mm_hl_fusion 'Token' is not one of add token"):
+        load_config(base)
+
+
+def test_stage_imports_the_named_module(capsys, tmp_path):
+    """`eeg-vlm stage --import-module M` imports M (which registers the vision checkpoint's module) first."""
+    from eeg_vlm.stage import main
+
+    refused(main, ["--edf-dir", tmp_path, "--vision", tmp_path / "ck", "--out", tmp_path / "out", "--import-module",
+                   "no_such_module_of_yours"], capsys, ["--import-module no_such_module_of_yours: cannot import it"],
+            watch=[tmp_path])
+
+
 def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):
     from eeg_core.answer import parse_stage
     from sleep_eeg.score import score
@@ -998,6 +1018,30 @@ def test_same_command_same_seed_same_weights(ctx, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_checkpoint_works_wherever_it_is_moved_and_from_any_working_directory(ctx, tmp_path, monkeypatch):
+    """A run trained with a tower path relative to the working directory records it relative to its base; base
+    and run moved elsewhere load from another working directory (one holding a decoy `clip` folder), and so does
+    a run that recorded the old working-directory path."""
+    from llava.model.builder import load_pretrained_model
+    from llava.train.train import train
+
+    shutil.copytree(ctx.tiny, tmp_path / "ck" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    train(train_argv(ctx, Path("ck/run"), None, None, None, Path("ck/tiny"), True, "--vision_tower", "ck/tiny/clip"))
+    assert json.loads((tmp_path / "ck" / "run" / "config.json").read_text())["mm_vision_tower"] == "clip"
+
+    shutil.move(tmp_path / "ck", tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "clip").mkdir(parents=True)  # not a tower: the checkpoint's own comes first
+    monkeypatch.chdir(elsewhere)
+    run, base = tmp_path / "moved" / "run", tmp_path / "moved" / "tiny"
+    for recorded in ("clip", "ck/tiny/clip"):  # as recorded now, and as recorded relative to the old cwd
+        config = json.loads((run / "config.json").read_text())
+        write_json(run / "config.json", {**config, "mm_vision_tower": recorded})
+        _, model, processor, _ = load_pretrained_model(str(run), str(base), "run", device="cpu")
+        assert processor is not None and model.get_vision_tower().is_loaded, recorded
+
+
 def test_without_vision_tower_the_bases_tower_is_taken(ctx, tmp_path):
     from llava.train.train import train
 
@@ -1017,17 +1061,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx
     if real:
         future, fragments, tmp_path, before = subprocesses[make.__name__]
         proc = future.result()
-        code, err = proc.returncode, proc.stderr
+        check_refusal(proc.returncode, proc.stderr, fragments, before, (tmp_path, ctx.root))
     else:
         argv, fragments = make(ctx, tmp_path)
-        before = snapshot(tmp_path, ctx.root)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            run_command(_main(entry), argv)
-        code, err = exit_.value.code, capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert code == 2, err[-3000:]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
-    assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
+        refused(_main(entry), argv, capsys, fragments, watch=(tmp_path, ctx.root))

@@ -71,6 +71,24 @@ def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def check_preprocessing(model: nn.Module, config: dict[str, Any], where: Path) -> None:
+    """The input size, mean and std the checkpoint was trained with (saved in its config) must be the module's
+    now: a module whose code changed since would see its images resized or normalised otherwise, in silence."""
+    for key in ("input_size", "mean", "std"):
+        if key not in config:
+            continue
+        saved, now = config[key], getattr(model, key)
+        try:
+            same = len(saved) == len(now) and all(abs(float(a) - float(b)) <= 1e-6 for a, b in zip(saved, now))
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise FormatError(f"{where}: {key} {list(saved) if isinstance(saved, (list, tuple)) else saved!r} was "
+                              f"saved with the checkpoint, but vision module {config['arch']!r} now has "
+                              f"{[float(x) if key != 'input_size' else int(x) for x in now]}; its code changed since "
+                              "training (retrain it, or restore the module)")
+
+
 def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the module from ``config.json`` and load its weights (strictly); returns (module in eval mode, config).
     The module's ``context_head`` is its temporal head, or None."""
@@ -84,6 +102,7 @@ def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device
         where=str(Path(checkpoint) / CONFIG_NAME),
         **config.get("module_kwargs", {}),
     )
+    check_preprocessing(model, config, Path(checkpoint) / CONFIG_NAME)
     _load_weights(Path(checkpoint) / WEIGHTS_NAME, model, f"arch {config['arch']!r}")
     model.context_head = None
     if config.get("context"):

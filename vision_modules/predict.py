@@ -26,6 +26,7 @@ from eeg_core.stages import STAGES
 from vision_modules.checkpoint import load_vision_module
 from vision_modules.data import record_image_paths
 from vision_modules.extract import checkpoint_sha256, record_outputs
+from vision_modules.registry import import_user_modules
 
 
 def predict_stages(
@@ -66,9 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                   help="a Python module to import first (it registers a vision module of your own); repeatable")
 
 
 def main_from_args(a: argparse.Namespace) -> int:
+    import_user_modules(a.import_module)
     answers = predict_stages(a.checkpoint, a.question_file, a.image_folder, a.answers_file, a.batch_size,
                              a.device, not a.no_progress)
     print(f"wrote {a.answers_file}: {len(answers)} answers")

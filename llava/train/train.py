@@ -262,6 +262,10 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, *, base_co
     records = formats.read_records(data_args.data_path)
     check_records(records, data_args.data_path, data_args.image_folder)
     adopt_base_vision_tower(model_args, base_config, records, data_args.data_path, flags)
+    if model_args.vision_tower is not None:  # recorded relative to the base when inside it: both move together
+        from llava.model.vision_tower import portable_name
+
+        model_args.vision_tower = portable_name(model_args.vision_tower, model_args.model_name_or_path)
     return records, load_train_features(data_args, records)
 
 
