@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Container, Sequence
 
@@ -369,6 +370,8 @@ def check_features_sidecar(path: str | os.PathLike, records_path: str | os.PathL
     the features were extracted from (same bytes). Without a sidecar there is nothing to compare."""
     sidecar = features_sidecar(path)
     if not sidecar.is_file():
+        print(f"warning: {path}: no sidecar ({sidecar.name}), so nothing shows which records the features were "
+              f"extracted from; only their row count is checked against {records_path}", file=sys.stderr)
         return
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))

@@ -304,6 +304,12 @@ def train_human_only(ctx, tmp):
             [f"{records}: record 'r3' (#3): no 'gpt' reply to learn from"])
 
 
+def train_empty_reply(ctx, tmp):
+    records = edited_records(ctx, tmp, lambda r: r[4]["conversations"][1].update(value=" \n"))
+    return (train_argv(ctx, tmp / "out", records),
+            [f"{records}: record 'r4' (#4): turn 1 is an empty 'gpt' reply"])
+
+
 def train_turn_order(ctx, tmp):
     records = edited_records(ctx, tmp, lambda r: r[5]["conversations"].append({"from": "gpt", "value": "again"}))
     return (train_argv(ctx, tmp / "out", records),
@@ -713,6 +719,7 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("train", train_corrupt_png, False),
     ("train", train_human_only, False),
     ("train", train_turn_order, False),
+    ("train", train_empty_reply, False),
     ("train", train_no_vision_tower, False),
     ("train", train_output_dir_holds_a_run, False),
     ("train", train_torn_checkpoint, False),
@@ -860,6 +867,18 @@ def test_stage_imports_the_named_module(capsys, tmp_path):
     refused(main, ["--edf-dir", tmp_path, "--vision", tmp_path / "ck", "--out", tmp_path / "out", "--import-module",
                    "no_such_module_of_yours"], capsys, ["--import-module no_such_module_of_yours: cannot import it"],
             watch=[tmp_path])
+
+
+def test_features_without_their_sidecar_are_used_with_a_warning(ctx, tmp_path, capsys):
+    from llava.train.train import train
+
+    feats = tmp_path / "feats.npy"
+    shutil.copy(ctx.train_features, feats)  # the sidecar (.npy.json) left behind
+    capsys.readouterr()
+    assert train(train_argv(ctx, tmp_path / "out", None, None, feats)).state.global_step == 1
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert f"warning: {feats}: no sidecar (feats.npy.json), so nothing shows which records the features were " \
+           f"extracted from; only their row count is checked against {ctx.train_records}" in warnings
 
 
 def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):
