@@ -31,6 +31,7 @@ from PIL import Image
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_json, write_jsonl
+from eeg_core.cli import run as run_command
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
 from eeg_core.stages import STAGES
@@ -686,6 +687,12 @@ def _main(entry: str):
         from llava.eval.model_vqa import main
     elif entry == "merge":
         from llava.eval.merge_answers import main
+    elif entry == "stage":
+        from eeg_vlm.stage import main
+    elif entry == "synth":
+        from sleep_eeg.synth import main
+    elif entry == "demo":
+        from eeg_vlm.demo import main
     elif entry == "baseline":
         from sleep_eeg.baselines import main
     else:
@@ -697,6 +704,7 @@ def _command(entry: str) -> list[str]:
     script = Path(sys.executable).parent / "eeg-vlm"
     eeg_vlm = [str(script)] if script.is_file() else [sys.executable, "-m", "eeg_vlm.cli"]
     return {"prepare": eeg_vlm + ["prepare"], "vision": eeg_vlm + ["vision"], "score": eeg_vlm + ["score"],
+            "stage": eeg_vlm + ["stage"], "synth": eeg_vlm + ["synth"], "demo": eeg_vlm + ["demo"],
             "baseline": eeg_vlm + ["baseline"],
             "train": [sys.executable, "llava/train/train_mem.py"],
             "model_vqa": [sys.executable, "llava/eval/model_vqa.py"],
@@ -740,7 +748,6 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("model_vqa", vqa_int_and_str_ids, True),
     ("merge", merge_two_models, True),
     ("merge", merge_int_and_str_ids, False),
-    ("score", score_int_and_str_ids, True),
     ("score", score_two_models, False),
     ("baseline", baseline_config_edited, True),
     ("baseline", baseline_object_array, False),
@@ -762,6 +769,7 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("baseline", baseline_train_out_under_a_file, False),
     ("score", bad_probabilities("negative", -0.1), False),
     ("score", bad_probabilities("nan", float("nan")), False),
+    ("score", score_int_and_str_ids, True),
 ]
 
 
@@ -1080,7 +1088,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx
     if real:
         future, fragments, tmp_path, before = subprocesses[make.__name__]
         proc = future.result()
-        check_refusal(proc.returncode, proc.stderr, fragments, before, (tmp_path, ctx.root))
+        code, err = proc.returncode, proc.stderr
     else:
         argv, fragments = make(ctx, tmp_path)
-        refused(_main(entry), argv, capsys, fragments, watch=(tmp_path, ctx.root))
+        before = snapshot(tmp_path, ctx.root)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            run_command(_main(entry), argv)
+        code, err = exit_.value.code, capsys.readouterr().err
+    check_refusal(code, err, fragments)  # the shared check: exit 2, one error line, its fragments
+    assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
