@@ -584,6 +584,20 @@ def vision_predict_duplicate_ids(ctx, tmp):
             [f"{questions}: duplicate question_id 'q0' (questions #0 and #2)"])
 
 
+def vision_checkpoint_config(content: bytes, name: str, fragment: str):
+    """A vision checkpoint whose config.json is binary, or names its sizes wrongly: one line, not a traceback."""
+    def make(ctx, tmp):
+        ck = tmp / "ck"
+        ck.mkdir()
+        (ck / "config.json").write_bytes(content)
+        (ck / "model.safetensors").write_bytes(b"")
+        return (["predict", "--checkpoint", str(ck), "--question-file", str(ctx.questions), "--image-folder",
+                 str(ctx.images), "--answers-file", str(tmp / "answers.jsonl"), "--no-progress"],
+                [f"{ck / 'config.json'}: {fragment}"])
+    make.__name__ = f"vision_predict_config_{name}"
+    return make
+
+
 def a_file(tmp: Path) -> Path:
     path = tmp / "a_file"
     path.write_text("mine\n")
@@ -758,6 +772,9 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("vision", vision_train_out_is_a_file, False),
     ("vision", vision_predict_batch_size_0, False),
     ("vision", vision_extract_out_under_a_file, False),
+    ("vision", vision_checkpoint_config(b"\xff\xfe{}", "binary", "not a text file (byte 0 is not UTF-8)"), False),
+    ("vision", vision_checkpoint_config(b'{"arch": "resnet18", "feature_dim": "1024", "num_classes": 5}', "text_size",
+                                        "'feature_dim' '1024' is not a positive integer"), False),
     ("model_vqa", vqa_answers_under_a_file, False),
     ("model_vqa", vqa_binary_questions, False),
     ("model_vqa", vqa_hostile_adapter_bin, False),

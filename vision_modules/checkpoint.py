@@ -65,9 +65,18 @@ def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: not a vision-module config (a JSON object)")
     for key in ("arch", "feature_dim", "num_classes"):
         if key not in config:
             raise FormatError(f"{path}: missing {key!r}")
+    if not isinstance(config["arch"], str):
+        raise FormatError(f"{path}: 'arch' {config['arch']!r} is not a name")
+    for key in ("feature_dim", "num_classes"):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+            raise FormatError(f"{path}: {key!r} {config[key]!r} is not a positive integer")
     return config
 
 
