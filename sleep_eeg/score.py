@@ -112,7 +112,9 @@ def check_probabilities(answer: dict, where: str) -> None:
     not negative, not all 0. Anything else is refused (it would drop the log-loss and calibration of the whole
     file)."""
     metadata = answer.get("metadata")
-    if not isinstance(metadata, dict) or metadata.get("probabilities") is None:
+    if metadata is not None and not isinstance(metadata, dict):
+        raise FormatError(f"{where}: 'metadata' must be a JSON object, got {type(metadata).__name__}")
+    if metadata is None or metadata.get("probabilities") is None:
         return
     probs = metadata["probabilities"]
     if not isinstance(probs, dict) or set(probs) != set(STAGES):

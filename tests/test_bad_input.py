@@ -475,6 +475,15 @@ def score_two_models(ctx, tmp):
              "answer #1 (aaaaaaaaaaaa)"])
 
 
+def score_metadata_not_an_object(ctx, tmp):
+    rows = answer_rows(ctx, "a" * 64, "run", ["q0", "q1", "q2", "q3"])
+    rows[2]["metadata"] = ["W"]
+    answers = tmp / "answers.jsonl"
+    write_jsonl(answers, rows)
+    return (["--question-file", str(ctx.questions), "--answers-file", str(answers), "--out", str(tmp / "s")],
+            [f"{answers}: answer #3 (question_id 'q2'): 'metadata' must be a JSON object, got list"])
+
+
 def bad_probabilities(name: str, value):
     def make(ctx, tmp):
         rows = answer_rows(ctx, "a" * 64, "run", ["q0", "q1", "q2", "q3"])
@@ -786,6 +795,7 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("baseline", baseline_train_out_under_a_file, False),
     ("score", bad_probabilities("negative", -0.1), False),
     ("score", bad_probabilities("nan", float("nan")), False),
+    ("score", score_metadata_not_an_object, False),
     ("score", score_int_and_str_ids, True),
 ]
 
