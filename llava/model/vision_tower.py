@@ -49,16 +49,20 @@ def resolve_model_dir(name: str | os.PathLike, base_dirs=(), what: str = "vision
         ) from None
 
 
-def portable_name(name: str | os.PathLike, folder: str | os.PathLike) -> str:
-    """How a run records its tower (``mm_vision_tower``): relative to ``folder`` (the base model it trains on)
-    when the tower lies inside it, so base and tower move together and load from any working directory; an
-    absolute path for another local folder; a hub id as it is."""
+def portable_name(name: str | os.PathLike, base: str | os.PathLike | None) -> str:
+    """How a run records its tower (``mm_vision_tower``) so that it loads from any working directory. ``base``:
+    the base model a run is loaded with (a LoRA run's; None for a full checkpoint, which loads alone). A tower
+    inside the base is recorded relative to it, so base, tower and runs move together; another local folder
+    by its absolute path; a hub id as it is."""
     path = Path(name).expanduser()
-    local = Path(folder) / path if not path.is_absolute() and (Path(folder) / path).is_dir() else path
+    local = Path(base) / path if base is not None and not path.is_absolute() and (Path(base) / path).is_dir() \
+        else path
     if not local.is_dir():
         return str(name)
-    local, root = local.resolve(), Path(folder).resolve()
-    return str(local.relative_to(root)) if local.is_relative_to(root) and local != root else str(local)
+    local = local.resolve()
+    root = Path(base).resolve() if base is not None else None
+    return str(local.relative_to(root)) if root is not None and local.is_relative_to(root) and local != root \
+        else str(local)
 
 
 class CLIPVisionTower(nn.Module):

@@ -262,10 +262,6 @@ def load_inputs(model_args: ModelArguments, data_args: DataArguments, *, base_co
     records = formats.read_records(data_args.data_path)
     check_records(records, data_args.data_path, data_args.image_folder)
     adopt_base_vision_tower(model_args, base_config, records, data_args.data_path, flags)
-    if model_args.vision_tower is not None:  # recorded relative to the base when inside it: both move together
-        from llava.model.vision_tower import portable_name
-
-        model_args.vision_tower = portable_name(model_args.vision_tower, model_args.model_name_or_path)
     return records, load_train_features(data_args, records)
 
 
@@ -397,6 +393,11 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     base_config = load_config(model_args.model_name_or_path)
     tokenizer = build_tokenizer(model_args, training_args)
     records, features = load_inputs(model_args, data_args, base_config=base_config, flags=explicit_flags(argv))
+    if model_args.vision_tower is not None:  # recorded so that it loads from any working directory
+        from llava.model.vision_tower import portable_name
+
+        model_args.vision_tower = portable_name(model_args.vision_tower,
+                                                model_args.model_name_or_path if training_args.lora_enable else None)
     with removed_if_no_step(training_args) as first_step:
         return fit(model_args=model_args, data_args=data_args, training_args=training_args,
                    attn_implementation=attn_implementation, tokenizer=tokenizer, records=records, features=features,
