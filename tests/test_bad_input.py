@@ -625,6 +625,19 @@ def vision_train_out_is_a_file(ctx, tmp):
              "--epochs", "1", "--no-progress"], [f"{out}: --out must be a folder, but it is a file"])
 
 
+def vision_train_number(flag: str, value: str, fragment: str):
+    """A count or rate that used to fail deep inside training (the optimizer, a DataLoader, a resize)."""
+    def make(ctx, tmp):
+        return (["train", "--records", str(ctx.train_records), "--image-folder", str(ctx.images), "--out",
+                 str(tmp / "ck"), "--epochs", "1", "--no-progress", flag, *value.split()], [fragment])
+    make.__name__ = f"vision_train_{flag.strip('-').replace('-', '_')}_{value.replace(' ', '_').replace('-', 'minus')}"
+    return make
+
+
+def vqa_max_new_tokens_0(ctx, tmp):
+    return vqa_argv(ctx, tmp)[:-2] + ["--max-new-tokens", "0"], ["--max-new-tokens must be at least 1, got 0"]
+
+
 def vision_predict_batch_size_0(ctx, tmp):
     return (["predict", "--checkpoint", str(tmp / "ck"), "--question-file", str(ctx.questions), "--image-folder",
              str(ctx.images), "--answers-file", str(tmp / "answers.jsonl"), "--batch-size", "0", "--no-progress"],
@@ -780,6 +793,11 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("vision", vision_predict_duplicate_ids, False),
     ("vision", vision_train_out_is_a_file, False),
     ("vision", vision_predict_batch_size_0, False),
+    ("vision", vision_train_number("--lr", "-0.001", "--lr must be a positive number, got -0.001"), False),
+    ("vision", vision_train_number("--image-size", "0 0", "--image-size must be at least 1, got 0"), False),
+    ("vision", vision_train_number("--workers", "-1", "--workers must be 0 or more, got -1"), False),
+    ("vision", vision_train_number("--feature-dim", "0", "--feature-dim must be at least 1, got 0"), False),
+    ("model_vqa", vqa_max_new_tokens_0, False),
     ("vision", vision_extract_out_under_a_file, False),
     ("vision", vision_checkpoint_config(b"\xff\xfe{}", "binary", "not a text file (byte 0 is not UTF-8)"), False),
     ("vision", vision_checkpoint_config(b'{"arch": "resnet18", "feature_dim": "1024", "num_classes": 5}', "text_size",

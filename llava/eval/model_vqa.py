@@ -360,6 +360,13 @@ class VqaOptions:
         if self.answer_mode not in ANSWER_MODES:
             raise FormatError(f"--answer-mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}")
         check_output(self.answers_file, "--answers-file", folder=False)
+        for flag, value in (("--max-new-tokens", self.max_new_tokens), ("--num-beams", self.num_beams)):
+            if value < 1:
+                raise FormatError(f"{flag} must be at least 1, got {value}")
+        if not self.temperature >= 0:  # NaN included
+            raise FormatError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise FormatError(f"--top_p must be in (0, 1], got {self.top_p}")
 
     def generate_kwargs(self) -> dict:
         """``generate``'s decoding arguments: greedy at temperature 0, else sampling."""
