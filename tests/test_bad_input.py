@@ -332,6 +332,14 @@ def train_no_vision_tower(ctx, tmp):
              f"{base / 'config.json'} names no mm_vision_tower"])
 
 
+def train_number(flag: str, value: str, fragment: str):
+    """A count or rate that used to fail inside the run (the sampler, the optimizer, peft, a reshape)."""
+    def make(ctx, tmp):
+        return train_argv(ctx, tmp / "out", None, None, None, None, True, flag, value), [fragment]
+    make.__name__ = f"train_{flag.strip('-')}_{value.replace('-', 'minus')}"
+    return make
+
+
 def train_output_dir_holds_a_run(ctx, tmp):
     out = copied_run(ctx, tmp)
     return (train_argv(ctx, out),
@@ -807,6 +815,13 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("model_vqa", vqa_hostile_adapter_bin, False),
     ("train", train_binary_records, False),
     ("train", train_output_dir_under_a_file, False),
+    ("train", train_number("--per_device_train_batch_size", "0", "--per_device_train_batch_size must be at least 1"),
+     False),
+    ("train", train_number("--gradient_accumulation_steps", "0", "--gradient_accumulation_steps must be at least 1"),
+     False),
+    ("train", train_number("--model_max_length", "0", "--model_max_length must be at least 1, got 0"), False),
+    ("train", train_number("--lora_r", "0", "--lora_r must be at least 1, got 0"), False),
+    ("train", train_number("--learning_rate", "-1", "--learning_rate must be 0 or more, got -1.0"), False),
     ("merge", merge_answers_under_a_file, False),
     ("score", score_binary_answers, False),
     ("score", score_out_is_a_file, False),

@@ -74,6 +74,16 @@ def check_options(model_args: ModelArguments, data_args: DataArguments, training
         raise FormatError("--mm_use_im_start_end True is not supported (LLaVA-1.5 uses False)")
     if data_args.image_aspect_ratio not in ASPECT_RATIOS:
         raise FormatError(f"--image_aspect_ratio {data_args.image_aspect_ratio!r} is not one of {' '.join(ASPECT_RATIOS)}")
+    counts = [("--per_device_train_batch_size", training_args.per_device_train_batch_size),
+              ("--gradient_accumulation_steps", training_args.gradient_accumulation_steps),
+              ("--model_max_length", training_args.model_max_length)]
+    for flag, value in counts + ([("--lora_r", training_args.lora_r)] if training_args.lora_enable else []):
+        if value < 1:  # each fails only inside the run otherwise, in a traceback
+            raise FormatError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--learning_rate", training_args.learning_rate),
+                        ("--mm_projector_lr", training_args.mm_projector_lr)):
+        if value is not None and not value >= 0:  # NaN included
+            raise FormatError(f"{flag} must be 0 or more, got {value}")
 
 
 def lm_linear_names(model) -> list[str]:
