@@ -30,3 +30,19 @@ def check_positive(value: int, flag: str) -> int:
     if value < 1:
         raise FormatError(f"{flag} must be at least 1, got {value}")
     return value
+
+
+def check_device(device: str | None, flag: str = "--device") -> str | None:
+    """A device name torch knows (``cpu``, ``cuda``, ``cuda:1``, ``mps`` ...), and a usable GPU for ``cuda``,
+    checked before any work."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise FormatError(f"{flag} {device!r} is not a device (cpu, cuda, cuda:N, mps ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FormatError(f"{flag} {device}: no GPU is usable here (use --device cpu)")
+    return device

@@ -642,6 +642,16 @@ def vision_train_number(flag: str, value: str, fragment: str):
     return make
 
 
+def vqa_device_unknown(ctx, tmp):
+    return vqa_argv(ctx, tmp) + ["--device", "gpu0"], ["--device 'gpu0' is not a device (cpu, cuda, cuda:N, mps ...)"]
+
+
+def vision_predict_device_unknown(ctx, tmp):
+    return (["predict", "--checkpoint", str(tmp / "ck"), "--question-file", str(ctx.questions), "--image-folder",
+             str(ctx.images), "--answers-file", str(tmp / "answers.jsonl"), "--device", "gpu", "--no-progress"],
+            ["--device 'gpu' is not a device"])
+
+
 def vqa_max_new_tokens_0(ctx, tmp):
     return vqa_argv(ctx, tmp)[:-2] + ["--max-new-tokens", "0"], ["--max-new-tokens must be at least 1, got 0"]
 
@@ -806,6 +816,8 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("vision", vision_train_number("--workers", "-1", "--workers must be 0 or more, got -1"), False),
     ("vision", vision_train_number("--feature-dim", "0", "--feature-dim must be at least 1, got 0"), False),
     ("model_vqa", vqa_max_new_tokens_0, False),
+    ("model_vqa", vqa_device_unknown, False),
+    ("vision", vision_predict_device_unknown, False),
     ("vision", vision_extract_out_under_a_file, False),
     ("vision", vision_checkpoint_config(b"\xff\xfe{}", "binary", "not a text file (byte 0 is not UTF-8)"), False),
     ("vision", vision_checkpoint_config(b'{"arch": "resnet18", "feature_dim": "1024", "num_classes": 5}', "text_size",

@@ -7,13 +7,14 @@ from typing import Sequence
 
 from eeg_core.cli import run
 from eeg_core.errors import FormatError
-from eeg_core.outputs import check_output, check_positive
+from eeg_core.outputs import check_device, check_output, check_positive
 from vision_modules import extract, predict, train
 
 
 def check_numbers(args: argparse.Namespace) -> None:
     """Counts and rates that can only fail later (in a DataLoader, the optimizer, a resize), refused up front."""
     check_positive(args.batch_size, "--batch-size")
+    check_device(args.device)
     if getattr(args, "feature_dim", 1) is not None:
         check_positive(getattr(args, "feature_dim", 1), "--feature-dim")
     if getattr(args, "workers", 0) < 0:
