@@ -399,6 +399,19 @@ def hostile_deepspeed(where: str, latest: str | None = None):
     return make
 
 
+def train_deepspeed_folder_linked_out(ctx, tmp):
+    """A folder under global_step2 that is a link to another place, holding a hostile shard: refused, not read."""
+    out = copied_run(ctx, tmp)
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    torch.save({"state": Hostile(tmp / "pwned")}, elsewhere / "fp32.pt")
+    (out / "checkpoint-2" / "global_step2" / "zero").mkdir(parents=True)
+    os.symlink(elsewhere, out / "checkpoint-2" / "global_step2" / "zero" / "lm.weight")
+    link = out / "checkpoint-2" / "global_step2" / "zero" / "lm.weight"
+    return (train_argv(ctx, out, None, None, None, None, True, "--resume_from_checkpoint", str(out / "checkpoint-2")),
+            [f"{link}: a link to {elsewhere}, outside the checkpoint {out / 'checkpoint-2'}; refused"])
+
+
 def vqa_retrained_model(ctx, tmp):
     """Answers of a model, then a new training into the same folder name: the answers are not resumed."""
     from llava.model.builder import model_fingerprint
@@ -790,6 +803,7 @@ CASES = [  # (entry point, bad input, run as a real subprocess: one per entry po
     ("train", hostile("scheduler.pt"), False),
     ("train", hostile("rng_state.pth"), False),
     ("train", hostile_deepspeed("global_step2_universal/zero/optimizer_state.pt"), False),
+    ("train", train_deepspeed_folder_linked_out, False),
     ("train", hostile_deepspeed("global_step2_universal/zero/lm.weight/fp32.pt"), False),
     ("train", hostile_deepspeed("weights/mp_rank_00_model_states.pt", latest="weights"), False),
     ("train", hostile_deepspeed("{tmp}/elsewhere/mp_rank_00_model_states.pt", latest="{tmp}/elsewhere"), False),

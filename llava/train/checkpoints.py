@@ -189,9 +189,20 @@ def pickled_files(checkpoint: str | os.PathLike) -> list[Path]:
     files = [folder / n for n in PICKLED if (folder / n).is_file()]
     files += sorted(folder.glob("rng_state*.pth"))
     files += sorted(p for p in folder.glob("*.bin") if p.is_file() and p.name != "training_args.bin")
+    root, seen = folder.resolve(), set()
     for tag in deepspeed_tags(folder):
-        for dirpath, _dirs, names in os.walk(tag, followlinks=True):
-            files += sorted(Path(dirpath) / n for n in names if n.endswith((".pt", ".pth", ".bin")))
+        todo = [tag]
+        while todo:  # every depth, links followed (each real folder once: a link loop ends here)
+            here = todo.pop()
+            real = here.resolve()
+            if not real.is_relative_to(root):
+                raise FormatError(f"{here}: a link to {real}, outside the checkpoint {folder}; refused")
+            if real in seen:
+                continue
+            seen.add(real)
+            entries = sorted(here.iterdir())
+            files += [p for p in entries if p.is_file() and p.name.endswith((".pt", ".pth", ".bin"))]
+            todo += [p for p in entries if p.is_dir()]
     return files
 
 
