@@ -315,6 +315,7 @@ def _is_model_dir(path: Path) -> bool:
 
 def check_out_dir(out: Path) -> None:
     """``--out`` may be new, empty, or an earlier baseline model (replaced whole); anything else is refused."""
+    check_output(out, "--out", folder=True)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_model_dir(out))):
         raise FormatError(f"{out}: exists and is not a baseline model folder; refusing to overwrite it")
 
@@ -496,6 +497,7 @@ def predict(
     if not edf_dir.is_dir():
         raise FormatError(f"{edf_dir}: EDF folder not found")
     questions = read_records(question_file)
+    check_output(answers_file, "--answers-file", folder=False)
     question_keys([{"question_id": record_id(q)} if isinstance(q, dict) else q for q in questions], question_file,
                   "question")  # a repeated id is refused (records' "id" counts as one)
     trained_on = set(config["training"]["subjects"])
@@ -556,10 +558,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--allow-overlap", action="store_true",
                    help="answer questions of subjects the model was trained on (default: refused)")
     args = p.parse_args(argv)
-    if args.cmd == "train":
-        check_output(args.out, "--out", folder=True)
-    else:
-        check_output(args.answers_file, "--answers-file", folder=False)
     if args.cmd == "train":
         cfg = train(args.records, args.edf_dir, args.out, args.kind, args.channels, args.extractor)
         tr = cfg["training"]
