@@ -35,7 +35,7 @@ def stage_line(stage: str) -> str:
 # ---------------------------------------------------------------------------------------------
 _SEP = r"[\s:=\-*\"'`]*"
 _NUMBERED = (  # stage 2, stage N2, N2, S2, NREM 2, non-REM stage 2 -> by the digit (3 and 4 are N3)
-    r"\b(?:(?:sleep\s+)?stage" + _SEP + r"(?:N\s*)?|N|S|(?:N|non[- ]?)REM\s*(?:stage\s*)?)(?P<num>[1-4])(?!\d)"
+    r"\b(?:(?:sleep\s+)?stage" + _SEP + r"(?:N\s*)?|N|S|(?:N|non[- ]?)REM\s*(?:stage\s*)?)(?P<num>[1-4])(?![.,]?\d)"
 )
 _ROMAN = r"\bstage\s+(?P<roman>IV|III|II|I)\b"  # R&K: stage I..IV
 _BARE = (  # a lone W or R counts only right after a word that announces a stage
@@ -83,16 +83,23 @@ def _mentions(text: str) -> list[str]:
     return [stage for stage, _, _ in _mention_spans(text)]
 
 
-# A hedge: two stages offered as alternatives ("stage 2 or stage 3", "N2/N3"), or a stage put as a question ("REM?").
-_ALTERNATIVE = re.compile(r"[\s,]*(?:or|and/or|/|vs\.?|versus)[\s,]*(?:possibly|maybe|perhaps)?[\s,]*",
+# A hedge: two stages offered as alternatives ("stage 2 or stage 3", "N2/N3", "N2, possibly N3", "N2 (maybe N1)",
+# "N2-N3"), a stage put as a question ("REM?"), or a stage qualified by a word of doubt just before it ("either
+# N1 or W", "possibly N2") or just after it ("N2 or ...", "N2, perhaps ...").
+_DOUBT = r"possibly|maybe|perhaps|probably|either|or|and/or|vs\.?|versus"
+_ALTERNATIVE = re.compile(r"[\s,;.(\[]*(?:(?:" + _DOUBT + r"|/|-|\u2013|to)\b[\s,;(\[]*)+|[\s]*[/\-\u2013][\s]*",
                           re.IGNORECASE)
 _QUESTIONED = re.compile(r"[\s*\"'`)]*\?")
+_DOUBT_AFTER = re.compile(r"[\s*\"'`,;.:(\[]*(?:(?:" + _DOUBT + r")\b|/)", re.IGNORECASE)
+_DOUBT_BEFORE = re.compile(r"\b(?:possibly|maybe|perhaps|probably|either)\b[\s,:(\[*]*$", re.IGNORECASE)
 
 
 def _hedged(text: str, spans: list[tuple[str, int, int]], k: int) -> bool:
     """Whether mention ``k`` is offered as one of two alternatives or as a question."""
     stage, start, end = spans[k]
-    if _QUESTIONED.match(text, end):
+    if _QUESTIONED.match(text, end) or _DOUBT_AFTER.match(text, end):
+        return True
+    if _DOUBT_BEFORE.search(text[max(0, start - 30): start]):
         return True
     for j in (k - 1, k + 1):
         if 0 <= j < len(spans) and spans[j][0] != stage:

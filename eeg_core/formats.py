@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Container, Sequence
 
@@ -35,12 +36,22 @@ from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 # ---------------------------------------------------------------------------------------------
 # Records (train JSON array or eval JSONL)
 # ---------------------------------------------------------------------------------------------
+def read_text(path: Path, what: str) -> str:
+    """The file as UTF-8 text; a binary file (or another encoding) is refused in one line naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not a text file (byte {e.start} is not UTF-8); a {what} file is JSON text") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: a folder, not a {what} file") from None
+
+
 def read_records(path: str | os.PathLike) -> list[dict]:
     """Read train records (JSON array) or eval questions (JSONL); the content decides, not the suffix."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: records file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "records")
     if not text.strip():
         raise FormatError(f"{path}: records file is empty")
     if text.lstrip().startswith("["):
@@ -62,7 +73,7 @@ def read_jsonl(path: str | os.PathLike, allow_torn_tail: bool = False) -> list[d
     """Read a JSONL file. With ``allow_torn_tail`` an unparseable *last* line (a killed writer) is dropped."""
     path = Path(path)
     rows: list[dict] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "JSONL").splitlines()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -385,6 +396,8 @@ def check_features_sidecar(path: str | os.PathLike, records_path: str | os.PathL
     the features were extracted from (same bytes). Without a sidecar there is nothing to compare."""
     sidecar = features_sidecar(path)
     if not sidecar.is_file():
+        print(f"warning: {path}: no sidecar ({sidecar.name}), so nothing shows which records the features were "
+              f"extracted from; only their row count is checked against {records_path}", file=sys.stderr)
         return
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))

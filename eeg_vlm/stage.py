@@ -553,7 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--explain", action="store_true", help="keep the VLM's reasoning in stages.csv")
     p.add_argument("--batch-size", type=int, default=32, help="epochs per VLM batch")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                   help="a Python module to import first (it registers the --vision checkpoint's module); repeatable")
     args = p.parse_args(argv)
+    from vision_modules.registry import import_user_modules
+
+    import_user_modules(args.import_module)
     if (args.psg is None) == (args.edf_dir is None):
         raise FormatError("give one PSG file or --edf-dir, not both or neither")
     if args.edf_dir is not None and args.hypnogram is not None:

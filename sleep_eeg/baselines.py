@@ -33,11 +33,14 @@ rename). Bad input is one line naming the file and the record, and nothing is wr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import sys
 import uuid
+import warnings
+import zipfile
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -48,7 +51,8 @@ import numpy as np
 from eeg_core.answer import stage_line
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
 from eeg_core.errors import FormatError
-from eeg_core.formats import make_answer, read_records, record_id
+from eeg_core.outputs import check_output
+from eeg_core.formats import make_answer, question_keys, read_records, record_id
 from eeg_core.stages import EPOCH_S, STAGES, check_stage
 from sleep_eeg import features as F
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
@@ -57,7 +61,7 @@ from sleep_eeg.measures import BANDS, log_relative_band_power
 KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")
 FORMAT = "eeg-vlm baseline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json is covered by config_sha256
 CONFIG_NAME = "config.json"
 MODEL_FILES = {"bandpower": "model.json", "features": "model.npz"}
 MIN_FS = 60.0  # the top band edge (30 Hz) must lie below Nyquist
@@ -320,6 +324,7 @@ def _is_model_dir(path: Path) -> bool:
 
 def check_out_dir(out: Path) -> None:
     """``--out`` may be new, empty, or an earlier baseline model (replaced whole); anything else is refused."""
+    check_output(out, "--out", folder=True)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_model_dir(out))):
         raise FormatError(f"{out}: exists and is not a baseline model folder; refusing to overwrite it")
 
@@ -339,7 +344,7 @@ def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -
             with open(model_file, "wb") as f:
                 np.savez(f, **numbers)
         config = {**config, "model_file": model_file.name, "model_sha256": file_sha256(model_file)}
-        write_json(tmp / CONFIG_NAME, config)
+        write_json(tmp / CONFIG_NAME, {**config, "config_sha256": config_sha256(config)})
         if out.exists():
             os.replace(out, old)
         try:
@@ -351,6 +356,14 @@ def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def config_sha256(config: dict) -> str:
+    """The sha256 of a model's config (canonical JSON, without ``config_sha256`` itself): editing any field
+    (``classes``, ``feature_names``, ``channels`` ...) changes it."""
+    body = {k: v for k, v in config.items() if k != "config_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def load_model(model_dir: str | Path) -> tuple[dict, dict]:
@@ -366,21 +379,50 @@ def load_model(model_dir: str | Path) -> tuple[dict, dict]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise FormatError(f"{cfg_path}: not a baseline model's config (no \"format\": \"{FORMAT}\")")
     if config.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{cfg_path}: format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+        raise FormatError(f"{cfg_path}: format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION} "
+                          "(train the baseline again)")
     kind = config.get("kind")
     if kind not in KINDS:
         raise FormatError(f"{cfg_path}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     model_file = model_dir / MODEL_FILES[kind]
     if config.get("model_file") != MODEL_FILES[kind] or not model_file.is_file():
         raise FormatError(f"{model_dir}: a {kind} model needs {MODEL_FILES[kind]}; the folder holds a model of another kind or none")
+    if config.get("config_sha256") != config_sha256(config):
+        raise FormatError(f"{cfg_path}: its content differs from its config_sha256; the config was edited after "
+                          "training (classes, features, channels would no longer match the model)")
     if file_sha256(model_file) != config.get("model_sha256"):
         raise FormatError(f"{model_file}: sha256 differs from {cfg_path}; the model file was changed or replaced")
     if kind == "bandpower":
         numbers = json.loads(model_file.read_text(encoding="utf-8"))
     else:
-        with np.load(model_file, allow_pickle=False) as z:
-            numbers = {k: z[k] for k in z.files}
+        try:
+            with np.load(model_file, allow_pickle=False) as z:
+                numbers = {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise FormatError(f"{model_file}: not a model file of plain numbers ({first[:120]})") from None
     return config, numbers
+
+
+def check_flat_nights(records: Sequence[dict], records_path: Path, x: np.ndarray) -> None:
+    """A night whose features do not change from epoch to epoch (a flat or disconnected channel) teaches the
+    classifier nothing but its labels: a warning with the counts per such night; refused when every night is."""
+    nights: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        nights.setdefault(str(r.get("psg")), []).append(i)
+    flat = []
+    for psg, rows in nights.items():
+        with warnings.catch_warnings():  # an all-NaN column (a feature missing all night) is not a change
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = np.nan_to_num(np.nanmax(x[rows], axis=0) - np.nanmin(x[rows], axis=0))
+        if len(rows) > 1 and np.all(spread == 0):
+            flat.append((psg, len(rows)))
+    if flat and len(flat) == len(nights):
+        raise FormatError(f"{records_path}: the features are the same in every epoch of every night ({len(records)} "
+                          "records): a flat channel? nothing to learn")
+    for psg, n in flat:
+        print(f"warning: {records_path}: night {psg}: the features are the same in all {n} of its epochs (a flat "
+              "channel?); the baseline learns nothing from them", file=sys.stderr)
 
 
 def model_proba(config: dict, numbers: dict, x: np.ndarray) -> np.ndarray:
@@ -411,6 +453,7 @@ def train(
     records = read_records(records_path)
     x, names = dataset(records, records_path, edf_dir, kind, channels, extractor, need_label=True)
     y = [r["label"] for r in records]
+    check_flat_nights(records, records_path, x)
     if len(set(y)) < 2:
         raise FormatError(f"{records_path}: the training records hold one stage only ({y[0]}); a classifier needs two or more")
     if kind == "bandpower":
@@ -439,6 +482,7 @@ def train(
             "records_sha256": file_sha256(records_path),
             "n_records": len(records),
             "subjects": sorted({str(r["subject"]) for r in records if r.get("subject") is not None}),
+            "n_records_without_subject": sum(r.get("subject") is None for r in records),
             "label_counts": {s: y.count(s) for s in STAGES if s in y},
             "accuracy": float(np.mean(pred == np.asarray(y))),
         },
@@ -466,7 +510,17 @@ def predict(
     if not edf_dir.is_dir() and not (edf_dir.is_file() and edf_dir.suffix.lower() == ".csv"):
         raise FormatError(f"{edf_dir}: EDF folder not found")
     questions = read_records(question_file)
+    check_output(answers_file, "--answers-file", folder=False)
+    question_keys([{"question_id": record_id(q)} if isinstance(q, dict) else q for q in questions], question_file,
+                  "question")  # a repeated id is refused (records' "id" counts as one)
     trained_on = set(config["training"]["subjects"])
+    unknown = sum(q.get("subject") is None for q in questions)
+    untold = config["training"].get("n_records_without_subject", 0)
+    if (unknown or untold) and not allow_overlap:
+        whose = (f"{unknown} of {len(questions)} questions carry no subject" if unknown else
+                 f"{untold} of the model's {config['training']['n_records']} training records carried no subject")
+        raise FormatError(f"{question_file}: {whose}, so whether they are of the subjects the model {model_dir} was "
+                          "trained on cannot be checked; pass --allow-overlap to answer them anyway")
     overlap = sorted({str(q["subject"]) for q in questions if q.get("subject") is not None} & trained_on)
     if overlap and not allow_overlap:
         n = sum(str(q.get("subject")) in overlap for q in questions)

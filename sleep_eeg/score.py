@@ -31,6 +31,8 @@ and, when questions carry ``subject`` and ``epoch``, ``hypnogram_<subject>.png``
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +41,7 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from eeg_core.formats import (
     answer_keys,
     question_keys,
@@ -91,11 +94,40 @@ def load_answers(answers_file: str | Path, questions: dict[str, dict]) -> dict[s
     if not rows:
         raise FormatError(f"{path}: answers file is empty")
     answers: dict[str, dict] = {}
+    first_model = rows[0].get("model_sha256") if isinstance(rows[0], dict) else None
     for lineno, (key, a) in enumerate(zip(answer_keys(rows, path, questions, "the question file"), rows), 1):
         if not isinstance(a.get("text"), str):
             raise FormatError(f"{path}: answer #{lineno} (question_id {a['question_id']!r}) has no 'text' string")
+        if a.get("model_sha256") != first_model:
+            raise FormatError(f"{path}: answer #{lineno} (question_id {a['question_id']!r}) comes from another model "
+                              f"(model_sha256 {str(a.get('model_sha256'))[:12]}) than answer #1 "
+                              f"({str(first_model)[:12]}); score the answers of one model")
+        check_probabilities(a, f"{path}: answer #{lineno} (question_id {a['question_id']!r})")
         answers[key] = a
     return answers
+
+
+def check_probabilities(answer: dict, where: str) -> None:
+    """``metadata["probabilities"]``, when an answer carries it, must be the five stages' probabilities: finite,
+    not negative, not all 0. Anything else is refused (it would drop the log-loss and calibration of the whole
+    file)."""
+    metadata = answer.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise FormatError(f"{where}: 'metadata' must be a JSON object, got {type(metadata).__name__}")
+    if metadata is None or metadata.get("probabilities") is None:
+        return
+    probs = metadata["probabilities"]
+    if not isinstance(probs, dict) or set(probs) != set(STAGES):
+        raise FormatError(f"{where}: metadata.probabilities must map the five stages {' '.join(STAGES)} to "
+                          f"probabilities, got {str(probs)[:80]}")
+    for stage in STAGES:
+        value = probs[stage]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if not ok:
+            raise FormatError(f"{where}: metadata.probabilities[{stage!r}] = {value!r} is not a probability "
+                              "(a finite number, 0 or more)")
+    if sum(probs.values()) <= 0:
+        raise FormatError(f"{where}: metadata.probabilities are all 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +205,10 @@ def score(
 
     metrics = compute_metrics([r["label"] for r in rows], [r["pred"] for r in rows])
     with_probs = rows and all(r["probabilities"] is not None for r in rows)
+    n_probs = sum(r["probabilities"] is not None for r in rows)
+    if 0 < n_probs < len(rows):
+        print(f"warning: {answers_file}: {len(rows) - n_probs} of {len(rows)} answers carry no stage probabilities; "
+              "no log-loss or calibration is computed", file=sys.stderr)
     if with_probs:  # every answer carries its five probabilities
         metrics.update(probability_metrics([r["label"] for r in rows], np.stack([r["probabilities"] for r in rows])))
     metrics["missing"] = len(missing)
@@ -211,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also score these answers on the same questions and print one table beside the majority "
                         "class and the main answers (repeatable)")
     args = p.parse_args(argv)
+    check_output(args.out if args.out else Path(args.answers_file).parent, "--out", folder=True)
     named = parse_compare(args.compare)
     metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots,
                     compare=named)

@@ -13,11 +13,12 @@ import pytest
 
 from eeg_core.answer import parse_stage, stage_line
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
-from eeg_core.cli import run
 from eeg_core.formats import read_jsonl, read_records
 from eeg_core.stages import STAGES
 from eeg_vlm.cli import main as eeg_vlm
 from sleep_eeg import baselines, features, measures
+
+from refusal import refused
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
@@ -178,11 +179,7 @@ def test_exported_trees_give_sklearns_probabilities_with_missing_values():
 # Bad input: one line naming the file and the record, exit status 2, nothing written
 # ---------------------------------------------------------------------------------------------
 def error_line(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as e:
-        run(baselines.main, [str(a) for a in args])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    return err
+    return refused(baselines.main, args, capsys, alone=True)
 
 
 def test_bad_training_input(split, tmp_path, capsys):
@@ -281,8 +278,4 @@ def test_score_compare_bad_input(split, bandpower, tmp_path, capsys):
     write_jsonl(short, read_jsonl(bandpower[1])[1:])
     for extra, needle in ((["--compare", "no-equals-sign"], "NAME=ANSWERS.jsonl"),
                           (["--compare", f"x={short}"], str(short))):
-        with pytest.raises(SystemExit) as e:
-            run(score.main, [str(a) for a in base + extra])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
-        assert not out.exists()
+        refused(score.main, base + extra, capsys, [needle], watch=[out, tmp_path], alone=True)

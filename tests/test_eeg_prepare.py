@@ -7,12 +7,13 @@ import pytest
 from PIL import Image
 
 from eeg_core.answer import stage_line
-from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render
 from eeg_core.layout import RENDER_FILE
 from sleep_eeg import edf, prepare, stages, synth
 from sleep_eeg.render import RenderConfig
+
+from refusal import refused
 
 PANELS = ("EEG Fpz-Cz", "EOG horizontal", "EMG submental")
 
@@ -112,12 +113,8 @@ def test_render_settings_travel_with_the_records(nights, tmp_path):
 
 def _expect_error(tmp_path, edf_dir, pattern, capsys, *extra):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        run(prepare.main, ["--edf-dir", str(edf_dir), "--out", str(out), "--workers", "1", *extra])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    assert pattern in err
+    err = refused(prepare.main, ["--edf-dir", edf_dir, "--out", out, "--workers", "1", *extra], capsys, [pattern],
+                  alone=True)
     assert not (out / "eeg_ft.json").exists() and not (out / "eeg_eval.jsonl").exists()
     assert not list(out.glob(".*.tmp")) if out.exists() else True
     return err

@@ -18,6 +18,8 @@ from llava.eval import model_vqa
 from llava.model.builder import model_fingerprint
 from sleep_eeg.cot import QUESTIONS
 
+from refusal import check_refusal
+
 REPO = Path(__file__).resolve().parents[1]
 MAX_NEW = 12  # tokens per answer: enough to tell answers apart, cheap on 2 cores
 N_QUESTIONS = 10
@@ -243,8 +245,8 @@ def test_script_reports_bad_input_in_one_line(data, tmp_path):
          "--image-folder", str(data["images"]), "--answers-file", str(tmp_path / "a.jsonl")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {missing}: records file not found"
+    line = check_refusal(proc.returncode, proc.stderr, alone=True)
+    assert line == f"error: {missing}: records file not found"
 
 
 def test_documented_command_runs_as_written_on_a_lora_checkpoint(reference, data, tiny_llava, tmp_path, monkeypatch):

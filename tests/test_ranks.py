@@ -245,3 +245,21 @@ def test_saved_world_size_counts_the_zero_partitions(tmp_path):
         (ckpt / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").touch()
     (ckpt / "global_step4" / "bf16_zero_pp_rank_3_mp_rank_00_optim_states.pt").touch()  # ZeRO-1/2 bf16 naming
     assert checkpoint_tag(ckpt) == "global_step4" and saved_world_size(ckpt, "global_step4") == 4
+
+
+def test_real_deepspeed_checkpoints_pass_the_pickle_scan(runs, tmp_path):
+    """The scan that refuses hostile pickles before a resume (``check_pickles``: every ``.pt`` under the folders
+    DeepSpeed may load, at any depth) refuses nothing DeepSpeed writes: the 2-rank checkpoint, and its universal
+    copy (``global_step2_universal``, its ``zero/`` tree and ``optimizer_state.pt``)."""
+    from llava.train.checkpoints import check_pickles, pickled_files
+    from llava.train.zero_resume import convert_to_universal, saved_param_groups
+
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(runs["two"] / "checkpoint-2", ckpt)
+    check_pickles(ckpt)
+    convert_to_universal(ckpt, "global_step2")
+    files = {str(p.relative_to(ckpt)) for p in pickled_files(ckpt)}
+    assert "global_step2_universal/zero/optimizer_state.pt" in files
+    assert any(f.startswith("global_step2_universal/zero/") and f.endswith("/fp32.pt") for f in files)
+    check_pickles(ckpt)
+    assert saved_param_groups(ckpt / "global_step2_universal" / "zero" / "optimizer_state.pt")

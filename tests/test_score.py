@@ -12,6 +12,8 @@ from eeg_core.cli import run
 from eeg_core.formats import make_answer, make_question
 from sleep_eeg.score import main, score
 
+from refusal import check_refusal, refused
+
 # ---------------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------------
@@ -185,20 +187,15 @@ def test_python_dash_m_and_eeg_vlm_entry(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sleep_eeg.score", "--question-file", str(qf),
                         "--answers-file", str(tmp_path / "nope.jsonl")], capture_output=True, text=True, env=env,
                        timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope.jsonl" in r.stderr
+    check_refusal(r.returncode, r.stderr, ["nope.jsonl"], alone=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line naming the file and the record, exit status 2, nothing written
 # ---------------------------------------------------------------------------------------------
 def cli_error(capsys, qf, af, *extra):
-    with pytest.raises(SystemExit) as e:
-        run(main, ["--question-file", str(qf), "--answers-file", str(af), *extra])
-    err = capsys.readouterr().err
-    assert e.value.code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert not (af.parent / "metrics.json").exists()
-    return err
+    return refused(main, ["--question-file", qf, "--answers-file", af, *extra], capsys, watch=[af.parent],
+                   alone=True)
 
 
 def rewrite(path, edit):

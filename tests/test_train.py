@@ -26,6 +26,8 @@ from eeg_core.layout import FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
 from eeg_vlm.commands import train_argv
 
+from refusal import check_refusal
+
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is the sleep stage of this EEG epoch?"
 
@@ -290,9 +292,7 @@ def test_unknown_version_and_cli_exit_status(tiny_llava, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "llava/train/train_mem.py", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "unknown conversation version 'v9'" in last
+    check_refusal(proc.returncode, proc.stderr, ["unknown conversation version 'v9'"])
     assert not out.exists()
 
 

@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 
 from eeg_core.atomic import file_sha256, write_json, write_jsonl
-from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.formats import load_features, read_records
 from eeg_core.stages import STAGES
 from eeg_vlm.cli import main as eeg_vlm_main
 from vision_modules import extract_features, train_vision_module
 from vision_modules.cli import main as vision_main
+
+from refusal import refused
 
 SIZE = (32, 96)  # H, W of the module input in these tests
 
@@ -239,11 +240,7 @@ def test_bad_input_one_line_error_and_nothing_written(trained, tmp_path, capsys,
     }
     for name in (["train", "extract"] if stage == "both" else [stage]):
         argv, target = runs[name]
-        with pytest.raises(SystemExit) as e:
-            run(vision_main, argv)
-        err = capsys.readouterr().err
-        assert e.value.code == 2
-        assert err.startswith("error: ") and err.count("\n") == 1
+        err = refused(vision_main, argv, capsys, watch=[tmp_path], alone=True)
         assert re.search(message, err), err
         assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "records.json"]
@@ -308,6 +305,24 @@ def test_user_module_trains_and_is_reimported_for_extraction(trained, tmp_path, 
                              import_modules=["my_eeg_modules"])
     assert feats.shape == (len(read_records(records)), 1, 64)
     assert "user_tiny_cnn" in list_vision_modules()
+    # `vision predict` takes --import-module as extraction does
+    unregister_vision_module("user_tiny_cnn")
+    monkeypatch.delitem(sys.modules, "my_eeg_modules")
+    monkeypatch.chdir(tmp_path)  # --import-module also searches the working directory
+    answers = tmp_path / "answers.jsonl"
+    argv = ["vision", "predict", "--checkpoint", str(tmp_path / "ck"), "--question-file", str(records),
+            "--image-folder", str(root / "img"), "--answers-file", str(answers), "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        eeg_vlm_main(argv + ["--import-module", "my_eeg_modules"])
+    assert e.value.code == 0 and len(answers.read_text().splitlines()) == len(read_records(records))
+    # a module whose preprocessing changed since training: the checkpoint's saved mean is compared on load
+    from vision_modules.checkpoint import load_vision_module
+
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({**config, "mean": [0.4, 0.5, 0.5]}))
+    with pytest.raises(FormatError, match=r"config.json: mean \[0.4, 0.5, 0.5\] was saved with the checkpoint, but "
+                                          r"vision module 'user_tiny_cnn' now has \[0.5, 0.5, 0.5\]"):
+        load_vision_module(tmp_path / "ck")
 
 
 def _as_nights(records: Path, out: Path, render: dict | None = None) -> Path:

@@ -65,10 +65,37 @@ def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: not a vision-module config (a JSON object)")
     for key in ("arch", "feature_dim", "num_classes"):
         if key not in config:
             raise FormatError(f"{path}: missing {key!r}")
+    if not isinstance(config["arch"], str):
+        raise FormatError(f"{path}: 'arch' {config['arch']!r} is not a name")
+    for key in ("feature_dim", "num_classes"):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+            raise FormatError(f"{path}: {key!r} {config[key]!r} is not a positive integer")
     return config
+
+
+def check_preprocessing(model: nn.Module, config: dict[str, Any], where: Path) -> None:
+    """The input size, mean and std the checkpoint was trained with (saved in its config) must be the module's
+    now: a module whose code changed since would see its images resized or normalised otherwise, in silence."""
+    for key in ("input_size", "mean", "std"):
+        if key not in config:
+            continue
+        saved, now = config[key], getattr(model, key)
+        try:
+            same = len(saved) == len(now) and all(abs(float(a) - float(b)) <= 1e-6 for a, b in zip(saved, now))
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise FormatError(f"{where}: {key} {list(saved) if isinstance(saved, (list, tuple)) else saved!r} was "
+                              f"saved with the checkpoint, but vision module {config['arch']!r} now has "
+                              f"{[float(x) if key != 'input_size' else int(x) for x in now]}; its code changed since "
+                              "training (retrain it, or restore the module)")
 
 
 def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -84,6 +111,7 @@ def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device
         where=str(Path(checkpoint) / CONFIG_NAME),
         **config.get("module_kwargs", {}),
     )
+    check_preprocessing(model, config, Path(checkpoint) / CONFIG_NAME)
     _load_weights(Path(checkpoint) / WEIGHTS_NAME, model, f"arch {config['arch']!r}")
     model.context_head = None
     if config.get("context"):

@@ -17,6 +17,7 @@ from eeg_core.atomic import write_jsonl
 from eeg_core.formats import (
     check_render,
     make_answer,
+    question_keys,
     read_records,
     record_id,
     records_render,
@@ -25,6 +26,7 @@ from eeg_core.stages import STAGES
 from vision_modules.checkpoint import load_vision_module
 from vision_modules.data import record_image_paths
 from vision_modules.extract import checkpoint_sha256, record_outputs
+from vision_modules.registry import import_user_modules
 
 
 def predict_stages(
@@ -39,6 +41,7 @@ def predict_stages(
     """Write one answer per question (file order) and return them."""
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
+    question_keys([{"question_id": record_id(r)} if isinstance(r, dict) else r for r in recs], questions, "question")
     paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
     model, config = load_vision_module(checkpoint, device)
     check_render(config.get("render"), records_render(recs, questions), str(checkpoint), str(questions))
@@ -64,9 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
+                   help="a Python module to import first (it registers a vision module of your own); repeatable")
 
 
 def main_from_args(a: argparse.Namespace) -> int:
+    import_user_modules(a.import_module)
     answers = predict_stages(a.checkpoint, a.question_file, a.image_folder, a.answers_file, a.batch_size,
                              a.device, not a.no_progress)
     print(f"wrote {a.answers_file}: {len(answers)} answers")

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from eeg_core.atomic import write_jsonl
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from eeg_core.formats import (
     answer_keys,
     question_key,
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--answers-file", required=True, help="the merged answers file to write")
     p.add_argument("chunk_files", nargs="+", help="the per-chunk answers files")
     args = p.parse_args(argv)
+    check_output(args.answers_file, "--answers-file", folder=False)
     n = merge_answers(args.question_file, args.chunk_files, args.answers_file)
     print(f"{n} answers from {len(args.chunk_files)} files -> {args.answers_file}")
     return 0

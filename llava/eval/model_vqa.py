@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line, user_prompt
 from eeg_core.atomic import append_jsonl, write_jsonl
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_device, check_output
 from eeg_core.formats import (
     answer_keys,
     check_feature_size,
@@ -358,6 +359,16 @@ class VqaOptions:
             raise FormatError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.answer_mode not in ANSWER_MODES:
             raise FormatError(f"--answer-mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}")
+        check_output(self.answers_file, "--answers-file", folder=False)
+        if self.device is not None and not str(self.device).startswith("cuda"):  # cuda falls back to the CPU
+            check_device(self.device)
+        for flag, value in (("--max-new-tokens", self.max_new_tokens), ("--num-beams", self.num_beams)):
+            if value < 1:
+                raise FormatError(f"{flag} must be at least 1, got {value}")
+        if not self.temperature >= 0:  # NaN included
+            raise FormatError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise FormatError(f"--top_p must be in (0, 1], got {self.top_p}")
 
     def generate_kwargs(self) -> dict:
         """``generate``'s decoding arguments: greedy at temperature 0, else sampling."""

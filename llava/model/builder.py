@@ -131,7 +131,11 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        from llava.train.checkpoints import load_plain
+
+        return load_plain(path, mmap=False)  # weights_only; a pickle needing more is refused in one line
+    except FormatError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one line naming it
         raise FormatError(f"{path}: unreadable weights ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
@@ -254,6 +258,9 @@ def _load_weights(folder: Path, base: Path | None, config, load_kwargs: dict):
                        folder, len(missing), base, ", ".join(sorted(missing)[:5]))
     if kind == "lora":
         from peft import PeftModel
+
+        if (folder / "adapter_model.bin").is_file() and not (folder / "adapter_model.safetensors").is_file():
+            read_state(folder / "adapter_model.bin")  # checked here: peft's own load fails in a traceback
 
         with warnings.catch_warnings():  # peft reads the deprecated is_gradient_checkpointing (transformers 5)
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -43,10 +43,18 @@ class LlavaConfig(LlamaConfig):
         for key, value in MM_DEFAULTS.items():
             kwargs.setdefault(key, value)
         super().__post_init__(**kwargs)
-        if self.mm_hl_fusion not in FUSION_MODES:
-            raise FormatError(f"mm_hl_fusion {self.mm_hl_fusion!r} is not one of {' '.join(FUSION_MODES)}")
-        if self.mm_hl_projector not in FEATURE_PROJECTORS:
-            raise FormatError(f"mm_hl_projector {self.mm_hl_projector!r} is not one of {' '.join(FEATURE_PROJECTORS)}")
+        for key in _CHOICES:
+            self.__setattr__(key, getattr(self, key))
+
+    def __setattr__(self, key, value):
+        """The fusion choices are checked whenever they are set (a config built, read, or changed in code):
+        a name outside ``FUSION_MODES`` / ``FEATURE_PROJECTORS`` would otherwise fall through to another mode."""
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise FormatError(f"{key} {value!r} is not one of {' '.join(_CHOICES[key])}")
+        super().__setattr__(key, value)
+
+
+_CHOICES = {"mm_hl_fusion": FUSION_MODES, "mm_hl_projector": FEATURE_PROJECTORS}
 
 
 def load_config(model_path: str | os.PathLike) -> LlavaConfig:

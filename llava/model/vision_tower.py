@@ -1,6 +1,7 @@
 """The CLIP vision tower (frozen) and the one place where a vision tower name becomes a folder."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,19 +11,33 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 from eeg_core.errors import FormatError
 
+logger = logging.getLogger(__name__)
+
 
 def resolve_model_dir(name: str | os.PathLike, base_dirs=(), what: str = "vision tower",
                       hint: str = "mm_vision_tower / --vision_tower") -> Path:
-    """A local folder for ``name``: absolute or relative to the CWD, else relative to one of ``base_dirs``,
-    else a hub id already in the local Hugging Face cache. Anything else is a one-line FormatError, at once."""
+    """A local folder for ``name``. A relative name is looked up in ``base_dirs`` (the checkpoint folders it
+    came with) first, so a checkpoint finds its own tower from any working directory, then in the working
+    directory; an absolute name is taken as it is. A relative name recorded from another working directory
+    (``checkpoints/tiny-llava/clip``) is also found by its tail inside a checkpoint folder (``clip``), so a
+    checkpoint keeps working when moved. Else a hub id already in the local Hugging Face cache. Anything
+    else is a one-line FormatError, at once."""
     path = Path(name).expanduser()
+    bases = [Path(b) for b in base_dirs if b is not None]
+    if not path.is_absolute():
+        for base in bases:
+            if (base / path).is_dir():
+                return base / path
     if path.is_absolute() or path.exists():
         if path.is_dir():
             return path
         raise FormatError(f"{what} '{name}' is not a folder")
-    for base in base_dirs:
-        if base is not None and (Path(base) / path).is_dir():
-            return Path(base) / path
+    for k in range(1, len(path.parts)):  # the longest tail first
+        for base in bases:
+            if (base / Path(*path.parts[k:])).is_dir():
+                logger.info("%s '%s' not found from %s: using %s", what, name, os.getcwd(),
+                            base / Path(*path.parts[k:]))
+                return base / Path(*path.parts[k:])
     try:
         from huggingface_hub import snapshot_download
 
@@ -32,6 +47,22 @@ def resolve_model_dir(name: str | os.PathLike, base_dirs=(), what: str = "vision
             f"{what} '{name}' is not a local folder and not in the Hugging Face cache (offline): "
             f"download it once and point {hint} at the local copy"
         ) from None
+
+
+def portable_name(name: str | os.PathLike, base: str | os.PathLike | None) -> str:
+    """How a run records its tower (``mm_vision_tower``) so that it loads from any working directory. ``base``:
+    the base model a run is loaded with (a LoRA run's; None for a full checkpoint, which loads alone). A tower
+    inside the base is recorded relative to it, so base, tower and runs move together; another local folder
+    by its absolute path; a hub id as it is."""
+    path = Path(name).expanduser()
+    local = Path(base) / path if base is not None and not path.is_absolute() and (Path(base) / path).is_dir() \
+        else path
+    if not local.is_dir():
+        return str(name)
+    local = local.resolve()
+    root = Path(base).resolve() if base is not None else None
+    return str(local.relative_to(root)) if root is not None and local.is_relative_to(root) and local != root \
+        else str(local)
 
 
 class CLIPVisionTower(nn.Module):

@@ -149,36 +149,98 @@ def _unpickling_detail(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:160]}"
 
 
-def check_pickles(checkpoint: str | os.PathLike) -> None:
-    """The checkpoint's pickled files (optimizer, scheduler, scaler, RNG states, DeepSpeed's shards) must load
-    with ``torch.load(weights_only=True)``: tensors and plain containers only (plus DeepSpeed's enums and loss
-    scaler in its shards). A file that needs anything else (a hostile pickle, or a foreign object) is refused
-    here, in one line, before the model is built; DeepSpeed's own loader (``weights_only=False``) never sees it."""
-    import torch
-    from transformers.trainer_pt_utils import safe_globals
+def deepspeed_tags(checkpoint: str | os.PathLike) -> list[Path]:
+    """The folders DeepSpeed may load from ``checkpoint``: the ones its ``latest`` and ``latest_universal`` files
+    name, and every ``global_step*`` folder. A tag that leaves the checkpoint (an absolute path, ``..``, a link
+    out) or names no folder in it is refused in one line: DeepSpeed would load whatever it names, with
+    ``weights_only=False``."""
+    folder = Path(checkpoint)
+    root = folder.resolve()
+    tags = []
+    for name in ("latest", "latest_universal"):
+        pointer = folder / name
+        if not pointer.exists():
+            continue
+        try:
+            tag = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise FormatError(f"{pointer}: not a text file naming a DeepSpeed tag (global_stepN)") from None
+        target = (folder / tag).resolve()
+        if not tag or "\n" in tag or target == root or not target.is_relative_to(root):
+            raise FormatError(f"{pointer}: names {tag!r}, which is not a folder inside the checkpoint {folder}; "
+                              "refused (DeepSpeed would load whatever it names)")
+        if not target.is_dir():
+            raise FormatError(f"{pointer}: names {tag!r}, but there is no such folder in {folder}")
+        tags.append(folder / tag)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("global_step")):
+        if not sub.resolve().is_relative_to(root):
+            raise FormatError(f"{sub}: a link to {sub.resolve()}, outside the checkpoint {folder}; refused")
+        if sub not in tags:
+            tags.append(sub)
+    return tags
 
+
+def pickled_files(checkpoint: str | os.PathLike) -> list[Path]:
+    """Every pickle a resume from ``checkpoint`` may load: the Trainer's (optimizer, scheduler, scaler, RNG
+    states), the model's ``.bin`` files, and each ``.pt`` file under the folders DeepSpeed may load from
+    (``deepspeed_tags``), at any depth: the ZeRO partitions, and a universal checkpoint's ``zero/`` tree
+    with its ``optimizer_state.pt``."""
     folder = Path(checkpoint)
     files = [folder / n for n in PICKLED if (folder / n).is_file()]
     files += sorted(folder.glob("rng_state*.pth"))
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("global_step")):
-        files += sorted(sub.glob("*.pt"))
+    files += sorted(p for p in folder.glob("*.bin") if p.is_file() and p.name != "training_args.bin")
+    root, seen = folder.resolve(), set()
+    for tag in deepspeed_tags(folder):
+        todo = [tag]
+        while todo:  # every depth, links followed (each real folder once: a link loop ends here)
+            here = todo.pop()
+            real = here.resolve()
+            if not real.is_relative_to(root):
+                raise FormatError(f"{here}: a link to {real}, outside the checkpoint {folder}; refused")
+            if real in seen:
+                continue
+            seen.add(real)
+            entries = sorted(here.iterdir())
+            files += [p for p in entries if p.is_file() and p.name.endswith((".pt", ".pth", ".bin"))]
+            todo += [p for p in entries if p.is_dir()]
+    return files
+
+
+def load_plain(path: str | os.PathLike, deepspeed: bool = False, mmap: bool = True):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only; with ``deepspeed``, also
+    the few plain classes of DeepSpeed's (enums, the loss scaler) its shards name. Anything else is refused
+    in one line naming the file."""
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    path = Path(path)
     extra: list = []
-    for path in files:
-        for _ in range(8):
-            try:
-                with safe_globals(), torch.serialization.safe_globals(extra):
-                    try:
-                        torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # no copy in memory
-                    except RuntimeError as e:
-                        if "mmap" not in str(e):
-                            raise
-                        torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
-                break
-            except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
-                allowed = _deepspeed_globals(str(e)) if path.parent != folder else []
-                if allowed and allowed[0] not in extra:
-                    extra += allowed
-                    continue
-                detail = _unpickling_detail(e)
-                raise FormatError(f"{path}: refused: not a plain tensor file that loads without running code "
-                                  f"({detail})") from None
+    for _ in range(8):
+        try:
+            with safe_globals(), torch.serialization.safe_globals(extra):
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                except RuntimeError as e:
+                    if not mmap or "mmap" not in str(e):
+                        raise
+                    return torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
+            allowed = _deepspeed_globals(str(e)) if deepspeed else []
+            if allowed and allowed[0] not in extra:
+                extra += allowed
+                continue
+            detail = _unpickling_detail(e)
+            raise FormatError(f"{path}: refused: not a plain tensor file that loads without running code "
+                              f"({detail})") from None
+    raise FormatError(f"{path}: refused: not a plain tensor file that loads without running code")
+
+
+def check_pickles(checkpoint: str | os.PathLike) -> None:
+    """Every pickle a resume from the checkpoint may load (``pickled_files``) must load with
+    ``torch.load(weights_only=True)``: tensors and plain containers only (plus DeepSpeed's enums and loss
+    scaler under its tags). A file that needs anything else (a hostile pickle, or a foreign object), or a
+    ``latest`` naming a folder outside the checkpoint, is refused here, in one line, before the model is
+    built; DeepSpeed's own loader (``weights_only=False``) never sees it."""
+    folder = Path(checkpoint)
+    for path in pickled_files(folder):
+        load_plain(path, deepspeed=path.parent != folder)

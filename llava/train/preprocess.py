@@ -62,6 +62,9 @@ def check_turns(source, where: str = "") -> list[dict]:
                               "human, gpt)")
         if not isinstance(turn.get("value"), str):
             raise FormatError(f"{where}: turn {j} has no text 'value'")
+        if speaker == "gpt" and not turn["value"].strip():
+            raise FormatError(f"{where}: turn {j} is an empty 'gpt' reply (it would teach the model to answer "
+                              "nothing)")
     if not any(turn["from"] == "gpt" for turn in turns):
         raise FormatError(f"{where}: no 'gpt' reply to learn from (every label would be masked)")
     return turns

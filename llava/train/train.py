@@ -28,6 +28,7 @@ import transformers
 from transformers import HfArgumentParser
 
 from eeg_core.errors import FormatError
+from eeg_core.outputs import check_output
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.dataset import make_supervised_data_module
 
@@ -73,6 +74,16 @@ def check_options(model_args: ModelArguments, data_args: DataArguments, training
         raise FormatError("--mm_use_im_start_end True is not supported (LLaVA-1.5 uses False)")
     if data_args.image_aspect_ratio not in ASPECT_RATIOS:
         raise FormatError(f"--image_aspect_ratio {data_args.image_aspect_ratio!r} is not one of {' '.join(ASPECT_RATIOS)}")
+    counts = [("--per_device_train_batch_size", training_args.per_device_train_batch_size),
+              ("--gradient_accumulation_steps", training_args.gradient_accumulation_steps),
+              ("--model_max_length", training_args.model_max_length)]
+    for flag, value in counts + ([("--lora_r", training_args.lora_r)] if training_args.lora_enable else []):
+        if value < 1:  # each fails only inside the run otherwise, in a traceback
+            raise FormatError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--learning_rate", training_args.learning_rate),
+                        ("--mm_projector_lr", training_args.mm_projector_lr)):
+        if value is not None and not value >= 0:  # NaN included
+            raise FormatError(f"{flag} must be 0 or more, got {value}")
 
 
 def lm_linear_names(model) -> list[str]:
@@ -156,6 +167,7 @@ def check_output_dir(training_args) -> str | None:
     output_dir = Path(training_args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise FormatError(f"{output_dir}: --output_dir is a file, not a folder")
+    check_output(output_dir, "--output_dir", folder=True)
     resume = training_args.resume_from_checkpoint
     previous = ckpt.run_entries(output_dir)
     if previous and not resume and not training_args.overwrite_output_dir:
@@ -430,6 +442,11 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     base_config = load_config(model_args.model_name_or_path)
     tokenizer = build_tokenizer(model_args, training_args)
     records, features = load_inputs(model_args, data_args, base_config=base_config, flags=explicit_flags(argv))
+    if model_args.vision_tower is not None:  # recorded so that it loads from any working directory
+        from llava.model.vision_tower import portable_name
+
+        model_args.vision_tower = portable_name(model_args.vision_tower,
+                                                model_args.model_name_or_path if training_args.lora_enable else None)
     with removed_if_no_step(training_args) as first_step:
         return fit(model_args=model_args, data_args=data_args, training_args=training_args,
                    attn_implementation=attn_implementation, tokenizer=tokenizer, records=records, features=features,

@@ -255,6 +255,16 @@ class LLaVATrainer(Trainer):
             os.rmdir(staging)
         self.accelerator.wait_for_everyone()
 
+    def _run_epoch(self, *args, **kwargs):
+        """The Trainer's epoch, unless ``--max_steps`` is reached already: a run resumed from the checkpoint of
+        its last step (a kill during the final save) would otherwise take one more step (the loop checks the
+        limit only after a step) and save a spurious ``checkpoint-<max_steps + 1>``. It loads the checkpoint,
+        trains nothing, and its final save equals an uninterrupted run's."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed

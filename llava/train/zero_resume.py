@@ -118,7 +118,9 @@ def prepare_resume(trainer, checkpoint: str | None) -> bool:
 
 def saved_param_groups(optimizer_state: str | os.PathLike) -> list[dict]:
     """The optimizer's parameter groups as saved (hyper-parameters only, in group order)."""
-    state = torch.load(optimizer_state, map_location="cpu", weights_only=False)
+    from llava.train.checkpoints import load_plain
+
+    state = load_plain(optimizer_state, deepspeed=True, mmap=False)  # tensors and DeepSpeed's plain classes only
     return [{k: v for k, v in group.items() if k != "params"}
             for group in state["optimizer_state_dict"]["param_groups"]]
 
