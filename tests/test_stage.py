@@ -24,6 +24,7 @@ from sleep_eeg.render import RenderConfig
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from stage_night import random_vision_checkpoint  # noqa: E402
+from refusal import refused  # noqa: E402
 
 CHANNELS = ("EEG Fpz-Cz", "EOG horizontal")
 RENDER = RenderConfig(channels=CHANNELS, px_per_s=4, height=32, eog_height=16)  # small images: fast
@@ -177,12 +178,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, nights, tmp_path, capsys
     args = (nights, tmp_path, stage_only_llava) if case is _vlm_other_rendering else (nights, tmp_path)
     argv, message = case(*args)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as code:
-        run(stage.main, argv + ["--out", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert code.value.code == 2 and len(err.splitlines()) == 1, err
-    assert re.search(message, err), err
-    assert not out.exists()
+    line = refused(stage.main, argv + ["--out", str(out)], capsys, watch=[out], alone=True)
+    assert re.search(message, line), line
 
 
 def _stage(argv):
