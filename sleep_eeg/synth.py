@@ -188,15 +188,26 @@ def sample_spectra(rng: np.random.Generator, subject: Subject, stages: Sequence[
     stages = _scored(stages)
     n, n_ch, n_b = len(stages), len(EEG_CHANNELS), len(BANDS)
     phi, rho, share = mix["epoch_ar1"], mix["cross_channel_corr"], mix["night_shift_subject_share"]
+    amb = mix.get("ambiguity_sd", 0.0)
     # epoch residuals: AR(1) in time, partly shared across channels
     eps = np.sqrt(rho) * rng.standard_normal((n, 1, n_b)) + np.sqrt(1 - rho) * rng.standard_normal((n, n_ch, n_b))
     u = np.empty_like(eps)
     u[0] = eps[0]
     for i in range(1, n):
         u[i] = phi * u[i - 1] + np.sqrt(1 - phi**2) * eps[i]
+    # how far each epoch leans towards a neighbouring stage (one value for all channels): a 30-s epoch
+    # is scored by its majority, so epochs near a transition hold some of the next stage's activity
+    e = rng.standard_normal(n)
+    lean = np.empty(n)
+    lean[0] = e[0]
+    for i in range(1, n):
+        lean[i] = phi * lean[i - 1] + np.sqrt(1 - phi**2) * e[i]
+    lean *= amb
+    e_abs, e_sq = amb * np.sqrt(2 / np.pi), amb**2
     out = np.empty((n_ch, n, n_b))
     idx = np.array([STAGES.index(s) for s in stages])
     for c, ch in enumerate(EEG_CHANNELS):
+        mean = {s: np.asarray(spec[ch][s]["mean"]) for s in STAGES}
         for k, s in enumerate(STAGES):
             sel = idx == k
             if not sel.any():
@@ -205,10 +216,24 @@ def sample_spectra(rng: np.random.Generator, subject: Subject, stages: Sequence[
             corr, sd, b = np.asarray(d["corr"]), np.asarray(d["std"]), np.asarray(d["between_night_std"])
             z = np.sqrt(share) * subject.z[c] + np.sqrt(1 - share) * rng.standard_normal(n_b)
             shift = _psd_sqrt(corr * np.outer(b, b)) @ z
-            within = _psd_sqrt(corr * (np.outer(sd, sd) - np.outer(b, b)))
-            out[c, sel] = np.asarray(d["mean"]) + shift + u[sel, c] @ within.T
+            # the lean: towards the lighter neighbour when negative, the deeper one when positive (the only
+            # one where there is one); its mean and spread are taken out of the drawn ones, so the stage's
+            # real mean and spread stay as they are
+            lighter, deeper = _NEIGHBOURS[s]
+            to_l = mean[lighter or deeper] - mean[s]
+            to_d = mean[deeper or lighter] - mean[s]
+            m = lean[sel]
+            lean_part = np.where(m[:, None] < 0, -m[:, None] * to_l, m[:, None] * to_d)
+            lean_mean = e_abs * (to_l + to_d) / 2
+            lean_cov = e_sq * (np.outer(to_l, to_l) + np.outer(to_d, to_d)) / 2 - np.outer(lean_mean, lean_mean)
+            within = _psd_sqrt(corr * (np.outer(sd, sd) - np.outer(b, b)) - lean_cov)
+            out[c, sel] = mean[s] - lean_mean + lean_part + shift + u[sel, c] @ within.T
     p = np.exp(out)
     return np.log(p / p.sum(axis=2, keepdims=True))
+
+
+# The lighter and deeper neighbour of each stage (None where there is none); REM lies between W and N1.
+_NEIGHBOURS = {"W": (None, "N1"), "N1": ("W", "N2"), "N2": ("N1", "N3"), "N3": ("N2", None), "REM": ("W", "N1")}
 
 
 def _scored(stages: Sequence[str]) -> list[str]:
