@@ -153,16 +153,16 @@ _BINS = [int(((_F >= lo) & (_F <= hi)).sum()) for lo, hi in realism.FEATURE_BAND
 
 
 def unsaturate(x: np.ndarray) -> np.ndarray:
-    """ln of the band's mean PSD in µV²/Hz from the shared feature ``ln(PSD V²/Hz + 1e-10)``."""
+    """ln µV²/Hz (or µV²) from a shared feature ``ln(PSD V²/Hz + 1e-10)`` (or ``ln(variance V² + 1e-10)``)."""
     return np.log(np.maximum(np.exp(x) - 1e-10, 1e-30)) + np.log(1e12)
 
 
 def level_measures(x: np.ndarray, c: int) -> dict[str, np.ndarray]:
     """Per epoch, of channel ``c`` of feature rows ``x`` [epoch, >= 18]: ln 0.5-30 Hz power (µV²),
-    ln 13-30 Hz and 30-50 Hz mean PSD (µV²/Hz), ln variance (µV²)."""
+    ln 13-30 Hz and 30-50 Hz mean PSD (µV²/Hz), ln variance (µV²); all without the features' 1e-10."""
     bands = unsaturate(x[:, 9 * c: 9 * c + 5])
     power = np.log(_DF * (np.exp(bands[:, :4]) * _BINS[:4]).sum(1))
-    return {"log_power": power, "beta": bands[:, 3], "gamma": bands[:, 4], "logvar": x[:, 9 * c + 7] + np.log(1e12)}
+    return {"log_power": power, "beta": bands[:, 3], "gamma": bands[:, 4], "logvar": unsaturate(x[:, 9 * c + 7])}
 
 
 def fit_levels_from_real(real: list[dict]) -> dict:
@@ -207,7 +207,7 @@ def fit_levels_from_real(real: list[dict]) -> dict:
     return out
 
 
-def correct_levels(cal: dict, rounds: int = 4, nights: int = 6, hours: float = 1.5) -> None:
+def correct_levels(cal: dict, rounds: int = 6, nights: int = 6, hours: float = 2.0) -> None:
     """Correct each mean by what the generator's measure reads beyond what it drew, on seeded nights."""
     lv = cal["levels"]
     for r in range(rounds):
@@ -225,25 +225,29 @@ def correct_levels(cal: dict, rounds: int = 4, nights: int = 6, hours: float = 1
             for c, ch in enumerate(realism.JUDGE_CHANNELS):
                 m = level_measures(x, c)
                 drawn = np.log(levels[:, c])
-                # this night's shift (night + slow wander), to compare with the real mean without it
-                shift = np.mean(drawn[0] - np.array([lv[ch][s]["log_power"] for s in st]))
+                # each epoch's own draw of the spreads (night, slow wander, epoch), to compare with the real
+                # mean without them
+                shift = drawn[0] - np.array([lv[ch][s]["log_power"] for s in st])
                 for s in STAGES:
                     sel = st == s
                     acc = rows.setdefault((ch, s), {"power": [], "gamma": [], "var": []})
                     acc["power"].append(m["log_power"][sel] - drawn[0, sel])
                     acc["gamma"].append(m["gamma"][sel] - drawn[1, sel])
-                    acc["var"].append(m["logvar"][sel] - shift)
-        worst = 0.0
+                    acc["var"].append(m["logvar"][sel] - shift[sel])
+        worst, where = 0.0, ""
         for (ch, s), acc in rows.items():
             d = lv[ch][s]
             bias = {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
             # a damped fixed point: the drawn mean plus what the measure reads beyond it is the real mean
             d["log_power"] = round(0.5 * d["log_power"] + 0.5 * (d["real_log_power"] - bias["power"]), 3)
             d["log_gamma_psd"] = round(0.5 * d["log_gamma_psd"] + 0.5 * (d["real_log_gamma_psd"] - bias["gamma"]), 3)
-            drift = np.exp(d["log_drift"]) + np.exp(d["real_logvar"]) - np.exp(bias["var"])
-            d["log_drift"] = round(float(np.log(max(drift, 0.05 * np.exp(d["log_power"])))), 3)
-            worst = max(worst, abs(bias["power"]), abs(bias["gamma"]), abs(bias["var"] - d["real_logvar"]))
-        print(f"levels round {r}: largest |read-back bias| or |logvar - real| {worst:.3f}")
+            # the drift below 0.5 Hz makes up what the log-variance lacks (a damped step in its log)
+            step = float(np.clip(1.5 * (d["real_logvar"] - bias["var"]), -1.0, 1.0))
+            d["log_drift"] = round(max(d["log_drift"] + step, d["log_power"] + np.log(0.01)), 3)
+            gap = max(abs(bias["power"]), abs(bias["gamma"]), abs(bias["var"] - d["real_logvar"]))
+            if gap > worst:
+                worst, where = gap, f"{ch} {s}: power {bias['power']:+.2f} gamma {bias['gamma']:+.2f} logvar {bias['var'] - d['real_logvar']:+.2f}"
+        print(f"levels round {r}: largest read-back bias or log-variance gap {worst:.2f} ({where})")
     synth.load_calibration.cache_clear()
 
 

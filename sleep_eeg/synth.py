@@ -15,12 +15,18 @@ How a night is made:
 2. **Spectra**: per epoch and channel, the five log relative band powers (0.5-4, 4-8, 8-12, 12-16,
    16-30 Hz) are drawn from the real per-stage means, spreads and correlations. A night-level shift of
    the real between-night size (shared in part by a subject's nights) and an epoch-to-epoch
-   autocorrelation are part of the draw, not added on top of it.
+   autocorrelation are part of the draw, not added on top of it; so is a lean of each epoch towards a
+   neighbouring stage, one for all channels (an epoch is scored by its majority), which keeps the three
+   channels about as redundant as real ones.
 3. **Morphology** at realistic rates: alpha in eyes-closed wake, blinks and saccades in wake, vertex
    waves and slow eye movements in N1, spindles and K-complexes in N2, high-amplitude slow waves in
    N3, sawtooth waves and rapid eye movements in REM; the rates follow each epoch's drawn spectrum.
 4. **Calibration of the signal**: each band of each epoch is rescaled so that the reference measure
    (:func:`sleep_eeg.measures.log_relative_band_power`) reads the drawn spectrum back.
+   **Absolute levels** (fitted on the per-epoch features of 20 real nights): per stage and EEG channel the
+   0.5-30 Hz power, the 30-50 Hz floor and the drift below 0.5 Hz, with the real spread between epochs
+   and nights and a slow wander across the night (:func:`_levels`); so variance, absolute band powers and
+   Hjorth mobility read as real ones (``benchmarks/realism.py``, (c) and (d)).
 5. **EMG** as a 1-Hz level whose stage distributions overlap (lowest in REM), with twitches, and
    **artefacts**: movement bursts in a few scored epochs and in the movement epochs.
 
