@@ -59,7 +59,7 @@ def night_figures(args: tuple[int, int, bool]) -> dict:
             "yasa": None if yasa is None else [yasa[i] for i in keep]}
 
 
-def synth_version() -> str:
+def yasa_installed() -> str:
     from sleep_eeg.features import yasa_version
     return yasa_version() or "?"
 
@@ -172,7 +172,7 @@ def main() -> None:
         yb["per_night_accuracy"] = [round(float(a), 3) for a in per_night]
         out["yasa"] = yb
         ok = yb["accuracy"] >= 0.75 and yb["kappa"] >= 0.65 and all(yb["recall"][s] >= 0.5 for s in STAGES if s != "N1")
-        print(f"== (b) {yasa_staging.NAME}: YASA {synth_version()} SleepStaging on EEG Fpz-Cz + EOG horizontal ==")
+        print(f"== (b) {yasa_staging.NAME}: YASA {yasa_installed()} SleepStaging on EEG Fpz-Cz + EOG horizontal ==")
         print(f"accuracy {yb['accuracy']:.3f}  macro-F1 {yb['macro_f1']:.3f}  kappa {yb['kappa']:.3f}  {mark(ok)}")
         print(f"recall: {recall_row(yb)}")
         print(f"per night accuracy {min(per_night):.2f}-{max(per_night):.2f}")

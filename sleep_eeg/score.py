@@ -60,7 +60,6 @@ from sleep_eeg.metrics import (
     probability_metrics,
     summary_row,
 )
-from sleep_eeg import yasa_staging
 from sleep_eeg.plots import plot_calibration, plot_confusion_matrix, plot_hypnograms
 
 
@@ -118,6 +117,8 @@ def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Pat
     counts = {s: labels.count(s) for s in STAGES}
     top = max(STAGES, key=lambda s: counts[s])
     rows = [summary_row(f"{MAJORITY} ({top})", None, compute_metrics(labels, [top] * len(labels)))]
+    from sleep_eeg import yasa_staging  # YASA itself is imported only to stage a night
+
     if edf_dir is not None and yasa_staging.available():
         pred = yasa_staging.answer_questions(questions, order, edf_dir)
         rows.append(summary_row(yasa_staging.NAME, None, compute_metrics(labels, [pred[k] for k in order])))
