@@ -128,6 +128,8 @@ def main() -> None:
     p.add_argument("--no-yasa", action="store_true", help="skip (b) even when YASA is installed")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
+    if args.nights < 5:
+        p.error("--nights: at least 5 (every 5th subject is held out for (a))")
     cal = synth.load_calibration()
     real, spectra = cal["reference"], cal["spectra"]
     use_yasa = yasa_staging.available() and not args.no_yasa
@@ -178,7 +180,8 @@ def main() -> None:
         print(f"per night accuracy {min(per_night):.2f}-{max(per_night):.2f}")
         print("(goals: accuracy >= 0.75, kappa >= 0.65, recall >= 0.5 in every stage but N1)\n")
     else:
-        print("== (b) YASA pretrained: skipped (pip install -e '.[baselines]') ==\n")
+        why = "--no-yasa" if args.no_yasa else "YASA is not installed: pip install -c constraints.txt -e '.[baselines]'"
+        print(f"== (b) YASA pretrained: skipped ({why}) ==\n")
 
     real_nights = realism.load_real_features(args.features)
     if real_nights:
