@@ -4,9 +4,10 @@
     -> vision predict -> the baselines (train, predict) -> tiny LLaVA base
     -> deepspeed llava/train/train_mem.py -> llava/eval/model_vqa.py -> eeg-vlm score --compare ...
 
-It ends with one table on the same held-out epochs: the majority class, the band-power baselines (Fpz-Cz
-alone and three channels), the feature baseline, the vision module and EEG-VLM (accuracy, macro-F1, kappa,
-N1 F1, REM F1). ``--edf-dir DIR`` runs the same recipe on a folder of Sleep-EDF-style nights (yours), or on
+It ends with one table on the same held-out epochs: the majority class, YASA's pretrained stager (no
+training; when YASA is installed, the ``[baselines]`` extra), the band-power baselines (Fpz-Cz alone and
+three channels), the feature baseline, the vision module and EEG-VLM (accuracy, macro-F1, kappa, N1 F1,
+REM F1). ``--edf-dir DIR`` runs the same recipe on a folder of Sleep-EDF-style nights (yours), or on
 the nights of a pairing CSV (recording, hypnogram, subject), instead of synthesizing them; subjects are held
 out as with the synthetic nights. ``--eeg-name`` / ``--eog-name`` / ``--emg-name`` name your channels (the
 baselines then read the named channels too) and ``--hypnogram-epoch`` the length of a CSV hypnogram's lines.
@@ -203,7 +204,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     scored = ANSWERS if vlm else VISION_ANSWERS
     baseline_inputs = [] if baselines_from else [baseline_answers(name) for name in BASELINES]
     steps.append(Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", scored,
-                                "--out", SCORES, *compare],
+                                "--out", SCORES, "--edf-dir", edf, *compare],
                       outputs=[SCORES, f"{SCORES}/metrics.json"],
                       inputs=[EVAL_RECORDS, scored, VISION_ANSWERS, *baseline_inputs],
                       after=["eval" if vlm else "vision-predict", "vision-predict",

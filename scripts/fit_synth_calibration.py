@@ -16,6 +16,16 @@ never the hypnograms.
   length matches.
 - ``spectra``: the per-stage, per-channel log relative band power figures, as they are.
 - ``reference``: the real figures that benchmarks and tests compare against.
+- ``levels`` (from ``../shared/data/sleepedf_features``, 20 nights of per-epoch features of the real
+  signals, trimmed to 30 min of wake around sleep): per stage and EEG channel the natural log of the
+  0.5-30 Hz power (µV²) with its within-night spread, its spread between nights, its slow wander across
+  the night and its epoch-to-epoch correlation; the 30-50 Hz floor (µV²/Hz) with its spread and its
+  correlation with the 13-30 Hz power; the power below 0.5 Hz (the drift). Then, on a few seeded
+  simulated nights, each mean is corrected by what the generator's own measure reads on top of what it
+  drew (events, leakage), so that the features of the synthetic signals read the real means. EOG
+  horizontal has no real absolute figures here: its levels are chosen (see its ``source``).
+
+``--only levels`` refits the levels alone.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ import numpy as np
 
 from eeg_core.atomic import write_json
 from eeg_core.stages import STAGES
-from sleep_eeg import synth
+from sleep_eeg import realism, synth
 
 CODE = {"W": "W", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
 EDGES = list(range(1, 21)) + [21, 26, 31, 41, 51, 71, 101, 151, 241]
@@ -134,12 +144,148 @@ def calibrate(cal: dict, stats: dict, rounds: int, nights: int) -> None:
         model["duration_pmf"][st] = np.round(model["duration_pmf"][st], 6).tolist()
 
 
+# ---------------------------------------------------------------------------------------------
+# Absolute levels, from the real per-epoch features
+# ---------------------------------------------------------------------------------------------
+_F, _P = np.linspace(0, 50, 129), None  # scipy.signal.welch(x, 100, nperseg=256) frequencies
+_DF = _F[1] - _F[0]
+_BINS = [int(((_F >= lo) & (_F <= hi)).sum()) for lo, hi in realism.FEATURE_BANDS]
+
+
+def unsaturate(x: np.ndarray) -> np.ndarray:
+    """ln µV²/Hz (or µV²) from a shared feature ``ln(PSD V²/Hz + 1e-10)`` (or ``ln(variance V² + 1e-10)``)."""
+    return np.log(np.maximum(np.exp(x) - 1e-10, 1e-30)) + np.log(1e12)
+
+
+def level_measures(x: np.ndarray, c: int) -> dict[str, np.ndarray]:
+    """Per epoch, of channel ``c`` of feature rows ``x`` [epoch, >= 18]: ln 0.5-30 Hz power (µV²),
+    ln 13-30 Hz and 30-50 Hz mean PSD (µV²/Hz), ln variance (µV²); all without the features' 1e-10."""
+    bands = unsaturate(x[:, 9 * c: 9 * c + 5])
+    power = np.log(_DF * (np.exp(bands[:, :4]) * _BINS[:4]).sum(1))
+    return {"log_power": power, "beta": bands[:, 3], "gamma": bands[:, 4], "logvar": unsaturate(x[:, 9 * c + 7])}
+
+
+def fit_levels_from_real(real: list[dict]) -> dict:
+    """The real figures of ``levels`` (before the generator's own reading is corrected for)."""
+    out: dict = {}
+    for c, ch in enumerate(realism.JUDGE_CHANNELS):
+        per_stage: dict = {}
+        night_means, slow, ar = [], [], []
+        for night in real:
+            m = level_measures(night["X"], c)
+            y = night["y"]
+            means = {k: m["log_power"][y == k].mean() for k in range(len(STAGES)) if (y == k).sum() >= 10}
+            night_means.append([means.get(k, np.nan) for k in range(len(STAGES))])
+            resid = np.array([m["log_power"][i] - means[y[i]] if y[i] in means else 0.0 for i in range(len(y))])
+            slow.append(np.std(np.convolve(resid, np.ones(61) / 61, mode="valid")))
+            same = (y[1:] == y[:-1]) & np.isin(y[1:], list(means))
+            ar.append(np.corrcoef(resid[1:][same], resid[:-1][same])[0, 1])
+        night_means = np.asarray(night_means)
+        out[ch] = {"between_night_log_sd": round(float(np.nanmean(np.nanstd(night_means, 0))), 3),
+                   "slow_log_sd": round(float(np.mean(slow)), 3)}
+        out.setdefault("epoch_ar1", []).append(float(np.mean(ar)))
+        for k, s in enumerate(STAGES):
+            rows = [(level_measures(n["X"][n["y"] == k], c)) for n in real if (n["y"] == k).sum() >= 10]
+            pool = {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
+            within = np.mean([r["log_power"].std() for r in rows])
+            inband = np.exp(pool["log_power"]) + 20 * np.exp(pool["gamma"])
+            drift = np.log(np.maximum(np.exp(pool["logvar"]) - inband, 1e-3))
+            per_stage[s] = {
+                "log_power": round(float(pool["log_power"].mean()), 3),
+                "log_power_sd": round(float(within), 3),
+                "log_gamma_psd": round(float(pool["gamma"].mean()), 3),
+                "log_gamma_sd": round(float(np.mean([r["gamma"].std() for r in rows])), 3),
+                "gamma_beta_corr": round(float(np.mean([np.corrcoef(r["beta"], r["gamma"])[0, 1] for r in rows])), 3),
+                "log_drift": round(float(np.median(drift)), 3),
+                "log_drift_sd": round(float(0.6 * np.mean([r["logvar"].std() for r in rows])), 3),
+                "real_log_power": round(float(pool["log_power"].mean()), 3),
+                "real_log_gamma_psd": round(float(pool["gamma"].mean()), 3),
+                "real_logvar": round(float(pool["logvar"].mean()), 3),
+            }
+        out[ch].update(per_stage)
+    out["epoch_ar1"] = round(float(np.mean(out["epoch_ar1"])), 3)
+    return out
+
+
+def correct_levels(cal: dict, rounds: int = 6, nights: int = 6, hours: float = 2.0) -> None:
+    """Correct each mean by what the generator's measure reads beyond what it drew, on seeded nights."""
+    lv = cal["levels"]
+    for r in range(rounds):
+        synth.load_calibration.cache_clear()
+        rows: dict = {}
+        for i in range(nights):
+            subject = synth.Subject.draw(np.random.default_rng([9000 + r, 10_000 + i]))
+            rng = np.random.default_rng([9000 + r, i])
+            stages = synth.synth_hypnogram(rng, hours)
+            spectra = synth.sample_spectra(rng, subject, stages)
+            levels = synth._levels(rng, subject, stages, spectra)
+            eeg = synth.synth_eeg(rng, subject, stages, spectra, levels=levels)
+            x = realism.night_features({ch: eeg[c] for c, ch in enumerate(synth.EEG_CHANNELS)}, len(stages))
+            st = np.asarray(synth._scored(stages))
+            for c, ch in enumerate(realism.JUDGE_CHANNELS):
+                m = level_measures(x, c)
+                drawn = np.log(levels[:, c])
+                # each epoch's own draw of the spreads (night, slow wander, epoch), to compare with the real
+                # mean without them
+                shift = drawn[0] - np.array([lv[ch][s]["log_power"] for s in st])
+                for s in STAGES:
+                    sel = st == s
+                    acc = rows.setdefault((ch, s), {"power": [], "gamma": [], "var": []})
+                    acc["power"].append(m["log_power"][sel] - drawn[0, sel])
+                    acc["gamma"].append(m["gamma"][sel] - drawn[1, sel])
+                    acc["var"].append(m["logvar"][sel] - shift[sel])
+        worst, where = 0.0, ""
+        for (ch, s), acc in rows.items():
+            d = lv[ch][s]
+            bias = {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
+            # a damped fixed point: the drawn mean plus what the measure reads beyond it is the real mean
+            d["log_power"] = round(0.5 * d["log_power"] + 0.5 * (d["real_log_power"] - bias["power"]), 3)
+            d["log_gamma_psd"] = round(0.5 * d["log_gamma_psd"] + 0.5 * (d["real_log_gamma_psd"] - bias["gamma"]), 3)
+            # the drift below 0.5 Hz makes up what the log-variance lacks (a damped step in its log)
+            step = float(np.clip(1.5 * (d["real_logvar"] - bias["var"]), -1.0, 1.0))
+            d["log_drift"] = round(max(d["log_drift"] + step, d["log_power"] + np.log(0.01)), 3)
+            gap = max(abs(bias["power"]), abs(bias["gamma"]), abs(bias["var"] - d["real_logvar"]))
+            if gap > worst:
+                worst, where = gap, f"{ch} {s}: power {bias['power']:+.2f} gamma {bias['gamma']:+.2f} logvar {bias['var'] - d['real_logvar']:+.2f}"
+        print(f"levels round {r}: largest read-back bias or log-variance gap {worst:.2f} ({where})")
+    synth.load_calibration.cache_clear()
+
+
+def fit_levels(cal: dict, features: Path) -> None:
+    real = realism.load_real_features(features)
+    if not real:
+        raise SystemExit(f"no real features in {features}")
+    fitted = fit_levels_from_real(real)
+    eog = cal.get("levels", {}).get("EOG horizontal")
+    if eog is None:
+        raise SystemExit("the chosen EOG horizontal levels are missing from the calibration")
+    cal["levels"] = {
+        "source": "fitted: per-epoch features of 20 Sleep-EDF sleep-cassette nights (subjects SC400-SC409, "
+                  "../shared/data/sleepedf_features; PhysioNet, Kemp et al. 2000, ODC-By 1.0; features published "
+                  "by matteo-omizzolo/sleep-EDF, MIT), trimmed to 30 min of wake around sleep; natural logs of "
+                  "µV² (0.5-30 Hz power, below-0.5-Hz drift) and µV²/Hz (30-50 Hz floor), then corrected on "
+                  "seeded simulated nights for what the generator's events and leakage add",
+        "slow_epochs": 60,
+        "epoch_ar1": fitted.pop("epoch_ar1"),
+        **fitted,
+        "EOG horizontal": eog,
+    }
+    write_json(synth.CALIBRATION, cal)
+    correct_levels(cal)
+    write_json(synth.CALIBRATION, cal)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", default="../shared/data/sleepedf", help="folder of stats.json and the hypnograms")
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--nights", type=int, default=400, help="simulated nights per calibration round")
+    p.add_argument("--features", default="../shared/data/sleepedf_features", help="folder of the real per-epoch features")
+    p.add_argument("--only", choices=("all", "levels"), default="all")
     args = p.parse_args()
+    if args.only == "levels":
+        fit_levels(json.loads(synth.CALIBRATION.read_text()), Path(args.features))
+        return
     shared = Path(args.shared)
     stats = json.loads((shared / "stats.json").read_text())
     hypnograms = json.loads((shared / "hypnograms_SC400-SC459.json").read_text())["hypnograms"]
@@ -156,6 +302,7 @@ def main() -> None:
         "reference_baseline": stats["reference_baseline"],
     }
     write_json(synth.CALIBRATION, cal)
+    fit_levels(cal, Path(args.features))
     got = simulate(cal, args.nights, seed=999)
     print("stage   share sim/real    bout mean sim/real")
     for k, s in enumerate(STAGES):

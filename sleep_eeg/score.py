@@ -18,7 +18,10 @@ records the missing count in ``metrics.json``.
 
 ``--compare NAME=ANSWERS.jsonl`` (repeatable) scores other answers files on the same questions and prints one
 table: the majority class (the most common label of the questions), each named file, these answers; columns
-n, accuracy, macro-F1, kappa, N1 F1, REM F1; also ``"comparison"`` in ``metrics.json``.
+n, accuracy, macro-F1, kappa, N1 F1, REM F1; also ``"comparison"`` in ``metrics.json``. With ``--edf-dir DIR``
+(the questions' PSG files, as ``eeg-vlm prepare`` names them in ``psg``) and YASA installed (the ``[baselines]``
+extra), the table also holds "YASA, pretrained (no training)": YASA's ``SleepStaging`` with the classifier it
+ships, on EEG Fpz-Cz + EOG horizontal of each whole night, never fitted here. Without YASA the row is absent.
 
 When every answer carries its five stage probabilities (``metadata["probabilities"]``: ``model_vqa.py
 --answer-mode choices``, ``eeg-vlm vision predict``, the baselines), ``metrics.json`` also holds ``log_loss`` and
@@ -134,8 +137,9 @@ def check_probabilities(answer: dict, where: str) -> None:
 # Scores side by side (--compare)
 # ---------------------------------------------------------------------------------------------
 def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Path]], main: dict,
-                 main_name: str, allow_missing: bool = False) -> list[dict]:
-    """One summary row each for the majority class, every ``(name, answers file)`` and the main answers.
+                 main_name: str, allow_missing: bool = False, edf_dir: str | Path | None = None) -> list[dict]:
+    """One summary row each for the majority class, YASA pretrained (with ``edf_dir``, when YASA is
+    installed), every ``(name, answers file)`` and the main answers.
 
     The majority class predicts the most common label of the questions themselves (the training labels
     are not known here), so its accuracy is that label's share and its kappa 0.
@@ -145,6 +149,11 @@ def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Pat
     counts = {s: labels.count(s) for s in STAGES}
     top = max(STAGES, key=lambda s: counts[s])
     rows = [summary_row(f"{MAJORITY} ({top})", None, compute_metrics(labels, [top] * len(labels)))]
+    from sleep_eeg import yasa_staging  # YASA itself is imported only to stage a night
+
+    if edf_dir is not None and yasa_staging.available():
+        pred = yasa_staging.answer_questions(questions, order, edf_dir)
+        rows.append(summary_row(yasa_staging.NAME, None, compute_metrics(labels, [pred[k] for k in order])))
     for name, path in named:
         answers = load_answers(path, questions)
         done = [k for k in order if k in answers]
@@ -180,10 +189,12 @@ def score(
     allow_missing: bool = False,
     plots: bool = True,
     compare: Sequence[tuple[str, str | Path]] = (),
+    edf_dir: str | Path | None = None,
 ) -> dict:
     """Score answers against labelled questions; write ``metrics.json`` (and the PNGs) into ``out_dir``
     (default: the answers file's folder) and return the metrics. With ``compare`` (``(name, answers file)``
-    pairs) ``metrics["comparison"]`` puts the majority class, each of them and these answers side by side."""
+    pairs) ``metrics["comparison"]`` puts the majority class, each of them and these answers side by side;
+    with ``edf_dir`` (the questions' PSG folder) and YASA installed, YASA's pretrained stager too."""
     questions, order = load_labels(question_file)
     answers = load_answers(answers_file, questions)
     missing = [k for k in order if k not in answers]
@@ -218,7 +229,8 @@ def score(
     metrics["question_file"] = str(question_file)
     metrics["answers_file"] = str(answers_file)
     if compare:
-        metrics["comparison"] = compare_rows(question_file, compare, metrics, Path(answers_file).stem, allow_missing)
+        metrics["comparison"] = compare_rows(question_file, compare, metrics, Path(answers_file).stem, allow_missing,
+                                             edf_dir)
 
     out = Path(out_dir) if out_dir is not None else Path(answers_file).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -246,11 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare", action="append", default=[], metavar="NAME=ANSWERS.jsonl",
                    help="also score these answers on the same questions and print one table beside the majority "
                         "class and the main answers (repeatable)")
+    p.add_argument("--edf-dir", help="the questions' PSG folder: with --compare, adds a row for YASA's pretrained "
+                   "stager (no training; EEG Fpz-Cz + EOG horizontal) when YASA is installed (the [baselines] extra)")
     args = p.parse_args(argv)
     check_output(args.out if args.out else Path(args.answers_file).parent, "--out", folder=True)
     named = parse_compare(args.compare)
     metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots,
-                    compare=named)
+                    compare=named, edf_dir=args.edf_dir)
     print(format_table(metrics))
     if named:
         print("\n" + format_comparison(metrics["comparison"]))

@@ -15,12 +15,18 @@ How a night is made:
 2. **Spectra**: per epoch and channel, the five log relative band powers (0.5-4, 4-8, 8-12, 12-16,
    16-30 Hz) are drawn from the real per-stage means, spreads and correlations. A night-level shift of
    the real between-night size (shared in part by a subject's nights) and an epoch-to-epoch
-   autocorrelation are part of the draw, not added on top of it.
+   autocorrelation are part of the draw, not added on top of it; so is a lean of each epoch towards a
+   neighbouring stage, one for all channels (an epoch is scored by its majority), which keeps the three
+   channels about as redundant as real ones.
 3. **Morphology** at realistic rates: alpha in eyes-closed wake, blinks and saccades in wake, vertex
    waves and slow eye movements in N1, spindles and K-complexes in N2, high-amplitude slow waves in
    N3, sawtooth waves and rapid eye movements in REM; the rates follow each epoch's drawn spectrum.
 4. **Calibration of the signal**: each band of each epoch is rescaled so that the reference measure
    (:func:`sleep_eeg.measures.log_relative_band_power`) reads the drawn spectrum back.
+   **Absolute levels** (fitted on the per-epoch features of 20 real nights): per stage and EEG channel the
+   0.5-30 Hz power, the 30-50 Hz floor and the drift below 0.5 Hz, with the real spread between epochs
+   and nights and a slow wander across the night (:func:`_levels`); so variance, absolute band powers and
+   Hjorth mobility read as real ones (``benchmarks/realism.py``, (c) and (d)).
 5. **EMG** as a 1-Hz level whose stage distributions overlap (lowest in REM), with twitches, and
    **artefacts**: movement bursts in a few scored epochs and in the movement epochs.
 
@@ -38,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import fft as sp_fft
+from scipy.ndimage import gaussian_filter1d
 
 from eeg_core.stages import EPOCH_S, STAGES
 from sleep_eeg.edf import write_night
@@ -68,17 +75,16 @@ class Subject:
     alpha_hz: float
     spindle_hz: float
     z: np.ndarray  # [channel, 5] standard-normal subject part of the night-level spectral shift
-    log_gain: np.ndarray  # [channel] amplitude, natural log
+    log_gain: np.ndarray  # [channel] standard-normal subject part of the night-level amplitude shift
     emg_log: float  # EMG level offset, natural log
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "Subject":
-        amp = load_calibration()["amplitude"]
         return cls(
             alpha_hz=rng.uniform(8.5, 11.5),
             spindle_hz=rng.uniform(12.0, 14.5),
             z=rng.standard_normal((len(EEG_CHANNELS), len(BANDS))),
-            log_gain=rng.normal(0.0, amp["between_subject_log_sd"], len(EEG_CHANNELS)),
+            log_gain=rng.standard_normal(len(EEG_CHANNELS)),
             emg_log=rng.normal(0.0, load_calibration()["emg"]["between_subject_log_sd"]),
         )
 
@@ -188,15 +194,26 @@ def sample_spectra(rng: np.random.Generator, subject: Subject, stages: Sequence[
     stages = _scored(stages)
     n, n_ch, n_b = len(stages), len(EEG_CHANNELS), len(BANDS)
     phi, rho, share = mix["epoch_ar1"], mix["cross_channel_corr"], mix["night_shift_subject_share"]
+    amb = mix.get("ambiguity_sd", 0.0)
     # epoch residuals: AR(1) in time, partly shared across channels
     eps = np.sqrt(rho) * rng.standard_normal((n, 1, n_b)) + np.sqrt(1 - rho) * rng.standard_normal((n, n_ch, n_b))
     u = np.empty_like(eps)
     u[0] = eps[0]
     for i in range(1, n):
         u[i] = phi * u[i - 1] + np.sqrt(1 - phi**2) * eps[i]
+    # how far each epoch leans towards a neighbouring stage (one value for all channels): a 30-s epoch
+    # is scored by its majority, so epochs near a transition hold some of the next stage's activity
+    e = rng.standard_normal(n)
+    lean = np.empty(n)
+    lean[0] = e[0]
+    for i in range(1, n):
+        lean[i] = phi * lean[i - 1] + np.sqrt(1 - phi**2) * e[i]
+    lean *= amb
+    e_abs, e_sq = amb * np.sqrt(2 / np.pi), amb**2
     out = np.empty((n_ch, n, n_b))
     idx = np.array([STAGES.index(s) for s in stages])
     for c, ch in enumerate(EEG_CHANNELS):
+        mean = {s: np.asarray(spec[ch][s]["mean"]) for s in STAGES}
         for k, s in enumerate(STAGES):
             sel = idx == k
             if not sel.any():
@@ -205,10 +222,24 @@ def sample_spectra(rng: np.random.Generator, subject: Subject, stages: Sequence[
             corr, sd, b = np.asarray(d["corr"]), np.asarray(d["std"]), np.asarray(d["between_night_std"])
             z = np.sqrt(share) * subject.z[c] + np.sqrt(1 - share) * rng.standard_normal(n_b)
             shift = _psd_sqrt(corr * np.outer(b, b)) @ z
-            within = _psd_sqrt(corr * (np.outer(sd, sd) - np.outer(b, b)))
-            out[c, sel] = np.asarray(d["mean"]) + shift + u[sel, c] @ within.T
+            # the lean: towards the lighter neighbour when negative, the deeper one when positive (the only
+            # one where there is one); its mean and spread are taken out of the drawn ones, so the stage's
+            # real mean and spread stay as they are
+            lighter, deeper = _NEIGHBOURS[s]
+            to_l = mean[lighter or deeper] - mean[s]
+            to_d = mean[deeper or lighter] - mean[s]
+            m = lean[sel]
+            lean_part = np.where(m[:, None] < 0, -m[:, None] * to_l, m[:, None] * to_d)
+            lean_mean = e_abs * (to_l + to_d) / 2
+            lean_cov = e_sq * (np.outer(to_l, to_l) + np.outer(to_d, to_d)) / 2 - np.outer(lean_mean, lean_mean)
+            within = _psd_sqrt(corr * (np.outer(sd, sd) - np.outer(b, b)) - lean_cov)
+            out[c, sel] = mean[s] - lean_mean + lean_part + shift + u[sel, c] @ within.T
     p = np.exp(out)
     return np.log(p / p.sum(axis=2, keepdims=True))
+
+
+# The lighter and deeper neighbour of each stage (None where there is none); REM lies between W and N1.
+_NEIGHBOURS = {"W": (None, "N1"), "N1": ("W", "N2"), "N2": ("N1", "N3"), "N3": ("N2", None), "REM": ("W", "N1")}
 
 
 def _scored(stages: Sequence[str]) -> list[str]:
@@ -270,7 +301,8 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
 class _Events:
     """The transient-event canvas ``[channel, samples]`` and the draws every stage's events share."""
 
-    eye_leak = (0.35, 0.05, 1.0)  # how much of an eye movement each channel sees (Fpz-Cz, Pz-Oz, EOG)
+    eye_leak = (0.35, 0.05, 1.0)  # how much of a horizontal eye movement each channel sees (Fpz-Cz, Pz-Oz, EOG)
+    blink_leak = (1.0, 0.05, 0.3)  # a blink is vertical: frontal EEG sees it in full, a horizontal EOG a little
 
     def __init__(self, rng: np.random.Generator, n_epochs: int):
         self.rng = rng
@@ -281,9 +313,9 @@ class _Events:
         """A random onset inside the epoch starting at sample ``e0``, ``margin_s`` from its edges."""
         return e0 + int(self.rng.uniform(margin_s, EPOCH_S - margin_s) * FS)
 
-    def eye(self, pos: int, wave: np.ndarray) -> None:
-        """An eye movement: the EOG sees all of it, the EEG channels a leak."""
-        for c, k in enumerate(self.eye_leak):
+    def eye(self, pos: int, wave: np.ndarray, leak: Sequence[float] | None = None) -> None:
+        """An eye movement: the EOG sees all of it, the EEG channels a leak (``leak``: per channel)."""
+        for c, k in enumerate(self.eye_leak if leak is None else leak):
             _add(self.ev[c], pos, k * wave)
 
 
@@ -294,7 +326,7 @@ def _wake_events(e: _Events, e0: int, rates: dict) -> None:
     """Blinks and saccades."""
     rng, t = e.rng, e.t
     for _ in range(rng.poisson(rates["W_blinks_per_epoch"])):
-        e.eye(e.at(e0), rng.uniform(60, 150) * _gauss(t[:60], 0.3, 0.08) * rng.choice([0.3, 1.0]))
+        e.eye(e.at(e0), rng.uniform(80, 200) * _gauss(t[:60], 0.3, 0.08) * rng.choice([0.3, 1.0]), e.blink_leak)
     for _ in range(rng.poisson(rates["W_saccades_per_epoch"])):
         a = rng.choice([-1, 1]) * rng.uniform(40, 120)
         e.eye(e.at(e0), a * (1 / (1 + np.exp(-(t[:150] - 0.1) / 0.02))) * np.exp(-t[:150] / 1.2))
@@ -402,30 +434,72 @@ def _ramp(values: np.ndarray, seconds: float = 1.0, fs: float = FS) -> np.ndarra
 # ---------------------------------------------------------------------------------------------
 # 4. Signal: background per band + morphology, then each band of each epoch rescaled to its target
 # ---------------------------------------------------------------------------------------------
-def _amplitudes(rng: np.random.Generator, subject: Subject, stages: Sequence[str]) -> np.ndarray:
-    """``[channel, epoch]`` 0.5-30 Hz rms in µV (stage level x subject, night and epoch variation)."""
-    amp = load_calibration()["amplitude"]
+def _smooth_unit(rng: np.random.Generator, n: int, epochs: float) -> np.ndarray:
+    """``n`` values of a unit-variance Gaussian process that wanders over about ``epochs`` epochs."""
+    k = max(epochs, 1.0)
+    pad = int(4 * k)
+    x = gaussian_filter1d(rng.standard_normal(n + 2 * pad), k)[pad: pad + n]
+    return x * np.sqrt(2 * np.sqrt(np.pi) * k)  # white noise through a Gaussian of sd k has var 1/(2 sqrt(pi) k)
+
+
+def _levels(rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray) -> np.ndarray:
+    """``[part, channel, epoch]`` absolute levels of each epoch: 0 the 0.5-30 Hz power (µV²), 1 the mean
+    30-50 Hz power density (µV²/Hz), 2 the power below 0.5 Hz (µV², the slow drift).
+
+    Per stage and channel the natural logs have the real means; a night-level shift (shared in part by
+    a subject's nights) of the real between-night size, a slow wander across the night, and an AR(1)
+    epoch-to-epoch part make up the real spreads. The 30-50 Hz floor follows the epoch's 16-30 Hz power
+    with the real correlation (muscle raises both)."""
+    lv = load_calibration()["levels"]
     st = _scored(stages)
-    out = np.empty((len(EEG_CHANNELS), len(st)))
+    idx = np.array([STAGES.index(s) for s in st])
+    n = len(st)
+    share = load_calibration()["spectra_model"]["night_shift_subject_share"]
+    out = np.empty((3, len(EEG_CHANNELS), n))
     for c, ch in enumerate(EEG_CHANNELS):
-        level = np.log([amp["rms_uv"][ch][s] for s in st])
-        night = rng.normal(0.0, amp["between_night_log_sd"])
-        out[c] = np.exp(level + subject.log_gain[c] + night + rng.normal(0.0, amp["epoch_log_sd"], len(st)))
+        d = lv[ch]
+        par = {k: np.array([d[s][k] for s in STAGES]) for k in d["W"]}
+        night = d["between_night_log_sd"] * (np.sqrt(share) * subject.log_gain[c] + np.sqrt(1 - share) * rng.standard_normal())
+        slow = d["slow_log_sd"] * _smooth_unit(rng, n, lv["slow_epochs"])
+        eps = rng.standard_normal(n)
+        u = np.empty(n)
+        u[0] = eps[0]
+        phi = lv["epoch_ar1"]
+        for i in range(1, n):
+            u[i] = phi * u[i - 1] + np.sqrt(1 - phi**2) * eps[i]
+        common = night + slow
+        log_power = par["log_power"][idx] + common + np.sqrt(np.maximum(par["log_power_sd"][idx] ** 2 - d["slow_log_sd"] ** 2, 0)) * u
+        # the 16-30 Hz power of the epoch, standardised within its stage in this night
+        beta = log_power + spectra[c, :, 4]
+        zb = np.zeros(n)
+        for k in range(len(STAGES)):
+            sel = idx == k
+            if sel.sum() > 1:
+                zb[sel] = (beta[sel] - beta[sel].mean()) / (beta[sel].std() + 1e-9)
+        r = par["gamma_beta_corr"][idx]
+        log_gamma = par["log_gamma_psd"][idx] + common + par["log_gamma_sd"][idx] * (
+            r * zb + np.sqrt(1 - r**2) * rng.standard_normal(n))
+        log_drift = par["log_drift"][idx] + common + par["log_drift_sd"][idx] * rng.standard_normal(n)
+        out[:, c] = np.exp([log_power, log_gamma, log_drift])
     return out
 
 
 def synth_eeg(
-    rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray, iterations: int = 2
+    rng: np.random.Generator, subject: Subject, stages: Sequence[str], spectra: np.ndarray, iterations: int = 2,
+    levels: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[channel, samples]`` µV whose per-epoch log relative band powers read back as ``spectra``.
 
     Per channel: background noise per band at the epoch's target power, plus the alpha rhythm and the
     transient events, split into the bands; then each band of each epoch is rescaled by
     ``sqrt(target / measured)`` (relative powers both sum to one, so the total power is kept), twice.
+    Outside 0.5-30 Hz: the 30-50 Hz floor (1/f) and the slow drift below 0.5 Hz (1/f²) at each epoch's
+    level (:func:`_levels`, drawn here unless given: drawing them first from ``rng`` gives the same night),
+    which leave the relative band powers as they are.
     """
     n = N_PER * len(stages)
-    amp = _amplitudes(rng, subject, stages)
-    target = amp[:, :, None] ** 2 * np.exp(spectra)  # [channel, epoch, band] power in µV²
+    levels = _levels(rng, subject, stages, spectra) if levels is None else levels
+    target = levels[0][:, :, None] * np.exp(spectra)  # [channel, epoch, band] power in µV²
     events = _events(rng, subject, stages, spectra)
     alpha = _alpha(rng, subject, stages, spectra)
     out = np.empty((len(EEG_CHANNELS), n))
@@ -442,9 +516,10 @@ def synth_eeg(
             gain = np.sqrt(np.exp(spectra[c] - log_relative_band_power(bands.sum(0) + rest, FS)))
             for b in range(len(BANDS)):
                 bands[b] *= _ramp(gain[:, b], 0.5)
-        out[c] = bands.sum(0) + rest
+        floor = _band_noise(rng, n, 30.0, 50.0, tilt=1.0) * _ramp(np.sqrt(levels[1, c] * 20.0))
+        drift = _band_noise(rng, n, 0.02, 0.5, tilt=2.0) * _ramp(np.sqrt(levels[2, c]), 10.0)
+        out[c] = bands.sum(0) + rest + floor + drift
     return out
-
 
 
 def synth_emg(rng: np.random.Generator, subject: Subject, stages: Sequence[str]) -> np.ndarray:

@@ -20,7 +20,7 @@ from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
 from eeg_vlm import demo, steps
-from sleep_eeg import score
+from sleep_eeg import score, yasa_staging
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = [s.name for s in demo.pipeline(demo.QUICK, seed=0)]
@@ -99,8 +99,10 @@ def test_each_step_writes_its_files(quick_run):
     summary = json.loads((workdir / "results" / "demo_summary.json").read_text())
     assert summary["ran"] == STEPS and summary["scored"]["accuracy"] == metrics["accuracy"]
     table = summary["table"]
-    assert [r["name"].split(" (")[0] for r in table] == [
-        "majority class", "band-power baseline", "band-power baseline", "feature baseline", "vision module", "EEG-VLM"]
+    yasa = [yasa_staging.NAME] if yasa_staging.available() else []  # YASA pretrained: with the [baselines] extra
+    assert [r["name"] if r["name"] in yasa else r["name"].split(" (")[0] for r in table] == [
+        "majority class", *yasa, "band-power baseline", "band-power baseline", "feature baseline", "vision module",
+        "EEG-VLM"]
     # the default recipe: three panels and a context head, recorded with the checkpoints
     recipe = demo.RECIPES[demo.DEFAULT_RECIPE]
     drawn = json.loads((data / RENDER_FILE).read_text())
@@ -114,9 +116,10 @@ def test_each_step_writes_its_files(quick_run):
     assert table[-1]["accuracy"] == metrics["accuracy"]
     # every row below the majority class is what the scoring computes from that row's answers file, which
     # answers every held-out epoch (checked here by hand for accuracy)
-    assert [r["answers_file"] for r in table[1:]] == [
+    models = table[1 + len(yasa):]
+    assert [r["answers_file"] for r in models] == [
         *(demo.baseline_answers(k) for k in demo.BASELINES), demo.VISION_ANSWERS, demo.ANSWERS]
-    for row in table[1:]:
+    for row in models:
         by_id = {a["question_id"]: a for a in formats.read_jsonl(workdir / row["answers_file"])}
         assert sorted(by_id) == sorted(q["question_id"] for q in questions), row["name"]
         pred = [score.parse_stage(by_id[q["question_id"]]["text"]) or score.UNPARSEABLE for q in questions]

@@ -283,3 +283,52 @@ def test_probabilities_give_log_loss_and_a_calibration_figure(tmp_path):
     write_jsonl(tmp_path / "b.jsonl", [dict(a, metadata={}) for a in answers])
     m = score(tmp_path / "q.jsonl", tmp_path / "b.jsonl", tmp_path / "out2")
     assert "log_loss" not in m and "calibration.png" not in m["plots"]
+
+
+# ---------------------------------------------------------------------------------------------
+# YASA's pretrained stager beside the scores (--edf-dir, with the [baselines] extra)
+# ---------------------------------------------------------------------------------------------
+def _night_questions(tmp_path):
+    """A 15-min synthetic night, a question per scored epoch (with its psg and epoch) and answers."""
+    from sleep_eeg import synth
+
+    edf_dir = tmp_path / "edf"
+    psg = synth.synth_nights(edf_dir, nights=1, seed=2, hours=0.25, verbose=False)[0]
+    stages = synth.synth_night(2, 0, 1, 0.25)[0]
+    qs, ans = [], []
+    for epoch, label in enumerate(stages):
+        if label not in ("W", "N1", "N2", "N3", "REM"):
+            continue
+        qid = f"q{epoch}"
+        qs.append(make_question(qid, [f"{qid}.png"], "Which sleep stage?", label, subject="SC900", night=1,
+                                epoch=epoch, psg=psg.name))
+        ans.append(make_answer(qid, "Which sleep stage?", "Sleep stage: N2", f"a{epoch}", "tiny", {}))
+    qf, af = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
+    write_jsonl(qf, qs)
+    write_jsonl(af, ans)
+    return qf, af, edf_dir
+
+
+def test_yasa_row_beside_the_scores_when_installed(tmp_path, capsys):
+    pytest.importorskip("yasa")
+    from sleep_eeg import yasa_staging
+
+    qf, af, edf_dir = _night_questions(tmp_path)
+    assert main(["--question-file", str(qf), "--answers-file", str(af), "--no-plots", "--compare",
+                 f"again={af}", "--edf-dir", str(edf_dir)]) == 0
+    rows = json.loads((tmp_path / "metrics.json").read_text())["comparison"]
+    assert [r["name"] for r in rows[1:]] == [yasa_staging.NAME, "again", "a"]  # after the majority class
+    yasa = rows[1]
+    assert yasa["answers_file"] is None and yasa["n"] == rows[-1]["n"] and 0 <= yasa["accuracy"] <= 1
+    assert yasa_staging.NAME in capsys.readouterr().out
+
+
+def test_no_yasa_row_without_yasa_or_edf_dir(tmp_path, monkeypatch):
+    from sleep_eeg import yasa_staging
+
+    qf, af, edf_dir = _night_questions(tmp_path)
+    metrics = score(qf, af, plots=False, compare=[("again", af)])  # no --edf-dir: no row, YASA or not
+    assert [r["name"] for r in metrics["comparison"]][1] == "again"
+    monkeypatch.setattr(yasa_staging, "available", lambda: False)
+    metrics = score(qf, af, plots=False, compare=[("again", af)], edf_dir=edf_dir)
+    assert yasa_staging.NAME not in [r["name"] for r in metrics["comparison"]]

@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from eeg_core.stages import STAGES
-from sleep_eeg import measures, synth
+from sleep_eeg import measures, realism, synth
 
 REAL = synth.load_calibration()["reference"]
 
@@ -150,3 +150,94 @@ def test_same_seed_same_files(tmp_path):
         synth.synth_nights(tmp_path / run, nights=1, seed=4, hours=0.25, verbose=False)
     for name in ("SC9001E0-PSG.edf", "SC9001EC-Hypnogram.edf"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Absolute levels: the real-data judge's features (sleep_eeg.realism) on synthetic and real nights
+# ---------------------------------------------------------------------------------------------
+def test_judge_features_are_the_shared_real_features(shared_data):
+    """Computed on the first 300 s of the real SC4001E0 recording, the features equal the shared set's
+    first rows (which were computed on the whole recording: its edges differ in the rolling columns)."""
+    from sleep_eeg.edf import read_edf, signal_uv
+
+    edf = read_edf(shared_data / "edfio_sleepedf_SC4001" / "short_psg.edf")
+    ours = realism.night_features({c: signal_uv(edf, c)[0] for c in realism.JUDGE_CHANNELS}, 10)
+    with np.load(shared_data / "sleepedf_features" / "SC4001E0.npz") as d:
+        theirs = d["X"][:10]
+    np.testing.assert_allclose(ours[:, :36], theirs[:, :36], rtol=0, atol=1e-9)  # per epoch, first difference
+    np.testing.assert_allclose(ours[1:9, 36:], theirs[1:9, 36:], rtol=0, atol=1e-9)  # moving mean and spread
+
+
+@pytest.fixture(scope="module")
+def drawn_and_measured():
+    """Two 1.5-h nights made step by step as synth_night makes them: the drawn levels [part, channel, epoch],
+    the judge's features of the signal, and the stages."""
+    out = []
+    for i in range(2):
+        subject = synth.Subject.draw(np.random.default_rng([13, 10_000 + i]))
+        rng = np.random.default_rng([13, i])
+        stages = synth.synth_hypnogram(rng, 1.5)
+        spectra = synth.sample_spectra(rng, subject, stages)
+        levels = synth._levels(rng, subject, stages, spectra)
+        eeg = synth.synth_eeg(rng, subject, stages, spectra, levels=levels)
+        x = realism.night_features({ch: eeg[c] for c, ch in enumerate(synth.EEG_CHANNELS)}, len(stages))
+        out.append((levels, x, np.asarray(synth._scored(stages))))
+    return out
+
+
+def _unsaturate(x: np.ndarray) -> np.ndarray:
+    """ln µV²/Hz (or µV²) from the judge's ln(PSD V²/Hz + 1e-10) (or ln(variance V² + 1e-10))."""
+    return np.log(np.maximum(np.exp(x) - 1e-10, 1e-30)) + np.log(1e12)
+
+
+def test_signals_read_back_as_real_levels(drawn_and_measured):
+    """Take away each epoch's own draw of the real spreads (known here), and the judge's measures of the
+    signal read the real per-stage means of log-variance, 0.5-30 Hz power and
+    30-50 Hz floor kept in the calibration: the level of an epoch comes from its stage's real figures."""
+    levels_cal = synth.load_calibration()["levels"]
+    bins = [9, 10, 13, 44]  # Welch bins (0.39 Hz) in 0.5-4, 4-8, 8-13, 13-30 Hz
+    for levels, x, st in drawn_and_measured:
+        for c, ch in enumerate(realism.JUDGE_CHANNELS):
+            cal = levels_cal[ch]
+            # each epoch's own draw of the night shift, slow wander and epoch spread (known here)
+            shift = np.log(levels[0, c]) - np.array([cal[s]["log_power"] for s in st])
+            bands = _unsaturate(x[:, 9 * c:9 * c + 5])
+            power = np.log((100 / 256) * (np.exp(bands[:, :4]) * bins).sum(1)) - shift
+            gamma, logvar = bands[:, 4] - shift, _unsaturate(x[:, 9 * c + 7]) - shift
+            for s in STAGES:
+                sel = st == s
+                if sel.sum() < 10:
+                    continue
+                assert abs(power[sel].mean() - cal[s]["real_log_power"]) < 0.25, (ch, s, "0.5-30 Hz power")
+                assert abs(logvar[sel].mean() - cal[s]["real_logvar"]) < 0.35, (ch, s, "log-variance")
+                assert abs(gamma[sel].mean() - cal[s]["real_log_gamma_psd"]) < 0.4, (ch, s, "30-50 Hz floor")
+
+
+def test_drawn_levels_have_the_real_spread_between_nights():
+    """Over many nights the drawn 0.5-30 Hz power has the fitted per-stage means and the real spread of
+    night means (cheap: levels only, no signal)."""
+    cal = synth.load_calibration()["levels"]
+    night = [s for _ in range(120) for s in STAGES]  # each stage spread over the whole night, as in real ones
+    means = []
+    for i in range(120):
+        rng = np.random.default_rng([17, i])
+        subject = synth.Subject.draw(rng)
+        lv = synth._levels(rng, subject, night, synth.sample_spectra(rng, subject, night))
+        means.append(np.log(lv[0, :2]).reshape(2, 120, len(STAGES)).mean(1))  # [channel, stage]
+    means = np.asarray(means)
+    for c, ch in enumerate(realism.JUDGE_CHANNELS):
+        fitted = np.array([cal[ch][s]["log_power"] for s in STAGES])
+        assert np.abs(means[:, c].mean(0) - fitted).max() < 0.12, ch
+        spread = means[:, c].std(0).mean()
+        assert abs(spread - cal[ch]["between_night_log_sd"]) < 0.12, (ch, spread)
+
+
+def test_calibration_holds_the_real_means(shared_data):
+    """The real means the levels were fitted to are those of the shared features (the 20 real nights,
+    trimmed): log-variance per stage and channel, in ln µV²."""
+    cal = synth.load_calibration()["levels"]
+    real = realism.load_real_features(shared_data / "sleepedf_features")
+    rx, ry = np.concatenate([n["X"] for n in real]), np.concatenate([n["y"] for n in real])
+    for c, ch in enumerate(realism.JUDGE_CHANNELS):
+        for k, s in enumerate(STAGES):
+            assert abs(_unsaturate(rx[ry == k, 9 * c + 7]).mean() - cal[ch][s]["real_logvar"]) < 0.01, (ch, s)
