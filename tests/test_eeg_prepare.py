@@ -187,13 +187,9 @@ def test_an_image_folder_holding_the_users_files_is_refused_not_replaced(nights,
     prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=["SC900"])
     mine = tmp_path / "eeg_images_ft" / "my_notes.txt"
     mine.write_text("mine\n")
-    before = sorted(p.name for p in (tmp_path / "eeg_images_ft").iterdir())
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run(prepare.main, ["--edf-dir", str(nights), "--out", str(tmp_path), "--workers", "1"])
-    assert e.value.code == 2
-    assert capsys.readouterr().err.strip() == (f"error: {mine}: eeg-vlm prepare did not draw it, and it replaces "
-                                               f"{tmp_path / 'eeg_images_ft'} whole: move it, or choose another --out")
-    assert sorted(p.name for p in (tmp_path / "eeg_images_ft").iterdir()) == before
+    line = refused(prepare.main, ["--edf-dir", nights, "--out", tmp_path, "--workers", "1"], capsys,
+                   watch=[tmp_path / "eeg_images_ft", tmp_path / "eeg_images_eval"], alone=True)
+    assert line == (f"error: {mine}: eeg-vlm prepare did not draw it, and it replaces "
+                    f"{tmp_path / 'eeg_images_ft'} whole: move it, or choose another --out")
     mine.unlink()
     prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=["SC901"])  # its own images it replaces
