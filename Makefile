@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,test,baselines,recordings]'
 	touch $(STAMP)
 
 test: $(STAMP)
