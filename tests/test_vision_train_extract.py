@@ -164,6 +164,13 @@ def test_cached_images_train_the_same_weights_as_decoding_every_epoch(tmp_path, 
     for i in (0, 7, 19):
         assert torch.equal(vdata.CachedImageDataset(mapped, None, mean, std)[i][0], old[i][0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "records.json"]  # nothing left beside the images
+    # nothing kept between runs: an image redrawn since is read anew (no stale copy)
+    redrawn = tmp_path / "redrawn"
+    shutil.copytree(tmp_path / "img", redrawn)
+    Image.open(paths[5]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(redrawn / paths[5].name)
+    again = vdata.decode_record_images([redrawn / p.name for p in paths], recs, "r", SIZE, progress=False)
+    assert [i for i in range(20) if not torch.equal(again[i], in_ram[i])] == [5]
+    shutil.rmtree(redrawn)
 
     kw = dict(epochs=1, batch_size=8, image_size=SIZE, val_fraction=0.25, seed=3, progress=False)
     train_vision_module("resnet18", records, tmp_path / "img", tmp_path / "cached", **kw)
