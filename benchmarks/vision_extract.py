@@ -3,7 +3,8 @@ training step time (forward + backward + AdamW) for resnet18 and convnext_base.
 
     python benchmarks/vision_extract.py [--threads 2] [--image-size 64 192] [--archs resnet18 convnext_base]
 
-Random input tensors (no decoding), so this measures the model; image decoding adds ~1 ms/image.
+Random input tensors (no decoding), so this measures the model; whole training epochs, images included, are
+`benchmarks/vision_train_speed.py`.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Container, Sequence
+from typing import Any, Callable, Container, Sequence
 
 import numpy as np
 
@@ -187,11 +187,13 @@ def _prefixes(pure: PurePosixPath) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking images", progress: bool = True) -> None:
+def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking images", progress: bool = True,
+                  keep: Callable[[int, Any], None] | None = None) -> None:
     """Open and fully decode every image (``(path, where)`` pairs, ``where`` naming the records file and record)
     before any work, with a progress bar: a missing file, a non-image or corrupt pixel data (a bad PNG IDAT)
     is one FormatError naming the image and the record, as are images of different sizes (one render draws
-    every image at its one size). Decoding runs on a few threads."""
+    every image at its one size). Decoding runs on a few threads. ``keep(i, image)``, when given, is called
+    with each decoded PIL image (on the decoding thread), so a caller that needs the pixels decodes once."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -199,12 +201,14 @@ def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking imag
 
     sizes: dict[tuple[int, int], tuple[Path, str]] = {}  # the first image of each size
 
-    def check(item: tuple[Path, str]) -> str | None:
+    def check(i: int, item: tuple[Path, str]) -> str | None:
         path, where = item
         try:
             with Image.open(path) as img:
                 img.load()
                 sizes.setdefault(img.size, (path, where))
+                if keep is not None:
+                    keep(i, img)
         except FileNotFoundError:
             return f"{where}: image {path} not found"
         except IsADirectoryError:
@@ -219,7 +223,7 @@ def decode_images(images: Sequence[tuple[Path, str]], desc: str = "checking imag
         return
     pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(images))))
     try:
-        bar = tqdm(pool.map(check, images), total=len(images), desc=desc, unit="img",
+        bar = tqdm(pool.map(check, range(len(images)), images), total=len(images), desc=desc, unit="img",
                    disable=not progress or len(images) < 2, leave=False)
         for problem in bar:
             if problem is not None:

@@ -14,6 +14,7 @@ Training and evaluation keep LLaVA's entry points: ``deepspeed llava/train/train
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -38,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (eeg-vlm --help)", file=sys.stderr)
         raise SystemExit(2)
+    if argv[0] == "vision" and "torch" not in sys.modules:
+        # Before torch loads its OpenMP runtime: threads that wait at a barrier sleep instead of spinning. On a
+        # shared or oversubscribed CPU a spinning thread holds the core that another thread needs, and training
+        # ran several times slower (benchmarks/vision_train_speed.py); the results are the same bits.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module = importlib.import_module(COMMANDS[argv[0]][0])
     run(module.main, argv[1:])
 

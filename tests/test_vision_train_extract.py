@@ -1,5 +1,6 @@
 """Training a vision module on a separable image set, extracting its features, and bad input."""
 import json
+import os
 import random
 import re
 import shutil
@@ -142,6 +143,62 @@ def test_resume_continues_training(trained, tmp_path):
         train_vision_module("resnet18", records, root / "img", out, epochs=3, resume=True, feature_dim=512, **kw)
     with pytest.raises(FormatError, match="nothing to resume"):
         train_vision_module("resnet18", records, root / "img", tmp_path / "fresh", epochs=1, resume=True, **kw)
+
+
+def test_cached_images_train_the_same_weights_as_decoding_every_epoch(tmp_path, monkeypatch):
+    """Decoded once into a uint8 tensor (in memory or memory-mapped) or decoded at every access: the same input
+    tensors bit for bit (the same resize of the same pixels, then the same element-wise normalisation), so one
+    seeded epoch gives bit-identical weights (same order, same arithmetic on the same machine and threads)."""
+    from vision_modules import data as vdata
+    from vision_modules import train as vtrain
+
+    records = make_images(tmp_path, n_per_class=4)
+    recs = read_records(records)
+    paths = vdata.record_image_paths(recs, tmp_path / "img", "r", progress=False)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    old = vdata.EEGImageDataset(paths, None, SIZE, mean, std)
+    in_ram = vdata.decode_record_images(paths, recs, "r", SIZE, progress=False)
+    monkeypatch.setattr(vdata, "MEMMAP_BYTES", 0)
+    mapped = vdata.decode_record_images(paths, recs, "r", SIZE, progress=False)
+    assert in_ram.shape == (20, 3, *SIZE) and in_ram.dtype == torch.uint8 and torch.equal(in_ram, mapped)
+    for i in (0, 7, 19):
+        assert torch.equal(vdata.CachedImageDataset(mapped, None, mean, std)[i][0], old[i][0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "records.json"]  # nothing left beside the images
+    # nothing kept between runs: an image redrawn since is read anew (no stale copy)
+    redrawn = tmp_path / "redrawn"
+    shutil.copytree(tmp_path / "img", redrawn)
+    Image.open(paths[5]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(redrawn / paths[5].name)
+    again = vdata.decode_record_images([redrawn / p.name for p in paths], recs, "r", SIZE, progress=False)
+    assert [i for i in range(20) if not torch.equal(again[i], in_ram[i])] == [5]
+    shutil.rmtree(redrawn)
+
+    kw = dict(epochs=1, batch_size=8, image_size=SIZE, val_fraction=0.25, seed=3, progress=False)
+    train_vision_module("resnet18", records, tmp_path / "img", tmp_path / "cached", **kw)
+
+    def decode_every_epoch(data, where, model, progress):
+        vdata.record_image_paths(data.records, tmp_path / "img", where, progress=False)  # the up-front check
+        return vdata.EEGImageDataset(data.paths, data.labels, model.input_size, model.mean, model.std)
+
+    monkeypatch.setattr(vtrain, "image_dataset", decode_every_epoch)
+    train_vision_module("resnet18", records, tmp_path / "img", tmp_path / "png", **kw)
+    a, b = (torch.load(tmp_path / d / "resume.pt", weights_only=True) for d in ("cached", "png"))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
+    assert (tmp_path / "cached" / "model.safetensors").read_bytes() == (tmp_path / "png" / "model.safetensors").read_bytes()
+
+
+def test_vision_command_lets_waiting_threads_sleep(monkeypatch):
+    """`eeg-vlm vision` sets OMP_WAIT_POLICY=PASSIVE before torch loads (unless the user set a policy)."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `eeg-vlm` process (the package stays loaded)
+    with pytest.raises(SystemExit):
+        eeg_vlm_main(["vision", "--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        eeg_vlm_main(["vision", "--help"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_training_steps_one_by_one(tmp_path):

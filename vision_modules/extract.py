@@ -26,7 +26,7 @@ from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render, save_features
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
 from vision_modules.context import HEAD_NAME, apply_head, neighbour_index, night_keys
-from vision_modules.data import EEGImageDataset, image_tensor, record_image_paths
+from vision_modules.data import CachedImageDataset, decode_record_images, image_tensor, record_image_paths
 from vision_modules.modules import memory_format
 from vision_modules.registry import import_user_modules
 
@@ -56,9 +56,11 @@ def record_outputs(
     model: torch.nn.Module, recs: Sequence[dict], paths: Sequence[Path], where: str, batch_size: int = 32,
     device: str = "cpu", workers: int = 0, progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(features [N, 1, D], probabilities [N, C])`` of the records' first images, in file order."""
+    """``(features [N, 1, D], probabilities [N, C])`` of the records' first images, in file order. Each image
+    is decoded, checked and resized once, up front (``vision_modules.data.decode_record_images``)."""
     keys = night_keys(recs, where) if getattr(model, "context_head", None) is not None else None
-    dataset = EEGImageDataset(paths, None, model.input_size, model.mean, model.std)
+    images = decode_record_images(paths, recs, where, model.input_size, progress=progress)
+    dataset = CachedImageDataset(images, None, model.mean, model.std)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -113,7 +115,7 @@ def extract_features(
     import_user_modules(import_modules)
     checkpoint, records = Path(checkpoint), Path(records)
     recs = read_records(records)
-    paths = record_image_paths(recs, image_folder, str(records), progress=progress)
+    paths = record_image_paths(recs, image_folder, str(records), check=False)  # decoded in record_outputs
     model, config = load_vision_module(checkpoint, device)
     if feature_dim is not None and int(config["feature_dim"]) != int(feature_dim):
         raise FormatError(

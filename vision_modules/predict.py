@@ -42,7 +42,7 @@ def predict_stages(
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
     question_keys([{"question_id": record_id(r)} if isinstance(r, dict) else r for r in recs], questions, "question")
-    paths = record_image_paths(recs, image_folder, str(questions), progress=progress)
+    paths = record_image_paths(recs, image_folder, str(questions), check=False)  # decoded in record_outputs
     model, config = load_vision_module(checkpoint, device)
     check_render(config.get("render"), records_render(recs, questions), str(checkpoint), str(questions))
     classes = list(config.get("classes", STAGES))

@@ -6,7 +6,8 @@ frequency (N1 is rare in real nights). Validation holds out whole subjects when 
 checkpoint with the best validation macro-F1 is kept (``model.safetensors`` + ``config.json``);
 ``resume.pt`` holds the last epoch's full state for ``--resume``. The records' render settings go into the
 checkpoint, so extraction refuses images drawn another way. ``--context K`` then trains a temporal head on
-the best module's features (``vision_modules.context``).
+the best module's features (``vision_modules.context``). Each image is decoded, checked and resized once, up
+front, into a uint8 tensor (``vision_modules.data.decode_record_images``); the epochs only normalise its rows.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from eeg_core.atomic import atomic_path
@@ -38,7 +39,7 @@ from vision_modules.checkpoint import (
     save_checkpoint,
 )
 from vision_modules.context import neighbour_index, night_keys, train_head
-from vision_modules.data import EEGImageDataset, record_image_paths, record_labels
+from vision_modules.data import CachedImageDataset, decode_record_images, record_image_paths, record_labels
 from vision_modules.modules import TimmVisionModule, memory_format
 from vision_modules.registry import (
     builder_import_path,
@@ -120,7 +121,7 @@ class VisionTrainConfig:
 
 @dataclass
 class TrainingData:
-    """The checked training records, their image paths and the train / validation split."""
+    """The checked training records, their image paths (not yet decoded) and the train / validation split."""
 
     records: list[dict]
     labels: list[int]
@@ -133,12 +134,13 @@ class TrainingData:
 
 
 def load_training_data(records_path: Path, image_folder: str | os.PathLike, opts: VisionTrainConfig) -> TrainingData:
-    """Read and check the records (labels, render settings, nights for ``context``, images) and split them."""
+    """Read and check the records (labels, render settings, nights for ``context``, image paths) and split them;
+    the images are decoded and checked once the module's input size is known (:func:`image_dataset`)."""
     recs = read_records(records_path)
     labels = record_labels(recs, str(records_path))
     render = records_render(recs, records_path)
     keys = night_keys(recs, str(records_path)) if opts.context > 0 else None
-    paths = record_image_paths(recs, image_folder, str(records_path), progress=opts.progress)
+    paths = record_image_paths(recs, image_folder, str(records_path), check=False)
     train_idx, val_idx, split = split_train_val(recs, labels, opts.val_fraction, opts.seed)
     return TrainingData(recs, labels, render, keys, paths, train_idx, val_idx, split)
 
@@ -178,7 +180,14 @@ def build_model(arch: str, opts: VisionTrainConfig, module_kwargs: dict[str, Any
     return model, module_kwargs
 
 
-def make_loaders(dataset: EEGImageDataset, data: TrainingData, opts: VisionTrainConfig
+def image_dataset(data: TrainingData, where: str, model: nn.Module, progress: bool) -> Dataset:
+    """The records' images at the module's input size, each decoded and checked once (before any training),
+    and their labels."""
+    images = decode_record_images(data.paths, data.records, where, model.input_size, progress=progress)
+    return CachedImageDataset(images, data.labels, model.mean, model.std)
+
+
+def make_loaders(dataset: Dataset, data: TrainingData, opts: VisionTrainConfig
                  ) -> tuple[DataLoader, DataLoader | None, torch.Generator]:
     """The shuffled (seeded) train loader, the validation loader (None without a split) and the generator."""
     generator = torch.Generator().manual_seed(opts.seed)
@@ -296,7 +305,7 @@ def train_vision_module(
     data = load_training_data(records_path, image_folder, opts)
     state = load_resume_state(out, arch, opts.feature_dim, module_kwargs) if opts.resume else None
     model, module_kwargs = build_model(arch, opts, module_kwargs, pretrained=state is None, device=device)
-    dataset = EEGImageDataset(data.paths, data.labels, model.input_size, model.mean, model.std)
+    dataset = image_dataset(data, str(records_path), model, opts.progress)
     train_loader, val_loader, generator = make_loaders(dataset, data, opts)
     criterion = class_weighted_loss(np.asarray(data.labels)[data.train_idx], device)
     optimizer, scheduler = make_optimizer(model, opts, len(train_loader))
@@ -338,7 +347,7 @@ def train_vision_module(
     return best
 
 
-def add_context_head(out: Path, dataset: EEGImageDataset, labels: np.ndarray, keys, train_idx, val_idx, k: int,
+def add_context_head(out: Path, dataset: Dataset, labels: np.ndarray, keys, train_idx, val_idx, k: int,
                      batch_size: int, device: str, seed: int, progress: bool) -> dict[str, Any]:
     """Train the temporal head on the best module's features of every record and save it beside the module."""
     from vision_modules.extract import image_outputs
