@@ -149,6 +149,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     roles = {k: v for k, v in (roles or {}).items() if v}
     own = [arg for role, name in roles.items() for arg in (f"--{role}-name", name)]
     own += ["--hypnogram-epoch", f"{hypnogram_epoch:g}"] if hypnogram_epoch else []
+    yasa_roles = [arg for role in ("eeg", "eog") if roles.get(role) for arg in (f"--{role}-name", roles[role])]
     # The documented training command with its paths pointed at the tiny base, and the demo's recipe.
     train = ["deepspeed", train_mem, *train_argv(
         model=TINY, data_path=TRAIN_RECORDS, image_folder=TRAIN_IMAGES, output_dir=RUN, deepspeed=zero3,
@@ -204,7 +205,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     scored = ANSWERS if vlm else VISION_ANSWERS
     baseline_inputs = [] if baselines_from else [baseline_answers(name) for name in BASELINES]
     steps.append(Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", scored,
-                                "--out", SCORES, "--edf-dir", edf, *compare],
+                                "--out", SCORES, "--edf-dir", edf, *yasa_roles, *compare],
                       outputs=[SCORES, f"{SCORES}/metrics.json"],
                       inputs=[EVAL_RECORDS, scored, VISION_ANSWERS, *baseline_inputs],
                       after=["eval" if vlm else "vision-predict", "vision-predict",

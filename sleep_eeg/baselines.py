@@ -209,14 +209,14 @@ def dataset(
     records' psg names are in, or the pairing CSV that names them (``sleep_eeg.edf.read_pairs``)."""
     from tqdm.auto import tqdm
 
-    from sleep_eeg.edf import find_nights
+    from sleep_eeg.edf import recording_lookup
 
-    paths = {n.psg.name: n.psg for n in find_nights(edf_dir)} if edf_dir.is_file() else {}
+    recording = recording_lookup(edf_dir)
     nights = group_by_night(records, records_path, need_label)
     x: np.ndarray | None = None
     names: list[str] = []
     for psg, items in tqdm(nights.items(), desc=f"{kind} features", unit="night", leave=False, disable=None):
-        block, block_names = night_features(paths.get(psg, edf_dir / psg), items, records, records_path, kind,
+        block, block_names = night_features(recording(psg), items, records, records_path, kind,
                                             channels, extractor, role_names)
         if x is None:
             x, names = np.full((len(records), block.shape[1]), np.nan), block_names

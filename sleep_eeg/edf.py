@@ -232,6 +232,16 @@ def read_pairs(path: Path, hypnogram_epoch: float = EPOCH_S) -> list[Night]:
     return nights
 
 
+def recording_lookup(edf_dir: str | Path):
+    """``psg name -> file`` for records made by ``prepare`` (their ``psg``): under the folder ``edf_dir``, or the
+    recording a pairing CSV names (:func:`read_pairs`)."""
+    edf_dir = Path(edf_dir)
+    if edf_dir.is_file() and edf_dir.suffix.lower() == ".csv":
+        paths = {n.psg.name: n.psg for n in read_pairs(edf_dir)}
+        return lambda psg: paths.get(psg, edf_dir.parent / psg)
+    return lambda psg: edf_dir / psg
+
+
 def night_name_of(psg: Path) -> str:
     """``SC4001E0-PSG.edf`` -> ``SC4001E0``; other files: the name without its suffix."""
     stem = psg.stem

@@ -137,9 +137,11 @@ def check_probabilities(answer: dict, where: str) -> None:
 # Scores side by side (--compare)
 # ---------------------------------------------------------------------------------------------
 def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Path]], main: dict,
-                 main_name: str, allow_missing: bool = False, edf_dir: str | Path | None = None) -> list[dict]:
+                 main_name: str, allow_missing: bool = False, edf_dir: str | Path | None = None,
+                 role_names: dict | None = None) -> list[dict]:
     """One summary row each for the majority class, YASA pretrained (with ``edf_dir``, when YASA is
-    installed), every ``(name, answers file)`` and the main answers.
+    installed; ``role_names``: the ``{"eeg", "eog"}`` channels it reads), every ``(name, answers file)`` and
+    the main answers.
 
     The majority class predicts the most common label of the questions themselves (the training labels
     are not known here), so its accuracy is that label's share and its kappa 0.
@@ -152,7 +154,7 @@ def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Pat
     from sleep_eeg import yasa_staging  # YASA itself is imported only to stage a night
 
     if edf_dir is not None and yasa_staging.available():
-        pred = yasa_staging.answer_questions(questions, order, edf_dir)
+        pred = yasa_staging.answer_questions(questions, order, edf_dir, role_names)
         rows.append(summary_row(yasa_staging.NAME, None, compute_metrics(labels, [pred[k] for k in order])))
     for name, path in named:
         answers = load_answers(path, questions)
@@ -190,11 +192,13 @@ def score(
     plots: bool = True,
     compare: Sequence[tuple[str, str | Path]] = (),
     edf_dir: str | Path | None = None,
+    role_names: dict | None = None,
 ) -> dict:
     """Score answers against labelled questions; write ``metrics.json`` (and the PNGs) into ``out_dir``
     (default: the answers file's folder) and return the metrics. With ``compare`` (``(name, answers file)``
     pairs) ``metrics["comparison"]`` puts the majority class, each of them and these answers side by side;
-    with ``edf_dir`` (the questions' PSG folder) and YASA installed, YASA's pretrained stager too."""
+    with ``edf_dir`` (the questions' PSG folder or pairing CSV) and YASA installed, YASA's pretrained stager too,
+    on the channels ``role_names`` names (``{"eeg": ..., "eog": ...}``; default EEG Fpz-Cz and EOG horizontal)."""
     questions, order = load_labels(question_file)
     answers = load_answers(answers_file, questions)
     missing = [k for k in order if k not in answers]
@@ -230,7 +234,7 @@ def score(
     metrics["answers_file"] = str(answers_file)
     if compare:
         metrics["comparison"] = compare_rows(question_file, compare, metrics, Path(answers_file).stem, allow_missing,
-                                             edf_dir)
+                                             edf_dir, role_names)
 
     out = Path(out_dir) if out_dir is not None else Path(answers_file).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -258,13 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare", action="append", default=[], metavar="NAME=ANSWERS.jsonl",
                    help="also score these answers on the same questions and print one table beside the majority "
                         "class and the main answers (repeatable)")
-    p.add_argument("--edf-dir", help="the questions' PSG folder: with --compare, adds a row for YASA's pretrained "
-                   "stager (no training; EEG Fpz-Cz + EOG horizontal) when YASA is installed (the [baselines] extra)")
+    p.add_argument("--edf-dir", help="the questions' PSG folder (or pairing CSV): with --compare, adds a row for YASA's "
+                   "pretrained stager (no training; EEG Fpz-Cz + EOG horizontal) when YASA is installed (the "
+                   "[baselines] extra)")
+    p.add_argument("--eeg-name", default=None, help="with --edf-dir: the EEG channel YASA reads (e.g. C4-M1)")
+    p.add_argument("--eog-name", default=None, help="with --edf-dir: the EOG channel YASA reads (e.g. E1-M2)")
     args = p.parse_args(argv)
     check_output(args.out if args.out else Path(args.answers_file).parent, "--out", folder=True)
     named = parse_compare(args.compare)
     metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots,
-                    compare=named, edf_dir=args.edf_dir)
+                    compare=named, edf_dir=args.edf_dir, role_names={"eeg": args.eeg_name, "eog": args.eog_name})
     print(format_table(metrics))
     if named:
         print("\n" + format_comparison(metrics["comparison"]))

@@ -58,12 +58,16 @@ def stage_signals(signals: dict[str, np.ndarray], rates: dict[str, float], eeg: 
 
 
 def answer_questions(questions: dict[str, dict], order: Sequence[str], edf_dir: str | Path,
-                     channel: str = DEFAULT_CHANNEL) -> dict[str, str]:
-    """YASA's stage of each question (key -> stage), from its night's PSG (``psg``, relative to ``edf_dir``)
-    at its ``epoch``; each night is staged once, whole, on ``channel`` and EOG horizontal when present."""
+                     names: dict[str, str | None] | None = None) -> dict[str, str]:
+    """YASA's stage of each question (key -> stage), from its night's PSG (``psg``, under the folder ``edf_dir``
+    or named by the pairing CSV ``edf_dir``) at its ``epoch``; each night is staged once, whole, on its EEG
+    channel (EEG Fpz-Cz, or ``names["eeg"]``) and its EOG (EOG horizontal, or ``names["eog"]``) when present."""
     from eeg_core.errors import FormatError
-    from sleep_eeg.edf import read_edf, signal_uv
+    from sleep_eeg.channels import DEFAULT_CHANNEL, resolve_channels
+    from sleep_eeg.edf import read_recording, recording_lookup, signal_uv
 
+    recording = recording_lookup(edf_dir)
+    names = {"eeg": (names or {}).get("eeg"), "eog": (names or {}).get("eog")}
     nights: dict[str, list[str]] = {}
     for k in order:
         q = questions[k]
@@ -73,17 +77,21 @@ def answer_questions(questions: dict[str, dict], order: Sequence[str], edf_dir: 
         nights.setdefault(q["psg"], []).append(k)
     out = {}
     for psg, keys in nights.items():
-        edf = read_edf(Path(edf_dir) / psg)
-        names = [c for c in (channel, "EOG horizontal") if c in edf.labels]
-        if channel not in names:
-            raise FormatError(f"{Path(edf_dir) / psg}: no channel {channel!r} for YASA")
+        path = recording(psg)
+        edf = read_recording(path)
+        labels = list(edf.labels)
+        eeg = resolve_channels(labels, [DEFAULT_CHANNEL], names, str(path), " for YASA")[DEFAULT_CHANNEL]
+        try:
+            eog = resolve_channels(labels, ["EOG horizontal"], names, str(path))["EOG horizontal"]
+        except FormatError:
+            eog = None  # YASA stages on the EEG alone
         signals, rates = {}, {}
-        for c in names:
+        for c in [eeg] + ([eog] if eog else []):
             signals[c], rates[c] = signal_uv(edf, c)
-        stages = stage_signals(signals, rates, channel)
+        stages = stage_signals(signals, rates, eeg, eog=(eog,) if eog else ())
         for k in keys:
             epoch = questions[k]["epoch"]
             if epoch >= len(stages):
-                raise FormatError(f"{Path(edf_dir) / psg}: epoch {epoch} is outside the recording")
+                raise FormatError(f"{path}: epoch {epoch} is outside the recording")
             out[k] = stages[epoch]
     return out

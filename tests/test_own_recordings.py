@@ -301,3 +301,41 @@ def test_any_rate_is_drawn_at_the_render_rate(eeg_rate, emg_rate):
     ours, reference = drawn(eeg_rate, emg_rate), drawn(100, 100)
     assert ours.shape == reference.shape
     assert np.mean(ours != reference) < 0.02
+
+
+def test_demo_runs_on_the_labs_recordings_paired_by_csv(tmp_path):
+    """``eeg-vlm demo --edf-dir pairs.csv`` with the role flags and 20-s CSV hypnograms: three recordings of three
+    subjects in the other lab's montage and units, prepared, a vision module trained, the baselines beside it,
+    one subject held out; the vision module's images are drawn from the named channels."""
+    import os
+    import subprocess
+
+    from eeg_core import formats
+    from eeg_vlm import demo
+
+    lines = ["recording,hypnogram,subject"]
+    for k in range(3):
+        write_recording(tmp_path / f"night{k}.edf", seconds=2 * MINUTES * 60)
+        (tmp_path / f"night{k}_stages.csv").write_text("stage\n" + "\n".join(STAGES_20S * 2) + "\n")
+        lines.append(f"night{k}.edf,night{k}_stages.csv,P0{k}")
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "eeg_vlm.demo", "--workdir", str(work), "--quick", "--no-vlm",
+           "--edf-dir", str(tmp_path / "pairs.csv"), "--eeg-name", "C4-M1", "--eog-name", "E1-M2",
+           "--emg-name", "Chin1-Chin2", "--hypnogram-epoch", "20"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((work / "results" / "demo_summary.json").read_text())
+    rows = [r["name"] for r in summary["table"]]
+    assert "vision module (resnet18)" in rows
+    from sleep_eeg import yasa_staging
+
+    if yasa_staging.available():  # YASA reads the named channels of the recordings the CSV pairs
+        assert yasa_staging.NAME in rows
+    questions = formats.read_records(work / demo.EVAL_RECORDS)
+    held_out = {q["subject"] for q in questions}
+    assert len(held_out) == 1 and held_out < {"P00", "P01", "P02"}
+    assert len(questions) == 32  # one night: 48 lines of 20 s = 32 epochs of 30 s
+    channels = json.loads((work / demo.DATA / "render.json").read_text())["channels"]
+    assert channels[0].endswith("C4-M1") and any(c.endswith("E1-M2") for c in channels)
