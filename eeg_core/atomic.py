@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from eeg_core.errors import FormatError
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -29,17 +27,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
-
-
-def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """An output folder that is a file, or lies under one, is a one-line error (raised before any work)."""
-    path = Path(path)
-    for folder in (path, *path.parents):
-        if folder.exists() and not folder.is_dir():
-            if folder == path:
-                raise FormatError(f"{path}: {flag} must be a folder, but it is a file")
-            raise FormatError(f"{path}: {flag} must be a folder, but {folder} is a file")
-    return path
 
 
 def write_files(folder: str | os.PathLike, files: dict[str, bytes]) -> Path:

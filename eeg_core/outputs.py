@@ -25,6 +25,17 @@ def check_output(path: str | os.PathLike, flag: str, folder: bool) -> Path:
     return path
 
 
+def check_out_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output folder that is a file, or lies under one, is a one-line error (raised before any work)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            if folder == path:
+                raise FormatError(f"{path}: {flag} must be a folder, but it is a file")
+            raise FormatError(f"{path}: {flag} must be a folder, but {folder} is a file")
+    return path
+
+
 def check_positive(value: int, flag: str) -> int:
     """A count such as ``--batch-size`` must be at least 1."""
     if value < 1:

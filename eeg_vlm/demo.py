@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Sequence
 
 from eeg_core import layout
-from eeg_core.atomic import check_out_folder, write_json
+from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import read_records
+from eeg_core.outputs import check_out_folder
 from eeg_vlm.commands import train_argv
 from eeg_vlm.steps import Step, run_steps, subprocess_env
 from sleep_eeg.edf import find_nights

@@ -50,9 +50,10 @@ from typing import Sequence
 
 import numpy as np
 
-from eeg_core.atomic import atomic_path, check_out_folder, file_sha256, write_files, write_json
+from eeg_core.atomic import atomic_path, file_sha256, write_files, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
+from eeg_core.outputs import check_out_folder
 from eeg_core.stages import EPOCH_S, STAGES
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"

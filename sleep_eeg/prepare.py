@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from eeg_core.atomic import check_out_folder, write_json, write_jsonl
+from eeg_core.atomic import write_json, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import make_question, make_train_record, read_records, record_images
 from eeg_core.layout import (
@@ -38,6 +38,7 @@ from eeg_core.layout import (
     TRAIN_IMAGES,
     TRAIN_RECORDS,
 )
+from eeg_core.outputs import check_out_folder
 from eeg_core.stages import STAGES
 from sleep_eeg import cot
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, with_roles

@@ -621,7 +621,7 @@ MIN_EPOCHS = 4  # the shortest night synth_hypnogram draws
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from eeg_core.atomic import check_out_folder
+    from eeg_core.outputs import check_out_folder
     from eeg_core.errors import FormatError
 
     p = argparse.ArgumentParser(prog="eeg-vlm synth", description=__doc__.splitlines()[0])
