@@ -22,18 +22,25 @@ import numpy as np
 import torch
 
 
-def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", image_size=(64, 192)) -> Path:
-    """A vision-module checkpoint with random weights that records ``render`` (``RenderConfig.to_dict()``)."""
+def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", image_size=(64, 192),
+                             context: int | str = 0, sequence: str = "gru") -> Path:
+    """A vision-module checkpoint with random weights that records ``render`` (``RenderConfig.to_dict()``); with
+    ``context``, a random ``sequence`` encoder over it."""
     from eeg_core.stages import STAGES
     from vision_modules.checkpoint import save_checkpoint
     from vision_modules.registry import create_vision_module
+    from vision_modules.sequence import create_sequence_encoder, sequence_import_path
 
     torch.manual_seed(0)
     kwargs = {"image_size": list(image_size)}
     model = create_vision_module(arch, feature_dim=1024, num_classes=len(STAGES), **kwargs)
-    save_checkpoint(out, model, {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
-                                 "module_kwargs": kwargs, "input_size": list(model.input_size),
-                                 "mean": list(model.mean), "std": list(model.std), "render": render})
+    config = {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
+              "module_kwargs": kwargs, "input_size": list(model.input_size), "mean": list(model.mean),
+              "std": list(model.std), "render": render}
+    encoder = create_sequence_encoder(sequence, 1024, len(STAGES)) if context else None
+    if encoder is not None:
+        config["sequence"] = {"name": sequence, "import_path": sequence_import_path(sequence), "context": context}
+    save_checkpoint(out, model, config, sequence_encoder=encoder)
     return out
 
 

@@ -76,6 +76,7 @@ class Size:
     nights: int = 10  # one subject per night; 20 % held out for evaluation
     hours: float = 4.0  # 480 epochs per night
     vision_epochs: int = 5
+    sequence_epochs: int = 3  # then the image model and its sequence encoder together (recipes with context)
     tiny_hidden: int = 256
     tiny_layers: int = 4
     train_steps: int = 240  # batch 16: one pass over the ~3,800 train records
@@ -84,7 +85,7 @@ class Size:
 
 
 FULL = Size()
-QUICK = Size(nights=3, hours=0.25, vision_epochs=1, tiny_hidden=64, tiny_layers=1, train_steps=3,
+QUICK = Size(nights=3, hours=0.25, vision_epochs=1, sequence_epochs=1, tiny_hidden=64, tiny_layers=1, train_steps=3,
              max_new_tokens=12, max_new_tokens_cot=12)
 
 
@@ -98,13 +99,20 @@ class Recipe:
     context_s: float = 0.0  # seconds of each neighbouring epoch drawn in grey
     px_per_s: float = 8.0
     height: int = 96  # EEG panel (px); EOG 64, EMG 24 and spectrogram 48 as RenderConfig's defaults
-    context_k: int = 0  # the vision module's temporal head: epochs i-k..i+k
+    night_norm: bool = False  # each channel scaled by its own night's level (prepare --night-norm)
+    context: int | str = 0  # the vision module's sequence encoder: epochs i-k..i+k, or "night"; 0: none
+    sequence: str = "gru"  # which registered sequence encoder
     class_balance: float = 0.0  # LLaVA fine-tuning: --class_balance
 
     def prepare_args(self) -> list[str]:
         args = ["--channels", self.channels, "--px-per-s", str(self.px_per_s), "--height", str(self.height)]
         return args + (["--spectrogram"] if self.spectrogram else []) + (
-            ["--context", str(self.context_s)] if self.context_s else [])
+            ["--context", str(self.context_s)] if self.context_s else []) + (["--night-norm"] if self.night_norm else [])
+
+    def vision_args(self, size: "Size") -> list[str]:
+        """The vision module's training flags beside the data: its sequence encoder."""
+        return (["--context", str(self.context), "--sequence", self.sequence, "--sequence-epochs",
+                 str(size.sequence_epochs)] if self.context else [])
 
     def image_size(self) -> tuple[int, int]:
         """(H, W) the vision module sees: half the drawn image each way (4 px/s; what a CPU trains in minutes;
@@ -116,20 +124,26 @@ class Recipe:
         return h // 2, w // 2
 
 
-# The ablation's rows, in order: each adds one thing to the one before (benchmarks/ablation.py).
+# The ablation's rows, in order: each adds one thing to the one before (benchmarks/ablation.py); the context rows
+# are alternatives to one another (how far the sequence encoder reads), and the last row adds to the best of them.
 PSG = "EEG Fpz-Cz,EOG horizontal,EMG submental"
+PANELS = dict(channels=PSG, spectrogram=True)
 RECIPES = {
     "waveform": Recipe("single-channel waveform (Fpz-Cz)"),
     "spectrogram": Recipe("+ time-frequency panel", spectrogram=True),
-    "eog-emg": Recipe("+ EOG and EMG panels", channels=PSG, spectrogram=True),
-    "context-images": Recipe("+ neighbouring epochs drawn (15 s each side)", channels=PSG, spectrogram=True,
-                             context_s=15.0),
-    "context-features": Recipe("+ context features (temporal head, epochs i-2..i+2)", channels=PSG,
-                               spectrogram=True, context_k=2),
-    "class-balance": Recipe("+ class-balanced VLM fine-tuning", channels=PSG, spectrogram=True, context_k=2,
+    "eog-emg": Recipe("+ EOG and EMG panels", **PANELS),
+    "context-images": Recipe("+ neighbouring epochs drawn (15 s each side)", **PANELS, context_s=15.0),
+    "night-norm": Recipe("+ each channel scaled by its own night", **PANELS, night_norm=True),
+    "sequence-2": Recipe("+ sequence encoder (GRU) over epochs i-2..i+2", **PANELS, night_norm=True, context=2),
+    "sequence-10": Recipe("+ sequence encoder (GRU) over epochs i-10..i+10", **PANELS, night_norm=True, context=10),
+    "sequence-night": Recipe("+ sequence encoder (GRU) over the whole night", **PANELS, night_norm=True,
+                             context="night"),
+    "transformer-10": Recipe("+ sequence encoder (Transformer) over epochs i-10..i+10", **PANELS, night_norm=True,
+                             context=10, sequence="transformer"),
+    "class-balance": Recipe("+ class-balanced VLM fine-tuning", **PANELS, night_norm=True, context=10,
                             class_balance=1.0),
 }
-DEFAULT_RECIPE = "context-features"  # the best EEG-VLM macro-F1 of the ablation (docs/benchmarks.md)
+DEFAULT_RECIPE = "sequence-10"  # the best of the ablation that fits the demo's time (docs/benchmarks.md)
 
 
 def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[DEFAULT_RECIPE],
@@ -173,7 +187,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
         Step("vision-train", ["eeg-vlm", "vision", "train", "--arch", "resnet18", "--records", TRAIN_RECORDS,
                               "--image-folder", TRAIN_IMAGES, "--out", VISION, "--epochs", str(size.vision_epochs),
                               "--batch-size", "64", "--lr", "2e-3", "--image-size", str(h), str(w),
-                              "--context", str(recipe.context_k), "--seed", str(seed)],
+                              *recipe.vision_args(size), "--seed", str(seed)],
              outputs=[VISION, f"{VISION}/config.json", f"{VISION}/model.safetensors"], inputs=[TRAIN_RECORDS],
              after=["prepare"]),
         Step("vision-predict", ["eeg-vlm", "vision", "predict", "--checkpoint", VISION, "--question-file",

@@ -298,10 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--band", type=float, nargs=2, default=RenderConfig.band, metavar=("LO", "HI"))
     p.add_argument("--context", type=float, default=0.0, help="seconds of neighbouring epochs drawn in grey")
     p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below each EEG panel")
+    p.add_argument("--night-norm", action="store_true",
+                   help="scale each channel by its own night's median level (sleep_eeg.render.night_scale)")
     args = p.parse_args(argv)
     channels = with_roles(tuple(c.strip() for c in args.channels.split(",") if c.strip()), role_names(args))
     cfg = RenderConfig(channels=channels, fs=args.fs, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
-                       band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram)
+                       band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram,
+                       night_norm=args.night_norm)
     result = prepare(
         args.edf_dir, args.out, cot_mode=args.cot, eval_fraction=args.eval_fraction,
         eval_subjects=[s for s in args.eval_subjects.split(",") if s] or None, seed=args.seed,

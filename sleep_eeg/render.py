@@ -8,6 +8,12 @@ fixed scale and band, black on white, at a fixed number of pixels per second:
 - an EMG channel: its level as a filled strip on a log µV scale (``emg_uv``); a 1-Hz channel (Sleep-EDF's
   sleep-cassette EMG, already an rms level) is drawn as it is, a faster one as its 1-s rms.
 
+With ``night_norm`` each channel is first scaled by its own night (:func:`night_scale`): an EEG or EOG
+waveform so that the night's median epoch standard deviation is drawn as :data:`NORM_UV` µV, an EMG level so
+that the night's median level is :data:`NORM_EMG_UV`. This removes the differences of amplitude between nights,
+subjects, electrodes and amplifiers, from the night alone (never its labels); the spectrogram's dB follow the
+scaled signal. Prepare and stage scale a recording identically (:func:`prepare_night`).
+
 Neighbouring epochs may be drawn in grey on either side (``context_s``). No text, no axes, and no label
 anywhere in the inputs. :meth:`RenderConfig.to_dict` is the record of how an image was drawn; prepare writes
 it beside the records (``formats.RENDER_FILE``) and the checkpoints keep it, so that images drawn one way
@@ -34,6 +40,10 @@ from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.edf import resample
 
 CONTEXT_GREY = 170  # ink of the neighbouring epochs
+# night_norm: the night's median epoch standard deviation is drawn as this many µV (about the real Sleep-EDF
+# Fpz-Cz and horizontal EOG medians, so that the default uv / eog_uv keep their meaning) ...
+NORM_UV = {"eeg": 20.0, "eog": 25.0}
+NORM_EMG_UV = 10.0  # ... and the night's median EMG level as this (the middle of the default log strip 1-100 µV)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class RenderConfig:
     spec_fmax: float = 30.0
     spec_window_s: float = 2.0  # spectrogram window (Hann), hop a quarter of it
     spec_db: tuple[float, float] = (-10.0, 30.0)  # dB re 1 µV²/Hz mapped to white..black
+    night_norm: bool = False  # scale each channel by its own night's level (see the module's docstring)
     compress_level: int = 1  # PNG zlib level: fast, still lossless (not part of the settings' identity)
 
     def __post_init__(self) -> None:
@@ -65,6 +76,8 @@ class RenderConfig:
                 value = float(value)
             elif f.type == "int":
                 value = int(value)
+            elif f.type == "bool":
+                value = bool(value)
             elif f.type == "tuple[float, float]":
                 value = tuple(float(v) for v in value)
             elif f.type == "tuple[str, ...]":
@@ -186,11 +199,28 @@ def prepare_night(signals: Mapping[str, tuple[np.ndarray, float]], cfg: RenderCo
     for c in cfg.channels:
         x, fs = resample(*signals[c], cfg.fs)
         role = channel_role(c)
-        if role == "emg":
-            out.append(emg_level(x, fs))
-        else:
-            out.append((bandpass(x, fs, cfg.eog_band if role == "eog" else cfg.band), fs))
+        x, fs = emg_level(x, fs) if role == "emg" else (bandpass(x, fs, cfg.eog_band if role == "eog" else cfg.band), fs)
+        if cfg.night_norm:
+            x = x * night_scale(x, fs, role)
+        out.append((x, fs))
     return out
+
+
+def night_scale(x: np.ndarray, fs: float, role: str) -> float:
+    """The factor that brings a prepared channel (a filtered waveform, or an EMG level) of a whole recording to the
+    drawing level of ``night_norm``: :data:`NORM_UV` over the median standard deviation of its 30-s epochs, or
+    :data:`NORM_EMG_UV` over the median EMG level. Robust to artefacts and to how much wake the recording holds
+    only as a median is; a flat or empty channel is left as it is (factor 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    if role == "emg":
+        level = float(np.nanmedian(x)) if x.size else 0.0
+        target = NORM_EMG_UV
+    else:
+        n = int(round(EPOCH_S * fs))
+        k = len(x) // n
+        level = float(np.nanmedian(np.nanstd(x[: k * n].reshape(k, n), axis=1))) if k else 0.0
+        target = NORM_UV[role]
+    return target / level if np.isfinite(level) and level > 1e-9 else 1.0
 
 
 def segment(filtered: np.ndarray, fs: float, epoch: int, context_s: float = 0.0) -> np.ndarray:

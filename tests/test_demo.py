@@ -103,12 +103,13 @@ def test_each_step_writes_its_files(quick_run):
     assert [r["name"] if r["name"] in yasa else r["name"].split(" (")[0] for r in table] == [
         "majority class", *yasa, "band-power baseline", "band-power baseline", "feature baseline", "vision module",
         "EEG-VLM"]
-    # the default recipe: three panels and a context head, recorded with the checkpoints
+    # the default recipe: three panels and a sequence encoder, recorded with the checkpoints
     recipe = demo.RECIPES[demo.DEFAULT_RECIPE]
     drawn = json.loads((data / RENDER_FILE).read_text())
     assert drawn["channels"] == recipe.channels.split(",") and drawn["spectrogram"] == recipe.spectrogram
     vision = json.loads((workdir / demo.VISION / "config.json").read_text())
-    assert vision["render"] == drawn and vision["context"]["k"] == recipe.context_k
+    assert vision["render"] == drawn and vision["sequence"]["context"] == recipe.context
+    assert vision["sequence"]["name"] == recipe.sequence
     assert config["eeg_render"] == drawn and ("--class_balance" in proc.stdout) == bool(recipe.class_balance)
     assert all(r["n"] == len(questions) for r in table)
     labels = [q["label"] for q in questions]

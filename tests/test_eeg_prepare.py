@@ -59,7 +59,8 @@ def test_records_schema_split_and_alignment(nights, tmp_path, capsys):
         prepare.split_subjects(["SC400"], 0.0, ["SC499"], 0)
 
 
-def test_images_do_not_depend_on_labels(nights, tmp_path):
+@pytest.mark.parametrize("night_norm", [False, True])
+def test_images_do_not_depend_on_labels(nights, tmp_path, night_norm):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     for d in (a, b):
@@ -71,7 +72,7 @@ def test_images_do_not_depend_on_labels(nights, tmp_path):
             "Sleep stage 3": "Sleep stage W", "Sleep stage 4": "Sleep stage 1", "Sleep stage R": "Sleep stage 4"}
     ann = [(x.onset, x.duration, swap.get(x.text, x.text)) for x in hyp.annotations]
     night, = edf.find_nights(a)
-    cfg = RenderConfig(channels=PANELS, spectrogram=True, context_s=5)
+    cfg = RenderConfig(channels=PANELS, spectrogram=True, context_s=5, night_norm=night_norm)
     signals, _ = edf.read_channels(night, PANELS)
     edf.write_night(b / "ignored-PSG.edf", b / "SC9001EC-Hypnogram.edf", {c: x for c, (x, _) in signals.items()},
                     {c: fs for c, (_, fs) in signals.items()}, ann, hyp.startdatetime)
@@ -85,6 +86,28 @@ def test_images_do_not_depend_on_labels(nights, tmp_path):
     for k in common:
         pa, pb = (d / "out" / "eeg_images_ft" / f"{k}.png" for d in (a, b))
         assert pa.read_bytes() == pb.read_bytes()
+
+
+def test_night_norm_reads_nothing_outside_its_night(nights, tmp_path):
+    """Another night's recording, louder or absent, leaves this night's normalised images as they were."""
+    night = next(n for n in edf.find_nights(nights) if n.name == "SC9001E0")
+    other = next(n for n in edf.find_nights(nights) if n.subject != night.subject)
+    cfg = RenderConfig(channels=PANELS, px_per_s=4, spectrogram=True, night_norm=True)
+    images = {}
+    for case in ("alone", "with a loud other night"):
+        d = tmp_path / case
+        d.mkdir()
+        shutil.copy(night.psg, d), shutil.copy(night.hypnogram, d)
+        if case != "alone":
+            signals, _ = edf.read_channels(other, PANELS)
+            hyp = edf.read_edf(other.hypnogram)
+            edf.write_night(d / other.psg.name, d / other.hypnogram.name,
+                            {c: 6.0 * x for c, (x, _) in signals.items()}, {c: fs for c, (_, fs) in signals.items()},
+                            [(a.onset, a.duration, a.text) for a in hyp.annotations], hyp.startdatetime)
+        prepare.prepare(d, d / "out", eval_fraction=0, trim_minutes=None, render=cfg, workers=1)
+        folder = d / "out" / "eeg_images_ft"
+        images[case] = {p.name: p.read_bytes() for p in folder.glob("SC9001E0_*.png")}
+    assert len(images["alone"]) > 20 and images["alone"] == images["with a loud other night"]
 
 
 def test_render_settings_travel_with_the_records(nights, tmp_path):

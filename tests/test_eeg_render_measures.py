@@ -136,7 +136,7 @@ def test_every_setting_that_changes_a_pixel_is_in_the_render_identity():
     signals = {"EEG Fpz-Cz": (30 * rng.standard_normal(200 * 90), 200.0)}
     pixels = np.asarray(render_night(signals, [1], base)[0])
     for other in (RenderConfig(spectrogram=True, fs=80.0), RenderConfig(spectrogram=True, band=(0.3, 30.0)),
-                  RenderConfig(spectrogram=True, spec_window_s=4.0)):
+                  RenderConfig(spectrogram=True, spec_window_s=4.0), RenderConfig(spectrogram=True, night_norm=True)):
         assert other.render_id != base.render_id
         assert not np.array_equal(np.asarray(render_night(signals, [1], other)[0]), pixels)
     saved = base.to_dict()
@@ -144,3 +144,36 @@ def test_every_setting_that_changes_a_pixel_is_in_the_render_identity():
     old = {k: v for k, v in saved.items() if k not in ("fs", "spec_window_s")}
     with pytest.raises(FormatError, match="render settings without fs, spec_window_s"):
         RenderConfig.from_dict(old, "checkpoints/vision/config.json: render")
+
+
+def _psg_night(seed: int, gain: float = 1.0, minutes: int = 20) -> dict:
+    """A night of EEG, EOG and a 1-Hz EMG level, all channels at ``gain`` (an amplifier's, an electrode's)."""
+    rng = np.random.default_rng(seed)
+    n = minutes * 60 * 100
+    t = np.arange(n) / FS
+    eeg = 25 * np.sin(2 * np.pi * 10 * t) * (t % 300 < 150) + rng.normal(0, 15, n)
+    eog = 60 * np.sin(2 * np.pi * 0.2 * t) + rng.normal(0, 8, n)
+    emg = 5 + 20 * (np.arange(minutes * 60) % 400 < 100) + rng.uniform(0, 1, minutes * 60)
+    return {"EEG Fpz-Cz": (gain * eeg, FS), "EOG horizontal": (gain * eog, FS), "EMG submental": (gain * emg, 1.0)}
+
+
+def test_night_norm_draws_a_night_the_same_at_any_gain_from_the_night_alone():
+    cfg = RenderConfig(channels=("EEG Fpz-Cz", "EOG horizontal", "EMG submental"), spectrogram=True, px_per_s=4,
+                       night_norm=True)
+    epochs = list(range(0, 40, 3))
+    base = np.stack([np.asarray(im) for im in render_night(_psg_night(0), epochs, cfg)])
+    # The same night recorded at a third of the gain is drawn the same (to float rounding at a few pixels) ...
+    quiet = np.stack([np.asarray(im) for im in render_night(_psg_night(0, gain=1 / 3), epochs, cfg)])
+    assert (np.abs(quiet.astype(int) - base.astype(int)) > 8).mean() < 1e-3
+    # ... while without night_norm its traces shrink; and another night's level changes nothing of this night's.
+    plain = RenderConfig(channels=cfg.channels, spectrogram=True, px_per_s=4)
+    a, b = (np.stack([np.asarray(im) for im in render_night(_psg_night(0, gain=g), epochs, plain)]) for g in (1, 1 / 3))
+    assert (np.abs(a.astype(int) - b.astype(int)) > 8).mean() > 0.01
+    other_loud = [np.asarray(im) for im in render_night(_psg_night(1, gain=5.0), epochs, cfg)]
+    again = np.stack([np.asarray(im) for im in render_night(_psg_night(0), epochs, cfg)])
+    assert np.array_equal(again, base) and not np.array_equal(np.stack(other_loud), base)
+    # The scale is the night's own: a louder half-night draws this epoch smaller than the quiet night did.
+    night = _psg_night(0)
+    louder = {c: (np.where(np.arange(len(x)) < len(x) // 2, x, 4 * x), fs) for c, (x, fs) in night.items()}
+    first = np.asarray(render_night(louder, [0], cfg)[0])
+    assert (first < 255)[:96].sum() < (base[0] < 255)[:96].sum()

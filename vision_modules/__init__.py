@@ -2,6 +2,7 @@
 high-level feature ``[1, feature_dim]`` (1024 = CLIP-L's width, what the LLaVA projector takes),
 their training on the sleep stage, and feature extraction for the VLM."""
 from vision_modules import modules as _builtins  # noqa: F401  (registers resnet18, convnext_base)
+from vision_modules import sequence as _sequences  # noqa: F401  (registers the gru and transformer encoders)
 from vision_modules.registry import (
     VisionOutput,
     create_vision_module,

@@ -3,8 +3,9 @@
 ``config.json`` holds ``arch``, ``import_path`` (the Python module that registered a user arch),
 ``feature_dim``, ``num_classes``, ``classes`` (index -> stage), ``module_kwargs`` (e.g. ``image_size``,
 ``tap``), ``input_size``, ``mean``, ``std``, the training ``args``, the best ``val_metrics``, ``render`` (how
-the training images were drawn, ``sleep_eeg.render``) and, with a temporal head, ``context`` (its ``k``,
-``hidden`` and validation metrics; weights in ``context_head.safetensors``, see ``vision_modules.context``).
+the training images were drawn, ``sleep_eeg.render``) and, with a sequence encoder, ``sequence`` (its ``name``,
+``import_path`` and ``context``: epochs either side or ``"night"``; weights in ``sequence.safetensors``, see
+``vision_modules.sequence``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from eeg_core.atomic import atomic_path, write_json
 from eeg_core.errors import FormatError
-from vision_modules.context import HEAD_NAME, ContextHead
+from vision_modules.sequence import SEQUENCE_WEIGHTS, create_sequence_encoder, parse_context
 from vision_modules.registry import create_vision_module
 
 WEIGHTS_NAME = "model.safetensors"
@@ -33,13 +34,13 @@ def _save_weights(path: Path, module: nn.Module) -> None:
 
 
 def save_checkpoint(out: str | os.PathLike, model: nn.Module, config: dict[str, Any],
-                    context_head: nn.Module | None = None) -> None:
-    """Write weights (and the context head's) then config, each atomically (the config last, so a folder
+                    sequence_encoder: nn.Module | None = None) -> None:
+    """Write weights (and the sequence encoder's) then config, each atomically (the config last, so a folder
     with one is complete)."""
     out = Path(out)
     _save_weights(out / WEIGHTS_NAME, model)
-    if context_head is not None:
-        _save_weights(out / HEAD_NAME, context_head)
+    if sequence_encoder is not None:
+        _save_weights(out / SEQUENCE_WEIGHTS, sequence_encoder)
     write_json(out / CONFIG_NAME, config)
 
 
@@ -100,7 +101,7 @@ def check_preprocessing(model: nn.Module, config: dict[str, Any], where: Path) -
 
 def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the module from ``config.json`` and load its weights (strictly); returns (module in eval mode, config).
-    The module's ``context_head`` is its temporal head, or None."""
+    The module's ``sequence_encoder`` is its sequence encoder (or None) and ``context`` what it reads."""
     config = read_config(checkpoint)
     model = create_vision_module(
         config["arch"],
@@ -113,10 +114,23 @@ def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device
     )
     check_preprocessing(model, config, Path(checkpoint) / CONFIG_NAME)
     _load_weights(Path(checkpoint) / WEIGHTS_NAME, model, f"arch {config['arch']!r}")
-    model.context_head = None
-    if config.get("context"):
-        ctx = config["context"]
-        head = ContextHead(int(config["feature_dim"]), int(ctx["k"]), int(config["num_classes"]), int(ctx["hidden"]))
-        _load_weights(Path(checkpoint) / HEAD_NAME, head, f"a context head with k={ctx['k']}")
-        model.context_head = head.eval()
+    model.sequence_encoder, model.context = load_sequence_encoder(Path(checkpoint), config)
     return model.to(device).eval(), config
+
+
+def load_sequence_encoder(checkpoint: Path, config: dict[str, Any]) -> tuple[nn.Module | None, int | str]:
+    """The checkpoint's sequence encoder (eval mode, on the CPU) and its context, or ``(None, 0)``."""
+    where = checkpoint / CONFIG_NAME
+    if "context" in config:
+        raise FormatError(f"{where}: a context head of an earlier version (trained on frozen features); train the "
+                          "module again with --context K, which now trains a sequence encoder end to end")
+    seq = config.get("sequence")
+    if not seq:
+        return None, 0
+    if not isinstance(seq, dict) or not isinstance(seq.get("name"), str) or "context" not in seq:
+        raise FormatError(f"{where}: 'sequence' {seq!r} is not a sequence encoder's record (name, context)")
+    context = parse_context(seq["context"])
+    encoder = create_sequence_encoder(seq["name"], int(config["feature_dim"]), int(config["num_classes"]),
+                                      import_path=seq.get("import_path"), where=str(where))
+    _load_weights(checkpoint / SEQUENCE_WEIGHTS, encoder, f"sequence encoder {seq['name']!r}")
+    return encoder.eval(), context

@@ -3,8 +3,8 @@
 Writes float32 ``[N, 1, D]`` with ``formats.save_features`` (atomic) and the sidecar ``<out>.json``
 (checkpoint and records hashes, N, D). Same inputs (and batch size), same bytes: eval mode, fixed
 order, deterministic torch algorithms. Nothing is written when any input is bad: records drawn with other
-render settings than the module was trained on are refused. A module with a context head
-(``vision_modules.context``) gives each record the feature that sees its night's neighbours.
+render settings than the module was trained on are refused. A module with a sequence encoder
+(``vision_modules.sequence``) gives each record the feature that reads its night's neighbours.
 :func:`night_features` does the same for one night's images in memory (``eeg-vlm stage``).
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ from eeg_core.atomic import file_sha256
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render, save_features
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
-from vision_modules.context import HEAD_NAME, apply_head, neighbour_index, night_keys
 from vision_modules.data import CachedImageDataset, decode_record_images, image_tensor, record_image_paths
 from vision_modules.modules import memory_format
 from vision_modules.registry import import_user_modules
+from vision_modules.sequence import SEQUENCE_WEIGHTS, encode, night_keys
 
 
 @torch.no_grad()
@@ -44,10 +44,10 @@ def image_outputs(model: torch.nn.Module, batches, device: str, progress: bool, 
 
 def _with_context(model: torch.nn.Module, feats: torch.Tensor, logits: torch.Tensor,
                   keys: Sequence[tuple[str, int]] | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(features [N, 1, D], probabilities [N, C])``: through the context head when the module has one."""
-    head = getattr(model, "context_head", None)
-    if head is not None:
-        feats, logits = apply_head(head.cpu(), feats, neighbour_index(keys, head.k))
+    """``(features [N, 1, D], probabilities [N, C])``: through the sequence encoder when the module has one."""
+    encoder = getattr(model, "sequence_encoder", None)
+    if encoder is not None:
+        feats, logits = encode(encoder.cpu(), feats, keys, model.context)
     return feats[:, None, :].numpy(), torch.softmax(logits, dim=1).numpy()
 
 
@@ -58,7 +58,7 @@ def record_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(features [N, 1, D], probabilities [N, C])`` of the records' first images, in file order. Each image
     is decoded, checked and resized once, up front (``vision_modules.data.decode_record_images``)."""
-    keys = night_keys(recs, where) if getattr(model, "context_head", None) is not None else None
+    keys = night_keys(recs, where) if getattr(model, "sequence_encoder", None) is not None else None
     images = decode_record_images(paths, recs, where, model.input_size, progress=progress)
     dataset = CachedImageDataset(images, None, model.mean, model.std)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -78,7 +78,7 @@ def night_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One night's epoch images (in memory, drawn with the checkpoint's ``config["render"]``) ->
     ``(features float32 [N, 1, D], probabilities [N, C])``. ``epochs``: the images' epoch numbers (default
-    0..N-1); a context head treats missing numbers as absent neighbours."""
+    0..N-1); a sequence encoder treats missing numbers as absent neighbours."""
     epochs = list(range(len(images))) if epochs is None else list(epochs)
     if len(epochs) != len(images):
         raise ValueError(f"{len(images)} images but {len(epochs)} epoch numbers")
@@ -89,10 +89,10 @@ def night_features(
 
 
 def checkpoint_sha256(checkpoint: Path) -> str:
-    """The module's content fingerprint: its weights, and its context head's when it has one."""
+    """The module's content fingerprint: its weights, and its sequence encoder's when it has one."""
     parts = [file_sha256(checkpoint / WEIGHTS_NAME)]
-    if (checkpoint / HEAD_NAME).is_file():
-        parts.append(file_sha256(checkpoint / HEAD_NAME))
+    if (checkpoint / SEQUENCE_WEIGHTS).is_file():
+        parts.append(file_sha256(checkpoint / SEQUENCE_WEIGHTS))
     return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
 
 

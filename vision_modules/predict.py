@@ -3,7 +3,7 @@
 The module's class head (trained beside its features) gives five probabilities per epoch; the answer
 is the most probable stage, written in the answers format (``Sleep stage: X``, with the probabilities
 in ``metadata["probabilities"]``), so ``eeg-vlm score`` scores the vision module exactly as it scores
-EEG-VLM and the baselines. With a context head, its logits give the stage. Written atomically; nothing is
+EEG-VLM and the baselines. With a sequence encoder, its logits give the stage. Written atomically; nothing is
 written when any input is bad (records drawn with other render settings than the module's are refused).
 """
 from __future__ import annotations

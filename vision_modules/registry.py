@@ -115,6 +115,21 @@ def is_known_module(module: str) -> bool:
     return module == "vision_modules" or module.startswith("vision_modules.") or module in sys.modules
 
 
+def import_known_module(import_path: str, what: str, where: str = "") -> None:
+    """Import ``import_path``, the Python module that registers ``what`` (named by a checkpoint), but only when it
+    is one of this package's own modules or already imported: a checkpoint never makes an arbitrary module run."""
+    prefix = f"{where}: " if where else ""
+    if not is_known_module(import_path):
+        raise FormatError(
+            f"{prefix}{what} is registered by the Python module {import_path!r}, which is not imported unless you "
+            f"name it: pass --import-module {import_path} (or import it yourself) if you trust it"
+        )
+    try:
+        importlib.import_module(import_path)
+    except ImportError as e:
+        raise FormatError(f"{prefix}{what}: cannot import {import_path!r} that registers it ({e})") from None
+
+
 def import_user_modules(modules: Sequence[str]) -> None:
     """Import the modules the user names (``--import-module``): they register their vision modules. The
     working directory is searched too (the ``eeg-vlm`` script does not put it on ``sys.path``)."""
@@ -156,17 +171,7 @@ def create_vision_module(
             return family(name[len(prefix):], feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained,
                           **kw)
     if name not in _REGISTRY and import_path and import_path != "__main__":
-        prefix = f"{where}: " if where else ""
-        if not is_known_module(import_path):
-            raise FormatError(
-                f"{prefix}vision module {name!r} is registered by the Python module {import_path!r}, which is not "
-                f"imported unless you name it: pass --import-module {import_path} (or import it yourself) if you "
-                "trust it"
-            )
-        try:
-            importlib.import_module(import_path)
-        except ImportError as e:
-            raise FormatError(f"{prefix}vision module {name!r}: cannot import {import_path!r} that registers it ({e})") from None
+        import_known_module(import_path, f"vision module {name!r}", where)
     if name not in _REGISTRY:
         raise FormatError(
             f"unknown vision module {name!r}; registered: {', '.join(list_vision_modules())}, or timm:<timm model name>"

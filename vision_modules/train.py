@@ -5,8 +5,9 @@ frequency (N1 is rare in real nights). Validation holds out whole subjects when 
 ``subject`` (and there are at least two), otherwise a stratified random part of the records. The
 checkpoint with the best validation macro-F1 is kept (``model.safetensors`` + ``config.json``);
 ``resume.pt`` holds the last epoch's full state for ``--resume``. The records' render settings go into the
-checkpoint, so extraction refuses images drawn another way. ``--context K`` then trains a temporal head on
-the best module's features (``vision_modules.context``). Each image is decoded, checked and resized once, up
+checkpoint, so extraction refuses images drawn another way.
+``--context K`` (or ``night``) trains a sequence encoder end to end with the image model, on runs of consecutive
+epochs of the training nights (``vision_modules.sequence``). Each image is decoded, checked and resized once, up
 front, into a uint8 tensor (``vision_modules.data.decode_record_images``); the epochs only normalise its rows.
 """
 from __future__ import annotations
@@ -32,22 +33,35 @@ from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.formats import read_records, records_render
 from eeg_core.stages import STAGES
-from vision_modules.checkpoint import (
-    CONFIG_NAME,
-    load_vision_module,
-    read_config,
-    save_checkpoint,
+from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
+from vision_modules.data import (
+    CachedImageDataset,
+    decode_record_images,
+    normalize_images,
+    record_image_paths,
+    record_labels,
 )
-from vision_modules.context import neighbour_index, night_keys, train_head
-from vision_modules.data import CachedImageDataset, decode_record_images, record_image_paths, record_labels
 from vision_modules.modules import TimmVisionModule, memory_format
 from vision_modules.registry import (
     builder_import_path,
     create_vision_module,
     import_user_modules,
 )
+from vision_modules.sequence import (
+    DEFAULT_SEQUENCE,
+    create_sequence_encoder,
+    describe,
+    encode,
+    night_keys,
+    night_rows,
+    parse_context,
+    run_length,
+    sequence_import_path,
+    training_runs,
+)
 
 RESUME_NAME = "resume.pt"
+SEQUENCE_IMAGE_LR = 0.1  # the sequence phase trains the image model at this share of the learning rate
 
 
 def split_train_val(records: Sequence[dict], labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int], str]:
@@ -72,15 +86,20 @@ def split_train_val(records: Sequence[dict], labels: Sequence[int], val_fraction
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Accuracy and macro-F1 (over the classes present in labels or predictions) of the module's logits."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, encoder: nn.Module | None = None,
+             keys: Sequence[tuple[str, int]] | None = None, context: int | str = 0) -> dict[str, float]:
+    """Accuracy and macro-F1 (over the classes present in labels or predictions) of the module's logits; with an
+    ``encoder``, of its logits over the ``keys``' nights (the loader's records, in order)."""
     model.eval()
-    y_true, y_pred = [], []
+    y_true, y_pred, feats = [], [], []
     for images, labels in loader:
-        logits = model(images.to(device, memory_format=memory_format(model))).logits
-        y_pred.append(logits.argmax(1).cpu())
+        out = model(images.to(device, memory_format=memory_format(model)))
+        y_pred.append(out.logits.argmax(1).cpu())
+        feats.append(out.features.flatten(1).float())
         y_true.append(labels)
     y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
+    if encoder is not None:
+        y_pred = encode(encoder, torch.cat(feats), keys, context)[1].argmax(1).cpu().numpy()
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
@@ -105,7 +124,9 @@ class VisionTrainConfig:
     pretrained: str | os.PathLike | bool | None = None
     feature_dim: int = 1024
     tap: int | None = None
-    context: int = 0
+    context: int | str = 0  # sequence encoder over epochs i-K..i+K, or "night"; 0: none
+    sequence: str = DEFAULT_SEQUENCE  # registered sequence encoder (vision_modules.sequence)
+    sequence_epochs: int = 3  # with context: epochs of the image model and encoder together, after ``epochs``
     progress: bool = True
 
     def module_kwargs(self) -> dict[str, Any]:
@@ -139,7 +160,7 @@ def load_training_data(records_path: Path, image_folder: str | os.PathLike, opts
     recs = read_records(records_path)
     labels = record_labels(recs, str(records_path))
     render = records_render(recs, records_path)
-    keys = night_keys(recs, str(records_path)) if opts.context > 0 else None
+    keys = night_keys(recs, str(records_path)) if opts.context else None
     paths = record_image_paths(recs, image_folder, str(records_path), check=False)
     train_idx, val_idx, split = split_train_val(recs, labels, opts.val_fraction, opts.seed)
     return TrainingData(recs, labels, render, keys, paths, train_idx, val_idx, split)
@@ -213,8 +234,10 @@ def class_weighted_loss(train_labels: np.ndarray, device: torch.device) -> nn.Cr
 
 
 def make_optimizer(model: nn.Module, opts: VisionTrainConfig, steps_per_epoch: int):
-    """AdamW and its schedule: a linear warm-up (a twentieth of the steps, at most one epoch), then cosine."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    """AdamW and its schedule: a linear warm-up (a twentieth of the steps, at most one epoch), then cosine.
+    ``model``: a module, or parameter groups (each with its own ``lr``)."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     total_steps = max(1, opts.epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, max(1, total_steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -243,18 +266,57 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     return loss_sum / max(seen, 1)
 
 
+def train_one_epoch_runs(model: nn.Module, encoder: nn.Module, images: CachedImageDataset, runs: np.ndarray,
+                         runs_per_step: int, criterion: nn.Module, optimizer, scheduler, device: torch.device,
+                         desc: str = "", progress: bool = False) -> float:
+    """One end-to-end pass over ``runs`` (:func:`~vision_modules.sequence.training_runs`): the image model on
+    every present epoch of a step's runs, the encoder over the runs; the loss is the encoder's stage loss plus the
+    image model's own (so its logits stay a stage of their own). Returns the mean loss per record."""
+    model.train()
+    for m in model.modules():  # a step holds a few nights: their statistics would replace the whole set's
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    encoder.train()
+    labels = torch.as_tensor(images.labels, dtype=torch.long)
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(range(0, len(runs), runs_per_step), desc=desc, disable=not progress, leave=False)
+    for s in bar:
+        index = runs[s : s + runs_per_step]
+        rows = torch.from_numpy(index[index >= 0])
+        x = normalize_images(images.images[rows], images.mean, images.std)
+        out = model(x.to(device, memory_format=memory_format(model)))
+        per_epoch = out.features.flatten(1)
+        present = torch.from_numpy(index >= 0).to(device)
+        sequence = per_epoch.new_zeros(*index.shape, per_epoch.shape[1])
+        sequence[present] = per_epoch  # row-major, as rows = index[index >= 0]
+        targets = labels[rows].to(device)
+        logits = encoder(sequence, present).logits[present]
+        loss = criterion(logits, targets) + criterion(out.logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(targets)
+        seen += len(targets)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    return loss_sum / max(seen, 1)
+
+
 def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
     """Best so far by validation macro-F1, then accuracy (ties go to the later epoch; no split: every epoch)."""
     return best is None or (metrics["macro_f1"] or 0.0, metrics["accuracy"] or 0.0) >= (
         best["macro_f1"] or 0.0, best["accuracy"] or 0.0)
 
 
-def save_resume(path: Path, model: nn.Module, optimizer, scheduler, generator: torch.Generator, epoch: int,
-                best: dict | None, history: list[dict]) -> None:
+def save_resume(path: Path, t: "Training", optimizer, scheduler, epoch: int, phase: str, best: dict | None,
+                history: list[dict]) -> None:
     """The last epoch's full state (atomically), what ``--resume`` continues from."""
+    state = {"model": t.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "generator": t.generator.get_state(), "epoch": epoch, "phase": phase, "best": best, "history": history}
+    if t.encoder is not None:
+        state["encoder"] = t.encoder.state_dict()
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "epoch": epoch, "best": best, "history": history}, tmp)
+        torch.save(state, tmp)
 
 
 def recorded_args(arch: str, records, image_folder, out, opts: VisionTrainConfig) -> dict[str, Any]:
@@ -267,7 +329,7 @@ def recorded_args(arch: str, records, image_folder, out, opts: VisionTrainConfig
 def checkpoint_config(arch: str, opts: VisionTrainConfig, model: nn.Module, module_kwargs: dict[str, Any],
                       data: TrainingData, args: dict[str, Any]) -> dict[str, Any]:
     """config.json beside the weights (the metrics and history are added at each save)."""
-    return {
+    config = {
         "arch": arch,
         "import_path": builder_import_path(arch),
         "feature_dim": int(opts.feature_dim),
@@ -281,6 +343,103 @@ def checkpoint_config(arch: str, opts: VisionTrainConfig, model: nn.Module, modu
         "split": {"by": data.split, "n_train": len(data.train_idx), "n_val": len(data.val_idx)},
         "render": data.render,
     }
+    if opts.context:
+        config["sequence"] = {"name": opts.sequence, "import_path": sequence_import_path(opts.sequence),
+                              "context": opts.context}
+    return config
+
+
+def build_encoder(opts: VisionTrainConfig, device: torch.device) -> nn.Module | None:
+    """The seeded sequence encoder (``opts.context``), or None."""
+    if not opts.context:
+        return None
+    torch.manual_seed(opts.seed + 1)
+    return create_sequence_encoder(opts.sequence, feature_dim=opts.feature_dim, num_classes=len(STAGES)).to(device)
+
+
+@dataclass
+class Training:
+    """What every epoch of one training run reads."""
+
+    opts: VisionTrainConfig
+    data: TrainingData
+    model: nn.Module
+    encoder: nn.Module | None
+    dataset: CachedImageDataset
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    generator: torch.Generator
+    criterion: nn.Module
+    device: torch.device
+
+    def phase(self, epoch: int) -> str:
+        """``image`` for the first ``opts.epochs`` epochs, then ``sequence`` (with an encoder)."""
+        return "image" if epoch < self.opts.epochs else "sequence"
+
+    @property
+    def total_epochs(self) -> int:
+        return self.opts.epochs + (self.opts.sequence_epochs if self.encoder is not None else 0)
+
+    def runs(self, generator: torch.Generator) -> np.ndarray:
+        return training_runs(night_rows(self.data.keys, self.data.train_idx),
+                             run_length(self.opts.context, self.opts.batch_size), generator)
+
+    @property
+    def runs_per_step(self) -> int:
+        return max(1, self.opts.batch_size // run_length(self.opts.context, self.opts.batch_size))
+
+
+def phase_optimizer(t: Training, phase: str):
+    """The image phase: AdamW on the image model over ``opts.epochs``. The sequence phase: the image model at
+    :data:`SEQUENCE_IMAGE_LR` of the learning rate and the encoder at the full rate, over ``sequence_epochs``;
+    each with a warm-up then cosine (:func:`make_optimizer`)."""
+    if phase == "image":
+        return make_optimizer(t.model, t.opts, len(t.train_loader))
+    steps = -(-len(t.runs(torch.Generator().manual_seed(t.opts.seed))) // t.runs_per_step)
+    groups = [{"params": t.model.parameters(), "lr": t.opts.lr * SEQUENCE_IMAGE_LR},
+              {"params": t.encoder.parameters(), "lr": t.opts.lr}]
+    return make_optimizer(groups, replace(t.opts, epochs=t.opts.sequence_epochs), steps)
+
+
+def run_epoch(t: Training, phase: str, optimizer, scheduler, desc: str) -> tuple[float, dict[str, Any]]:
+    """One epoch of ``phase``; returns its training loss and validation metrics (the encoder's in the sequence
+    phase, the image model's before)."""
+    if phase == "image":
+        loss = train_one_epoch(t.model, t.train_loader, t.criterion, optimizer, scheduler, t.device, desc,
+                               t.opts.progress)
+        encoder = None
+    else:
+        loss = train_one_epoch_runs(t.model, t.encoder, t.dataset, t.runs(t.generator), t.runs_per_step, t.criterion,
+                                    optimizer, scheduler, t.device, desc, t.opts.progress)
+        encoder = t.encoder
+    if t.val_loader is None:
+        return loss, {"accuracy": None, "macro_f1": None, "n": 0}
+    val_keys = [t.data.keys[i] for i in t.data.val_idx] if encoder is not None else None
+    return loss, evaluate(t.model, t.val_loader, t.device, encoder, val_keys, t.opts.context)
+
+
+def start_training(arch: str, records_path: Path, image_folder, out: Path, opts: VisionTrainConfig
+                   ) -> tuple[Training, dict | None, dict[str, Any]]:
+    """Read the records, build the model (and encoder), decode the images; the resume state when asked."""
+    module_kwargs = opts.module_kwargs()
+    device = torch.device(opts.device)
+    data = load_training_data(records_path, image_folder, opts)
+    state = load_resume_state(out, arch, opts.feature_dim, module_kwargs) if opts.resume else None
+    model, module_kwargs = build_model(arch, opts, module_kwargs, pretrained=state is None, device=device)
+    encoder = build_encoder(opts, device)
+    dataset = image_dataset(data, str(records_path), model, opts.progress)
+    train_loader, val_loader, generator = make_loaders(dataset, data, opts)
+    criterion = class_weighted_loss(np.asarray(data.labels)[data.train_idx], device)
+    t = Training(opts, data, model, encoder, dataset, train_loader, val_loader, generator, criterion, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if (encoder is None) != ("encoder" not in state):
+            raise FormatError(f"{out / RESUME_NAME}: --resume with --context {opts.context} but the run was "
+                              f"{'without' if encoder is not None else 'with'} a sequence encoder")
+        if encoder is not None:
+            encoder.load_state_dict(state["encoder"])
+        generator.set_state(state["generator"])
+    return t, state, module_kwargs
 
 
 def train_vision_module(
@@ -295,72 +454,46 @@ def train_vision_module(
     (``accuracy``, ``macro_f1``, ``n``, ``epoch``; accuracy is None without a validation split).
 
     The options are ``options`` (a :class:`VisionTrainConfig`) with ``overrides`` (its fields by keyword,
-    e.g. ``epochs=3``) applied."""
+    e.g. ``epochs=3``) applied. With ``context`` the image model's ``epochs`` are followed by
+    ``sequence_epochs`` in which it trains together with its sequence encoder (batch norm statistics frozen),
+    and the checkpoint is the best of those by the encoder's validation macro-F1."""
     opts = replace(options or VisionTrainConfig(), **overrides)
+    opts = replace(opts, context=parse_context(opts.context))
     args = recorded_args(arch, records, image_folder, out, opts)
     records_path, out = Path(records), Path(out)
-    module_kwargs = opts.module_kwargs()
-    device = torch.device(opts.device)
-
-    data = load_training_data(records_path, image_folder, opts)
-    state = load_resume_state(out, arch, opts.feature_dim, module_kwargs) if opts.resume else None
-    model, module_kwargs = build_model(arch, opts, module_kwargs, pretrained=state is None, device=device)
-    dataset = image_dataset(data, str(records_path), model, opts.progress)
-    train_loader, val_loader, generator = make_loaders(dataset, data, opts)
-    criterion = class_weighted_loss(np.asarray(data.labels)[data.train_idx], device)
-    optimizer, scheduler = make_optimizer(model, opts, len(train_loader))
-
-    start_epoch, best, history = 0, None, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-
-    config = checkpoint_config(arch, opts, model, module_kwargs, data, args)
-    epochs = opts.epochs
-    print(f"vision train: {arch}, {len(data.train_idx)} train / {len(data.val_idx)} val records (split by {data.split}), "
-          f"input {tuple(model.input_size)}, feature {opts.feature_dim}, {epochs} epochs")
-    for epoch in range(start_epoch, epochs):
+    t, state, module_kwargs = start_training(arch, records_path, image_folder, out, opts)
+    config = checkpoint_config(arch, opts, t.model, module_kwargs, t.data, args)
+    start_epoch, best, history = (state["epoch"] + 1, state["best"], state["history"]) if state else (0, None, [])
+    total = t.total_epochs
+    print(f"vision train: {arch}, {len(t.data.train_idx)} train / {len(t.data.val_idx)} val records (split by "
+          f"{t.data.split}), input {tuple(t.model.input_size)}, feature {opts.feature_dim}, {opts.epochs} epochs"
+          + (f", then {opts.sequence_epochs} with sequence encoder {opts.sequence!r} over {describe(opts.context)}"
+             if t.encoder is not None else ""))
+    phase = None
+    for epoch in range(start_epoch, total):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device,
-                                     f"epoch {epoch + 1}/{epochs}", opts.progress)
-        metrics = evaluate(model, val_loader, device) if val_loader is not None else {"accuracy": None, "macro_f1": None, "n": 0}
-        metrics.update(epoch=epoch + 1, train_loss=train_loss, seconds=round(time.perf_counter() - t0, 1))
+        if t.phase(epoch) != phase:
+            phase = t.phase(epoch)
+            optimizer, scheduler = phase_optimizer(t, phase)
+            if state is not None and state.get("phase", "image") == phase:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+        train_loss, metrics = run_epoch(t, phase, optimizer, scheduler, f"epoch {epoch + 1}/{total}")
+        metrics.update(epoch=epoch + 1, train_loss=train_loss, seconds=round(time.perf_counter() - t0, 1), phase=phase)
         history.append(metrics)
-        better = is_better(metrics, best)
+        better = (t.encoder is None or phase == "sequence") and is_better(metrics, best)
         if better:
             best = metrics
-            save_checkpoint(out, model, {**config, "val_metrics": best, "history": history})
-        save_resume(out / RESUME_NAME, model, optimizer, scheduler, generator, epoch, best, history)
+            save_checkpoint(out, t.model, {**config, "val_metrics": best, "history": history},
+                            sequence_encoder=t.encoder)
+        save_resume(out / RESUME_NAME, t, optimizer, scheduler, epoch, phase, best, history)
         val = "" if metrics["accuracy"] is None else f", val acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
-        tqdm.write(f"epoch {epoch + 1}/{epochs}: train loss {metrics['train_loss']:.4f}{val} "
-                   f"({metrics['seconds']:.0f}s){' *best*' if better else ''}")
+        tqdm.write(f"epoch {epoch + 1}/{total}{' (sequence)' if phase == 'sequence' else ''}: train loss "
+                   f"{metrics['train_loss']:.4f}{val} ({metrics['seconds']:.0f}s){' *best*' if better else ''}")
     if best is None:
-        raise FormatError(f"{out}: nothing trained (epochs={epochs}, already done {start_epoch})")
-    if opts.context > 0:
-        best = {**best, "context": add_context_head(out, dataset, np.asarray(data.labels), data.keys, data.train_idx,
-                                                    data.val_idx, opts.context, opts.batch_size, opts.device,
-                                                    opts.seed, opts.progress)}
+        raise FormatError(f"{out}: nothing trained (epochs={total}, already done {start_epoch})")
     print(f"best checkpoint: {out} (epoch {best['epoch']})")
     return best
-
-
-def add_context_head(out: Path, dataset: Dataset, labels: np.ndarray, keys, train_idx, val_idx, k: int,
-                     batch_size: int, device: str, seed: int, progress: bool) -> dict[str, Any]:
-    """Train the temporal head on the best module's features of every record and save it beside the module."""
-    from vision_modules.extract import image_outputs
-
-    model, config = load_vision_module(out, device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    features, _ = image_outputs(model, (x for x, _ in loader), device, progress, "context features")
-    head, metrics = train_head(features, labels, neighbour_index(keys, k), train_idx, val_idx, k, len(STAGES), seed=seed)
-    save_checkpoint(out, model, {**config, "context": {"k": k, "hidden": head.hidden,
-                                                        "val_metrics": metrics}}, context_head=head)
-    val = "" if metrics["accuracy"] is None else f": val acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
-    print(f"context head (k={k}, epochs i-{k}..i+{k}){val}")
-    return metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -381,8 +514,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", metavar="PATH", help="local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init")
     p.add_argument("--feature-dim", type=int, default=1024, help="size of the high-level feature (the projector's mm_hidden_size)")
     p.add_argument("--tap", type=int, help="backbone feature stage to tap (timm feature_info index; default -2)")
-    p.add_argument("--context", type=int, default=0, metavar="K",
-                   help="then train a temporal head: each epoch's feature sees epochs i-K..i+K of its night (default 0: none)")
+    p.add_argument("--context", default="0", metavar="K|night",
+                   help="a sequence encoder trained with the image model: each epoch's feature reads epochs i-K..i+K "
+                        "of its night, or the whole night with 'night' (default 0: none)")
+    p.add_argument("--sequence-epochs", type=int, default=3,
+                   help="with --context: epochs of the image model and the encoder together, after --epochs")
+    p.add_argument("--sequence", default=DEFAULT_SEQUENCE,
+                   help="the registered sequence encoder for --context (gru, transformer, or your own)")
     p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
                    help="a Python module to import first: it registers your own vision module (repeatable)")
     p.add_argument("--no-progress", action="store_true")
@@ -396,7 +534,9 @@ def main_from_args(a: argparse.Namespace) -> int:
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         image_size=(a.image_size * 2)[:2] if a.image_size else None, val_fraction=a.val_fraction, seed=a.seed,
         device=a.device, workers=a.workers, resume=a.resume, pretrained=True if a.pretrained == "hub" else a.pretrained,
-        feature_dim=a.feature_dim, tap=a.tap, context=a.context, progress=not a.no_progress,
+        feature_dim=a.feature_dim, tap=a.tap, context=parse_context(a.context), sequence=a.sequence,
+        sequence_epochs=a.sequence_epochs,
+        progress=not a.no_progress,
     )
     train_vision_module(a.arch, a.records, a.image_folder, a.out, options)
     return 0
