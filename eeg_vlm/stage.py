@@ -9,7 +9,8 @@ channel named for its role by --eeg-name / --eog-name / --emg-name, else the one
 derivation than the checkpoint's is said in one line; µV from the header's unit, a unit that does not fit the
 amplitudes a warning); every complete
 30-s epoch of the recording is drawn with the checkpoint's render settings (no PNG folder); the vision module
-gives each epoch its feature and its five probabilities (with its temporal head, if it has one); with --vlm,
+gives each epoch its feature and its five probabilities (through its sequence encoder over the whole recording,
+if it has one); with --vlm,
 EEG-VLM answers each epoch in choices mode (the five stage answers scored, see llava.eval.choices), else the
 vision module's own probabilities give the stages. The VLM is asked the first of the question templates
 (sleep_eeg.cot.QUESTIONS) with the epoch's image and its feature, as in training.

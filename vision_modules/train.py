@@ -147,7 +147,7 @@ class TrainingData:
     records: list[dict]
     labels: list[int]
     render: dict | None
-    keys: list | None  # night keys (only with a context head)
+    keys: list | None  # night keys (only with a sequence encoder)
     paths: list
     train_idx: list[int]
     val_idx: list[int]
