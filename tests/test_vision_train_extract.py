@@ -476,6 +476,11 @@ def test_sequence_encoder_trains_end_to_end_and_render_settings_bind_the_checkpo
                         image_size=SIZE, val_fraction=0.25, context=1, sequence_epochs=3, progress=False, resume=True)
     state = torch.load(tmp_path / "ckpt" / "resume.pt", weights_only=True)
     assert state["epoch"] == 4 and len(state["history"]) == 5 and state["phase"] == "sequence" and "encoder" in state
+    with pytest.raises(FormatError, match=r"resume.pt: --resume with sequence='transformer' but the run had 'gru'"):
+        train_vision_module("resnet18", nights, root / "img", tmp_path / "ckpt", epochs=2, image_size=SIZE,
+                            context=1, sequence="transformer", progress=False, resume=True)
+    with pytest.raises(FormatError, match=r"--context 1 trains a sequence encoder: --sequence-epochs must be 1"):
+        train_vision_module("resnet18", nights, root / "img", tmp_path / "x", context=1, sequence_epochs=0)
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     old = dict(config, context={"k": 2, "hidden": 128})
     write_json(tmp_path / "ckpt" / "config.json", old)

@@ -166,8 +166,9 @@ def load_training_data(records_path: Path, image_folder: str | os.PathLike, opts
     return TrainingData(recs, labels, render, keys, paths, train_idx, val_idx, split)
 
 
-def load_resume_state(out: Path, arch: str, feature_dim: int, module_kwargs: dict[str, Any]) -> dict:
-    """``out/resume.pt``, refused unless it is a plain tensor file of the same module (arch, feature, kwargs)."""
+def load_resume_state(out: Path, arch: str, opts: VisionTrainConfig, module_kwargs: dict[str, Any]) -> dict:
+    """``out/resume.pt``, refused unless it is a plain tensor file of the same module (arch, feature, kwargs) and
+    sequence encoder (name, context) as the run asked for."""
     resume_path = out / RESUME_NAME
     if not resume_path.is_file():
         raise FormatError(f"{resume_path}: nothing to resume from")
@@ -178,11 +179,15 @@ def load_resume_state(out: Path, arch: str, feature_dim: int, module_kwargs: dic
                        "Unsupported" in line), str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise FormatError(f"{resume_path}: refused: not a plain tensor file that loads without running code "
                           f"({detail[:160]})") from None
-    saved = read_config(out)
-    saved = {**saved, **saved.get("module_kwargs", {})}
-    for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
+    saved = state.get("config") or read_config(out)  # the run's config (resume.pt holds it from the first epoch)
+    sequence = saved.get("sequence") or {}
+    saved = {**saved, **saved.get("module_kwargs", {}), "context": sequence.get("context", 0),
+             "sequence": sequence.get("name", opts.sequence)}
+    asked = {"arch": arch, "feature_dim": opts.feature_dim, **module_kwargs, "context": opts.context,
+             "sequence": opts.sequence}
+    for key, value in asked.items():
         if saved.get(key) != value:
-            raise FormatError(f"{out / CONFIG_NAME}: --resume with {key}={value!r} but the checkpoint has {saved.get(key)!r}")
+            raise FormatError(f"{resume_path}: --resume with {key}={value!r} but the run had {saved.get(key)!r}")
     return state
 
 
@@ -308,11 +313,12 @@ def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
         best["macro_f1"] or 0.0, best["accuracy"] or 0.0)
 
 
-def save_resume(path: Path, t: "Training", optimizer, scheduler, epoch: int, phase: str, best: dict | None,
-                history: list[dict]) -> None:
-    """The last epoch's full state (atomically), what ``--resume`` continues from."""
+def save_resume(path: Path, t: "Training", optimizer, scheduler, epoch: int, phase: str, config: dict[str, Any],
+                best: dict | None, history: list[dict]) -> None:
+    """The last epoch's full state (atomically), what ``--resume`` continues from, with the run's ``config``."""
     state = {"model": t.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "generator": t.generator.get_state(), "epoch": epoch, "phase": phase, "best": best, "history": history}
+             "generator": t.generator.get_state(), "epoch": epoch, "phase": phase, "config": config, "best": best,
+             "history": history}
     if t.encoder is not None:
         state["encoder"] = t.encoder.state_dict()
     with atomic_path(path) as tmp:
@@ -424,7 +430,7 @@ def start_training(arch: str, records_path: Path, image_folder, out: Path, opts:
     module_kwargs = opts.module_kwargs()
     device = torch.device(opts.device)
     data = load_training_data(records_path, image_folder, opts)
-    state = load_resume_state(out, arch, opts.feature_dim, module_kwargs) if opts.resume else None
+    state = load_resume_state(out, arch, opts, module_kwargs) if opts.resume else None
     model, module_kwargs = build_model(arch, opts, module_kwargs, pretrained=state is None, device=device)
     encoder = build_encoder(opts, device)
     dataset = image_dataset(data, str(records_path), model, opts.progress)
@@ -459,6 +465,8 @@ def train_vision_module(
     and the checkpoint is the best of those by the encoder's validation macro-F1."""
     opts = replace(options or VisionTrainConfig(), **overrides)
     opts = replace(opts, context=parse_context(opts.context))
+    if opts.context and opts.sequence_epochs < 1:
+        raise FormatError(f"--context {opts.context} trains a sequence encoder: --sequence-epochs must be 1 or more")
     args = recorded_args(arch, records, image_folder, out, opts)
     records_path, out = Path(records), Path(out)
     t, state, module_kwargs = start_training(arch, records_path, image_folder, out, opts)
@@ -486,7 +494,7 @@ def train_vision_module(
             best = metrics
             save_checkpoint(out, t.model, {**config, "val_metrics": best, "history": history},
                             sequence_encoder=t.encoder)
-        save_resume(out / RESUME_NAME, t, optimizer, scheduler, epoch, phase, best, history)
+        save_resume(out / RESUME_NAME, t, optimizer, scheduler, epoch, phase, config, best, history)
         val = "" if metrics["accuracy"] is None else f", val acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
         tqdm.write(f"epoch {epoch + 1}/{total}{' (sequence)' if phase == 'sequence' else ''}: train loss "
                    f"{metrics['train_loss']:.4f}{val} ({metrics['seconds']:.0f}s){' *best*' if better else ''}")
