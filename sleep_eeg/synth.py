@@ -155,7 +155,7 @@ def sample_hypnogram(
     return seq
 
 
-def synth_hypnogram(rng: np.random.Generator, hours: float | None = 8.0) -> list[str]:
+def synth_hypnogram(rng: np.random.Generator, hours: float | None = None) -> list[str]:
     """:func:`sample_hypnogram` for a recording of ``hours`` (``None``: a real-length night)."""
     return sample_hypnogram(rng, None if hours is None else max(4, int(round(hours * 3600 / EPOCH_S))))
 
@@ -585,7 +585,7 @@ def night_names(index: int, nights_per_subject: int) -> tuple[str, str]:
     return f"{stem}0-PSG.edf", f"{stem}C-Hypnogram.edf"
 
 
-def synth_night(seed: int, index: int, nights_per_subject: int = 1, hours: float | None = 8.0):
+def synth_night(seed: int, index: int, nights_per_subject: int = 1, hours: float | None = None):
     """The stages, signals and R&K texts of night ``index`` of a seeded set (what :func:`synth_nights` writes)."""
     subject = Subject.draw(np.random.default_rng([seed, 10_000 + index // nights_per_subject]))
     rng = np.random.default_rng([seed, index])
@@ -595,7 +595,7 @@ def synth_night(seed: int, index: int, nights_per_subject: int = 1, hours: float
 
 
 def synth_nights(
-    out: str | Path, nights: int, seed: int = 0, hours: float | None = 8.0, nights_per_subject: int = 1,
+    out: str | Path, nights: int, seed: int = 0, hours: float | None = None, nights_per_subject: int = 1,
     verbose: bool = True,
 ) -> list[Path]:
     """Write ``nights`` synthetic nights into ``out``; returns the PSG paths."""

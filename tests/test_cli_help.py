@@ -12,3 +12,37 @@ def test_help_is_plain_text(argv, capsys):
     out = capsys.readouterr().out
     assert code.value.code == 0 and out.strip()
     assert "``" not in out
+
+
+def test_a_commands_flags_come_from_its_options_dataclass():
+    """Each default is typed once: the flags, their defaults and their types are the dataclass's fields."""
+    import argparse
+    from dataclasses import dataclass, fields
+
+    from eeg_core.options import add_options, option, options_from_args
+    from vision_modules.train import VisionTrainConfig, add_arguments
+
+    @dataclass(frozen=True)
+    class Opts:
+        name: str = option(help="required: no default")
+        epochs: int = option(5, "passes")
+        rate: float = option(0.5, "a rate")
+        strict: bool = option(False, "a switch")
+        progress: bool = option(True, "no bars", flag="--no-progress")
+        sizes: tuple | None = option(None, "sizes", type=int, nargs="+")
+        internal: int = 3  # not a flag
+
+    p = argparse.ArgumentParser()
+    add_options(p, Opts)
+    opts = options_from_args(Opts, p.parse_args(["--name", "x", "--epochs", "7", "--strict", "--no-progress",
+                                                 "--sizes", "2", "3"]))
+    assert opts == Opts(name="x", epochs=7, rate=0.5, strict=True, progress=False, sizes=[2, 3])
+    assert options_from_args(Opts, p.parse_args(["--name", "y"])) == Opts(name="y")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--name", "x", "--internal", "4"])
+    # vision train: every option of VisionTrainConfig is a flag whose default is the dataclass's
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    parsed = p.parse_args(["--records", "r.json", "--image-folder", "img", "--out", "o"])
+    assert options_from_args(VisionTrainConfig, parsed) == VisionTrainConfig()
+    assert {f.name for f in fields(VisionTrainConfig)} <= set(vars(parsed))

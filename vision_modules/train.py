@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.formats import read_records, records_render
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.stages import STAGES
 from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
 from vision_modules.data import (
@@ -111,23 +112,30 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, encoder
 class VisionTrainConfig:
     """The training options (``eeg-vlm vision train``'s flags besides the data and the output folder)."""
 
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    image_size: Sequence[int] | int | None = None  # (H, W) or N for N x N; None: the module's default
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 0
-    resume: bool = False
-    pretrained: str | os.PathLike | bool | None = None
-    feature_dim: int = 1024
-    tap: int | None = None
-    context: int | str = 0  # sequence encoder over epochs i-K..i+K, or "night"; 0: none
-    sequence: str = DEFAULT_SEQUENCE  # registered sequence encoder (vision_modules.sequence)
-    sequence_epochs: int = 3  # with context: epochs of the image model and encoder together, after ``epochs``
-    progress: bool = True
+    epochs: int = option(5, "epochs of the image model")
+    batch_size: int = option(32, "images per step")
+    lr: float = option(1e-3, "AdamW learning rate (warm-up, then cosine)")
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    image_size: Sequence[int] | int | None = option(None, "H W (or one N for N x N); default: the module's (64 192)",
+                                                    type=int, nargs="+", metavar="N")
+    val_fraction: float = option(0.1, "held-out part (whole subjects when records carry 'subject')")
+    seed: int = option(0, "seed of the initialisation, the split and the order")
+    device: str = option("cpu", "torch device")
+    workers: int = option(0, "DataLoader worker processes")
+    resume: bool = option(False, "continue from OUT/resume.pt")
+    pretrained: str | os.PathLike | bool | None = option(
+        None, "local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init",
+        metavar="PATH")
+    feature_dim: int = option(1024, "size of the high-level feature (the projector's mm_hidden_size)")
+    tap: int | None = option(None, "backbone feature stage to tap (timm feature_info index; default -2)", type=int)
+    context: int | str = option(0, "a sequence encoder trained with the image model: each epoch's feature reads "
+                                   "epochs i-K..i+K of its night, or the whole night with 'night' (default 0: none)",
+                                type=parse_context, metavar="K|night")
+    sequence: str = option(DEFAULT_SEQUENCE, "the registered sequence encoder for --context (gru, transformer, or "
+                                             "your own)")
+    sequence_epochs: int = option(3, "with --context: epochs of the image model and the encoder together, after "
+                                     "--epochs")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
 
     def module_kwargs(self) -> dict[str, Any]:
         """The builder's keyword arguments the user set (``image_size`` as [H, W], ``tap``)."""
@@ -509,42 +517,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", required=True, help="train records (JSON array) or questions (JSONL) with a 'label'")
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
     p.add_argument("--out", required=True, help="checkpoint folder (model.safetensors + config.json)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one N for N x N); default 64 192")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out part (whole subjects when records carry 'subject')")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
-    p.add_argument("--pretrained", metavar="PATH", help="local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init")
-    p.add_argument("--feature-dim", type=int, default=1024, help="size of the high-level feature (the projector's mm_hidden_size)")
-    p.add_argument("--tap", type=int, help="backbone feature stage to tap (timm feature_info index; default -2)")
-    p.add_argument("--context", default="0", metavar="K|night",
-                   help="a sequence encoder trained with the image model: each epoch's feature reads epochs i-K..i+K "
-                        "of its night, or the whole night with 'night' (default 0: none)")
-    p.add_argument("--sequence-epochs", type=int, default=3,
-                   help="with --context: epochs of the image model and the encoder together, after --epochs")
-    p.add_argument("--sequence", default=DEFAULT_SEQUENCE,
-                   help="the registered sequence encoder for --context (gru, transformer, or your own)")
+    add_options(p, VisionTrainConfig)
     p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
                    help="a Python module to import first: it registers your own vision module (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def main_from_args(a: argparse.Namespace) -> int:
     import_user_modules(a.import_module)
     if a.image_size is not None and len(a.image_size) not in (1, 2):
         raise FormatError("--image-size takes H W or a single N")
-    options = VisionTrainConfig(
-        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        image_size=(a.image_size * 2)[:2] if a.image_size else None, val_fraction=a.val_fraction, seed=a.seed,
-        device=a.device, workers=a.workers, resume=a.resume, pretrained=True if a.pretrained == "hub" else a.pretrained,
-        feature_dim=a.feature_dim, tap=a.tap, context=parse_context(a.context), sequence=a.sequence,
-        sequence_epochs=a.sequence_epochs,
-        progress=not a.no_progress,
-    )
+    options = options_from_args(VisionTrainConfig, a, image_size=(a.image_size * 2)[:2] if a.image_size else None,
+                                pretrained=True if a.pretrained == "hub" else a.pretrained)
     train_vision_module(a.arch, a.records, a.image_folder, a.out, options)
     return 0

@@ -1,0 +1,50 @@
+"""One options dataclass per command, its command line generated from the fields: each default is typed once.
+
+A field made with :func:`option` carries its help text and whatever argparse needs beyond the default (``nargs``,
+``type``, ``choices``, ``metavar``, another flag name); the flag is ``--field-name``; a field without a default is
+required; a bool is a switch (``False``: ``--name`` sets it; ``True``: the flag, e.g. ``--no-progress``, clears
+it); an int, float or str default gives argparse its type. Fields made without :func:`option` are not flags.
+
+    @dataclass(frozen=True)
+    class TrainOptions:
+        epochs: int = option(5, "passes over the records")
+
+    add_options(parser, TrainOptions)                      # --epochs (type int, default 5)
+    opts = options_from_args(TrainOptions, parser.parse_args(argv))
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, **argparse_kwargs: Any) -> Any:
+    """A dataclass field that is also a command-line flag (see the module's docstring)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "argparse": argparse_kwargs})
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Add a flag to ``parser`` for every :func:`option` field of the dataclass ``cls`` (but ``exclude``)."""
+    for f in fields(cls):
+        if f.name in exclude or "help" not in f.metadata:
+            continue
+        kw = dict(f.metadata["argparse"])
+        if f.default is MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+        if isinstance(f.default, bool) and "action" not in kw:
+            kw["action"] = "store_false" if f.default else "store_true"
+        elif isinstance(f.default, (int, float, str)) and "type" not in kw and "action" not in kw:
+            kw["type"] = type(f.default)
+        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), dest=f.name,
+                            help=f.metadata["help"], **kw)
+
+
+def options_from_args(cls: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:
+    """The dataclass ``cls`` from parsed flags (fields the parser has), with ``overrides`` applied."""
+    values = {f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)}
+    return cls(**{**values, **overrides})
