@@ -36,7 +36,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, 
             kw["required"] = True
         else:
             kw["default"] = f.default
-        if isinstance(f.default, bool) and "action" not in kw:
+        if kw.get("action") == "append":
+            kw["default"] = None  # argparse appends to its default: the field's (a tuple) comes back in options_from_args
+        elif isinstance(f.default, bool) and "action" not in kw:
             kw["action"] = "store_false" if f.default else "store_true"
         elif isinstance(f.default, (int, float, str)) and "type" not in kw and "action" not in kw:
             kw["type"] = type(f.default)
@@ -46,5 +48,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, 
 
 def options_from_args(cls: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:
     """The dataclass ``cls`` from parsed flags (fields the parser has), with ``overrides`` applied."""
-    values = {f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)}
+    values = {}
+    for f in fields(cls):
+        if hasattr(namespace, f.name):
+            value = getattr(namespace, f.name)
+            appended = f.metadata.get("argparse", {}).get("action") == "append"
+            values[f.name] = (f.default if value is None else tuple(value)) if appended else value
     return cls(**{**values, **overrides})

@@ -30,13 +30,14 @@ def test_a_commands_flags_come_from_its_options_dataclass():
         strict: bool = option(False, "a switch")
         progress: bool = option(True, "no bars", flag="--no-progress")
         sizes: tuple | None = option(None, "sizes", type=int, nargs="+")
+        modules: tuple = option((), "repeatable", flag="--module", action="append")
         internal: int = 3  # not a flag
 
     p = argparse.ArgumentParser()
     add_options(p, Opts)
     opts = options_from_args(Opts, p.parse_args(["--name", "x", "--epochs", "7", "--strict", "--no-progress",
-                                                 "--sizes", "2", "3"]))
-    assert opts == Opts(name="x", epochs=7, rate=0.5, strict=True, progress=False, sizes=[2, 3])
+                                                 "--sizes", "2", "3", "--module", "a", "--module", "b"]))
+    assert opts == Opts(name="x", epochs=7, rate=0.5, strict=True, progress=False, sizes=[2, 3], modules=("a", "b"))
     assert options_from_args(Opts, p.parse_args(["--name", "y"])) == Opts(name="y")
     with pytest.raises(SystemExit):
         p.parse_args(["--name", "x", "--internal", "4"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from eeg_core.atomic import file_sha256
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render, save_features
+from eeg_core.options import add_options, option, options_from_args
 from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
 from vision_modules.data import CachedImageDataset, decode_record_images, image_tensor, record_image_paths
 from vision_modules.modules import memory_format
@@ -96,23 +98,38 @@ def checkpoint_sha256(checkpoint: Path) -> str:
     return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class ExtractOptions:
+    """``eeg-vlm vision extract``'s options besides the checkpoint, the records, the images and the output."""
+
+    batch_size: int = option(32, "images per forward pass")
+    device: str = option("cpu", "torch device")
+    workers: int = option(0, "DataLoader worker processes")
+    feature_dim: int | None = option(1024, "feature size the projector expects (mm_hidden_size); None skips the check",
+                                     type=int)
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+    import_modules: Sequence[str] = option((), "a Python module to import first: it registers your own vision module "
+                                               "(repeatable)", flag="--import-module", action="append",
+                                           metavar="MODULE")
+
+
 def extract_features(
     checkpoint: str | os.PathLike,
     records: str | os.PathLike,
     image_folder: str | os.PathLike,
     out: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    device: str = "cpu",
-    workers: int = 0,
-    feature_dim: int | None = 1024,
-    progress: bool = True,
-    import_modules: Sequence[str] = (),
+    options: ExtractOptions | None = None,
+    **overrides,
 ) -> np.ndarray:
     """Features ``[N, 1, D]`` (float32) of the records' first images; saved to ``out`` when given.
-    ``feature_dim``: the size the consumer expects (the projector's ``mm_hidden_size``); ``None`` skips the check.
-    ``import_modules``: modules to import first (they register a user's vision module; a checkpoint alone
-    never makes an arbitrary module import)."""
-    import_user_modules(import_modules)
+    ``options`` (:class:`ExtractOptions`, with ``overrides`` by keyword applied): ``feature_dim`` is the size the
+    consumer expects (the projector's ``mm_hidden_size``; ``None`` skips the check); ``import_modules`` are
+    imported first (they register a user's vision module; a checkpoint alone never makes an arbitrary module
+    import)."""
+    opts = replace(options or ExtractOptions(), **overrides)
+    batch_size, device, workers, feature_dim, progress = (opts.batch_size, opts.device, opts.workers,
+                                                          opts.feature_dim, opts.progress)
+    import_user_modules(opts.import_modules)
     checkpoint, records = Path(checkpoint), Path(records)
     recs = read_records(records)
     paths = record_image_paths(recs, image_folder, str(records), check=False)  # decoded in record_outputs
@@ -147,19 +164,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", required=True, help="train records (JSON array) or questions (JSONL)")
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
     p.add_argument("--out", required=True, help="features file, e.g. sleep_data/train_high_level_features.npy")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--feature-dim", type=int, default=1024, help="feature size the projector expects (mm_hidden_size)")
-    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
-                   help="a Python module to import first: it registers your own vision module (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
+    add_options(p, ExtractOptions)
 
 
 def main_from_args(a: argparse.Namespace) -> int:
-    features = extract_features(
-        a.checkpoint, a.records, a.image_folder, a.out, batch_size=a.batch_size, device=a.device,
-        workers=a.workers, feature_dim=a.feature_dim, progress=not a.no_progress, import_modules=a.import_module,
-    )
+    features = extract_features(a.checkpoint, a.records, a.image_folder, a.out,
+                                options_from_args(ExtractOptions, a))
     print(f"wrote {a.out}: {list(features.shape)} float32 (+ {a.out}.json)")
     return 0

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_jsonl
@@ -22,6 +24,7 @@ from eeg_core.formats import (
     record_id,
     records_render,
 )
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.stages import STAGES
 from vision_modules.checkpoint import load_vision_module
 from vision_modules.data import record_image_paths
@@ -29,16 +32,31 @@ from vision_modules.extract import checkpoint_sha256, record_outputs
 from vision_modules.registry import import_user_modules
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """``eeg-vlm vision predict``'s options besides the checkpoint, the questions, the images and the answers."""
+
+    batch_size: int = option(64, "images per forward pass")
+    device: str = option("cpu", "torch device")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+    import_modules: Sequence[str] = option((), "a Python module to import first (it registers a vision module of "
+                                               "your own); repeatable", flag="--import-module", action="append",
+                                           metavar="MODULE")
+
+
 def predict_stages(
     checkpoint: str | os.PathLike,
     questions: str | os.PathLike,
     image_folder: str | os.PathLike,
     answers_file: str | os.PathLike,
-    batch_size: int = 64,
-    device: str = "cpu",
-    progress: bool = True,
+    options: PredictOptions | None = None,
+    **overrides,
 ) -> list[dict]:
-    """Write one answer per question (file order) and return them."""
+    """Write one answer per question (file order) and return them. ``options``: :class:`PredictOptions`, with
+    ``overrides`` by keyword applied."""
+    opts = replace(options or PredictOptions(), **overrides)
+    import_user_modules(opts.import_modules)
+    batch_size, device, progress = opts.batch_size, opts.device, opts.progress
     checkpoint, questions = Path(checkpoint), Path(questions)
     recs = read_records(questions)
     question_keys([{"question_id": record_id(r)} if isinstance(r, dict) else r for r in recs], questions, "question")
@@ -64,16 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--question-file", required=True, help="eval questions (JSONL) with their images")
     p.add_argument("--image-folder", required=True, help="folder the questions' image paths are relative to")
     p.add_argument("--answers-file", required=True, help="answers JSONL to write (scored by `eeg-vlm score`)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
-                   help="a Python module to import first (it registers a vision module of your own); repeatable")
+    add_options(p, PredictOptions)
 
 
 def main_from_args(a: argparse.Namespace) -> int:
-    import_user_modules(a.import_module)
-    answers = predict_stages(a.checkpoint, a.question_file, a.image_folder, a.answers_file, a.batch_size,
-                             a.device, not a.no_progress)
+    answers = predict_stages(a.checkpoint, a.question_file, a.image_folder, a.answers_file,
+                             options_from_args(PredictOptions, a))
     print(f"wrote {a.answers_file}: {len(answers)} answers")
     return 0
