@@ -259,24 +259,33 @@ def make_optimizer(model: nn.Module, opts: VisionTrainConfig, steps_per_epoch: i
     return optimizer, scheduler
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scheduler,
-                    device: torch.device, desc: str = "", progress: bool = False) -> float:
-    """One pass over ``loader``; returns the mean training loss per record."""
-    model.train()
+def fit_steps(batches, step_loss, optimizer, scheduler, desc: str = "", progress: bool = False) -> float:
+    """One optimiser step per batch on ``step_loss(batch) -> (loss, records)``; returns the mean loss per record."""
     loss_sum, seen = 0.0, 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
-    for images, targets in bar:
-        images = images.to(device, memory_format=memory_format(model))
-        targets = targets.to(device)
-        loss = criterion(model(images).logits, targets)
+    bar = tqdm(batches, desc=desc, disable=not progress, leave=False)
+    for batch in bar:
+        loss, n = step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.item() * len(targets)
-        seen += len(targets)
+        loss_sum += loss.item() * n
+        seen += n
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
     return loss_sum / max(seen, 1)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer, scheduler,
+                    device: torch.device, desc: str = "", progress: bool = False) -> float:
+    """One pass over ``loader``; returns the mean training loss per record."""
+    model.train()
+
+    def step_loss(batch):
+        images, targets = batch
+        images = images.to(device, memory_format=memory_format(model))
+        return criterion(model(images).logits, targets.to(device)), len(targets)
+
+    return fit_steps(loader, step_loss, optimizer, scheduler, desc, progress)
 
 
 def train_one_epoch_runs(model: nn.Module, encoder: nn.Module, images: CachedImageDataset, runs: np.ndarray,
@@ -291,28 +300,21 @@ def train_one_epoch_runs(model: nn.Module, encoder: nn.Module, images: CachedIma
             m.eval()
     encoder.train()
     labels = torch.as_tensor(images.labels, dtype=torch.long)
-    loss_sum, seen = 0.0, 0
-    bar = tqdm(range(0, len(runs), runs_per_step), desc=desc, disable=not progress, leave=False)
-    for s in bar:
+
+    def step_loss(s):
         index = runs[s : s + runs_per_step]
         rows = torch.from_numpy(index[index >= 0])
-        x = normalize_images(images.images[rows], images.mean, images.std)
-        out = model(x.to(device, memory_format=memory_format(model)))
+        out = model(normalize_images(images.images[rows], images.mean, images.std).to(
+            device, memory_format=memory_format(model)))
         per_epoch = out.features.flatten(1)
         present = torch.from_numpy(index >= 0).to(device)
         sequence = per_epoch.new_zeros(*index.shape, per_epoch.shape[1])
         sequence[present] = per_epoch  # row-major, as rows = index[index >= 0]
         targets = labels[rows].to(device)
         logits = encoder(sequence, present).logits[present]
-        loss = criterion(logits, targets) + criterion(out.logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.item() * len(targets)
-        seen += len(targets)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-    return loss_sum / max(seen, 1)
+        return criterion(logits, targets) + criterion(out.logits, targets), len(targets)
+
+    return fit_steps(range(0, len(runs), runs_per_step), step_loss, optimizer, scheduler, desc, progress)
 
 
 def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
