@@ -46,7 +46,7 @@ from eeg_core.formats import (
 )
 from eeg_core.stages import STAGES
 from eeg_vlm.tiny import build_tiny_llava, train_stage_only
-from llava.eval import model_vqa
+from llava.eval import answering, model_vqa
 from sleep_eeg.cot import QUESTIONS
 
 
@@ -153,9 +153,9 @@ def whole_sequence_probabilities(loaded, model_path: str, qfile: Path, image_fol
     for (i, q), answer in list(zip(work.todo, answers))[:n]:
         assert answer["question_id"] == q["question_id"]
         key = question_key(record_id(q))
-        images, _ = model_vqa.pixels(model, loaded[2], [work.paths[key]])
+        images, _ = answering.pixels(model, loaded[2], [work.paths[key]])
         feature = work.features[feature_row(q, i)] if has_placeholder(q) else None
-        hl = model_vqa.feature_tensors(model, [feature]) if feature is not None else None
+        hl = answering.feature_tensors(model, [feature]) if feature is not None else None
         text = model_vqa.user_text(q, use_im_start_end)
         reasoning = choices.reasoning_of(answer["text"])
         suffixes = choices.candidates(conv, text, tokenizer, reasoning).suffixes
@@ -236,7 +236,7 @@ def main() -> None:
             model_path = train_stage_only(model_path, tmp / "stage_only", images,
                                           np.load(tmp / "data" / "eval_high_level_features.npy")[:8],
                                           [STAGES[k % 5] for k in range(8)], steps=60)
-        loaded = model_vqa.load_model(str(model_path), None, args.device)
+        loaded = answering.load_model(str(model_path), None, args.device)
         common = dict(model_path=str(model_path), question_file=str(qfile), image_folder=str(tmp / "data" / "images"),
                       max_new_tokens=args.max_new_tokens, device=args.device, loaded=loaded, progress=False)
         runs = [(mode, bs) for mode in args.answer_modes for bs in args.batch_sizes]

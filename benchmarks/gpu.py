@@ -22,7 +22,7 @@ What it does, in order (each part skips, saying so, when the time budget ``--bud
 3. Answers with ``llava/eval/model_vqa.py`` (its ``run``) in float16 and bfloat16, in both answer modes,
    ``generate`` (greedy decoding) and ``choices`` (the five stages scored by likelihood, ``llava.eval.choices``),
    at batch 1, 8 and 32: questions/s, peak memory, and whether the answers are identical across batch sizes
-   (how many differ, where they do). Each model is loaded once (float16 through ``model_vqa.load_model``, as
+   (how many differ, where they do). Each model is loaded once (float16 through ``answering.load_model``, as
    ``model_vqa`` loads it on a GPU) and handed to ``run(..., loaded=...)``; only the answering is timed
    (``model_vqa.answer_work``: prompts, images, the model, the answers file), not the loading, the question
    checks or the checkpoint's fingerprint (hashing). The float16 model is freed before the bfloat16 one is
@@ -527,16 +527,16 @@ ANSWER_MODES = ("generate", "choices")
 
 
 def load_answering_model(model_dir: Path, device: str, dtype_name: str):
-    """``(tokenizer, model, image_processor)``: ``model_vqa.load_model`` where it gives ``dtype_name`` (float16 on
+    """``(tokenizer, model, image_processor)``: ``answering.load_model`` where it gives ``dtype_name`` (float16 on
     a GPU: what ``model_vqa`` runs), else LLaVA's loader with load_model's arguments and that dtype."""
     import torch
 
-    from llava.eval import model_vqa
+    from llava.eval import answering
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 
     if dtype_name == ("float16" if device.startswith("cuda") else "float32"):
-        return model_vqa.load_model(str(model_dir), None, device)
+        return answering.load_model(str(model_dir), None, device)
     tokenizer, model, processor, _ = load_pretrained_model(
         str(model_dir), None, get_model_name_from_path(str(model_dir)), device_map=None, device=device,
         torch_dtype=getattr(torch, dtype_name))

@@ -396,8 +396,7 @@ class Stager:
             self._load_vlm(Path(vlm), model_base)
 
     def _load_vlm(self, vlm: Path, model_base) -> None:
-        from llava.conversation import get_conv_template
-        from llava.eval import model_vqa
+        from llava.eval import answering
         from llava.model.config import load_config
         from sleep_eeg.cot import QUESTIONS
 
@@ -408,11 +407,11 @@ class Stager:
         if dim is not None and int(dim) != int(self.vision_config["feature_dim"]):
             raise FormatError(f"{self.vision}: gives {self.vision_config['feature_dim']}-d features but the VLM {vlm} "
                               f"projects {dim}-d ones (mm_hidden_size)")
-        self.vlm = model_vqa.load_model(str(vlm), None if model_base is None else str(model_base), self.device)
+        self.vlm = answering.load_model(str(vlm), None if model_base is None else str(model_base), self.device)
         config = self.vlm[1].config
-        self.conv = get_conv_template(getattr(config, "conv_version", None) or "llava_v1")
-        question = {"text": QUESTIONS[0], "image": ["epoch", "epoch"]}  # Image2: the placeholder for the feature
-        self.user_text = model_vqa.user_text(question, bool(getattr(config, "mm_use_im_start_end", False)))
+        self.conv = answering.conversation_template(config)
+        # Two images: the epoch's, and the placeholder its feature fills.
+        self.user_text = answering.user_turn(QUESTIONS[0], 2, answering.uses_im_start_end(config))
         self.models.update(vlm=str(vlm), model_base=None if model_base is None else str(model_base))
 
     def stage(self, psg, hypnogram: str | Path | None = None, explain: bool = False,
@@ -421,7 +420,7 @@ class Stager:
         """Stage one night (see ``stage_night``)."""
         from tqdm.auto import tqdm
 
-        from llava.eval import model_vqa
+        from llava.eval.answering import choose_batch
         from sleep_eeg.channels import channel_role
         from sleep_eeg.render import check_rates, render_night
         from sleep_eeg.stages import flat_warnings
@@ -452,9 +451,9 @@ class Stager:
                        leave=False)
             for s in range(0, n_epochs, self.batch_size):
                 batch = range(s, min(s + self.batch_size, n_epochs))
-                chosen += model_vqa.choose_batch(model, tokenizer, processor, [self.user_text] * len(batch),
-                                                 [[images[i]] for i in batch], [features[i] for i in batch],
-                                                 self.conv, self.max_new_tokens)
+                chosen += choose_batch(model, tokenizer, processor, [self.user_text] * len(batch),
+                                       [[images[i]] for i in batch], [features[i] for i in batch], self.conv,
+                                       self.max_new_tokens)
                 bar.update(len(batch))
             bar.close()
             probs = np.asarray([[p[s] for s in STAGES] for _, p in chosen], dtype=np.float64)

@@ -106,8 +106,10 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     from PIL import Image
     from safetensors.torch import save_file
 
+    from llava.constants import IGNORE_INDEX
     from llava.mm_utils import process_images
     from llava.model.builder import load_pretrained_model
+    from llava.padding import pad_sequences
     from llava.train.preprocess import preprocess
     from sleep_eeg.cot import QUESTIONS
 
@@ -117,10 +119,9 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     sources = [[{"from": "human", "value": user_prompt(QUESTIONS[0], 2)}, {"from": "gpt", "value": stage_line(s)}]
                for s in labels]
     data = preprocess(sources, tokenizer, has_image=True, version="v1")
-    pad = torch.nn.utils.rnn.pad_sequence
-    ids = pad(data["input_ids"], batch_first=True, padding_value=tokenizer.pad_token_id)
-    targets = pad(data["labels"], batch_first=True, padding_value=-100)
-    mask = pad([torch.ones_like(x) for x in data["input_ids"]], batch_first=True, padding_value=0)
+    ids, mask = pad_sequences(data["input_ids"], tokenizer.pad_token_id, "right")
+    targets, _ = pad_sequences(data["labels"], IGNORE_INDEX, "right")
+    mask = mask.long()
     pixels = process_images([(im if isinstance(im, Image.Image) else Image.open(im)).convert("RGB") for im in images],
                             processor, model.config)
     hl = [torch.as_tensor(f, dtype=torch.float32).reshape(1, -1) for f in features]

@@ -15,6 +15,16 @@ ALLOWED = {
     "eeg_vlm": {"eeg_core", "sleep_eeg", "vision_modules", "llava"},
 }
 
+# LLaVA's entry-point scripts -> the modules allowed to import them. A script is run, never imported: what a script
+# and another module share lives in a library module (llava.eval.answering for model_vqa.py). train_mem.py is
+# LLaVA's entry to train.py's train().
+SCRIPTS = {
+    "llava.eval.model_vqa": set(),
+    "llava.eval.merge_answers": set(),
+    "llava.train.train_mem": set(),
+    "llava.train.train": {"llava.train.train_mem"},
+}
+
 
 def project_modules() -> dict[str, Path]:
     modules = {}
@@ -64,6 +74,14 @@ def test_the_core_imports_nothing_of_the_rest_of_the_project():
     core = {m: t for m, t in import_graph().items() if m.startswith("eeg_core")}
     assert core  # the core exists and is scanned
     assert all(i.startswith("eeg_core") for targets in core.values() for i in targets)
+
+
+def test_no_module_imports_a_script():
+    graph = import_graph()
+    assert set(SCRIPTS) <= set(graph)  # the scripts exist and are scanned
+    wrong = [f"{m} imports the script {s}" for m, targets in graph.items() for s in sorted(targets & set(SCRIPTS))
+             if m not in SCRIPTS[s]]
+    assert not wrong, "modules importing an entry-point script:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycle():

@@ -26,6 +26,7 @@ import torch
 
 from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line
 from eeg_core.stages import STAGES
+from llava.padding import pad_sequences
 
 
 @dataclass
@@ -83,17 +84,14 @@ def score_candidates(model, tokenizer, cands: Sequence[Candidates], images, high
     K times the prompt: about 150 GiB for LLaVA-1.5-13B in float16 at batch 32 and 1,224 prompt tokens)."""
     device = model.device
     batch, n_cand = len(cands), len(cands[0].suffixes)
-    width = max(len(c.context) for c in cands)
-    input_ids = torch.full((batch, width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for b, c in enumerate(cands):
-        input_ids[b, width - len(c.context):] = torch.tensor(c.context)
-        mask[b, width - len(c.context):] = 1
-    embeds, positions, mask, _ = model.splice(input_ids.to(device), mask.to(device), None, images,
-                                              high_level_features, padding_side="left")
+    input_ids, mask = pad_sequences([torch.tensor(c.context, dtype=torch.long) for c in cands],
+                                    tokenizer.pad_token_id, "left")
+    spliced = model.splice(input_ids.to(device), mask.long().to(device), None, images, high_level_features,
+                           padding_side="left")
+    mask = spliced.attention_mask
     keep = 1 + (max(c.reply_tokens for c in cands) if check_greedy else 0)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                logits_to_keep=keep)
+    out = model(inputs_embeds=spliced.inputs_embeds, attention_mask=mask, position_ids=spliced.position_ids,
+                use_cache=True, logits_to_keep=keep)
     logits = out.logits  # [B, keep, V]: the last ``keep`` positions of every (left-padded) context
     greedy = np.ones(batch, dtype=bool)
     if check_greedy:

@@ -4,6 +4,9 @@
         --question-file sleep_data/eeg_eval.jsonl --image-folder sleep_data/eeg_images_eval \
         --answers-file sleep_data/answers/eeg_answers.jsonl
 
+The script reads question files and writes answers files; loading the checkpoint, building its prompts and
+answering a batch are the library ``llava.eval.answering`` (which ``eeg-vlm stage`` answers through too).
+
 - Questions: JSONL ``{"question_id", "image": img | [img, img], "text", ...}``. The prompt is one ``<image>``
   line per listed image, then the text, in the conversation template (``--conv-mode``, default the
   checkpoint's ``conv_version``, else ``llava_v1``). With ``[Image1, Image2]`` only Image1 is opened; the
@@ -43,10 +46,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from eeg_core.answer import ANSWER_STAGE_PREFIX, stage_line, user_prompt
 from eeg_core.atomic import append_jsonl, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.outputs import check_device, check_output
@@ -68,14 +69,17 @@ from eeg_core.formats import (
     record_id,
     record_images,
 )
-from eeg_core.stages import STAGES
-from llava.constants import (
-    DEFAULT_IM_END_TOKEN,
-    DEFAULT_IM_START_TOKEN,
-    DEFAULT_IMAGE_TOKEN,
-    IMAGE_TOKEN_INDEX,
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.eval.answering import (
+    answer_batch,
+    choose_batch,
+    conversation_template,
+    load_model,
+    open_prompt,
+    stop_string,
+    user_turn,
+    uses_im_start_end,
 )
-from llava.eval import choices
 
 # Question fields that make the prompt; every other field is carried into the answer's metadata.
 PROMPT_FIELDS = ("question_id", "text", "image")
@@ -177,156 +181,11 @@ def previous_answers(path: Path, chunk_keys: set[str], model_id: str, fingerprin
 
 
 # ---------------------------------------------------------------------------------------------
-# Model and prompts
+# A question's user turn (the model, the templates and the batches: llava.eval.answering)
 # ---------------------------------------------------------------------------------------------
-def load_model(model_path: str, model_base: str | None, device: str):
-    """``(tokenizer, model, image_processor)`` through LLaVA's loader; float16 on a GPU, float32 on the CPU."""
-    from llava.mm_utils import get_model_name_from_path
-    from llava.model.builder import load_pretrained_model
-
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        model_path, model_base, get_model_name_from_path(model_path), device_map=None, device=device,
-        torch_dtype=dtype,
-    )  # device_map None: the whole model on --device (one GPU), never spread by accelerate
-    return tokenizer, model, image_processor
-
-
 def user_text(question: dict, use_im_start_end: bool) -> str:
-    """The user turn: one ``<image>`` line per listed image, then the text."""
-    image_token = DEFAULT_IMAGE_TOKEN
-    if use_im_start_end:
-        image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-    text = question["text"]
-    if DEFAULT_IMAGE_TOKEN in text:  # the question placed its own image tokens
-        return text.replace(DEFAULT_IMAGE_TOKEN, image_token)
-    return user_prompt(text, len(record_images(question)), image_token)
-
-
-def build_prompt(question: dict, conv_template, use_im_start_end: bool) -> str:
-    """The user turn (``user_text``) in the conversation template; the assistant turn left open."""
-    return choices.render_reply(conv_template, user_text(question, use_im_start_end), None)[0]
-
-
-def stop_string(conv_template) -> str:
-    from llava.conversation import SeparatorStyle
-
-    return conv_template.sep2 if conv_template.sep_style == SeparatorStyle.TWO else conv_template.sep
-
-
-def pixels(model, image_processor, image_paths: Sequence[Sequence[Path | Image.Image]]):
-    """The batch's real images (paths or PIL images, in question order) as one tensor, and their sizes."""
-    from llava.mm_utils import load_image, process_images
-
-    pil_images = [x if isinstance(x, Image.Image) else load_image(str(x)) for paths in image_paths for x in paths]
-    if not pil_images:
-        return None, None
-    images = process_images([img.convert("RGB") for img in pil_images], image_processor, model.config)
-    return images.to(device=model.device, dtype=model.dtype), [img.size for img in pil_images]
-
-
-def feature_tensors(model, features: Sequence[np.ndarray | None]) -> list[torch.Tensor | None]:
-    return [None if f is None else torch.from_numpy(np.array(f, dtype=np.float32)).to(model.device, model.dtype)
-            for f in features]
-
-
-@torch.inference_mode()
-def answer_batch(
-    model,
-    tokenizer,
-    image_processor,
-    prompts: list[str],
-    image_paths: list[list[Path]],
-    features: list[np.ndarray | None],
-    stop_str: str | None,
-    generate_kwargs: dict,
-) -> list[str]:
-    """Greedy (or sampled) answers for one batch: left-padded prompts, images and features spliced by the model."""
-    from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
-
-    device = model.device
-    ids = [tokenizer_image_token(p, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for p in prompts]
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for b, x in enumerate(ids):
-        input_ids[b, width - len(x):] = x
-        attention_mask[b, width - len(x):] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-
-    images, image_sizes = pixels(model, image_processor, image_paths)
-    hl = feature_tensors(model, features)
-
-    eos = tokenizer.eos_token_id
-    stopping = None
-    if stop_str and stop_str != tokenizer.eos_token:
-        stopping = [KeywordsStoppingCriteria([stop_str], tokenizer, input_ids)]
-    output_ids = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        images=images,
-        image_sizes=image_sizes,
-        high_level_features=hl if any(f is not None for f in hl) else None,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos,
-        stopping_criteria=stopping,
-        use_cache=True,
-        **generate_kwargs,
-    )
-    answers = []
-    for row in output_ids.tolist():
-        if eos in row:  # finished rows are padded after their EOS
-            row = row[: row.index(eos)]
-        text = tokenizer.decode(row, skip_special_tokens=True).strip()
-        if stop_str and stop_str in text:
-            text = text[: text.index(stop_str)].strip()
-        answers.append(text)
-    return answers
-
-
-def choose_batch(
-    model,
-    tokenizer,
-    image_processor,
-    user_texts: list[str],
-    image_paths: list[list[Path | Image.Image]],
-    features: list[np.ndarray | None],
-    conv_template,
-    max_new_tokens: int = 256,
-) -> list[tuple[str, dict[str, float]]]:
-    """``choices`` answers for one batch (see ``llava.eval.choices``): for each question the answer text (any
-    generated reasoning, then ``Sleep stage: X`` with X the most likely stage) and the five probabilities."""
-    images, _ = pixels(model, image_processor, image_paths)
-    hl = feature_tensors(model, features)
-    hl = hl if any(f is not None for f in hl) else None
-    tokenized: dict[str, choices.Candidates] = {}  # questions of one template share their candidates
-    for text in user_texts:
-        if text not in tokenized:
-            tokenized[text] = choices.candidates(conv_template, text, tokenizer)
-    cands = [tokenized[text] for text in user_texts]
-    scores, greedy = choices.score_candidates(model, tokenizer, cands, images, hl, check_greedy=True)
-    reasoning = [""] * len(user_texts)
-    reasons = [b for b in range(len(user_texts)) if not greedy[b]]  # greedy decoding would reason first
-    if reasons:
-        generated = answer_batch(
-            model, tokenizer, image_processor,
-            prompts=[choices.render_reply(conv_template, user_texts[b], None)[0] for b in reasons],
-            image_paths=[image_paths[b] for b in reasons], features=[features[b] for b in reasons],
-            stop_str=ANSWER_STAGE_PREFIX,
-            generate_kwargs={"max_new_tokens": max_new_tokens, "num_beams": 1, "do_sample": False},
-        )
-        for b, text in zip(reasons, generated):
-            reasoning[b] = choices.reasoning_of(text)
-        rescore = [b for b in reasons if reasoning[b]]
-        if rescore:
-            images, _ = pixels(model, image_processor, [image_paths[b] for b in rescore])
-            hl = feature_tensors(model, [features[b] for b in rescore])
-            hl = hl if any(f is not None for f in hl) else None
-            cands = [choices.candidates(conv_template, user_texts[b], tokenizer, reasoning[b]) for b in rescore]
-            scores[rescore] = choices.score_candidates(model, tokenizer, cands, images, hl, check_greedy=False)[0]
-    probs = choices.probabilities(scores)
-    return [(reasoning[b] + stage_line(STAGES[int(row.argmax())]),
-             {s: round(float(v), 6) for s, v in zip(STAGES, row)}) for b, row in enumerate(probs)]
+    """A question's user turn (``answering.user_turn``): one ``<image>`` line per listed image, then its text."""
+    return user_turn(question["text"], len(record_images(question)), use_im_start_end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,12 +305,9 @@ def answer_work(opts: VqaOptions, work: Work, loaded: tuple[Any, Any, Any], prog
     """The batch loop: answer ``work.todo`` batch by batch, appending (fsync'd) each batch's answers to
     ``--answers-file`` as it finishes. Returns the number answered."""
     tokenizer, model, image_processor = loaded
-    config = model.config
-    from llava.conversation import get_conv_template
-
-    conv_template = get_conv_template(opts.conv_mode or getattr(config, "conv_version", None) or "llava_v1")
+    conv_template = conversation_template(model.config, opts.conv_mode)
     stop_str = stop_string(conv_template)
-    use_im_start_end = bool(getattr(config, "mm_use_im_start_end", False))
+    use_im_start_end = uses_im_start_end(model.config)
     generate_kwargs = opts.generate_kwargs()
     if opts.temperature > 0:
         torch.manual_seed(opts.seed)
@@ -473,7 +329,7 @@ def answer_work(opts: VqaOptions, work: Work, loaded: tuple[Any, Any, Any], prog
                 model,
                 tokenizer,
                 image_processor,
-                prompts=[build_prompt(q, conv_template, use_im_start_end) for _, q in batch],
+                prompts=[open_prompt(conv_template, user_text(q, use_im_start_end)) for _, q in batch],
                 image_paths=batch_paths,
                 features=batch_features,
                 stop_str=stop_str,

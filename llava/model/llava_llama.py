@@ -144,9 +144,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         inputs = inputs if inputs is not None else kwargs.pop("input_ids")
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)  # recomputed from the left-padded attention mask
-        inputs_embeds, _, attention_mask, _ = self.splice(inputs, attention_mask, None, images,
-                                                          high_level_features, padding_side="left")
-        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        spliced = self.splice(inputs, attention_mask, None, images, high_level_features, padding_side="left")
+        return super().generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs)
 
 
 def _checkpoint_dirs(config) -> tuple[str, ...]:

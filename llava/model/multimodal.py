@@ -11,10 +11,22 @@ A sample that carries a feature: its LAST ``<image>`` is the placeholder; it con
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from eeg_core.errors import FormatError
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.padding import pad_sequences
+
+
+class Spliced(NamedTuple):
+    """What ``splice`` gives the language model: the batch padded (left or right) to one length ``L``."""
+
+    inputs_embeds: torch.Tensor  # [B, L, hidden]: text embeddings with the image and feature slots spliced in
+    position_ids: torch.Tensor  # [B, L]: 0..L_i-1 over each sample's real tokens, 0 in the padding
+    attention_mask: torch.Tensor  # [B, L]: 1 at real tokens (the input mask's dtype)
+    labels: torch.Tensor | None  # [B, L]: IGNORE_INDEX at image slots and padding; None without labels
 
 
 def normalise_features(high_level_features, batch_size: int, feature_size: int) -> list[torch.Tensor | None]:
@@ -73,12 +85,13 @@ class LlavaMetaForCausalLM:
         has_features = high_level_features is not None and any(f is not None for f in high_level_features)
         if input_ids is None or (not has_features and not (input_ids == IMAGE_TOKEN_INDEX).any()):
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        embeds, position_ids, attention_mask, labels = self.splice(
-            input_ids, attention_mask, labels, images, high_level_features, padding_side)
-        return None, position_ids, attention_mask, past_key_values, embeds, labels
+        spliced = self.splice(input_ids, attention_mask, labels, images, high_level_features, padding_side)
+        return (None, spliced.position_ids, spliced.attention_mask, past_key_values, spliced.inputs_embeds,
+                spliced.labels)
 
-    def splice(self, input_ids, attention_mask, labels, images, high_level_features=None, padding_side=None):
-        """-> (inputs_embeds [B,L,hidden], position_ids [B,L], attention_mask [B,L], labels [B,L] or None)."""
+    def splice(self, input_ids, attention_mask, labels, images, high_level_features=None,
+               padding_side=None) -> Spliced:
+        """The batch as the language model reads it (``Spliced``: embeddings, positions, mask, labels or None)."""
         config = self.config
         batch_size = input_ids.shape[0]
         mask_dtype = attention_mask.dtype if attention_mask is not None else torch.long
@@ -143,21 +156,10 @@ def _param_dtype(module: torch.nn.Module, default: torch.dtype) -> torch.dtype:
     return next((p.dtype for p in module.parameters()), default)
 
 
-def pad_batch(sample_embeds, sample_labels, padding_side: str, mask_dtype, with_labels: bool):
+def pad_batch(sample_embeds, sample_labels, padding_side: str, mask_dtype, with_labels: bool) -> Spliced:
     """Pad per-sample [L_i,hidden] embeddings to [B,L,hidden]; mask and positions 0..L_i-1 over real tokens."""
-    if padding_side not in ("left", "right"):
-        raise FormatError(f"padding side {padding_side!r} is not left or right")
-    batch_size, length = len(sample_embeds), max(e.shape[0] for e in sample_embeds)
-    first = sample_embeds[0]
-    embeds = first.new_zeros((batch_size, length, first.shape[-1]))
-    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long, device=first.device)
-    attention_mask = torch.zeros((batch_size, length), dtype=mask_dtype, device=first.device)
-    position_ids = torch.zeros((batch_size, length), dtype=torch.long, device=first.device)
-    for i, (e, lab) in enumerate(zip(sample_embeds, sample_labels)):
-        n = e.shape[0]
-        span = slice(length - n, length) if padding_side == "left" else slice(0, n)
-        embeds[i, span] = e
-        labels[i, span] = lab
-        attention_mask[i, span] = 1
-        position_ids[i, span] = torch.arange(n, device=first.device)
-    return embeds, position_ids, attention_mask, (labels if with_labels else None)
+    device = sample_embeds[0].device
+    embeds, mask = pad_sequences(sample_embeds, 0, padding_side)
+    labels, _ = pad_sequences(sample_labels, IGNORE_INDEX, padding_side, device=device)
+    positions, _ = pad_sequences([torch.arange(e.shape[0], device=device) for e in sample_embeds], 0, padding_side)
+    return Spliced(embeds, positions, mask.to(mask_dtype), labels.long() if with_labels else None)

@@ -24,6 +24,7 @@ from eeg_core import formats
 from eeg_core.errors import FormatError
 from eeg_core.stages import check_stage
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.padding import pad_sequences
 
 logger = logging.getLogger("llava.train")
 
@@ -143,14 +144,9 @@ class DataCollatorForSupervisedDataset:
     tokenizer: object
 
     def __call__(self, items: Sequence[dict]) -> dict:
-        ids = [it["input_ids"] for it in items]
-        labels = [it["labels"] for it in items]
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
-        labels = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
-        attention_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        for b, x in enumerate(ids):
-            attention_mask[b, : len(x)] = True
+        input_ids, attention_mask = pad_sequences([it["input_ids"] for it in items], pad_id, "right")
+        labels, _ = pad_sequences([it["labels"] for it in items], IGNORE_INDEX, "right")
         batch = dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
         images = [it["image"] for it in items if "image" in it]
         if images:
