@@ -21,9 +21,12 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, **argparse_kwargs: Any) -> Any:
-    """A dataclass field that is also a command-line flag (see the module's docstring)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "argparse": argparse_kwargs})
+def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, aliases: tuple[str, ...] = (),
+           **argparse_kwargs: Any) -> Any:
+    """A dataclass field that is also a command-line flag (see the module's docstring); ``aliases`` are other
+    spellings of the flag (``--top-p`` beside LLaVA's ``--top_p``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "aliases": tuple(aliases),
+                                            "argparse": argparse_kwargs})
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
@@ -42,7 +45,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, 
             kw["action"] = "store_false" if f.default else "store_true"
         elif isinstance(f.default, (int, float, str)) and "type" not in kw and "action" not in kw:
             kw["type"] = type(f.default)
-        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), dest=f.name,
+        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), *f.metadata["aliases"], dest=f.name,
                             help=f.metadata["help"], **kw)
 
 

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from eeg_core.atomic import append_jsonl, write_jsonl
 from eeg_core.errors import FormatError
+from eeg_core.options import add_options, option
 from eeg_core.outputs import check_device, check_output
 from eeg_core.formats import (
     answer_keys,
@@ -88,29 +89,7 @@ ANSWER_MODES = ("generate", "choices")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Answer eval questions with a LLaVA checkpoint (batched, resumable).")
-    p.add_argument("--model-path", required=True, help="checkpoint folder (full, LoRA or projector-only)")
-    p.add_argument("--model-base", default=None, help="base model folder for LoRA / projector-only checkpoints")
-    p.add_argument("--question-file", required=True, help="questions, JSONL")
-    p.add_argument("--image-folder", default="", help="folder the questions' image paths are relative to")
-    p.add_argument("--answers-file", required=True, help="answers, JSONL (appended to: reruns resume)")
-    p.add_argument("--high-level-features", default=None,
-                   help="features .npy [N,1,D] for the placeholder images "
-                        "(default: eval_high_level_features.npy beside the question file)")
-    p.add_argument("--conv-mode", default=None,
-                   help="conversation template (default: the checkpoint's conv_version, else llava_v1)")
-    p.add_argument("--num-chunks", type=int, default=1)
-    p.add_argument("--chunk-idx", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--answer-mode", choices=ANSWER_MODES, default="generate",
-                   help="generate: decode the answer (LLaVA's way); choices: score the five stage answers by "
-                        "their likelihood, write the most likely one and the five probabilities (in metadata)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
-    p.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    # 256, not LLaVA's 128: the longest chain-of-thought answers (REM, ~450 characters) exceed 128 Llama tokens.
-    p.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_options(p, VqaOptions)
     return p.parse_args(argv)
 
 
@@ -195,23 +174,28 @@ def user_text(question: dict, use_im_start_end: bool) -> str:
 class VqaOptions:
     """``run``'s options: the command-line flags (same names and defaults)."""
 
-    model_path: str
-    question_file: str
-    answers_file: str
-    image_folder: str = ""
-    model_base: str | None = None
-    high_level_features: str | None = None
-    conv_mode: str | None = None
-    num_chunks: int = 1
-    chunk_idx: int = 0
-    batch_size: int = 8
-    temperature: float = 0.0
-    top_p: float | None = None
-    num_beams: int = 1
-    max_new_tokens: int = 256
-    seed: int = 0
-    device: str | None = None
-    answer_mode: str = "generate"
+    model_path: str = option(help="checkpoint folder (full, LoRA or projector-only)")
+    question_file: str = option(help="questions, JSONL")
+    answers_file: str = option(help="answers, JSONL (appended to: reruns resume)")
+    image_folder: str = option("", "folder the questions' image paths are relative to")
+    model_base: str | None = option(None, "base model folder for LoRA / projector-only checkpoints")
+    high_level_features: str | None = option(None, "features .npy [N,1,D] for the placeholder images (default: "
+                                                   "eval_high_level_features.npy beside the question file)")
+    conv_mode: str | None = option(None, "conversation template (default: the checkpoint's conv_version, else "
+                                         "llava_v1)")
+    num_chunks: int = option(1, "split the questions into this many chunks (one process each)")
+    chunk_idx: int = option(0, "which chunk this process answers")
+    batch_size: int = option(8, "questions per batch")
+    temperature: float = option(0.0, "0 = greedy (default); > 0 samples")
+    top_p: float | None = option(None, "nucleus sampling", flag="--top_p", aliases=("--top-p",), type=float)
+    num_beams: int = option(1, "beam search width", flag="--num_beams", aliases=("--num-beams",))
+    # 256, not LLaVA's 128: the longest chain-of-thought answers (REM, ~450 characters) exceed 128 Llama tokens.
+    max_new_tokens: int = option(256, "most tokens generated per answer", aliases=("--max_new_tokens",))
+    seed: int = option(0, "seed for sampling (--temperature > 0)")
+    device: str | None = option(None, "default: cuda if available, else cpu")
+    answer_mode: str = option("generate", "generate: decode the answer (LLaVA's way); choices: score the five stage "
+                                          "answers by their likelihood, write the most likely one and the five "
+                                          "probabilities (in metadata)", choices=ANSWER_MODES)
 
     def check(self) -> None:
         if self.batch_size < 1:
