@@ -6,8 +6,9 @@ One ``eeg-vlm synth`` night (8 h = 960 epochs) is staged twice through ``eeg_vlm
 alone, and with the tiny LLaVA (``eeg_vlm.tiny``, the tests' size) in choices mode, made a stage-only
 checkpoint first (``train_stage_only``, as the demo's VLM answers the stage alone; a random one would write up
 to ``--max-new-tokens`` of reasoning per epoch). The vision module is a resnet18 at the default input size with
-random weights (its speed does not depend on them); the render settings are ``RenderConfig`` defaults. Timed: ``Stager.stage`` (reading the EDF, drawing every epoch in memory, features,
-VLM) plus ``StagedNight.save`` (CSV, figure, statistics, report), with the models loaded beforehand; the
+random weights (``vision_modules.checkpoint.random_checkpoint``; its speed does not depend on them); the render
+settings are ``RenderConfig`` defaults. Timed: ``Stager.stage`` (reading the EDF, drawing every epoch in memory,
+features, VLM) plus ``StagedNight.save`` (CSV, figure, statistics, report), with the models loaded beforehand; the
 model loading is reported on its own.
 """
 from __future__ import annotations
@@ -20,28 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", image_size=(64, 192),
-                             context: int | str = 0, sequence: str = "gru") -> Path:
-    """A vision-module checkpoint with random weights that records ``render`` (``RenderConfig.to_dict()``); with
-    ``context``, a random ``sequence`` encoder over it."""
-    from eeg_core.stages import STAGES
-    from vision_modules.checkpoint import save_checkpoint
-    from vision_modules.registry import create_vision_module
-    from vision_modules.sequence import create_sequence_encoder, sequence_import_path
-
-    torch.manual_seed(0)
-    kwargs = {"image_size": list(image_size)}
-    model = create_vision_module(arch, feature_dim=1024, num_classes=len(STAGES), **kwargs)
-    config = {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
-              "module_kwargs": kwargs, "input_size": list(model.input_size), "mean": list(model.mean),
-              "std": list(model.std), "render": render}
-    encoder = create_sequence_encoder(sequence, 1024, len(STAGES)) if context else None
-    if encoder is not None:
-        config["sequence"] = {"name": sequence, "import_path": sequence_import_path(sequence), "context": context}
-    save_checkpoint(out, model, config, sequence_encoder=encoder)
-    return out
 
 
 def main() -> None:
@@ -61,12 +40,13 @@ def main() -> None:
     from eeg_vlm.tiny import build_tiny_llava, train_stage_only
     from sleep_eeg.render import RenderConfig, render_night
     from sleep_eeg.synth import synth_nights
+    from vision_modules.checkpoint import random_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         psg = synth_nights(tmp / "edf", 1, seed=0, hours=args.hours, verbose=False)[0]
         render = RenderConfig(channels=tuple(c.strip() for c in args.channels.split(",")))
-        vision = random_vision_checkpoint(tmp / "vision", render.to_dict())
+        vision = random_checkpoint(tmp / "vision", render.to_dict())
         images = render_night({c: (np.zeros(3000), 100.0) for c in render.channels}, range(5), render)
         vlm = train_stage_only(build_tiny_llava(tmp / "tiny", seed=0), tmp / "stage_only", images,
                                np.zeros((5, 1, 1024), np.float32), list(STAGES))

@@ -47,11 +47,15 @@ def check_refusal(code: int | None, err: str, fragments: Iterable[str] = (), bef
 
 
 def refused(main: Callable, argv: Sequence, capsys, fragments: Iterable[str] = (), watch: Sequence[Path] = (),
-            alone: bool = False) -> str:
+            alone: bool = False, quiet: bool = False) -> str:
     """Run ``main(argv)`` (arguments made text) as the console commands do and check it refuses (see
-    ``check_refusal``); ``watch``: folders in which nothing may change. Returns the error line."""
+    ``check_refusal``); ``watch``: folders in which nothing may change; with ``quiet``, nothing on stdout either.
+    Returns the error line."""
     before = snapshot(*watch)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         run(main, [str(a) for a in argv])
-    return check_refusal(exit_.value.code, capsys.readouterr().err, fragments, before, watch, alone)
+    out, err = capsys.readouterr()
+    if quiet:
+        assert out == "", out[-3000:]
+    return check_refusal(exit_.value.code, err, fragments, before, watch, alone)

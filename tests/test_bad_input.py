@@ -31,7 +31,6 @@ from PIL import Image
 from eeg_core import formats
 from eeg_core.answer import stage_line
 from eeg_core.atomic import write_json, write_jsonl
-from eeg_core.cli import run as run_command
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME
 from eeg_core.stages import STAGES
@@ -828,12 +827,10 @@ def vision_checkpoint(ctx) -> Path:
     ctx.root (whose snapshot the cases compare)."""
     out = ctx.root.parent / f"{ctx.root.name}_rel_eeg_vision"
     if not (out / "config.json").is_file():
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from stage_night import random_vision_checkpoint
-
         from sleep_eeg.render import RenderConfig
+        from vision_modules.checkpoint import random_checkpoint
 
-        random_vision_checkpoint(out, RenderConfig(px_per_s=4, height=32).to_dict(), image_size=(32, 96))
+        random_checkpoint(out, RenderConfig(px_per_s=4, height=32).to_dict(), image_size=(32, 96))
     return out
 
 
@@ -1438,19 +1435,15 @@ def test_without_vision_tower_the_bases_tower_is_taken(ctx, tmp_path):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("entry, make, real", CASES, ids=[case_id(e, m) for e, m, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(entry, make, real, ctx, tmp_path, capsys, subprocesses):
+    """The shared check (tests/refusal.py): exit 2, one error line holding its fragments, and nothing under the
+    case's folder or the module's data written, removed or touched."""
     if real:
         future, fragments, tmp_path, before = subprocesses[make.__name__]
         proc = future.result()
-        code, err = proc.returncode, proc.stderr
+        check_refusal(proc.returncode, proc.stderr, fragments, before, watch=[tmp_path, ctx.root])
     else:
         argv, fragments = make(ctx, tmp_path)
-        before = snapshot(tmp_path, ctx.root)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            run_command(_main(entry), argv)
-        code, err = exit_.value.code, capsys.readouterr().err
-    check_refusal(code, err, fragments)  # the shared check: exit 2, one error line, its fragments
-    assert snapshot(tmp_path, ctx.root) == before  # nothing written, nothing removed, nothing touched
+        refused(_main(entry), argv, capsys, fragments, watch=[tmp_path, ctx.root])
 
 
 # ---------------------------------------------------------------------------------------------

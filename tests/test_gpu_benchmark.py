@@ -13,19 +13,24 @@ from pathlib import Path
 
 import pytest
 
+from builders import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import gpu  # noqa: E402  (benchmarks/gpu.py)
 
 
-def test_real_13b_parameter_count_behind_the_projection():
+@pytest.fixture(scope="module")
+def gpu():
+    """benchmarks/gpu.py as a module, for its helpers."""
+    return load_benchmark("gpu")
+
+
+def test_real_13b_parameter_count_behind_the_projection(gpu):
     p = gpu.lm_params(5120, 13824, 40, 32000, lora_r=128)
     assert abs(p["layers"] + p["head"] + p["embed"] - 13.0e9) < 0.05e9  # LLaMA-13B / Vicuna-13B: 13.0 B
     assert abs(p["lora"] - 500.7e6) < 1e6  # LoRA r128 on every decoder linear of the 13B
 
 
-def test_flops_count_weight_gradients_for_lora_only():
+def test_flops_count_weight_gradients_for_lora_only(gpu):
     """Forward 2NT + activation gradients 2NT + LoRA's weight gradients 2 N_lora T: well under a full
     fine-tune's 6NT; the projector, attention and CLIP terms come on top."""
     size = gpu.SIZES["13b"]
@@ -52,7 +57,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_timeout_stops_the_whole_process_group(tmp_path):
+def test_a_timeout_stops_the_whole_process_group(gpu, tmp_path):
     """As the deepspeed launcher does, the child starts a worker of its own; on the timeout both are stopped
     (killing the launcher alone would leave the worker holding the GPU)."""
     pids = tmp_path / "pids"
@@ -66,7 +71,7 @@ def test_a_timeout_stops_the_whole_process_group(tmp_path):
     assert not _alive(launcher) and not _alive(worker)
 
 
-def test_a_normal_exit_returns_its_status_and_leaves_nothing_behind(tmp_path):
+def test_a_normal_exit_returns_its_status_and_leaves_nothing_behind(gpu, tmp_path):
     pids = tmp_path / "pids"
     script = f"(trap '' TERM; sleep 600) & echo $! > {pids}; echo done; exit 3"
     assert gpu.run_process_group(["bash", "-c", script], timeout=60, log=tmp_path / "log") == 3

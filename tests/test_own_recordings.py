@@ -21,10 +21,9 @@ from sleep_eeg.channels import channel_role, derivation, resolve_channels, with_
 from sleep_eeg.edf import Night, read_channels, read_stage_list, unit_warnings
 from sleep_eeg.render import RenderConfig
 from sleep_eeg.stages import map_stage
+from vision_modules.checkpoint import random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from stage_night import random_vision_checkpoint  # noqa: E402
 
 START = datetime.datetime(2024, 3, 1, 23, 0, 0)
 MINUTES = 8  # 16 epochs of 30 s
@@ -60,9 +59,9 @@ def lab(tmp_path_factory):
     (root / "pairs.csv").write_text("recording,hypnogram,subject\nnight1.edf,night1_stages.csv,P01\n")
     channels = with_roles(("EEG Fpz-Cz",), {"eeg": "C4-M1", "eog": "E1-M2", "emg": "Chin1-Chin2"})
     render = RenderConfig(channels=channels, **RENDER)
-    vision = random_vision_checkpoint(root / "vision", render.to_dict(), image_size=(32, 96))
+    vision = random_checkpoint(root / "vision", render.to_dict(), image_size=(32, 96))
     fpz = RenderConfig(channels=("EEG Fpz-Cz", "EOG horizontal", "EMG submental"), **RENDER)
-    vision_fpz = random_vision_checkpoint(root / "vision_fpz", fpz.to_dict(), image_size=(32, 96))
+    vision_fpz = random_checkpoint(root / "vision_fpz", fpz.to_dict(), image_size=(32, 96))
     return {"root": root, "psg": psg, "hyp": root / "night1_stages.csv", "pairs": root / "pairs.csv",
             "vision": vision, "vision_fpz": vision_fpz}
 

@@ -55,9 +55,9 @@ from eeg_core import formats
 from eeg_core.atomic import write_jsonl
 from eeg_core.stages import STAGES
 
+from builders import documented_argv, make_data
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import documented_argv, make_data  # noqa: E402
 
 PROJECTOR = [f"base_model.model.model.mm_projector.{i}.{p}" for i in (0, 2) for p in ("bias", "weight")]
 STEPS = 3

@@ -7,7 +7,6 @@ import datetime
 import json
 import re
 import shutil
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,16 +14,13 @@ import edfio
 import numpy as np
 import pytest
 
-from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.stages import STAGES
 from eeg_vlm.cli import main as eeg_vlm_main
 from sleep_eeg.render import RenderConfig
+from vision_modules.checkpoint import random_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from stage_night import random_vision_checkpoint  # noqa: E402
-from refusal import refused  # noqa: E402
+from refusal import refused
 
 CHANNELS = ("EEG Fpz-Cz", "EOG horizontal")
 RENDER = RenderConfig(channels=CHANNELS, px_per_s=4, height=32, eog_height=16)  # small images: fast
@@ -38,7 +34,7 @@ def nights(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage")
     psgs = synth_nights(root / "edf", 2, seed=0, hours=0.25, verbose=False)
     hyps = sorted((root / "edf").glob("*-Hypnogram.edf"))
-    vision = random_vision_checkpoint(root / "vision", RENDER.to_dict(), image_size=(32, 96))
+    vision = random_checkpoint(root / "vision", RENDER.to_dict(), image_size=(32, 96))
     return {"root": root, "psgs": psgs, "hyps": hyps, "vision": vision}
 
 
@@ -79,8 +75,19 @@ class _Page(HTMLParser):
                 self.links.append(attrs[key])
 
 
-def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_path, capsys):
+def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_path, capsys, monkeypatch):
+    from llava.eval import answering
+
     psg, hyp, out = nights["psgs"][0], nights["hyps"][0], tmp_path / "report"
+    answered = []  # the five probabilities the VLM gave each epoch, in order
+    real = answering.choose_batch
+
+    def spy(*args, **kwargs):
+        chosen = real(*args, **kwargs)
+        answered.extend([p[s] for s in STAGES] for _, p in chosen)
+        return chosen
+
+    monkeypatch.setattr(answering, "choose_batch", spy)
     with pytest.raises(SystemExit) as code:
         eeg_vlm_main(["stage", str(psg), "--hypnogram", str(hyp), "--vision", str(nights["vision"]),
                       "--vlm", str(stage_only_llava[0]), "--out", str(out), "--explain", "--batch-size", "16"])
@@ -90,12 +97,14 @@ def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_pa
     rows = read_csv(out / "stages.csv")
     start = edfio.read_edf(psg).startdatetime
     n_epochs = int(edfio.read_edf(psg).duration // 30)
-    assert len(rows) == n_epochs == 30  # one row per complete epoch
+    assert len(rows) == n_epochs == 30 == len(answered)  # one row per complete epoch, each answered once
     for i, row in enumerate(rows):
         assert int(row["epoch"]) == i and float(row["onset_s"]) == 30 * i
         assert row["onset_clock"] == (start + datetime.timedelta(seconds=30 * i)).isoformat(" ")
         probs = [float(row[f"p_{s}"]) for s in STAGES]
-        assert sum(probs) == pytest.approx(1, abs=1e-5) and row["stage"] == STAGES[int(np.argmax(probs))]
+        assert row["stage"] == STAGES[int(np.argmax(probs))]  # the stage is the most likely one written
+        # ... and the probabilities written are the VLM's own answer to this epoch (not the vision module's)
+        np.testing.assert_allclose(probs, np.divide(answered[i], np.sum(answered[i])), atol=2e-6)
         assert "reasoning" in row and row["scored"] in STAGES
     stages, scored = [r["stage"] for r in rows], [r["scored"] for r in rows]
     assert_statistics(json.loads((out / "statistics.json").read_text()), stages)
@@ -116,14 +125,24 @@ def test_stage_with_the_vlm_writes_every_output(nights, stage_only_llava, tmp_pa
     assert not list(tmp_path.glob(".*"))  # no temporary folder left beside it
 
 
-def test_python_api_vision_only(nights):
+def test_python_api_vision_only(nights, monkeypatch):
     import matplotlib.figure
 
     from eeg_vlm import stage_night
+    from vision_modules import extract
 
+    given = []  # the vision module's own probabilities for the night
+    real = extract.night_features
+
+    def spy(*args, **kwargs):
+        feats, probs = real(*args, **kwargs)
+        given.append(np.asarray(probs))
+        return feats, probs
+
+    monkeypatch.setattr(extract, "night_features", spy)
     night = stage_night(nights["psgs"][1], vision=nights["vision"], device="cpu")
-    assert len(night.stages) == 30 and night.probabilities.shape == (30, 5)
-    np.testing.assert_allclose(night.probabilities.sum(axis=1), 1, atol=1e-6)
+    assert len(night.stages) == 30 and night.probabilities.shape == (30, 5) and len(given) == 1
+    np.testing.assert_allclose(night.probabilities, given[0], atol=1e-6)  # the module's classes are STAGES' order
     assert night.stages == [STAGES[i] for i in night.probabilities.argmax(axis=1)]
     assert night.reasoning is None and night.agreement is None
     assert night.statistics["TIB"] == 15.0
@@ -144,7 +163,7 @@ def test_several_nights_from_a_folder(nights, tmp_path):
 
 
 def _other_channels(nights, tmp_path):
-    vision = random_vision_checkpoint(tmp_path / "c3", RenderConfig(channels=("EEG C3-A2",)).to_dict(), image_size=(32, 96))
+    vision = random_checkpoint(tmp_path / "c3", RenderConfig(channels=("EEG C3-A2",)).to_dict(), image_size=(32, 96))
     return [str(nights["psgs"][0]), "--vision", str(vision)], "no channel 'EEG C3-A2', which the vision checkpoint"
 
 
@@ -182,59 +201,50 @@ def test_bad_input_is_one_line_and_writes_nothing(case, nights, tmp_path, capsys
     assert re.search(message, line), line
 
 
-def _stage(argv):
-    from eeg_vlm import stage
-
-    with pytest.raises(SystemExit) as code:
-        run(stage.main, argv)
-    return code.value.code
-
-
 def test_out_keeps_the_users_files_and_refuses_to_overwrite_them(nights, tmp_path, capsys):
     """--out is a folder; stage writes its own files into it, each atomically, and never deletes, hides or
     overwrites a file it did not write."""
+    from eeg_vlm import stage
+
     psg, hyp, vision = str(nights["psgs"][0]), str(nights["hyps"][0]), str(nights["vision"])
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("my notes\n")
-    assert _stage([psg, "--hypnogram", hyp, "--vision", vision, "--out", str(out)]) == 0
+    assert stage.main([psg, "--hypnogram", hyp, "--vision", vision, "--out", str(out)]) == 0
     assert (out / "notes.txt").read_text() == "my notes\n"
     assert {"notes.txt", "stages.csv", "agreement.json", "report.html"} <= {p.name for p in out.iterdir()}
     # a rerun replaces what stage wrote; its agreement.json, which the new run does not write, goes
-    assert _stage([psg, "--vision", vision, "--out", str(out)]) == 0
+    assert stage.main([psg, "--vision", vision, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".eeg-vlm-stage.json", "hypnogram.edf", "hypnogram.png",
                                                      "notes.txt", "report.html", "stages.csv", "statistics.json"]
-    capsys.readouterr()
     # a file of stage's name that stage did not write (or that was edited since) is refused, before any work
     (out / "stages.csv").write_text("my own table\n")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert _stage([psg, "--vision", vision, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (f"error: {out / 'stages.csv'}: is there and eeg-vlm stage did not write it (or it was changed "
-                   "since); stage does not overwrite files it did not write: move it, or choose another --out")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    line = refused(stage.main, [psg, "--vision", vision, "--out", out], capsys, watch=[out], alone=True)
+    assert line == (f"error: {out / 'stages.csv'}: is there and eeg-vlm stage did not write it (or it was changed "
+                    "since); stage does not overwrite files it did not write: move it, or choose another --out")
     # the same in a folder stage never wrote into
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.html").write_text("<p>mine</p>")
-    assert _stage([psg, "--vision", vision, "--out", str(mine)]) == 2
-    assert [p.name for p in mine.iterdir()] == ["report.html"] and "report.html: is there" in capsys.readouterr().err
+    refused(stage.main, [psg, "--vision", vision, "--out", mine], capsys, [f"{mine / 'report.html'}: is there"],
+            watch=[mine], alone=True)
     # a file given as --out (or a folder under a file) is refused, not renamed away
+    (tmp_path / "file.out").write_text("keep\n")
     for target in (tmp_path / "file.out", tmp_path / "file.out" / "sub"):
-        (tmp_path / "file.out").write_text("keep\n")
-        assert _stage([psg, "--vision", vision, "--out", str(target)]) == 2
-        assert "--out must be a folder" in capsys.readouterr().err
-        assert (tmp_path / "file.out").read_text() == "keep\n"
+        refused(stage.main, [psg, "--vision", vision, "--out", target], capsys, ["--out must be a folder"],
+                watch=[tmp_path], alone=True)
+    assert (tmp_path / "file.out").read_text() == "keep\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.out", "mine", "out"]
 
 
 def test_edf_dir_checks_every_output_folder_before_any_work(nights, tmp_path, capsys):
+    from eeg_vlm import stage
+
     out = tmp_path / "all"
     out.mkdir()
     (out / "SC9011E0").write_text("a file where a night's folder goes\n")
-    assert _stage(["--edf-dir", str(nights["root"] / "edf"), "--vision", str(nights["vision"]), "--out", str(out)]) == 2
-    assert f"{out / 'SC9011E0'}: --out must be a folder, but it is a file" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["SC9011E0"]
+    refused(stage.main, ["--edf-dir", nights["root"] / "edf", "--vision", nights["vision"], "--out", out], capsys,
+            [f"{out / 'SC9011E0'}: --out must be a folder, but it is a file"], watch=[out], alone=True)
 
 
 def test_explain_needs_a_vlm(nights):
@@ -266,7 +276,7 @@ def test_stage_draws_the_pixels_prepare_wrote(nights, tmp_path, monkeypatch):
                          "--trim-minutes", "-1", "--workers", "1"]) == 0
     render = json.loads((tmp_path / "data" / "render.json").read_text())
     assert render["fs"] == 100.0  # the rate is part of the render settings' identity
-    vision = random_vision_checkpoint(tmp_path / "vision", render, image_size=(32, 96))
+    vision = random_checkpoint(tmp_path / "vision", render, image_size=(32, 96))
     drawn = []
     real = extract.night_features
 
@@ -301,7 +311,7 @@ def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, t
                          "--workers", "1", "--night-norm"]) == 0
     render = json.loads((tmp_path / "data" / "render.json").read_text())
     assert render["night_norm"] is True
-    vision = random_vision_checkpoint(tmp_path / "vision", render, image_size=(32, 96), context=context)
+    vision = random_checkpoint(tmp_path / "vision", render, image_size=(32, 96), context=context)
     records = tmp_path / "data" / "eeg_ft.json"
     extracted = extract.extract_features(vision, records, tmp_path / "data" / "eeg_images_ft", progress=False)
     staged = {}
@@ -325,6 +335,7 @@ def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, t
 def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_path, capsys):
     """One rule (sleep_eeg.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording, which
     starts ten minutes later and runs past its end, is refused by both commands with the same line."""
+    from eeg_vlm import stage
     from sleep_eeg import edf, prepare
 
     night = edf.find_nights(nights["root"] / "edf")[0]
@@ -335,17 +346,10 @@ def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_
     later = edfio.Edf([], starttime=(hyp.startdatetime + datetime.timedelta(minutes=10)).time(),
                       recording=edfio.Recording(startdate=hyp.startdate), annotations=hyp.annotations)
     later.write(src / night.hypnogram.name)
-    lines = []
-    for argv, main in (([str(src / night.psg.name), "--hypnogram", str(src / night.hypnogram.name), "--vision",
-                         str(nights["vision"]), "--out", str(tmp_path / "report")], None),
-                       (["--edf-dir", str(src), "--out", str(tmp_path / "data"), "--workers", "1"], prepare.main)):
-        if main is None:
-            assert _stage(argv) == 2
-        else:
-            with pytest.raises(SystemExit) as code:
-                run(main, argv)
-            assert code.value.code == 2
-        lines.append(capsys.readouterr().err.strip())
+    lines = [refused(main, argv, capsys, watch=[tmp_path], alone=True) for main, argv in (
+        (stage.main, [src / night.psg.name, "--hypnogram", src / night.hypnogram.name, "--vision", nights["vision"],
+                      "--out", tmp_path / "report"]),
+        (prepare.main, ["--edf-dir", src, "--out", tmp_path / "data", "--workers", "1"]))]
     assert lines[0] == lines[1] and "\n" not in lines[0], lines
     assert lines[0].startswith(f"error: {src / night.hypnogram.name}: scores +0.17 h to +0.42 h (starting ")
     assert lines[0].endswith(f"of a recording of 0.25 h ({src / night.psg.name}): a hypnogram of another night")

@@ -20,7 +20,8 @@ from torch import nn
 
 from eeg_core.atomic import atomic_path, write_json
 from eeg_core.errors import FormatError
-from vision_modules.sequence import SEQUENCE_WEIGHTS, create_sequence_encoder, parse_context
+from eeg_core.stages import STAGES
+from vision_modules.sequence import SEQUENCE_WEIGHTS, create_sequence_encoder, parse_context, sequence_import_path
 from vision_modules.registry import create_vision_module
 
 WEIGHTS_NAME = "model.safetensors"
@@ -134,3 +135,26 @@ def load_sequence_encoder(checkpoint: Path, config: dict[str, Any]) -> tuple[nn.
                                       import_path=seq.get("import_path"), where=str(where))
     _load_weights(checkpoint / SEQUENCE_WEIGHTS, encoder, f"sequence encoder {seq['name']!r}")
     return encoder.eval(), context
+
+
+def random_checkpoint(out: str | os.PathLike, render: dict[str, Any], arch: str = "resnet18",
+                      image_size: tuple[int, int] = (64, 192), context: int | str = 0, sequence: str = "gru",
+                      seed: int = 0) -> Path:
+    """A checkpoint folder of ``arch`` with random (seeded) weights that records ``render``
+    (``RenderConfig.to_dict()``, the settings its images are drawn with); with ``context``, a random ``sequence``
+    encoder over it. It loads and stages like a trained one, so the pipeline runs (and is timed) without
+    training: the tests and ``benchmarks/stage_night.py`` build theirs here. The caller's torch RNG is left as
+    it was. Returns ``out``."""
+    out = Path(out)
+    kwargs = {"image_size": list(image_size)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_vision_module(arch, feature_dim=1024, num_classes=len(STAGES), **kwargs)
+        encoder = create_sequence_encoder(sequence, 1024, len(STAGES)) if context else None
+    config = {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
+              "module_kwargs": kwargs, "input_size": list(model.input_size), "mean": list(model.mean),
+              "std": list(model.std), "render": render}
+    if encoder is not None:
+        config["sequence"] = {"name": sequence, "import_path": sequence_import_path(sequence), "context": context}
+    save_checkpoint(out, model, config, sequence_encoder=encoder)
+    return out
