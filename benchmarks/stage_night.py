@@ -26,6 +26,7 @@ def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", im
                              context: int | str = 0, sequence: str = "gru") -> Path:
     """A vision-module checkpoint with random weights that records ``render`` (``RenderConfig.to_dict()``); with
     ``context``, a random ``sequence`` encoder over it."""
+    from eeg_core.formats import FEATURE_DIM
     from eeg_core.stages import STAGES
     from vision_modules.checkpoint import save_checkpoint
     from vision_modules.registry import create_vision_module
@@ -33,11 +34,11 @@ def random_vision_checkpoint(out: Path, render: dict, arch: str = "resnet18", im
 
     torch.manual_seed(0)
     kwargs = {"image_size": list(image_size)}
-    model = create_vision_module(arch, feature_dim=1024, num_classes=len(STAGES), **kwargs)
-    config = {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
+    model = create_vision_module(arch, feature_dim=FEATURE_DIM, num_classes=len(STAGES), **kwargs)
+    config = {"arch": arch, "feature_dim": FEATURE_DIM, "num_classes": len(STAGES), "classes": list(STAGES),
               "module_kwargs": kwargs, "input_size": list(model.input_size), "mean": list(model.mean),
               "std": list(model.std), "render": render}
-    encoder = create_sequence_encoder(sequence, 1024, len(STAGES)) if context else None
+    encoder = create_sequence_encoder(sequence, FEATURE_DIM, len(STAGES)) if context else None
     if encoder is not None:
         config["sequence"] = {"name": sequence, "import_path": sequence_import_path(sequence), "context": context}
     save_checkpoint(out, model, config, sequence_encoder=encoder)
@@ -56,6 +57,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_throughput import cpu_name
 
+    from eeg_core.formats import FEATURE_DIM
     from eeg_core.stages import STAGES
     from eeg_vlm.stage import Stager
     from eeg_vlm.tiny import build_tiny_llava, train_stage_only
@@ -67,9 +69,9 @@ def main() -> None:
         psg = synth_nights(tmp / "edf", 1, seed=0, hours=args.hours, verbose=False)[0]
         render = RenderConfig(channels=tuple(c.strip() for c in args.channels.split(",")))
         vision = random_vision_checkpoint(tmp / "vision", render.to_dict())
-        images = render_night({c: (np.zeros(3000), 100.0) for c in render.channels}, range(5), render)
+        images = render_night({c: (np.zeros(3000), 100.0) for c in render.channels}, range(len(STAGES)), render)
         vlm = train_stage_only(build_tiny_llava(tmp / "tiny", seed=0), tmp / "stage_only", images,
-                               np.zeros((5, 1, 1024), np.float32), list(STAGES))
+                               np.zeros((len(STAGES), 1, FEATURE_DIM), np.float32), list(STAGES))
         print(f"machine: {cpu_name()}, torch threads {torch.get_num_threads()}; {psg.name}, {args.hours:g} h, "
               f"channels {', '.join(render.channels)}, images {render.size[0]}x{render.size[1]} px")
         results = {}

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from eeg_core.atomic import file_sha256
 from eeg_core.errors import FormatError
-from eeg_core.formats import check_render, read_records, records_render, save_features
-from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
+from eeg_core.formats import FEATURE_DIM, check_render, features_sidecar, read_records, records_render, save_features
+from eeg_core.layout import VISION_WEIGHTS
+from vision_modules.checkpoint import load_vision_module
 from vision_modules.data import CachedImageDataset, decode_record_images, image_tensor, record_image_paths
 from vision_modules.modules import memory_format
 from vision_modules.registry import import_user_modules
@@ -90,7 +91,7 @@ def night_features(
 
 def checkpoint_sha256(checkpoint: Path) -> str:
     """The module's content fingerprint: its weights, and its sequence encoder's when it has one."""
-    parts = [file_sha256(checkpoint / WEIGHTS_NAME)]
+    parts = [file_sha256(checkpoint / VISION_WEIGHTS)]
     if (checkpoint / SEQUENCE_WEIGHTS).is_file():
         parts.append(file_sha256(checkpoint / SEQUENCE_WEIGHTS))
     return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
@@ -104,7 +105,7 @@ def extract_features(
     batch_size: int = 32,
     device: str = "cpu",
     workers: int = 0,
-    feature_dim: int | None = 1024,
+    feature_dim: int | None = FEATURE_DIM,
     progress: bool = True,
     import_modules: Sequence[str] = (),
 ) -> np.ndarray:
@@ -150,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--feature-dim", type=int, default=1024, help="feature size the projector expects (mm_hidden_size)")
+    p.add_argument("--feature-dim", type=int, default=FEATURE_DIM, help="feature size the projector expects (mm_hidden_size)")
     p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
                    help="a Python module to import first: it registers your own vision module (repeatable)")
     p.add_argument("--no-progress", action="store_true")
@@ -161,5 +162,5 @@ def main_from_args(a: argparse.Namespace) -> int:
         a.checkpoint, a.records, a.image_folder, a.out, batch_size=a.batch_size, device=a.device,
         workers=a.workers, feature_dim=a.feature_dim, progress=not a.no_progress, import_modules=a.import_module,
     )
-    print(f"wrote {a.out}: {list(features.shape)} float32 (+ {a.out}.json)")
+    print(f"wrote {a.out}: {list(features.shape)} float32 (+ {features_sidecar(a.out)})")
     return 0

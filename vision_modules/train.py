@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
-from eeg_core.formats import read_records, records_render
+from eeg_core.formats import FEATURE_DIM, read_records, records_render
+from eeg_core.layout import VISION_CONFIG, VISION_WEIGHTS
 from eeg_core.stages import STAGES
-from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
+from vision_modules.checkpoint import read_config, save_checkpoint
 from vision_modules.data import (
     CachedImageDataset,
     decode_record_images,
@@ -122,7 +123,7 @@ class VisionTrainConfig:
     workers: int = 0
     resume: bool = False
     pretrained: str | os.PathLike | bool | None = None
-    feature_dim: int = 1024
+    feature_dim: int = FEATURE_DIM
     tap: int | None = None
     context: int | str = 0  # sequence encoder over epochs i-K..i+K, or "night"; 0: none
     sequence: str = DEFAULT_SEQUENCE  # registered sequence encoder (vision_modules.sequence)
@@ -182,7 +183,7 @@ def load_resume_state(out: Path, arch: str, feature_dim: int, module_kwargs: dic
     saved = {**saved, **saved.get("module_kwargs", {})}
     for key, value in {"arch": arch, "feature_dim": feature_dim, **module_kwargs}.items():
         if saved.get(key) != value:
-            raise FormatError(f"{out / CONFIG_NAME}: --resume with {key}={value!r} but the checkpoint has {saved.get(key)!r}")
+            raise FormatError(f"{out / VISION_CONFIG}: --resume with {key}={value!r} but the checkpoint has {saved.get(key)!r}")
     return state
 
 
@@ -500,7 +501,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet18", help="registered name (resnet18, convnext_base, ...) or timm:<timm model name>")
     p.add_argument("--records", required=True, help="train records (JSON array) or questions (JSONL) with a 'label'")
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
-    p.add_argument("--out", required=True, help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--out", required=True, help=f"checkpoint folder ({VISION_WEIGHTS} + {VISION_CONFIG})")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -512,7 +513,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
     p.add_argument("--pretrained", metavar="PATH", help="local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init")
-    p.add_argument("--feature-dim", type=int, default=1024, help="size of the high-level feature (the projector's mm_hidden_size)")
+    p.add_argument("--feature-dim", type=int, default=FEATURE_DIM, help="size of the high-level feature (the projector's mm_hidden_size)")
     p.add_argument("--tap", type=int, help="backbone feature stage to tap (timm feature_info index; default -2)")
     p.add_argument("--context", default="0", metavar="K|night",
                    help="a sequence encoder trained with the image model: each epoch's feature reads epochs i-K..i+K "

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,7 +58,7 @@ from eeg_core.formats import (
     has_placeholder,
     image_path,
     load_features,
-    make_answer,
+    question_answer,
     question_key,
     question_keys,
     read_jsonl,
@@ -77,8 +76,6 @@ from llava.constants import (
 )
 from llava.eval import choices
 
-# Question fields that make the prompt; every other field is carried into the answer's metadata.
-PROMPT_FIELDS = ("question_id", "text", "image")
 ANSWER_MODES = ("generate", "choices")
 
 
@@ -428,18 +425,8 @@ def plan_work(opts: VqaOptions) -> Work:
 
 def answer_rows(batch: list[tuple[int, dict]], texts: list[str], extra: list[dict], work: Work) -> list[dict]:
     """One answer per question in LLaVA's schema; the question's other fields (and ``extra``) in ``metadata``."""
-    return [
-        make_answer(
-            question_id=record_id(q),
-            prompt=q["text"],
-            text=text,
-            answer_id=uuid.uuid4().hex,
-            model_id=work.model_id,
-            metadata={**{k: v for k, v in q.items() if k not in PROMPT_FIELDS}, **more},
-            model_sha256=work.fingerprint,
-        )
-        for (_, q), text, more in zip(batch, texts, extra)
-    ]
+    return [question_answer(q, text, work.model_id, more, work.fingerprint)
+            for (_, q), text, more in zip(batch, texts, extra)]
 
 
 def answer_work(opts: VqaOptions, work: Work, loaded: tuple[Any, Any, Any], progress: bool = True) -> int:
@@ -447,9 +434,9 @@ def answer_work(opts: VqaOptions, work: Work, loaded: tuple[Any, Any, Any], prog
     ``--answers-file`` as it finishes. Returns the number answered."""
     tokenizer, model, image_processor = loaded
     config = model.config
-    from llava.conversation import get_conv_template
+    from llava.conversation import checkpoint_conv_template
 
-    conv_template = get_conv_template(opts.conv_mode or getattr(config, "conv_version", None) or "llava_v1")
+    conv_template = checkpoint_conv_template(config, opts.conv_mode)
     stop_str = stop_string(conv_template)
     use_im_start_end = bool(getattr(config, "mm_use_im_start_end", False))
     generate_kwargs = opts.generate_kwargs()
