@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eeg_vlm.demo import FULL, RECIPES  # noqa: E402
+from sleep_eeg.metrics import METRIC_COLUMNS  # noqa: E402
 
-METRICS = ("accuracy", "macro_f1", "kappa", "n1_f1", "rem_f1")
+HEADERS = " | ".join(c.name for c in METRIC_COLUMNS)
 
 
 def run(argv: list[str], threads: int) -> None:
@@ -38,7 +39,7 @@ def run(argv: list[str], threads: int) -> None:
 
 
 def cells(row: dict | None) -> str:
-    return " | ".join("—" for _ in METRICS) if row is None else " | ".join(f"{row[m]:.3f}" for m in METRICS)
+    return " | ".join("—" if row is None else c.text(row[c.key]) for c in METRIC_COLUMNS)
 
 
 def main() -> None:
@@ -80,10 +81,10 @@ def main() -> None:
     # every row that does not depend on the recipe: the majority class, YASA pretrained, the trained baselines
     baselines = [r for r in first if not r["name"].startswith(("vision module", "EEG-VLM"))]
     lines = [f"Held-out subjects: {first[0]['n']} epochs. Baselines (the same for every row):", "",
-             "| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+             "| model | " + HEADERS + " |", "|---|" + "---|" * len(METRIC_COLUMNS)]
     lines += [f"| {r['name']} | {cells(r)} |" for r in baselines]
-    lines += ["", "| recipe | vision module: " + " | ".join(METRICS) + " | EEG-VLM: " + " | ".join(METRICS) + " |",
-              "|---|" + "---|" * (2 * len(METRICS))]
+    lines += ["", "| recipe | vision module: " + HEADERS + " | EEG-VLM: " + HEADERS + " |",
+              "|---|" + "---|" * (2 * len(METRIC_COLUMNS))]
     for name in rows:
         table = results[name]["table"]
         vision = next(r for r in table if r["name"].startswith("vision module"))

@@ -36,6 +36,7 @@ from PIL import Image
 from eeg_core.answer import parse_stage, stage_line
 from eeg_core.atomic import write_jsonl
 from eeg_core.formats import (
+    FEATURE_DIM,
     feature_row,
     has_placeholder,
     make_question,
@@ -60,12 +61,12 @@ def make_questions(root: Path, n: int, seed: int = 0, pairs: bool = False) -> Pa
         names.append(f"epoch_{k}.png")
         Image.fromarray(rng.integers(0, 256, (64, 192, 3), dtype=np.uint8)).save(root / "images" / names[-1])
     questions = [
-        make_question(f"q{i}", [names[i % 8]] * 2, QUESTIONS[0 if pairs else i % len(QUESTIONS)], STAGES[i % 5],
+        make_question(f"q{i}", [names[i % 8]] * 2, QUESTIONS[0 if pairs else i % len(QUESTIONS)], STAGES[i % len(STAGES)],
                       epoch=i)
         for i in range(n)
     ]
     write_jsonl(root / "eeg_eval.jsonl", questions)
-    features = rng.normal(size=(n, 1, 1024)).astype(np.float32)
+    features = rng.normal(size=(n, 1, FEATURE_DIM)).astype(np.float32)
     if pairs:
         features = features[np.arange(n) % 8]
     save_features(root / "eval_high_level_features.npy", features)
@@ -139,7 +140,7 @@ def whole_sequence_probabilities(loaded, model_path: str, qfile: Path, image_fol
     whole-sequence scoring, over the first ``n`` questions: each candidate reply (the answer's reasoning, if any,
     then ``Sleep stage: X``) appended to the prompt and run through the model in one pass, no cache, batch 1; the
     log-likelihood of its tokens after the candidates' shared context, softmaxed over the five."""
-    from llava.conversation import get_conv_template
+    from llava.conversation import checkpoint_conv_template
     from llava.eval import choices
     from llava.mm_utils import tokenizer_image_token
 
@@ -147,7 +148,7 @@ def whole_sequence_probabilities(loaded, model_path: str, qfile: Path, image_fol
     work = model_vqa.plan_work(model_vqa.VqaOptions(model_path=model_path, question_file=str(qfile),
                                                     answers_file=str(qfile.with_suffix(".unused.jsonl")),
                                                     image_folder=str(image_folder)))
-    conv = get_conv_template(getattr(model.config, "conv_version", None) or "llava_v1")
+    conv = checkpoint_conv_template(model.config)
     use_im_start_end = bool(getattr(model.config, "mm_use_im_start_end", False))
     worst = 0.0
     for (i, q), answer in list(zip(work.todo, answers))[:n]:
@@ -235,7 +236,7 @@ def main() -> None:
             images = [tmp / "data" / "images" / f"epoch_{k}.png" for k in range(8)]
             model_path = train_stage_only(model_path, tmp / "stage_only", images,
                                           np.load(tmp / "data" / "eval_high_level_features.npy")[:8],
-                                          [STAGES[k % 5] for k in range(8)], steps=60)
+                                          [STAGES[k % len(STAGES)] for k in range(8)], steps=60)
         loaded = answering.load_model(str(model_path), None, args.device)
         common = dict(model_path=str(model_path), question_file=str(qfile), image_folder=str(tmp / "data" / "images"),
                       max_new_tokens=args.max_new_tokens, device=args.device, loaded=loaded, progress=False)

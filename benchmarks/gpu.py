@@ -269,11 +269,11 @@ def make_data(root: Path, n_records: int, n_questions: int, dim: int) -> dict:
         names.append(f"e{i}.png")
     records, questions = [], []
     for i in range(n_records):
-        stage, name = STAGES[i % 5], names[i % len(names)]
+        stage, name = STAGES[i % len(STAGES)], names[i % len(names)]
         records.append(formats.make_train_record(f"r{i}", [name, name], QUESTIONS[i % len(QUESTIONS)],
                                                  build_answer(stage, "stage"), label=stage))
     for i in range(n_questions):
-        stage, name = STAGES[i % 5], names[i % len(names)]
+        stage, name = STAGES[i % len(STAGES)], names[i % len(names)]
         questions.append(formats.make_question(f"q{i}", [name, name], QUESTIONS[i % len(QUESTIONS)], stage))
     write_json(root / "eeg_ft.json", records)
     formats.save_features(root / FEATURES_TRAIN_NAME,

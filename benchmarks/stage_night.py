@@ -35,6 +35,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eval_throughput import cpu_name
 
+    from eeg_core.formats import FEATURE_DIM
     from eeg_core.stages import STAGES
     from eeg_vlm.stage import Stager
     from eeg_vlm.tiny import build_tiny_llava, train_stage_only
@@ -49,7 +50,7 @@ def main() -> None:
         vision = random_checkpoint(tmp / "vision", render.to_dict())
         images = render_night({c: (np.zeros(3000), 100.0) for c in render.channels}, range(5), render)
         vlm = train_stage_only(build_tiny_llava(tmp / "tiny", seed=0), tmp / "stage_only", images,
-                               np.zeros((5, 1, 1024), np.float32), list(STAGES))
+                               np.zeros((len(STAGES), 1, FEATURE_DIM), np.float32), list(STAGES))
         print(f"machine: {cpu_name()}, torch threads {torch.get_num_threads()}; {psg.name}, {args.hours:g} h, "
               f"channels {', '.join(render.channels)}, images {render.size[0]}x{render.size[1]} px")
         results = {}

@@ -42,9 +42,9 @@ def make_data(root: Path, n: int) -> Path:
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (224, 448, 3), dtype=np.uint8)).save(root / "images" / f"e{i}.png")
         records.append(formats.make_train_record(f"r{i}", [f"e{i}.png"] * 2, "What is the sleep stage?",
-                                                 stage_line(STAGES[i % 5]), label=STAGES[i % 5]))
+                                                 stage_line(STAGES[i % len(STAGES)]), label=STAGES[i % len(STAGES)]))
     write_json(root / "eeg_ft.json", records)
-    formats.save_features(root / FEATURES_TRAIN_NAME, rng.standard_normal((n, 1, 1024)).astype(np.float32))
+    formats.save_features(root / FEATURES_TRAIN_NAME, rng.standard_normal((n, 1, formats.FEATURE_DIM)).astype(np.float32))
     return root
 
 

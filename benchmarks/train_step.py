@@ -36,7 +36,7 @@ def make_records(root: Path, n: int, dim: int) -> tuple[list[dict], np.ndarray]:
     for i in range(n):
         name = f"e{i}.png"
         Image.fromarray(rng.integers(0, 255, (224, 448, 3), dtype=np.uint8)).save(root / "images" / name)
-        stage = STAGES[i % 5]
+        stage = STAGES[i % len(STAGES)]
         records.append(formats.make_train_record(f"r{i}", [name, name], "What is the sleep stage of this EEG epoch?",
                                                  stage_line(stage)))
     return records, rng.standard_normal((n, 1, dim)).astype(np.float32)

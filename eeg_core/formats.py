@@ -4,11 +4,15 @@
   plus metadata (``label``, ``subject``, ``night``, ``epoch``, optionally ``feature_index``).
 - Eval questions: JSONL of ``{"question_id", "image": [img, img], "text", "label", ...}``.
 - Answers: JSONL in LLaVA's schema ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``
-  plus ``model_sha256``, the content fingerprint of the checkpoint that wrote them.
+  plus ``model_sha256``, the content fingerprint of the checkpoint that wrote them. Every answer writer builds
+  them with ``question_answer``: the question's fields but ``ANSWER_DROPPED_FIELDS`` go into ``metadata``, and
+  ``answer_id`` is deterministic (``answer_id``).
 - Question ids: a string or an integer, compared as text (``question_key``): ``7`` and ``"7"`` are one id.
 - Image paths: relative to the image folder; absolute paths and ``..`` are refused (``image_path``).
 - Features: ``.npy`` float32 (float16 accepted) ``[N, 1, D]``; row i belongs to record i of the matching
-  records file unless the record names its row with an integer ``feature_index``.
+  records file unless the record names its row with an integer ``feature_index``. ``D`` is ``FEATURE_DIM``
+  (1024) unless a vision module is trained with another ``--feature-dim``; a sidecar ``<features>.json``
+  (``features_sidecar``) says what they were extracted from.
 - Render settings: how the images were drawn (channels, scales, sizes), a JSON object with its ``id``, in
   ``render.json`` beside the records; every record names it with ``"render": <id>``. Vision-module and
   LLaVA checkpoints keep the settings they were trained on; a model never reads images drawn another way.
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Container, Sequence
 
@@ -31,6 +36,10 @@ from eeg_core.answer import user_prompt
 from eeg_core.atomic import atomic_path, file_sha256, write_json
 from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
+
+# The high-level feature's size D by default: CLIP ViT-L/14's width, what LLaVA-1.5's projector takes
+# (``mm_hidden_size``). Every vision module, the extraction and the tiny LLaVA default to it.
+FEATURE_DIM = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +337,35 @@ def make_answer(question_id: Any, prompt: str, text: str, answer_id: str, model_
     return answer
 
 
+# Question fields an answer does not carry in its ``metadata``: the prompt's (its id, text and images) and a
+# train record's own (``id``, ``conversations``). Every other field of the question goes into ``metadata``.
+ANSWER_DROPPED_FIELDS = ("question_id", "id", "text", "image", "conversations")
+# The namespace of the answer ids (uuid5, see ``answer_id``).
+ANSWER_ID_NAMESPACE = uuid.UUID("6f0c1f4e-5b7a-4a8e-9d1c-2f1b5e0c9a11")
+
+
+def answer_id(question_id: Any, model_id: str, model_sha256: str | None = None) -> str:
+    """The answer-id policy, one for every answer writer: deterministic, so the same model answering the same
+    questions writes the same answers file, and distinct within one file (one answer per question id).
+
+    It is ``uuid5(ANSWER_ID_NAMESPACE, "<model_id>\\n<model_sha256 or ''>\\n<question_key>").hex``: a hash of
+    the answering model as the answer names it (``model_id``, and ``model_sha256`` when the answer carries one)
+    and of the question id compared as text (``7`` and ``"7"`` give one id)."""
+    name = f"{model_id}\n{model_sha256 or ''}\n{question_key(question_id)}"
+    return uuid.uuid5(ANSWER_ID_NAMESPACE, name).hex
+
+
+def question_answer(question: dict, text: str, model_id: str, extra: dict | None = None,
+                    model_sha256: str | None = None) -> dict:
+    """The answer ``text`` to ``question`` (an eval question or a record), as every answer writer builds it
+    (``make_answer``): ``question_id`` is the question's id (``record_id``), ``prompt`` its ``text``,
+    ``metadata`` its fields but ``ANSWER_DROPPED_FIELDS`` followed by ``extra``, ``answer_id`` by ``answer_id``."""
+    qid = record_id(question)
+    metadata = {k: v for k, v in question.items() if k not in ANSWER_DROPPED_FIELDS}
+    return make_answer(qid, question.get("text", ""), text, answer_id(qid, model_id, model_sha256), model_id,
+                       {**metadata, **(extra or {})}, model_sha256)
+
+
 # ---------------------------------------------------------------------------------------------
 # High-level features
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +466,7 @@ def check_feature_size(path: str | os.PathLike, features: np.ndarray, dim: int |
 
 
 def save_features(path: str | os.PathLike, features: np.ndarray, sidecar: dict | None = None) -> None:
-    """Write ``[N, 1, D]`` float32 features atomically, plus ``<path>.json`` describing them."""
+    """Write ``[N, 1, D]`` float32 features atomically, plus their sidecar (``features_sidecar``) describing them."""
     features = np.ascontiguousarray(features, dtype=np.float32)
     if features.ndim != 3 or features.shape[1] != 1:
         raise FormatError(f"{path}: features must be shaped [N, 1, D], got {list(features.shape)}")
@@ -437,4 +475,4 @@ def save_features(path: str | os.PathLike, features: np.ndarray, sidecar: dict |
         with open(tmp, "wb") as f:
             np.save(f, features, allow_pickle=False)
     meta = {"n": int(features.shape[0]), "d": int(features.shape[2]), "dtype": "float32", **(sidecar or {})}
-    write_json(Path(str(path) + ".json"), meta)
+    write_json(features_sidecar(path), meta)

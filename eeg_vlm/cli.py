@@ -1,15 +1,5 @@
-"""``eeg-vlm``: one command line for the pipeline, in data-flow order.
-
-    eeg-vlm synth     synthetic Sleep-EDF-style nights (EDF + hypnogram)
-    eeg-vlm prepare   EDF nights -> epoch images, train records, eval questions
-    eeg-vlm vision    train a specialized vision module / extract its high-level features
-    eeg-vlm baseline  classic baselines (band-power logistic regression, YASA-style features + boosting)
-    eeg-vlm score     answers -> accuracy, macro-F1, Cohen's kappa, per-class F1, plots
-    eeg-vlm stage     stage whole EDF nights: stages.csv, hypnogram, sleep statistics, report.html
-    eeg-vlm demo      the whole pipeline on synthetic nights, on the CPU
-
-Training and evaluation keep LLaVA's entry points: ``deepspeed llava/train/train_mem.py`` and
-``python llava/eval/model_vqa.py``. Each subcommand is also ``python -m <module>``.
+"""``eeg-vlm``: one command line for the pipeline. ``COMMANDS`` is the command table, in data-flow order;
+``eeg-vlm --help`` lists it (``help_text``). Each subcommand is also ``python -m <module>``.
 """
 from __future__ import annotations
 
@@ -18,12 +8,13 @@ import os
 import sys
 from typing import Sequence
 
-from eeg_core.cli import plain, run
+from eeg_core.cli import run
 
+# name -> (module with main(argv), what it does): the one list of the commands, in data-flow order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("sleep_eeg.synth", "synthetic Sleep-EDF-style nights (PSG + hypnogram EDF files)"),
     "prepare": ("sleep_eeg.prepare", "EDF nights -> epoch images, train records and eval questions"),
-    "vision": ("vision_modules.cli", "specialized vision module: train | extract"),
+    "vision": ("vision_modules.cli", "specialized vision module: train | extract | predict"),
     "baseline": ("sleep_eeg.baselines", "classic baselines: train | predict, answers scored like any model"),
     "score": ("sleep_eeg.score", "answers -> sleep-staging metrics and plots"),
     "stage": ("eeg_vlm.stage", "stage whole EDF nights: stages.csv, hypnogram, sleep statistics, report.html"),
@@ -31,10 +22,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def help_text() -> str:
+    """``eeg-vlm --help``: every command of ``COMMANDS`` with what it does, and LLaVA's own entry points."""
+    width = max(map(len, COMMANDS))
+    lines = [f"    eeg-vlm {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return "\n".join([
+        "eeg-vlm: one command line for the pipeline, in data-flow order.", "", *lines, "",
+        "eeg-vlm COMMAND --help shows a command's options; each command is also python -m <its module>.",
+        "Training and evaluation keep LLaVA's entry points: deepspeed llava/train/train_mem.py and",
+        "python llava/eval/model_vqa.py.",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(plain(__doc__.strip()))
+        print(help_text())
         raise SystemExit(0)
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (eeg-vlm --help)", file=sys.stderr)

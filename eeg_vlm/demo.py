@@ -38,10 +38,11 @@ from typing import Sequence
 from eeg_core import layout
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
-from eeg_core.formats import read_records
+from eeg_core.formats import features_sidecar, read_records
 from eeg_core.outputs import check_out_folder
 from eeg_vlm.commands import train_argv
 from eeg_vlm.steps import Step, run_steps, subprocess_env
+from llava.constants import NON_LORA_TRAINABLES
 from sleep_eeg.edf import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,9 +154,6 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     workdir of an earlier run on the same nights and seed whose baseline answers to reuse. ``vlm=False``
     stops after the vision module (its answers are then the ones scored). ``roles``: your channel for each role
     (``{"eeg": "C4-M1", ...}``); ``hypnogram_epoch``: seconds per line of CSV hypnograms."""
-    train_mem = str(REPO / "llava" / "train" / "train_mem.py")
-    model_vqa = str(REPO / "llava" / "eval" / "model_vqa.py")
-    zero3 = str(REPO / "scripts" / "zero3.json")
     h, w = recipe.image_size()
     edf = str(edf_dir) if edf_dir is not None else EDF
     edf_inputs = sorted(str(p) for p in edf_dir.glob("*.edf")) if edf_dir is not None and edf_dir.is_dir() else []
@@ -165,12 +163,6 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     own = [arg for role, name in roles.items() for arg in (f"--{role}-name", name)]
     own += ["--hypnogram-epoch", f"{hypnogram_epoch:g}"] if hypnogram_epoch else []
     yasa_roles = [arg for role in ("eeg", "eog") if roles.get(role) for arg in (f"--{role}-name", roles[role])]
-    # The documented training command with its paths pointed at the tiny base, and the demo's recipe.
-    train = ["deepspeed", train_mem, *train_argv(
-        model=TINY, data_path=TRAIN_RECORDS, image_folder=TRAIN_IMAGES, output_dir=RUN, deepspeed=zero3,
-        mm_projector_lr="1e-3", num_train_epochs=1, max_steps=size.train_steps, learning_rate="5e-4",
-        logging_steps=10, report_to="none", seed=seed, hl_fusion="token", hl_projector="separate",
-        class_balance=recipe.class_balance or None)]
     answers_of = (lambda name: str(baselines_from / baseline_answers(name))) if baselines_from else baseline_answers
     compare = [arg for name, (_, _, row) in BASELINES.items() for arg in ("--compare", f"{row}={answers_of(name)}")]
     if vlm:
@@ -188,8 +180,8 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
                               "--image-folder", TRAIN_IMAGES, "--out", VISION, "--epochs", str(size.vision_epochs),
                               "--batch-size", "64", "--lr", "2e-3", "--image-size", str(h), str(w),
                               *recipe.vision_args(size), "--seed", str(seed)],
-             outputs=[VISION, f"{VISION}/config.json", f"{VISION}/model.safetensors"], inputs=[TRAIN_RECORDS],
-             after=["prepare"]),
+             outputs=[VISION, f"{VISION}/{layout.VISION_CONFIG}", f"{VISION}/{layout.VISION_WEIGHTS}"],
+             inputs=[TRAIN_RECORDS], after=["prepare"]),
         Step("vision-predict", ["eeg-vlm", "vision", "predict", "--checkpoint", VISION, "--question-file",
                                 EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--answers-file", VISION_ANSWERS],
              outputs=[VISION_ANSWERS], inputs=[EVAL_RECORDS], after=["vision-train"]),
@@ -197,26 +189,7 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
     if baselines_from is None:
         steps += baseline_steps(edf, upstream, roles)
     if vlm:
-        steps += [
-            Step("vision-extract-train", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
-                                          TRAIN_RECORDS, "--image-folder", TRAIN_IMAGES, "--out", TRAIN_FEATURES,
-                                          "--batch-size", "128"],
-                 outputs=[TRAIN_FEATURES, TRAIN_FEATURES + ".json"], inputs=[TRAIN_RECORDS], after=["vision-train"]),
-            Step("vision-extract-eval", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
-                                         EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--out", EVAL_FEATURES,
-                                         "--batch-size", "128"],
-                 outputs=[EVAL_FEATURES, EVAL_FEATURES + ".json"], inputs=[EVAL_RECORDS], after=["vision-train"]),
-            Step("tiny-llava", ["python", "-m", "eeg_vlm.tiny", "--out", TINY, "--seed", str(seed),
-                                "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
-                 outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
-            Step("train", train, outputs=[RUN, f"{RUN}/config.json", f"{RUN}/non_lora_trainables.bin"],
-                 inputs=[TRAIN_RECORDS, TRAIN_FEATURES],
-                 after=["prepare", "vision-extract-train", "tiny-llava"]),
-            Step("eval", ["python", model_vqa, "--model-path", RUN, "--model-base", TINY, "--question-file",
-                          EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--answers-file", ANSWERS, "--batch-size", "32",
-                          "--max-new-tokens", str(size.max_new_tokens if cot == "none" else size.max_new_tokens_cot)],
-                 outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
-        ]
+        steps += vlm_steps(size, seed, cot, recipe)
     scored = ANSWERS if vlm else VISION_ANSWERS
     baseline_inputs = [] if baselines_from else [baseline_answers(name) for name in BASELINES]
     steps.append(Step("score", ["eeg-vlm", "score", "--question-file", EVAL_RECORDS, "--answers-file", scored,
@@ -226,6 +199,41 @@ def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[
                       after=["eval" if vlm else "vision-predict", "vision-predict",
                              *([] if baselines_from else [f"baseline-{name}-predict" for name in BASELINES])]))
     return steps
+
+
+def vlm_steps(size: Size, seed: int, cot: str, recipe: Recipe) -> list[Step]:
+    """The VLM's steps: features of the train and eval records, the tiny base, LoRA fine-tuning, the answers."""
+    train_mem = str(REPO / "llava" / "train" / "train_mem.py")
+    model_vqa = str(REPO / "llava" / "eval" / "model_vqa.py")
+    zero3 = str(REPO / "scripts" / "zero3.json")
+    # The documented training command with its paths pointed at the tiny base, and the demo's recipe.
+    train = ["deepspeed", train_mem, *train_argv(
+        model=TINY, data_path=TRAIN_RECORDS, image_folder=TRAIN_IMAGES, output_dir=RUN, deepspeed=zero3,
+        mm_projector_lr="1e-3", num_train_epochs=1, max_steps=size.train_steps, learning_rate="5e-4",
+        logging_steps=10, report_to="none", seed=seed, hl_fusion="token", hl_projector="separate",
+        class_balance=recipe.class_balance or None)]
+    return [
+        Step("vision-extract-train", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
+                                      TRAIN_RECORDS, "--image-folder", TRAIN_IMAGES, "--out", TRAIN_FEATURES,
+                                      "--batch-size", "128"],
+             outputs=[TRAIN_FEATURES, str(features_sidecar(TRAIN_FEATURES))], inputs=[TRAIN_RECORDS],
+             after=["vision-train"]),
+        Step("vision-extract-eval", ["eeg-vlm", "vision", "extract", "--checkpoint", VISION, "--records",
+                                     EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--out", EVAL_FEATURES,
+                                     "--batch-size", "128"],
+             outputs=[EVAL_FEATURES, str(features_sidecar(EVAL_FEATURES))], inputs=[EVAL_RECORDS],
+             after=["vision-train"]),
+        Step("tiny-llava", ["python", "-m", "eeg_vlm.tiny", "--out", TINY, "--seed", str(seed),
+                            "--hidden-size", str(size.tiny_hidden), "--num-layers", str(size.tiny_layers)],
+             outputs=[TINY, f"{TINY}/config.json", f"{TINY}/tokenizer.model"]),
+        Step("train", train, outputs=[RUN, f"{RUN}/config.json", f"{RUN}/{NON_LORA_TRAINABLES}"],
+             inputs=[TRAIN_RECORDS, TRAIN_FEATURES],
+             after=["prepare", "vision-extract-train", "tiny-llava"]),
+        Step("eval", ["python", model_vqa, "--model-path", RUN, "--model-base", TINY, "--question-file",
+                      EVAL_RECORDS, "--image-folder", EVAL_IMAGES, "--answers-file", ANSWERS, "--batch-size", "32",
+                      "--max-new-tokens", str(size.max_new_tokens if cot == "none" else size.max_new_tokens_cot)],
+             outputs=[ANSWERS], inputs=[EVAL_RECORDS, EVAL_FEATURES], after=["train", "vision-extract-eval"]),
+    ]
 
 
 def baseline_answers(name: str) -> str:
@@ -272,7 +280,7 @@ def baseline_steps(edf: str, upstream: list[str], roles: dict | None = None) -> 
 def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, vlm_ran: bool = True,
             edf_dir: Path | None = None) -> dict:
     """The comparison table of the score step (same held-out epochs for every row) and the step times."""
-    from sleep_eeg.metrics import format_comparison
+    from sleep_eeg.metrics import METRIC_COLUMNS, format_comparison, metric_line
 
     vlm = json.loads((workdir / SCORES / "metrics.json").read_text())
     rows = vlm["comparison"]
@@ -280,10 +288,11 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, 
     print(f"\n== recipe {recipe!r}: {RECIPES[recipe].about} ==")
     print(f"== held-out subjects ({rows[-1]['n']} epochs): every score beside its baselines ==")
     print(format_comparison(rows))
-    best = max(rows[1:-1], key=lambda r: r["macro_f1"])
-    if rows[-1]["macro_f1"] < best["macro_f1"]:
-        print(f"note: the {rows[-1]['name']}'s macro-F1 {rows[-1]['macro_f1']:.3f} is below the {best['name']}'s "
-              f"{best['macro_f1']:.3f} on these epochs")
+    f1 = next(c for c in METRIC_COLUMNS if c.key == "macro_f1")
+    best = max(rows[1:-1], key=lambda r: r[f1.key])
+    if rows[-1][f1.key] < best[f1.key]:
+        print(f"note: the {rows[-1]['name']}'s {metric_line(rows[-1], [f1])} is below the {best['name']}'s "
+              f"{f1.text(best[f1.key])} on these epochs")
     plots = [str(Path(SCORES) / p) for p in vlm.get("plots", [])]
     print(f"\nscores: {workdir / SCORES / 'metrics.json'}")
     print(f"plots:  {workdir / SCORES}/ ({', '.join(Path(p).name for p in plots[:4])}"

@@ -16,6 +16,7 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE
 from eeg_core.atomic import atomic_path
 from eeg_core.stages import STAGES
+from sleep_eeg.metrics import HEADLINE, metric_line
 from sleep_eeg.plots import HYPNOGRAM_ORDER
 
 # One colour per stage, in the hypnodensity and the hypnogram's ticks.
@@ -89,9 +90,7 @@ def statistics_table(statistics: dict, scored: dict | None = None) -> str:
 
 
 def agreement_section(agreement: dict) -> str:
-    kappa = agreement["kappa"]
-    lines = (f"<p>{agreement['n']} scored epochs: accuracy {agreement['accuracy']:.3f}, macro-F1 "
-             f"{agreement['macro_f1']:.3f}, Cohen's kappa {'n/a' if kappa is None else f'{kappa:.3f}'}.</p>")
+    lines = f"<p>{agreement['n']} scored epochs: {html.escape(metric_line(agreement, HEADLINE, ', '))}.</p>"
     cm = agreement["confusion_matrix"]
     cols = [c for c in cm["cols"] if c != UNPARSEABLE]
     rows = [[r, *counts[: len(cols)]] for r, counts in zip(cm["rows"], cm["counts"])]

@@ -54,8 +54,10 @@ import numpy as np
 from eeg_core.atomic import atomic_path, file_sha256, write_files, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
+from eeg_core.layout import VISION_CONFIG
 from eeg_core.outputs import check_out_folder
 from eeg_core.stages import EPOCH_S, STAGES
+from sleep_eeg.metrics import HEADLINE, metric_line
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
 AGREEMENT_NAME, REPORT_NAME, EDF_NAME = "agreement.json", "report.html", "hypnogram.edf"
@@ -170,7 +172,7 @@ class StagedNight:
             raise FormatError("to_yasa needs yasa (pip install 'eeg-vlm[baselines]')") from None
         names = {"W": "WAKE", "N1": "N1", "N2": "N2", "N3": "N3", "REM": "REM"}
         proba = pd.DataFrame(self.probabilities, columns=[names[s] for s in STAGES])
-        return yasa.Hypnogram([names[s] for s in self.stages], n_stages=5, freq=f"{self.epoch_s:g}s",
+        return yasa.Hypnogram([names[s] for s in self.stages], n_stages=len(STAGES), freq=f"{self.epoch_s:g}s",
                               start=self.start, proba=proba)
 
     def to_edf(self, path: str | Path | None = None) -> bytes:
@@ -385,7 +387,7 @@ class Stager:
         if not settings:
             raise FormatError(f"{self.vision}: the vision checkpoint records no render settings (trained before they "
                               "were recorded): train it again on records from eeg-vlm prepare")
-        self.render = RenderConfig.from_dict(settings, f"{self.vision}/config.json: render")
+        self.render = RenderConfig.from_dict(settings, f"{self.vision / VISION_CONFIG}: render")
         classes = list(self.vision_config.get("classes", STAGES))
         if sorted(classes) != sorted(STAGES):
             raise FormatError(f"{self.vision}: classes {classes} are not the stages {' '.join(STAGES)}")
@@ -396,6 +398,7 @@ class Stager:
             self._load_vlm(Path(vlm), model_base)
 
     def _load_vlm(self, vlm: Path, model_base) -> None:
+        from llava.conversation import checkpoint_conv_template
         from llava.eval import answering
         from llava.model.config import load_config
         from sleep_eeg.cot import QUESTIONS
@@ -409,7 +412,7 @@ class Stager:
                               f"projects {dim}-d ones (mm_hidden_size)")
         self.vlm = answering.load_model(str(vlm), None if model_base is None else str(model_base), self.device)
         config = self.vlm[1].config
-        self.conv = answering.conversation_template(config)
+        self.conv = checkpoint_conv_template(config)
         # Two images: the epoch's, and the placeholder its feature fills.
         self.user_text = answering.user_turn(QUESTIONS[0], 2, answering.uses_im_start_end(config))
         self.models.update(vlm=str(vlm), model_base=None if model_base is None else str(model_base))
@@ -580,8 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = f"{night.name}: {len(night.stages)} epochs, TST {night.statistics['TST']:.1f} min"
         agreement = night.agreement
         if agreement is not None:
-            kappa = agreement["kappa"]
-            line += f", accuracy {agreement['accuracy']:.3f}, kappa {'n/a' if kappa is None else f'{kappa:.3f}'}"
+            line += ", " + metric_line(agreement, HEADLINE, ", ")
         print(f"{line} -> {folder / REPORT_NAME}")
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from eeg_core.answer import IMAGE_TOKEN, stage_line, user_prompt
+from eeg_core.formats import FEATURE_DIM
 from llava.model.config import FEATURE_PROJECTORS, FUSION_MODES
 
 LLAVA_V15_MM_KEYS = {  # as in liuhaotian/llava-v1.5-13b's config.json
@@ -50,7 +51,7 @@ def tokenizer_corpus() -> list[str]:
 
 
 def build_tiny_clip(out_dir: Path, seed: int, image_size: int = 56, patch_size: int = 14, num_layers: int = 2,
-                    hidden_size: int = 1024, intermediate_size: int = 512, num_heads: int = 8) -> Path:
+                    hidden_size: int = FEATURE_DIM, intermediate_size: int = 512, num_heads: int = 8) -> Path:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(seed)
@@ -66,7 +67,7 @@ def build_tiny_clip(out_dir: Path, seed: int, image_size: int = 56, patch_size: 
 def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, hidden_size: int = 128, num_layers: int = 2,
                      num_heads: int = 4, intermediate_size: int | None = None, vocab_size: int = 1000,
                      max_position_embeddings: int = 2048, image_size: int = 56, patch_size: int = 14,
-                     clip_layers: int = 2, mm_hidden_size: int = 1024, hl_fusion: str = "add",
+                     clip_layers: int = 2, mm_hidden_size: int = FEATURE_DIM, hl_fusion: str = "add",
                      hl_projector: str = "shared") -> Path:
     """Write the tiny checkpoint into ``out_dir`` (created) and return it."""
     from llava.model.config import LlavaConfig

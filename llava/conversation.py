@@ -129,6 +129,8 @@ conv_templates: dict[str, Conversation] = {
 }
 
 default_conversation = conv_vicuna_v1
+# The template a checkpoint answers with when neither ``--conv-mode`` nor its config (``conv_version``) names one.
+DEFAULT_CONV_VERSION = "llava_v1"
 
 
 def template_texts() -> list[str]:
@@ -149,3 +151,9 @@ def get_conv_template(name: str) -> Conversation:
     if name not in conv_templates:
         raise FormatError(f"unknown conversation version {name!r} (known: {', '.join(conv_templates)})")
     return conv_templates[name].copy()
+
+
+def checkpoint_conv_template(config, conv_mode: str | None = None) -> Conversation:
+    """The template to answer with: ``conv_mode`` when given, else the checkpoint config's ``conv_version`` (the
+    template it was trained with), else ``DEFAULT_CONV_VERSION``."""
+    return get_conv_template(conv_mode or getattr(config, "conv_version", None) or DEFAULT_CONV_VERSION)

@@ -35,10 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
 import sys
-import uuid
 import warnings
 import zipfile
 from collections import Counter
@@ -49,10 +46,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from eeg_core.answer import stage_line
-from eeg_core.atomic import file_sha256, write_json, write_jsonl
+from eeg_core.atomic import atomic_folder, file_sha256, write_json, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.outputs import check_output
-from eeg_core.formats import make_answer, question_keys, read_records, record_id
+from eeg_core.formats import question_answer, question_keys, read_records, record_id
 from eeg_core.stages import EPOCH_S, STAGES, check_stage
 from sleep_eeg import features as F
 from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
@@ -65,7 +62,6 @@ FORMAT_VERSION = 2  # 2: config.json is covered by config_sha256
 CONFIG_NAME = "config.json"
 MODEL_FILES = {"bandpower": "model.json", "features": "model.npz"}
 MIN_FS = 60.0  # the top band edge (30 Hz) must lie below Nyquist
-_ANSWER_NS = uuid.UUID("6f0c1f4e-5b7a-4a8e-9d1c-2f1b5e0c9a11")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,13 +326,8 @@ def check_out_dir(out: Path) -> None:
 
 
 def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -> None:
-    """Write the model folder whole: into a temporary folder beside it, then renamed over it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """Write the model folder whole: into a temporary folder beside it, then swapped in (``atomic_folder``)."""
+    with atomic_folder(out) as tmp:
         model_file = tmp / MODEL_FILES[config["kind"]]
         if config["kind"] == "bandpower":
             write_json(model_file, numbers)
@@ -345,17 +336,6 @@ def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -
                 np.savez(f, **numbers)
         config = {**config, "model_file": model_file.name, "model_sha256": file_sha256(model_file)}
         write_json(tmp / CONFIG_NAME, {**config, "config_sha256": config_sha256(config)})
-        if out.exists():
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old.exists() and not out.exists():
-                os.replace(old, out)  # put the previous model back
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def config_sha256(config: dict) -> str:
@@ -538,15 +518,10 @@ def predict(
     model_id = model_dir.resolve().name
     answers = []
     for q, p in zip(questions, proba):
-        qid = record_id(q)
         stage = classes[int(p.argmax())]
         probs = {s: round(float(p[classes.index(s)]), 6) if s in classes else 0.0 for s in STAGES}
-        meta = {k: v for k, v in q.items() if k not in ("question_id", "id", "text", "image", "conversations")}
-        answers.append(make_answer(
-            question_id=qid, prompt=q.get("text", ""), text=stage_line(stage),
-            answer_id=uuid.uuid5(_ANSWER_NS, f"{config['model_sha256']}:{qid}").hex,
-            model_id=model_id, metadata={**meta, "baseline": config["kind"], "probabilities": probs},
-        ))
+        answers.append(question_answer(q, stage_line(stage), model_id,
+                                       {"baseline": config["kind"], "probabilities": probs}))
     write_jsonl(answers_file, answers)
     return len(answers)
 

@@ -30,6 +30,7 @@ import edfio
 import numpy as np
 from scipy.signal import resample_poly
 
+from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.stages import EPOCH_S
 from sleep_eeg.channels import DEFAULT_CHANNEL, resolve_channels
@@ -588,7 +589,5 @@ def write_night(
         annotations=[edfio.EdfAnnotation(o, d, t) for o, d, t in annotations],
     )
     for edf, path in ((psg, Path(psg_path)), (hyp, Path(hyp_path))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        edf.write(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            edf.write(tmp)

@@ -1,18 +1,60 @@
 """Sleep-staging metrics (scikit-learn): accuracy, macro-F1, Cohen's kappa, per-class scores, the confusion
 matrix, per-subject scores, log-loss and calibration of stage probabilities, and the side-by-side table.
 
-Predictions may hold ``UNPARSEABLE`` (an answer that gives no stage): it is never right.
+Predictions may hold ``UNPARSEABLE`` (an answer that gives no stage): it is never right. ``METRIC_COLUMNS`` is
+the one list of the scores shown beside each other, each with its name, key and format: the comparison table,
+the score summary, the confusion-matrix plot and the stage report all show them from it.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from eeg_core.answer import UNPARSEABLE
 from eeg_core.stages import STAGES
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """One score as the tables, plots and reports show it: its ``name`` (the header), its ``key`` in a
+    comparison row (``summary_row``) and in ``metrics.json``, and the ``fmt`` its value is written with. A
+    per-stage F1 names its ``stage`` (its value is ``per_class[stage]["f1"]`` of the metrics)."""
+
+    name: str
+    key: str
+    fmt: str = ".4f"
+    stage: str | None = None
+
+    def value(self, metrics: dict) -> float | None:
+        """The score of ``compute_metrics`` output (or of a comparison row, which holds it under ``key``)."""
+        if self.key in metrics or self.stage is None:
+            return metrics[self.key]
+        return metrics["per_class"][self.stage]["f1"]
+
+    def text(self, value: float | None, width: int = 0, missing: str = "n/a") -> str:
+        """``value`` in ``fmt``, right-aligned to ``width``; ``missing`` when it is undefined (None)."""
+        align = f">{width}" if width else ""
+        return format(missing, align) if value is None else format(value, align + self.fmt)
+
+
+# The scores compared side by side, in order. The first three are the headline of one model's scores.
+METRIC_COLUMNS: tuple[MetricColumn, ...] = (
+    MetricColumn("accuracy", "accuracy"),
+    MetricColumn("macro-F1", "macro_f1"),
+    MetricColumn("kappa", "kappa"),
+    MetricColumn("N1 F1", "n1_f1", stage="N1"),
+    MetricColumn("REM F1", "rem_f1", stage="REM"),
+)
+HEADLINE = METRIC_COLUMNS[:3]
+
+
+def metric_line(metrics: dict, columns: Sequence[MetricColumn] = HEADLINE, sep: str = "   ") -> str:
+    """``accuracy 0.7000   macro-F1 0.7200   kappa 0.6341``: each column's name and value, joined by ``sep``."""
+    return sep.join(f"{c.name} {c.text(c.value(metrics))}" for c in columns)
 
 
 def _num(x: float) -> float | None:
@@ -63,11 +105,9 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict:
 
 def format_table(metrics: dict) -> str:
     """A readable summary: headline scores, per-class table, confusion matrix."""
-    kappa = metrics["kappa"]
     lines = [
         f"n={metrics['n']}  unparseable={metrics['unparseable']}  missing={metrics.get('missing', 0)}",
-        f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-        f"Cohen's kappa {'n/a' if kappa is None else f'{kappa:.4f}'}"
+        metric_line(metrics)
         + (f"   log-loss {metrics['log_loss']:.4f}   ECE {metrics['calibration']['ece']:.4f}"
            if "log_loss" in metrics else ""),
         "",
@@ -147,16 +187,14 @@ MAJORITY = "majority class"
 
 
 def summary_row(name: str, answers_file: Any, m: dict) -> dict:
-    f1 = lambda s: m["per_class"][s]["f1"]  # noqa: E731
-    return {"name": name, "answers_file": answers_file, "n": m["n"], "accuracy": m["accuracy"],
-            "macro_f1": m["macro_f1"], "kappa": m["kappa"], "n1_f1": f1("N1"), "rem_f1": f1("REM")}
+    """One row of the comparison: the model's name, its answers file, ``n`` and every ``METRIC_COLUMNS`` score."""
+    return {"name": name, "answers_file": answers_file, "n": m["n"], **{c.key: c.value(m) for c in METRIC_COLUMNS}}
 
 
 def format_comparison(rows: list[dict]) -> str:
+    """The comparison table: one line per row, ``n`` and the ``METRIC_COLUMNS`` (``-`` where undefined)."""
     width = max(len(r["name"]) for r in rows) + 2
-    fmt = lambda x: f"{'-':>9}" if x is None else f"{x:>9.4f}"  # noqa: E731
-    lines = [f"{'':<{width}}{'n':>6}{'accuracy':>9}{'macro-F1':>9}{'kappa':>9}{'N1 F1':>9}{'REM F1':>9}"]
+    lines = [f"{'':<{width}}{'n':>6}" + "".join(f"{c.name:>9}" for c in METRIC_COLUMNS)]
     for r in rows:
-        lines.append(f"{r['name']:<{width}}{r['n']:>6}" + "".join(
-            fmt(r[k]) for k in ("accuracy", "macro_f1", "kappa", "n1_f1", "rem_f1")))
+        lines.append(f"{r['name']:<{width}}{r['n']:>6}" + "".join(c.text(r[c.key], 9, "-") for c in METRIC_COLUMNS))
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE
 from eeg_core.atomic import atomic_path
 from eeg_core.stages import EPOCH_S, STAGES
+from sleep_eeg.metrics import HEADLINE, metric_line
 
 # Hypnogram rows, top to bottom (the sleep field's convention).
 HYPNOGRAM_ORDER: tuple[str, ...] = ("W", "REM", "N1", "N2", "N3")
@@ -42,9 +43,7 @@ def plot_confusion_matrix(metrics: dict, path: str | Path) -> Path:
     ax.set_yticks(range(len(STAGES)), STAGES)
     ax.set_xlabel("predicted")
     ax.set_ylabel("scored")
-    kappa = metrics["kappa"]
-    ax.set_title(f"acc {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  "
-                 f"kappa {'n/a' if kappa is None else f'{kappa:.3f}'}", fontsize=9)
+    ax.set_title(metric_line(metrics, HEADLINE, "  "), fontsize=9)
     fig.colorbar(im, ax=ax, label="fraction of scored stage")
     path = Path(path)
     _save(fig, path)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from eeg_core.atomic import write_json, write_jsonl
+from eeg_core.atomic import staging_folder, swap_folder, write_json, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import make_question, make_train_record, read_records, record_images
 from eeg_core.layout import (
@@ -185,12 +185,7 @@ def check_image_folders(out: Path) -> None:
 def replace_folders(out: Path, staging: dict[str, Path]) -> None:
     """Each staged folder replaces ``out/<name>`` whole (no file of an earlier run is left behind)."""
     for name, folder in staging.items():
-        old = out / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if (out / name).exists():
-            os.replace(out / name, old)
-        os.replace(folder, out / name)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_folder(folder, out / name)
 
 
 def write_records(out: Path, render: RenderConfig, train: list[dict], questions: list[dict]) -> None:
@@ -230,10 +225,7 @@ def prepare(
     eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, eval_subjects, seed)
 
     # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
-    staging = {name: out / f".{name}.tmp" for name in (TRAIN_IMAGES, EVAL_IMAGES)}
-    for folder in staging.values():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+    staging = {name: staging_folder(out / name, unique=False) for name in (TRAIN_IMAGES, EVAL_IMAGES)}
     rng = random.Random(seed)
     train, questions = [], []
     counts = {"train": Counter(), "eval": Counter()}

@@ -1,4 +1,5 @@
-"""Every command's --help reads as plain text (no RST markup from the docstrings it is built from)."""
+"""Every command's --help reads as plain text (no RST markup from the docstrings it is built from); eeg-vlm --help
+lists the command table."""
 import pytest
 
 from eeg_vlm.cli import COMMANDS
@@ -47,3 +48,10 @@ def test_a_commands_flags_come_from_its_options_dataclass():
     parsed = p.parse_args(["--records", "r.json", "--image-folder", "img", "--out", "o"])
     assert options_from_args(VisionTrainConfig, parsed) == VisionTrainConfig()
     assert {f.name for f in fields(VisionTrainConfig)} <= set(vars(parsed))
+def test_help_lists_every_command_of_the_table(capsys):
+    with pytest.raises(SystemExit):
+        eeg_vlm_main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, (_, about) in COMMANDS.items():
+        assert any(line.split() == ["eeg-vlm", name, *about.split()] for line in lines), name
+    assert "predict" in COMMANDS["vision"][1]  # eeg-vlm vision train | extract | predict

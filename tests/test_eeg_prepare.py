@@ -1,5 +1,6 @@
 """`eeg-vlm prepare`: records schema, split by subject, label alignment, label-free images, bad inputs."""
 import json
+import os
 import shutil
 from collections import Counter
 
@@ -7,6 +8,7 @@ import pytest
 from PIL import Image
 
 from eeg_core.answer import stage_line
+from eeg_core.atomic import atomic_folder, staging_folder, swap_folder
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render
 from eeg_core.layout import RENDER_FILE
@@ -212,3 +214,34 @@ def test_an_image_folder_holding_the_users_files_is_refused_not_replaced(nights,
                     f"{tmp_path / 'eeg_images_ft'} whole: move it, or choose another --out")
     mine.unlink()
     prepare.prepare(nights, tmp_path, cot_mode="none", eval_subjects=["SC901"])  # its own images it replaces
+
+
+def test_the_folder_swap(tmp_path, monkeypatch):
+    """eeg_core.atomic.swap_folder, the one folder swap: the new folder replaces the old one whole; a failed rename
+    puts the old one back; with replace=False the first finished writer's folder stays."""
+    target = tmp_path / "models" / "m"
+    with atomic_folder(target) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_folder(target) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]  # nothing of the old folder is left
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "c").write_text("3")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    staged = staging_folder(target)
+    (staged / "d").write_text("4")
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: real(a, b) if str(a) != str(staged) else 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        swap_folder(staged, target)
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == ["b"]  # the old folder is back
+    shutil.rmtree(staged)
+    other = staging_folder(target, unique=False)
+    assert other.name == ".m.tmp"
+    (other / "e").write_text("5")
+    assert swap_folder(other, target, replace=False) == target  # another writer finished first: its folder stays
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert [p.name for p in target.parent.iterdir()] == ["m"]  # no staging or old folder left beside it

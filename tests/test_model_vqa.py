@@ -12,7 +12,7 @@ from PIL import Image
 
 from eeg_core.atomic import write_jsonl
 from eeg_core.errors import FormatError
-from eeg_core.formats import make_question, read_jsonl, save_features
+from eeg_core.formats import make_question, question_answer, read_jsonl, save_features
 from llava.eval import merge_answers as merge_mod
 from llava.eval import model_vqa
 from llava.model.builder import model_fingerprint
@@ -113,6 +113,24 @@ def test_batch_4_gives_the_answers_of_batch_1(reference, data, tiny_llava, loade
     assert [r["question_id"] for r in rows] == [r["question_id"] for r in reference]
     assert texts(rows) == texts(reference)
     assert [r["metadata"] for r in rows] == [r["metadata"] for r in reference]
+    assert rows == reference  # the same answers file, answer ids included (they are deterministic)
+
+
+def test_answer_metadata_and_ids_are_one_policy():
+    """Every answer writer builds its answers with question_answer: the question's fields but the prompt's (and a
+    train record's id and conversation) go into metadata, then the writer's own; the id is a hash of the model and
+    the question id (as text), so the same model gives the same id and another model another."""
+    q = {"question_id": 7, "image": ["a.png", "b.png"], "text": "Which stage?", "label": "N2", "subject": "s1",
+         "id": "r7", "conversations": [], "epoch": 3}
+    a = question_answer(q, "Sleep stage: N2", "m", {"probabilities": {"N2": 1.0}}, "f" * 64)
+    assert a["question_id"] == 7 and a["prompt"] == "Which stage?" and a["model_sha256"] == "f" * 64
+    assert a["metadata"] == {"label": "N2", "subject": "s1", "epoch": 3, "probabilities": {"N2": 1.0}}
+    assert list(a["metadata"]) == ["label", "subject", "epoch", "probabilities"]
+    assert a["answer_id"] == question_answer({**q, "question_id": "7"}, "other", "m", None, "f" * 64)["answer_id"]
+    others = [question_answer(q, "x", "m", None, "e" * 64), question_answer(q, "x", "n", None, "f" * 64),
+              question_answer({**q, "question_id": 8}, "x", "m", None, "f" * 64), question_answer(q, "x", "m")]
+    assert len({a["answer_id"], *(o["answer_id"] for o in others)}) == 5
+    assert "model_sha256" not in others[-1] and len(a["answer_id"]) == 32
 
 
 def test_features_reach_the_answers(reference, data, tiny_llava, loaded, tmp_path):

@@ -10,6 +10,7 @@ from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.atomic import write_jsonl
 from eeg_core.cli import run
 from eeg_core.formats import make_answer, make_question
+from sleep_eeg.metrics import format_comparison, summary_row
 from sleep_eeg.score import main, score
 
 from refusal import check_refusal, refused
@@ -167,7 +168,7 @@ def test_cli_writes_metrics_and_pngs(tmp_path, capsys):
         run(main, ["--question-file", str(qf), "--answers-file", str(af), "--out", str(out)])
     assert e.value.code == 0
     printed = capsys.readouterr().out
-    assert "accuracy 0.7000" in printed and "Cohen's kappa 0.6341" in printed
+    assert "accuracy 0.7000" in printed and "macro-F1 0.7200   kappa 0.6341" in printed
     names = sorted(p.name for p in out.iterdir())
     assert names == ["confusion_matrix.png", "hypnogram_s1.png", "hypnogram_s2.png", "metrics.json"]
     for name in names[:-1]:
@@ -332,3 +333,17 @@ def test_no_yasa_row_without_yasa_or_edf_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(yasa_staging, "available", lambda: False)
     metrics = score(qf, af, plots=False, compare=[("again", af)], edf_dir=edf_dir)
     assert yasa_staging.NAME not in [r["name"] for r in metrics["comparison"]]
+
+
+def test_the_comparison_table_is_drawn_from_the_metric_columns():
+    """summary_row and format_comparison take their columns (name, key, format) from METRIC_COLUMNS: the table reads
+    as it always did."""
+    per_class = {s: {"f1": f1} for s, f1 in zip(("W", "N1", "N2", "N3", "REM"), (0.9, 0.123456, 0.8, 0.7, None))}
+    m = {"n": 10, "accuracy": 0.5, "macro_f1": 0.25, "kappa": None, "per_class": per_class}
+    row = summary_row("a", "x.jsonl", m)
+    assert row == {"name": "a", "answers_file": "x.jsonl", "n": 10, "accuracy": 0.5, "macro_f1": 0.25, "kappa": None,
+                   "n1_f1": 0.123456, "rem_f1": None}
+    assert format_comparison([row]).splitlines() == [
+        "        n accuracy macro-F1    kappa    N1 F1   REM F1",
+        "a      10   0.5000   0.2500        -   0.1235        -",
+    ]

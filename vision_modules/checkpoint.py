@@ -1,4 +1,5 @@
-"""A vision-module checkpoint folder: ``model.safetensors`` (weights) + ``config.json`` (how to rebuild it).
+"""A vision-module checkpoint folder: ``model.safetensors`` (weights) + ``config.json`` (how to rebuild it; the
+names are ``eeg_core.layout.VISION_WEIGHTS`` and ``VISION_CONFIG``).
 
 ``config.json`` holds ``arch``, ``import_path`` (the Python module that registered a user arch),
 ``feature_dim``, ``num_classes``, ``classes`` (index -> stage), ``module_kwargs`` (e.g. ``image_size``,
@@ -20,12 +21,10 @@ from torch import nn
 
 from eeg_core.atomic import atomic_path, write_json
 from eeg_core.errors import FormatError
+from eeg_core.layout import VISION_CONFIG, VISION_WEIGHTS
 from eeg_core.stages import STAGES
 from vision_modules.sequence import SEQUENCE_WEIGHTS, create_sequence_encoder, parse_context, sequence_import_path
 from vision_modules.registry import create_vision_module
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def _save_weights(path: Path, module: nn.Module) -> None:
@@ -39,10 +38,10 @@ def save_checkpoint(out: str | os.PathLike, model: nn.Module, config: dict[str, 
     """Write weights (and the sequence encoder's) then config, each atomically (the config last, so a folder
     with one is complete)."""
     out = Path(out)
-    _save_weights(out / WEIGHTS_NAME, model)
+    _save_weights(out / VISION_WEIGHTS, model)
     if sequence_encoder is not None:
         _save_weights(out / SEQUENCE_WEIGHTS, sequence_encoder)
-    write_json(out / CONFIG_NAME, config)
+    write_json(out / VISION_CONFIG, config)
 
 
 def _load_weights(path: Path, module: nn.Module, what: str) -> None:
@@ -60,9 +59,9 @@ def _load_weights(path: Path, module: nn.Module, what: str) -> None:
 
 def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
     checkpoint = Path(checkpoint)
-    path = checkpoint / CONFIG_NAME
-    if not path.is_file() or not (checkpoint / WEIGHTS_NAME).is_file():
-        raise FormatError(f"{checkpoint}: not a vision-module checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    path = checkpoint / VISION_CONFIG
+    if not path.is_file() or not (checkpoint / VISION_WEIGHTS).is_file():
+        raise FormatError(f"{checkpoint}: not a vision-module checkpoint (needs {VISION_CONFIG} and {VISION_WEIGHTS})")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -110,18 +109,18 @@ def load_vision_module(checkpoint: str | os.PathLike, device: str | torch.device
         num_classes=int(config["num_classes"]),
         pretrained=False,
         import_path=config.get("import_path"),
-        where=str(Path(checkpoint) / CONFIG_NAME),
+        where=str(Path(checkpoint) / VISION_CONFIG),
         **config.get("module_kwargs", {}),
     )
-    check_preprocessing(model, config, Path(checkpoint) / CONFIG_NAME)
-    _load_weights(Path(checkpoint) / WEIGHTS_NAME, model, f"arch {config['arch']!r}")
+    check_preprocessing(model, config, Path(checkpoint) / VISION_CONFIG)
+    _load_weights(Path(checkpoint) / VISION_WEIGHTS, model, f"arch {config['arch']!r}")
     model.sequence_encoder, model.context = load_sequence_encoder(Path(checkpoint), config)
     return model.to(device).eval(), config
 
 
 def load_sequence_encoder(checkpoint: Path, config: dict[str, Any]) -> tuple[nn.Module | None, int | str]:
     """The checkpoint's sequence encoder (eval mode, on the CPU) and its context, or ``(None, 0)``."""
-    where = checkpoint / CONFIG_NAME
+    where = checkpoint / VISION_CONFIG
     if "context" in config:
         raise FormatError(f"{where}: a context head of an earlier version (trained on frozen features); train the "
                           "module again with --context K, which now trains a sequence encoder end to end")

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from eeg_core.atomic import file_sha256
 from eeg_core.errors import FormatError
-from eeg_core.formats import check_render, read_records, records_render, save_features
+from eeg_core.formats import FEATURE_DIM, check_render, features_sidecar, read_records, records_render, save_features
+from eeg_core.layout import VISION_WEIGHTS
 from eeg_core.options import add_options, option, options_from_args
-from vision_modules.checkpoint import WEIGHTS_NAME, load_vision_module
+from vision_modules.checkpoint import load_vision_module
 from vision_modules.data import CachedImageDataset, decode_record_images, image_tensor, record_image_paths
 from vision_modules.modules import memory_format
 from vision_modules.registry import import_user_modules
@@ -92,7 +93,7 @@ def night_features(
 
 def checkpoint_sha256(checkpoint: Path) -> str:
     """The module's content fingerprint: its weights, and its sequence encoder's when it has one."""
-    parts = [file_sha256(checkpoint / WEIGHTS_NAME)]
+    parts = [file_sha256(checkpoint / VISION_WEIGHTS)]
     if (checkpoint / SEQUENCE_WEIGHTS).is_file():
         parts.append(file_sha256(checkpoint / SEQUENCE_WEIGHTS))
     return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
@@ -105,7 +106,7 @@ class ExtractOptions:
     batch_size: int = option(32, "images per forward pass")
     device: str = option("cpu", "torch device")
     workers: int = option(0, "DataLoader worker processes")
-    feature_dim: int | None = option(1024, "feature size the projector expects (mm_hidden_size); None skips the check",
+    feature_dim: int | None = option(FEATURE_DIM, "feature size the projector expects (mm_hidden_size); None skips the check",
                                      type=int)
     progress: bool = option(True, "no progress bars", flag="--no-progress")
     import_modules: Sequence[str] = option((), "a Python module to import first: it registers your own vision module "
@@ -170,5 +171,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main_from_args(a: argparse.Namespace) -> int:
     features = extract_features(a.checkpoint, a.records, a.image_folder, a.out,
                                 options_from_args(ExtractOptions, a))
-    print(f"wrote {a.out}: {list(features.shape)} float32 (+ {a.out}.json)")
+    print(f"wrote {a.out}: {list(features.shape)} float32 (+ {features_sidecar(a.out)})")
     return 0

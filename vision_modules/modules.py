@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from eeg_core.errors import FormatError
+from eeg_core.formats import FEATURE_DIM
+from eeg_core.stages import STAGES
 from vision_modules.registry import (
     TIMM_PREFIX,
     VisionOutput,
@@ -98,8 +100,8 @@ class TimmVisionModule(nn.Module):
     def __init__(
         self,
         model_name: str,
-        feature_dim: int = 1024,
-        num_classes: int = 5,
+        feature_dim: int = FEATURE_DIM,
+        num_classes: int = len(STAGES),
         pretrained: bool | str | os.PathLike = False,
         image_size: Any = DEFAULT_IMAGE_SIZE,
         tap: int = DEFAULT_TAP,
@@ -169,14 +171,15 @@ def memory_format(model: nn.Module) -> torch.memory_format:
 
 
 @register_vision_module("resnet18")
-def resnet18(feature_dim: int = 1024, num_classes: int = 5, pretrained: Any = False, **kw: Any) -> TimmVisionModule:
+def resnet18(feature_dim: int = FEATURE_DIM, num_classes: int = len(STAGES), pretrained: Any = False,
+             **kw: Any) -> TimmVisionModule:
     """ResNet-18 tapped after ``layer3`` (256 ch) by default, expanded to ``feature_dim``."""
     return TimmVisionModule("resnet18", feature_dim, num_classes, pretrained, **kw)
 
 
 @register_vision_module("convnext_base")
 def convnext_base(
-    feature_dim: int = 1024, num_classes: int = 5, pretrained: Any = False, **kw: Any
+    feature_dim: int = FEATURE_DIM, num_classes: int = len(STAGES), pretrained: Any = False, **kw: Any
 ) -> TimmVisionModule:
     """ConvNeXt-Base tapped after stage 2 (512 ch) by default, expanded to ``feature_dim``."""
     return TimmVisionModule("convnext_base", feature_dim, num_classes, pretrained, **kw)

@@ -18,7 +18,7 @@ from eeg_core.answer import stage_line
 from eeg_core.atomic import write_jsonl
 from eeg_core.formats import (
     check_render,
-    make_answer,
+    question_answer,
     question_keys,
     read_records,
     record_id,
@@ -67,12 +67,10 @@ def predict_stages(
     _, p = record_outputs(model, recs, paths, str(questions), batch_size, device, progress=progress)
     model_id = f"vision-{config['arch']}-{checkpoint_sha256(checkpoint)[:12]}"
     answers = []
-    for i, (rec, row) in enumerate(zip(recs, p)):
+    for rec, row in zip(recs, p):
         stage = classes[int(row.argmax())]
-        meta = {k: v for k, v in rec.items() if k not in ("question_id", "id", "image", "text", "conversations")}
-        meta["probabilities"] = {c: round(float(v), 6) for c, v in zip(classes, row)}
-        answers.append(make_answer(record_id(rec), rec.get("text", ""), stage_line(stage), f"{model_id}-{i}",
-                                   model_id, meta))
+        probs = {c: round(float(v), 6) for c, v in zip(classes, row)}
+        answers.append(question_answer(rec, stage_line(stage), model_id, {"probabilities": probs}))
     write_jsonl(answers_file, answers)
     return answers
 

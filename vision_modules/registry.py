@@ -43,6 +43,8 @@ import torch
 from torch import nn
 
 from eeg_core.errors import FormatError
+from eeg_core.formats import FEATURE_DIM
+from eeg_core.stages import STAGES
 
 TIMM_PREFIX = "timm:"
 
@@ -150,8 +152,8 @@ def import_user_modules(modules: Sequence[str]) -> None:
 
 def create_vision_module(
     name: str,
-    feature_dim: int = 1024,
-    num_classes: int = 5,
+    feature_dim: int = FEATURE_DIM,
+    num_classes: int = len(STAGES),
     pretrained: bool | str = False,
     import_path: str | None = None,
     where: str = "",

@@ -43,7 +43,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from eeg_core.errors import FormatError
-from eeg_core.formats import record_id
+from eeg_core.formats import FEATURE_DIM, record_id
+from eeg_core.stages import STAGES
 
 SEQUENCE_WEIGHTS = "sequence.safetensors"
 NIGHT = "night"  # --context night: the encoder reads the whole night
@@ -81,8 +82,8 @@ def sequence_import_path(name: str) -> str | None:
     return getattr(builder, "__module__", None) if builder is not None else None
 
 
-def create_sequence_encoder(name: str, feature_dim: int = 1024, num_classes: int = 5, import_path: str | None = None,
-                            where: str = "", **kw: Any) -> nn.Module:
+def create_sequence_encoder(name: str, feature_dim: int = FEATURE_DIM, num_classes: int = len(STAGES),
+                            import_path: str | None = None, where: str = "", **kw: Any) -> nn.Module:
     """Build a registered encoder. ``import_path`` (from a checkpoint) is imported first when ``name`` is not
     registered, under the vision registry's rule: this package's own modules, or ones the user imported."""
     if name not in _REGISTRY and import_path and import_path != "__main__":
@@ -112,8 +113,8 @@ def parse_context(value: str | int) -> int | str:
 class GRUEncoder(nn.Module):
     """Reduce each epoch's feature, read the run both ways with a GRU, add what it read back onto the feature."""
 
-    def __init__(self, feature_dim: int = 1024, num_classes: int = 5, hidden: int = 128, layers: int = 1,
-                 dropout: float = 0.3):
+    def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = len(STAGES), hidden: int = 128,
+                 layers: int = 1, dropout: float = 0.3):
         super().__init__()
         self.reduce = nn.Sequential(nn.LayerNorm(feature_dim), nn.Dropout(dropout), nn.Linear(feature_dim, hidden),
                                     nn.GELU())
@@ -155,8 +156,8 @@ class TransformerEncoder(nn.Module):
     """Pre-norm Transformer blocks over the reduced features; attention is biased by epoch distance (no absolute
     positions, so a model trained on runs reads a whole night)."""
 
-    def __init__(self, feature_dim: int = 1024, num_classes: int = 5, hidden: int = 128, layers: int = 2,
-                 heads: int = 4, max_distance: int = 32, dropout: float = 0.2):
+    def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = len(STAGES), hidden: int = 128,
+                 layers: int = 2, heads: int = 4, max_distance: int = 32, dropout: float = 0.2):
         super().__init__()
         self.reduce = nn.Sequential(nn.LayerNorm(feature_dim), nn.Dropout(dropout), nn.Linear(feature_dim, hidden))
         self.blocks = nn.ModuleList(

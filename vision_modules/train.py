@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
-from eeg_core.formats import read_records, records_render
+from eeg_core.formats import FEATURE_DIM, read_records, records_render
+from eeg_core.layout import VISION_CONFIG, VISION_WEIGHTS
 from eeg_core.options import add_options, option, options_from_args
 from eeg_core.stages import STAGES
-from vision_modules.checkpoint import CONFIG_NAME, read_config, save_checkpoint
+from vision_modules.checkpoint import read_config, save_checkpoint
 from vision_modules.data import (
     CachedImageDataset,
     decode_record_images,
@@ -126,7 +127,7 @@ class VisionTrainConfig:
     pretrained: str | os.PathLike | bool | None = option(
         None, "local backbone weights (file or model folder), or 'hub' for timm's hub weights; default random init",
         metavar="PATH")
-    feature_dim: int = option(1024, "size of the high-level feature (the projector's mm_hidden_size)")
+    feature_dim: int = option(FEATURE_DIM, "size of the high-level feature (the projector's mm_hidden_size)")
     tap: int | None = option(None, "backbone feature stage to tap (timm feature_info index; default -2)", type=int)
     context: int | str = option(0, "a sequence encoder trained with the image model: each epoch's feature reads "
                                    "epochs i-K..i+K of its night, or the whole night with 'night' (default 0: none)",
@@ -518,7 +519,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet18", help="registered name (resnet18, convnext_base, ...) or timm:<timm model name>")
     p.add_argument("--records", required=True, help="train records (JSON array) or questions (JSONL) with a 'label'")
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
-    p.add_argument("--out", required=True, help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--out", required=True, help=f"checkpoint folder ({VISION_WEIGHTS} + {VISION_CONFIG})")
     add_options(p, VisionTrainConfig)
     p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
                    help="a Python module to import first: it registers your own vision module (repeatable)")

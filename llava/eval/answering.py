@@ -4,7 +4,7 @@
 nights in memory) both answer through this module.
 
 - ``load_model``: ``(tokenizer, model, image_processor)`` on one device, float16 on a GPU and float32 on the CPU.
-- Prompts: ``conversation_template`` (the checkpoint's ``conv_version`` unless another is named), ``user_turn``
+- Prompts (the template: ``llava.conversation.checkpoint_conv_template``): ``user_turn``
   (one ``<image>`` line per image, then the text), ``open_prompt`` (the user turn in the template, the assistant
   turn left open) and ``stop_string``.
 - ``answer_batch``: generated answers (greedy or sampled), the prompts left-padded (``llava.padding``).
@@ -33,7 +33,6 @@ from llava.constants import (
 from llava.eval import choices
 from llava.padding import pad_sequences
 
-DEFAULT_CONV_MODE = "llava_v1"  # LLaVA-1.5's template, for a checkpoint whose config names none
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,13 +54,6 @@ def load_model(model_path: str, model_base: str | None, device: str):
 # ---------------------------------------------------------------------------------------------
 # Prompts
 # ---------------------------------------------------------------------------------------------
-def conversation_template(config, conv_mode: str | None = None):
-    """The conversation template named ``conv_mode``, else the checkpoint's ``conv_version``, else ``llava_v1``."""
-    from llava.conversation import get_conv_template
-
-    return get_conv_template(conv_mode or getattr(config, "conv_version", None) or DEFAULT_CONV_MODE)
-
-
 def uses_im_start_end(config) -> bool:
     """Whether the checkpoint wraps each ``<image>`` in its start and end tokens (``mm_use_im_start_end``)."""
     return bool(getattr(config, "mm_use_im_start_end", False))

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -61,7 +60,7 @@ from eeg_core.formats import (
     has_placeholder,
     image_path,
     load_features,
-    make_answer,
+    question_answer,
     question_key,
     question_keys,
     read_jsonl,
@@ -71,10 +70,10 @@ from eeg_core.formats import (
     record_images,
 )
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import checkpoint_conv_template
 from llava.eval.answering import (
     answer_batch,
     choose_batch,
-    conversation_template,
     load_model,
     open_prompt,
     stop_string,
@@ -82,8 +81,6 @@ from llava.eval.answering import (
     uses_im_start_end,
 )
 
-# Question fields that make the prompt; every other field is carried into the answer's metadata.
-PROMPT_FIELDS = ("question_id", "text", "image")
 ANSWER_MODES = ("generate", "choices")
 
 
@@ -271,25 +268,15 @@ def plan_work(opts: VqaOptions) -> Work:
 
 def answer_rows(batch: list[tuple[int, dict]], texts: list[str], extra: list[dict], work: Work) -> list[dict]:
     """One answer per question in LLaVA's schema; the question's other fields (and ``extra``) in ``metadata``."""
-    return [
-        make_answer(
-            question_id=record_id(q),
-            prompt=q["text"],
-            text=text,
-            answer_id=uuid.uuid4().hex,
-            model_id=work.model_id,
-            metadata={**{k: v for k, v in q.items() if k not in PROMPT_FIELDS}, **more},
-            model_sha256=work.fingerprint,
-        )
-        for (_, q), text, more in zip(batch, texts, extra)
-    ]
+    return [question_answer(q, text, work.model_id, more, work.fingerprint)
+            for (_, q), text, more in zip(batch, texts, extra)]
 
 
 def answer_work(opts: VqaOptions, work: Work, loaded: tuple[Any, Any, Any], progress: bool = True) -> int:
     """The batch loop: answer ``work.todo`` batch by batch, appending (fsync'd) each batch's answers to
     ``--answers-file`` as it finishes. Returns the number answered."""
     tokenizer, model, image_processor = loaded
-    conv_template = conversation_template(model.config, opts.conv_mode)
+    conv_template = checkpoint_conv_template(model.config, opts.conv_mode)
     stop_str = stop_string(conv_template)
     use_im_start_end = uses_im_start_end(model.config)
     generate_kwargs = opts.generate_kwargs()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from eeg_core.errors import FormatError
+from llava.constants import NON_LORA_TRAINABLES_FILES
 from llava.model.config import LlavaConfig, load_config
 from llava.model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.vision_tower import resolve_model_dir
@@ -95,8 +96,7 @@ def model_fingerprint(model_path, model_base=None) -> str:
     kind = checkpoint_kind(folder)
     names = ["config.json"]
     if kind == "lora":
-        names += ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
-                  "non_lora_trainables.bin", "non_lora_trainables.safetensors"]
+        names += ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", *NON_LORA_TRAINABLES_FILES]
     elif kind == "projector":
         names += ["mm_projector.bin"]
     else:
@@ -248,8 +248,7 @@ def _load_weights(folder: Path, base: Path | None, config, load_kwargs: dict):
     model, missing = _from_pretrained(base, config, load_kwargs, quiet=True)
     if model.get_input_embeddings().weight.shape[0] < trained_vocab:
         model.resize_token_embeddings(trained_vocab)
-    extra_files = (["non_lora_trainables.bin", "non_lora_trainables.safetensors"] if kind == "lora"
-                   else ["mm_projector.bin"])
+    extra_files = list(NON_LORA_TRAINABLES_FILES) if kind == "lora" else ["mm_projector.bin"]
     for name in extra_files:
         if (folder / name).is_file():
             missing -= load_extra_weights(model, folder / name)

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from eeg_core.errors import FormatError
+from llava.constants import NON_LORA_TRAINABLES
 
 CHECKPOINT_STAGING = ".checkpoint-staging"
 FINAL_STAGING = ".final-staging"
@@ -23,7 +24,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 # Files a run writes at the top of --output_dir (the final save, LLaVA's layout, plus the Trainer's own).
 RUN_FILES = ("config.json", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
-             "non_lora_trainables.bin", "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+             NON_LORA_TRAINABLES, "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
              "pytorch_model.bin.index.json", TRAINER_STATE, "training_args.bin")
 # The files of a checkpoint that are pickles (the Trainer loads them with weights_only=True).
 PICKLED = ("optimizer.pt", "scheduler.pt", "scaler.pt")

@@ -28,12 +28,13 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from eeg_core.atomic import swap_folder
 from eeg_core.errors import FormatError
+from llava.constants import NON_LORA_TRAINABLES
 from llava.train.checkpoints import CHECKPOINT_STAGING, FINAL_STAGING, TRAINER_STATE
 
 logger = logging.getLogger("llava.train")
 
-NON_LORA_TRAINABLES = "non_lora_trainables.bin"
 PROJECTOR_KEYS = ("mm_projector", "mm_hl_projector")
 
 
@@ -210,12 +211,8 @@ class LLaVATrainer(Trainer):
             self._staging_dir = None
         self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
         if self._is_saver():
-            if os.path.exists(final):  # a checkpoint of the same step (a resumed run passing it again)
-                old = os.path.join(staging, name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(staged, final)
+            # A checkpoint of the same step (a resumed run passing it again) moves aside into the staging folder.
+            swap_folder(staged, final, old=os.path.join(staging, name + ".old"))
             _fsync_dir(run_dir)
             try:
                 os.rmdir(staging)

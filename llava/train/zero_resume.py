@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from eeg_core.atomic import atomic_path, staging_folder, swap_folder
+
 logger = logging.getLogger("llava.train")
 
 _PARTITION = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
@@ -64,8 +66,7 @@ def convert_to_universal(checkpoint: str | os.PathLike, tag: str) -> str:
     root = Path(checkpoint)
     final = root / f"{tag}_universal"
     if not final.is_dir():
-        tmp = root / f".{final.name}.tmp-{os.uname().nodename}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staging_folder(final)
         cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
                "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
         logger.info("checkpoint %s: converting its ZeRO partitions to DeepSpeed's universal format (%s)", root,
@@ -75,17 +76,11 @@ def convert_to_universal(checkpoint: str | os.PathLike, tag: str) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise RuntimeError(f"{root}: converting {tag} to a universal checkpoint failed: {last}")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another node finished first
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        swap_folder(tmp, final, replace=False)  # another node may have finished first: its folder stays
     latest = root / "latest_universal"
     if not latest.is_file() or latest.read_text().strip() != final.name:
-        part = root / f".latest_universal.tmp-{os.uname().nodename}-{os.getpid()}"
-        part.write_text(final.name)
-        os.replace(part, latest)
+        with atomic_path(latest) as part:
+            part.write_text(final.name)
     return final.name
 
 
