@@ -24,13 +24,14 @@ import random
 import shutil
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from eeg_core.atomic import staging_folder, swap_folder, write_json, write_jsonl
 from eeg_core.errors import FormatError
 from eeg_core.formats import make_question, make_train_record, read_records, record_images
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.layout import (
     EVAL_IMAGES,
     EVAL_RECORDS,
@@ -195,24 +196,41 @@ def write_records(out: Path, render: RenderConfig, train: list[dict], questions:
     write_jsonl(out / EVAL_RECORDS, questions)
 
 
-def prepare(
-    edf_dir: str | Path,
-    out: str | Path,
-    *,
-    cot_mode: str = "stage",
-    eval_fraction: float = 0.2,
-    eval_subjects: Sequence[str] | None = None,
-    seed: int = 0,
-    workers: int = 1,
-    trim_minutes: float | None = 30.0,
-    render: RenderConfig = RenderConfig(),
-    hypnogram_epoch: float = 30.0,
-) -> PrepareResult:
+def comma_list(text: str) -> list[str] | None:
+    """``"SC400,SC401"`` -> ``["SC400", "SC401"]``; an empty text -> None."""
+    return [x.strip() for x in text.split(",") if x.strip()] or None
+
+
+def trim(minutes: str) -> float | None:
+    """``--trim-minutes``: a negative value keeps all the wake (None)."""
+    value = float(minutes)
+    return None if value < 0 else value
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """``eeg-vlm prepare``'s options besides the nights, the output folder and how the images are drawn."""
+
+    cot_mode: str = option("stage", "chain of thought in the answers", flag="--cot", choices=cot.COT_MODES)
+    eval_fraction: float = option(0.2, "share of subjects held out for eval")
+    eval_subjects: Sequence[str] | None = option(None, "comma-separated subjects for eval (overrides the fraction)",
+                                                 type=comma_list)
+    seed: int = option(0, "seed of the split and of the question texts")
+    workers: int = option(os.cpu_count() or 1, "processes drawing the images")
+    trim_minutes: float | None = option(30.0, "wake kept around sleep; negative keeps all", type=trim)
+    hypnogram_epoch: float = option(30.0, "seconds per line of CSV / TXT hypnograms (5 or 20: mapped onto 30-s "
+                                          "epochs by majority)")
+
+
+def prepare(edf_dir: str | Path, out: str | Path, options: PrepareOptions | None = None,
+            render: RenderConfig = RenderConfig(), **overrides) -> PrepareResult:
     """Run the whole conversion: list and check the nights (:func:`load_night`), split the subjects
     (:func:`split_subjects`), draw each night (:func:`render_night`) into temporary folders that then
     replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`). ``edf_dir``: a
-    folder, or a pairing CSV (``sleep_eeg.edf.read_pairs``); ``hypnogram_epoch``: seconds per line of CSV / TXT
-    hypnograms."""
+    folder, or a pairing CSV (``sleep_eeg.edf.read_pairs``); ``options``: :class:`PrepareOptions` with ``overrides``
+    by keyword applied; ``render``: how the images are drawn."""
+    opts = replace(options or PrepareOptions(), **overrides)
+    cot_mode, eval_fraction, seed = opts.cot_mode, opts.eval_fraction, opts.seed
     if cot_mode not in cot.COT_MODES:
         raise FormatError(f"--cot must be one of {'|'.join(cot.COT_MODES)}, got {cot_mode!r}")
     if not 0.0 <= eval_fraction <= 1.0:
@@ -221,15 +239,15 @@ def prepare(
     check_out_folder(out)
     check_image_folders(out)
     # Read and check every night before writing anything.
-    loaded = [load_night(night, render, trim_minutes) for night in find_nights(edf_dir, hypnogram_epoch)]
-    eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, eval_subjects, seed)
+    loaded = [load_night(night, render, opts.trim_minutes) for night in find_nights(edf_dir, opts.hypnogram_epoch)]
+    eval_set = split_subjects([n.night.subject for n in loaded], eval_fraction, opts.eval_subjects, seed)
 
     # Draw into fresh temporary folders beside the final ones; they replace them once everything is drawn.
     staging = {name: staging_folder(out / name, unique=False) for name in (TRAIN_IMAGES, EVAL_IMAGES)}
     rng = random.Random(seed)
     train, questions = [], []
     counts = {"train": Counter(), "eval": Counter()}
-    pool = mp.Pool(workers) if workers > 1 else None
+    pool = mp.Pool(opts.workers) if opts.workers > 1 else None
     drawn = False
     try:
         for night in loaded:
@@ -274,16 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--channels", "--channel", default=DEFAULT_CHANNEL,
                    help="comma-separated channels, one image panel each (e.g. 'EEG Fpz-Cz,EOG horizontal,EMG submental')")
     add_role_arguments(p)
-    p.add_argument("--hypnogram-epoch", type=float, default=30.0,
-                   help="seconds per line of CSV / TXT hypnograms (5 or 20: mapped onto 30-s epochs by majority)")
-    p.add_argument("--cot", default="stage", choices=cot.COT_MODES, help="chain of thought in the answers")
-    p.add_argument("--eval-fraction", type=float, default=0.2, help="share of subjects held out for eval")
-    p.add_argument("--eval-subjects", default="", help="comma-separated subjects for eval (overrides the fraction)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    add_options(p, PrepareOptions)
     p.add_argument("--fs", type=float, default=RenderConfig.fs,
                    help="rate (Hz) the channels above 10 Hz are resampled to before drawing (a render setting)")
-    p.add_argument("--trim-minutes", type=float, default=30.0, help="wake kept around sleep; negative keeps all")
     p.add_argument("--px-per-s", type=float, default=RenderConfig.px_per_s)
     p.add_argument("--height", type=int, default=RenderConfig.height, help="EEG panel height (px)")
     p.add_argument("--uv", type=float, default=RenderConfig.uv, help="µV at an EEG panel's edge (clipped beyond)")
@@ -297,12 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = RenderConfig(channels=channels, fs=args.fs, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
                        band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram,
                        night_norm=args.night_norm)
-    result = prepare(
-        args.edf_dir, args.out, cot_mode=args.cot, eval_fraction=args.eval_fraction,
-        eval_subjects=[s for s in args.eval_subjects.split(",") if s] or None, seed=args.seed,
-        workers=max(1, args.workers), trim_minutes=None if args.trim_minutes < 0 else args.trim_minutes,
-        render=cfg, hypnogram_epoch=args.hypnogram_epoch,
-    )
+    opts = options_from_args(PrepareOptions, args)
+    result = prepare(args.edf_dir, args.out, replace(opts, workers=max(1, opts.workers)), render=cfg)
     print(count_table(result.counts))
     print(f"images {cfg.size[0]}x{cfg.size[1]} px ({', '.join(channels)}) -> {Path(args.out) / TRAIN_IMAGES}, "
           f"{Path(args.out) / EVAL_IMAGES}; settings {cfg.render_id} in {Path(args.out) / RENDER_FILE}")

@@ -289,12 +289,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     return fit_steps(loader, step_loss, optimizer, scheduler, desc, progress)
 
 
-def train_one_epoch_runs(model: nn.Module, encoder: nn.Module, images: CachedImageDataset, runs: np.ndarray,
-                         runs_per_step: int, criterion: nn.Module, optimizer, scheduler, device: torch.device,
-                         desc: str = "", progress: bool = False) -> float:
-    """One end-to-end pass over ``runs`` (:func:`~vision_modules.sequence.training_runs`): the image model on
-    every present epoch of a step's runs, the encoder over the runs; the loss is the encoder's stage loss plus the
-    image model's own (so its logits stay a stage of their own). Returns the mean loss per record."""
+def train_one_epoch_runs(t: "Training", runs: np.ndarray, optimizer, scheduler, desc: str = "") -> float:
+    """One end-to-end pass over ``runs`` (:func:`~vision_modules.sequence.training_runs`), ``t.runs_per_step`` runs a
+    step: the image model on every present epoch of a step's runs, the encoder over the runs; the loss is the
+    encoder's stage loss plus the image model's own (so its logits stay a stage of their own). Returns the mean
+    loss per record."""
+    model, encoder, images, device, criterion = t.model, t.encoder, t.dataset, t.device, t.criterion
+    runs_per_step = t.runs_per_step
     model.train()
     for m in model.modules():  # a step holds a few nights: their statistics would replace the whole set's
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -315,7 +316,7 @@ def train_one_epoch_runs(model: nn.Module, encoder: nn.Module, images: CachedIma
         logits = encoder(sequence, present).logits[present]
         return criterion(logits, targets) + criterion(out.logits, targets), len(targets)
 
-    return fit_steps(range(0, len(runs), runs_per_step), step_loss, optimizer, scheduler, desc, progress)
+    return fit_steps(range(0, len(runs), runs_per_step), step_loss, optimizer, scheduler, desc, t.opts.progress)
 
 
 def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -426,8 +427,7 @@ def run_epoch(t: Training, phase: str, optimizer, scheduler, desc: str) -> tuple
                                t.opts.progress)
         encoder = None
     else:
-        loss = train_one_epoch_runs(t.model, t.encoder, t.dataset, t.runs(t.generator), t.runs_per_step, t.criterion,
-                                    optimizer, scheduler, t.device, desc, t.opts.progress)
+        loss = train_one_epoch_runs(t, t.runs(t.generator), optimizer, scheduler, desc)
         encoder = t.encoder
     if t.val_loader is None:
         return loss, {"accuracy": None, "macro_f1": None, "n": 0}
