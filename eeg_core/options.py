@@ -18,6 +18,8 @@ import argparse
 from dataclasses import MISSING, field, fields
 from typing import Any, TypeVar
 
+from eeg_core.errors import FormatError
+
 T = TypeVar("T")
 
 
@@ -45,8 +47,22 @@ def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, 
             kw["action"] = "store_false" if f.default else "store_true"
         elif isinstance(f.default, (int, float, str)) and "type" not in kw and "action" not in kw:
             kw["type"] = type(f.default)
+        if "type" in kw:
+            kw["type"] = _flag_type(kw["type"])
         parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), *f.metadata["aliases"], dest=f.name,
                             help=f.metadata["help"], **kw)
+
+
+def _flag_type(convert: Any) -> Any:
+    """``convert`` for argparse: a ``FormatError`` it raises becomes argparse's usage error with its own message."""
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except FormatError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
 
 
 def options_from_args(cls: type[T], namespace: argparse.Namespace, **overrides: Any) -> T:

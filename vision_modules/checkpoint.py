@@ -21,6 +21,7 @@ from torch import nn
 
 from eeg_core.atomic import atomic_path, write_json
 from eeg_core.errors import FormatError
+from eeg_core.formats import FEATURE_DIM
 from eeg_core.layout import VISION_CONFIG, VISION_WEIGHTS
 from eeg_core.stages import STAGES
 from vision_modules.sequence import SEQUENCE_WEIGHTS, create_sequence_encoder, parse_context, sequence_import_path
@@ -148,9 +149,9 @@ def random_checkpoint(out: str | os.PathLike, render: dict[str, Any], arch: str 
     kwargs = {"image_size": list(image_size)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_vision_module(arch, feature_dim=1024, num_classes=len(STAGES), **kwargs)
-        encoder = create_sequence_encoder(sequence, 1024, len(STAGES)) if context else None
-    config = {"arch": arch, "feature_dim": 1024, "num_classes": len(STAGES), "classes": list(STAGES),
+        model = create_vision_module(arch, feature_dim=FEATURE_DIM, num_classes=len(STAGES), **kwargs)
+        encoder = create_sequence_encoder(sequence, FEATURE_DIM, len(STAGES)) if context else None
+    config = {"arch": arch, "feature_dim": FEATURE_DIM, "num_classes": len(STAGES), "classes": list(STAGES),
               "module_kwargs": kwargs, "input_size": list(model.input_size), "mean": list(model.mean),
               "std": list(model.std), "render": render}
     if encoder is not None:

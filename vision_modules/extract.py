@@ -106,7 +106,7 @@ class ExtractOptions:
     batch_size: int = option(32, "images per forward pass")
     device: str = option("cpu", "torch device")
     workers: int = option(0, "DataLoader worker processes")
-    feature_dim: int | None = option(FEATURE_DIM, "feature size the projector expects (mm_hidden_size); None skips the check",
+    feature_dim: int | None = option(FEATURE_DIM, "feature size the projector expects (mm_hidden_size)",
                                      type=int)
     progress: bool = option(True, "no progress bars", flag="--no-progress")
     import_modules: Sequence[str] = option((), "a Python module to import first: it registers your own vision module "

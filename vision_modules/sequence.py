@@ -7,8 +7,8 @@ reads long context (SleePyCo 10 epochs, SleepTransformer 21, U-Sleep the whole n
     image model, per epoch                      -> image feature [D]
     sequence encoder over the night's epochs    -> the epoch's feature [D] (what the VLM gets) and stage logits
 
-trained *end to end* with the image model on runs of consecutive epochs of the training nights, so the encoder
-never learns from features that the image model has already fitted. ``K`` epochs either side: each epoch's
+trained together with the image model (after the image model's own epochs) on runs of consecutive epochs of the
+training nights, never on frozen features that the image model has already fitted. ``K`` epochs either side: each epoch's
 feature is the encoder's output at the centre of the window ``i-K .. i+K``; ``night``: the encoder reads the
 whole night at once (trained on runs of a batch's length). The interface stays one ``[1, D]`` vector per epoch.
 
@@ -250,8 +250,8 @@ def encode(encoder: nn.Module, features: torch.Tensor, keys: Sequence[tuple[str,
     out_f = torch.empty_like(features)
     out_l: torch.Tensor | None = None
     if context == NIGHT:
-        parts = [(dense, *gather(features, dense[None])) for dense in night_rows(keys)]
-        for dense, x, present in parts:
+        for dense in night_rows(keys):
+            x, present = gather(features, dense[None])
             f, logits = encoder(x, present)
             rows = torch.from_numpy(dense[dense >= 0])
             out_l = logits.new_empty(len(features), logits.shape[-1]) if out_l is None else out_l
