@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eeg_vlm.demo import FULL, RECIPES  # noqa: E402
-from sleep_eeg.metrics import METRIC_COLUMNS  # noqa: E402
+from sleep_eeg.evaluation.metrics import METRIC_COLUMNS  # noqa: E402
 
 HEADERS = " | ".join(c.name for c in METRIC_COLUMNS)
 

@@ -48,7 +48,7 @@ from eeg_core.formats import (
 from eeg_core.stages import STAGES
 from eeg_vlm.tiny import build_tiny_llava, train_stage_only
 from llava.eval import answering, model_vqa
-from sleep_eeg.cot import QUESTIONS
+from sleep_eeg.images.cot import QUESTIONS
 
 
 def make_questions(root: Path, n: int, seed: int = 0, pairs: bool = False) -> Path:

@@ -254,8 +254,8 @@ def make_data(root: Path, n_records: int, n_questions: int, dim: int) -> dict:
     from eeg_core.atomic import write_json, write_jsonl
     from eeg_core.layout import FEATURES_TRAIN_NAME
     from eeg_core.stages import STAGES
-    from sleep_eeg.cot import QUESTIONS, build_answer
-    from sleep_eeg.render import RenderConfig, render_epoch
+    from sleep_eeg.images.cot import QUESTIONS, build_answer
+    from sleep_eeg.images.render import RenderConfig, render_epoch
 
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True, exist_ok=True)

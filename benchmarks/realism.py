@@ -8,12 +8,12 @@ prints, on those same nights:
 
 - (a) the reference baseline: a logistic regression on the five log relative band powers of one epoch,
   fitted on the synthetic nights (every 5th subject held out), on EEG Fpz-Cz and on all three channels,
-  beside the real Sleep-EDF figures kept in ``sleep_eeg/sleepedf_calibration.json``; goals: Fpz-Cz
+  beside the real Sleep-EDF figures kept in ``sleep_eeg/synthetic/sleepedf_calibration.json``; goals: Fpz-Cz
   0.62-0.74, three channels at most 0.78;
 - (b) YASA's pretrained ``SleepStaging`` (never fitted here) on EEG Fpz-Cz + EOG horizontal, when YASA
   is installed; goals: accuracy >= 0.75, kappa >= 0.65, recall >= 0.5 in every stage but N1;
 - (c) the real-data judge: a ``HistGradientBoostingClassifier`` (balanced classes) fitted on the 18
-  per-epoch features (:mod:`sleep_eeg.realism`) of the 20 real nights of ``../shared/data/sleepedf_features``
+  per-epoch features (:mod:`sleep_eeg.synthetic.realism`) of the 20 real nights of ``../shared/data/sleepedf_features``
   (each trimmed to 30 min of wake around sleep): its accuracy on held-out real subjects (two at a
   time) beside its accuracy on the synthetic nights, whose features are computed identically; goal:
   within 0.05;
@@ -40,8 +40,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from eeg_core.stages import STAGES
-from sleep_eeg import realism, synth, yasa_staging
-from sleep_eeg.measures import BANDS, log_relative_band_power
+from sleep_eeg.baselines import yasa_staging
+from sleep_eeg.signal.bands import BANDS, log_relative_band_power
+from sleep_eeg.synthetic import realism, synth
 
 TOL_SPECTRUM, TOL_SHARE, TOL_BOUT = 0.15, 0.03, 0.25
 
@@ -60,7 +61,7 @@ def night_figures(args: tuple[int, int, bool]) -> dict:
 
 
 def yasa_installed() -> str:
-    from sleep_eeg.features import yasa_version
+    from sleep_eeg.baselines.classic.features import yasa_version
     return yasa_version() or "?"
 
 

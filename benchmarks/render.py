@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sleep_eeg import synth
-from sleep_eeg.render import RenderConfig, prepare_night, render_epochs, segment
+from sleep_eeg.images.render import RenderConfig, prepare_night, render_epochs, segment
+from sleep_eeg.synthetic import synth
 
 
 def matplotlib_epochs(filtered, fs, epochs, folder: Path, cfg: RenderConfig) -> None:

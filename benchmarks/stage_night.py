@@ -39,8 +39,8 @@ def main() -> None:
     from eeg_core.stages import STAGES
     from eeg_vlm.stage import Stager
     from eeg_vlm.tiny import build_tiny_llava, train_stage_only
-    from sleep_eeg.render import RenderConfig, render_night
-    from sleep_eeg.synth import synth_nights
+    from sleep_eeg.images.render import RenderConfig, render_night
+    from sleep_eeg.synthetic.synth import synth_nights
     from vision_modules.checkpoint import random_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:

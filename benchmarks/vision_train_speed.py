@@ -34,7 +34,7 @@ def draw_images(folder: Path, n: int) -> list[dict]:
     import numpy as np
 
     from eeg_core.stages import STAGES
-    from sleep_eeg.render import RenderConfig, png_bytes, render_night
+    from sleep_eeg.images.render import RenderConfig, png_bytes, render_night
 
     cfg = RenderConfig(channels=("EEG Fpz-Cz", "EOG horizontal", "EMG submental"), px_per_s=8.0, height=96,
                        spectrogram=True)

@@ -12,11 +12,11 @@ from eeg_core.cli import run
 
 # name -> (module with main(argv), what it does): the one list of the commands, in data-flow order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("sleep_eeg.synth", "synthetic Sleep-EDF-style nights (PSG + hypnogram EDF files)"),
-    "prepare": ("sleep_eeg.prepare", "EDF nights -> epoch images, train records and eval questions"),
+    "synth": ("sleep_eeg.synthetic.synth", "synthetic Sleep-EDF-style nights (PSG + hypnogram EDF files)"),
+    "prepare": ("sleep_eeg.images.prepare", "EDF nights -> epoch images, train records and eval questions"),
     "vision": ("vision_modules.cli", "specialized vision module: train | extract | predict"),
-    "baseline": ("sleep_eeg.baselines", "classic baselines: train | predict, answers scored like any model"),
-    "score": ("sleep_eeg.score", "answers -> sleep-staging metrics and plots"),
+    "baseline": ("sleep_eeg.baselines.classic", "classic baselines: train | predict, answers scored like any model"),
+    "score": ("sleep_eeg.evaluation.score", "answers -> sleep-staging metrics and plots"),
     "stage": ("eeg_vlm.stage", "stage whole EDF nights: stages.csv, hypnogram, sleep statistics, report.html"),
     "demo": ("eeg_vlm.demo", "the whole pipeline on synthetic nights, on the CPU"),
 }

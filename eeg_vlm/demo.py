@@ -43,7 +43,7 @@ from eeg_core.outputs import check_out_folder
 from eeg_vlm.commands import train_argv
 from eeg_vlm.steps import Step, run_steps, subprocess_env
 from llava.constants import NON_LORA_TRAINABLES
-from sleep_eeg.edf import find_nights
+from sleep_eeg.recording.edf import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ class Recipe:
     def image_size(self) -> tuple[int, int]:
         """(H, W) the vision module sees: half the drawn image each way (4 px/s; what a CPU trains in minutes;
         the spectrogram panel keeps the frequencies that the waveform's pixels no longer resolve)."""
-        from sleep_eeg.render import RenderConfig
+        from sleep_eeg.images.render import RenderConfig
 
         w, h = RenderConfig(channels=tuple(self.channels.split(",")), px_per_s=self.px_per_s, height=self.height,
                             spectrogram=self.spectrogram, context_s=self.context_s).size
@@ -244,7 +244,7 @@ def baseline_channels(channels: str, roles: dict) -> str:
     """A baseline's channels on recordings whose channels are named by role: each role's channel replaced by the
     named one (no role is added), and an EEG channel beyond the named ones left out (the 3-channel baseline: EEG and
     EOG)."""
-    from sleep_eeg.channels import channel_role, with_roles
+    from sleep_eeg.recording.channels import channel_role, with_roles
 
     names = [c for c in channels.split(",")]
     if roles.get("eeg"):
@@ -280,7 +280,7 @@ def baseline_steps(edf: str, upstream: list[str], roles: dict | None = None) -> 
 def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, vlm_ran: bool = True,
             edf_dir: Path | None = None) -> dict:
     """The comparison table of the score step (same held-out epochs for every row) and the step times."""
-    from sleep_eeg.metrics import METRIC_COLUMNS, format_comparison, metric_line
+    from sleep_eeg.evaluation.metrics import METRIC_COLUMNS, format_comparison, metric_line
 
     vlm = json.loads((workdir / SCORES / "metrics.json").read_text())
     rows = vlm["comparison"]

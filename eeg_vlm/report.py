@@ -2,7 +2,7 @@
 
 The figure: the staged hypnogram (and the scored one, when there is a hypnogram) above the hypnodensity, the
 five stage probabilities stacked over the night. The report: one HTML file with that figure embedded as base64,
-the AASM statistics (``sleep_eeg.statistics``), the agreement with the scored night and the stages table.
+the AASM statistics (``sleep_eeg.evaluation.statistics``), the agreement with the scored night and the stages table.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE
 from eeg_core.atomic import atomic_path
 from eeg_core.stages import STAGES
-from sleep_eeg.metrics import HEADLINE, metric_line
-from sleep_eeg.plots import HYPNOGRAM_ORDER
+from sleep_eeg.evaluation.metrics import HEADLINE, metric_line
+from sleep_eeg.evaluation.plots import HYPNOGRAM_ORDER
 
 # One colour per stage, in the hypnodensity and the hypnogram's ticks.
 STAGE_COLOURS = {"W": "#f2c14e", "N1": "#8fd3f4", "N2": "#3a86c8", "N3": "#1d3557", "REM": "#e4572e"}
@@ -81,7 +81,7 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
 
 
 def statistics_table(statistics: dict, scored: dict | None = None) -> str:
-    from sleep_eeg.statistics import LABELS
+    from sleep_eeg.evaluation.statistics import LABELS
 
     header = ["", "staged"] + (["scored"] if scored is not None else []) + ["unit"]
     rows = [[name, _number(statistics[key])] + ([_number(scored[key])] if scored is not None else []) + [unit]

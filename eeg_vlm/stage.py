@@ -13,7 +13,7 @@ gives each epoch its feature and its five probabilities (through its sequence en
 if it has one); with --vlm,
 EEG-VLM answers each epoch in choices mode (the five stage answers scored, see llava.eval.choices), else the
 vision module's own probabilities give the stages. The VLM is asked the first of the question templates
-(sleep_eeg.cot.QUESTIONS) with the epoch's image and its feature, as in training.
+(sleep_eeg.images.cot.QUESTIONS) with the epoch's image and its feature, as in training.
 
 Outputs (in --out; with --edf-dir one folder per night inside it), each file written atomically. Stage writes only
 these files into the folder and leaves every other file there alone; it overwrites one of them only when it wrote
@@ -24,8 +24,8 @@ it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), el
 - hypnogram.edf: the stages as EDF+ annotations ("Sleep stage W" / "N1" / "N2" / "N3" / "R", one per 30-s epoch,
   onsets from the recording's start, dated as the recording), which EDFbrowser, MNE and edfio read;
 - hypnogram.png: the hypnogram (and the scored one) above the hypnodensity (the five probabilities over the night);
-- statistics.json: the AASM sleep statistics of the staged night (sleep_eeg.statistics; lights off to lights on =
-  the recording);
+- statistics.json: the AASM sleep statistics of the staged night (sleep_eeg.evaluation.statistics; lights off to
+  lights on = the recording);
 - agreement.json with --hypnogram: accuracy, macro-F1, Cohen's kappa and the confusion matrix against the scored
   epochs, and the scored night's statistics;
 - report.html: one self-contained file (the figure embedded) with the statistics, the agreement and the table.
@@ -33,8 +33,9 @@ it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), el
 Refused in one line, before anything is written: an --out that is a file (or lies under one), an unreadable EDF, a missing channel, a vision checkpoint without
 recorded render settings, an EDF+D recording with gaps, a channel sampled too slowly for its band, a VLM trained on
 images drawn otherwise (other channels or rendering) or on features of another size, and a hypnogram of another
-night (sleep_eeg.edf.scoring_on_recording, the rule prepare follows). A flat channel and a hypnogram that runs past
-the recording are warnings with counts. With --edf-dir every night is staged before any folder is written. Python: ``from eeg_vlm import stage_night``.
+night (sleep_eeg.recording.edf.scoring_on_recording, the rule prepare follows). A flat channel and a hypnogram that
+runs past the recording are warnings with counts. With --edf-dir every night is staged before any folder is
+written. Python: ``from eeg_vlm import stage_night``.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ from eeg_core.formats import check_render
 from eeg_core.layout import VISION_CONFIG
 from eeg_core.outputs import check_out_folder
 from eeg_core.stages import EPOCH_S, STAGES
-from sleep_eeg.metrics import HEADLINE, metric_line
+from sleep_eeg.evaluation.metrics import HEADLINE, metric_line
 
 CSV_NAME, FIGURE_NAME, STATISTICS_NAME = "stages.csv", "hypnogram.png", "statistics.json"
 AGREEMENT_NAME, REPORT_NAME, EDF_NAME = "agreement.json", "report.html", "hypnogram.edf"
@@ -116,19 +117,19 @@ class StagedNight:
 
     @property
     def statistics(self) -> dict:
-        """AASM sleep statistics of the staged night (``sleep_eeg.statistics.sleep_statistics``)."""
-        from sleep_eeg.statistics import sleep_statistics
+        """AASM sleep statistics of the staged night (``sleep_eeg.evaluation.statistics.sleep_statistics``)."""
+        from sleep_eeg.evaluation.statistics import sleep_statistics
 
         return sleep_statistics(self.stages, self.epoch_s)
 
     @property
     def agreement(self) -> dict | None:
-        """Agreement with the scored epochs (``sleep_eeg.score.compute_metrics``) and the scored night's
+        """Agreement with the scored epochs (``sleep_eeg.evaluation.score.compute_metrics``) and the scored night's
         statistics; None without a hypnogram."""
         if self.scored is None:
             return None
-        from sleep_eeg.metrics import compute_metrics
-        from sleep_eeg.statistics import sleep_statistics
+        from sleep_eeg.evaluation.metrics import compute_metrics
+        from sleep_eeg.evaluation.statistics import sleep_statistics
 
         both = [(s, p) for s, p in zip(self.scored, self.stages) if s is not None]
         if not both:
@@ -141,7 +142,7 @@ class StagedNight:
         """The stages table as CSV text; written (atomically) to ``path`` when given."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        from sleep_eeg.stages import STAGE_TO_YASA
+        from sleep_eeg.recording.stages import STAGE_TO_YASA
 
         writer.writerow(["epoch", "onset_clock", "onset_s", "stage", *(f"p_{s}" for s in STAGES), "yasa"]
                         + (["scored"] if self.scored is not None else [])
@@ -159,7 +160,7 @@ class StagedNight:
     @property
     def yasa_codes(self) -> np.ndarray:
         """The stages as YASA's integer codes (0 W, 1 N1, 2 N2, 3 N3, 4 REM)."""
-        from sleep_eeg.stages import STAGE_TO_YASA
+        from sleep_eeg.recording.stages import STAGE_TO_YASA
 
         return np.asarray([STAGE_TO_YASA[s] for s in self.stages], dtype=np.int64)
 
@@ -297,7 +298,7 @@ def open_recording(source) -> tuple[Path, object]:
     """``(the path or a name, the recording)`` of what ``stage_night`` is given: a path (EDF with edfio, BDF and
     other formats with MNE), an ``mne.io.Raw`` (volts, as MNE keeps them), or ``(data, sf, ch_names)`` arrays in
     µV (``data`` ``[channels, samples]``)."""
-    from sleep_eeg.edf import from_arrays, from_mne, read_recording
+    from sleep_eeg.recording.edf import from_arrays, from_mne, read_recording
 
     if isinstance(source, (str, Path)):
         return Path(source), read_recording(source)
@@ -312,11 +313,12 @@ def open_recording(source) -> tuple[Path, object]:
 
 def read_signals(psg: Path, channels: Sequence[str], vision: str, names: dict | None = None, recording=None):
     """``({channel: (µV, rate)}, start, number of complete epochs, the read recording, {channel: the recording's
-    label})`` of the channels the checkpoint was trained on (``sleep_eeg.edf.read_recording``: an EDF+D recording with gaps is refused): each
-    panel reads the channel named for its role in ``names``, else the one of its derivation. A channel of another
-    derivation than the checkpoint's is said in one line; units implausible for their header are a warning."""
-    from sleep_eeg.channels import derivation
-    from sleep_eeg.edf import channels_uv, read_recording, start_datetime
+    label})`` of the channels the checkpoint was trained on (``sleep_eeg.recording.edf.read_recording``: an EDF+D
+    recording with gaps is refused): each panel reads the channel named for its role in ``names``, else the one of
+    its derivation. A channel of another derivation than the checkpoint's is said in one line; units implausible
+    for their header are a warning."""
+    from sleep_eeg.recording.channels import derivation
+    from sleep_eeg.recording.edf import channels_uv, read_recording, start_datetime
 
     edf = read_recording(psg) if recording is None else recording
     signals, found, warned = channels_uv(edf, channels, names, psg,
@@ -336,10 +338,10 @@ def read_signals(psg: Path, channels: Sequence[str], vision: str, names: dict | 
 def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int,
                 hypnogram_epoch: float = EPOCH_S) -> tuple[list[str | None], list[str]]:
     """The scored stage of each epoch, and the warnings about the scoring (one line each, with counts). Which
-    hypnogram belongs to which recording is ``sleep_eeg.edf.scoring_on_recording``'s rule, as in prepare: another
-    night's is refused. ``hypnogram_epoch``: seconds per line of a CSV / TXT hypnogram."""
-    from sleep_eeg.edf import read_hypnogram, scoring_on_recording
-    from sleep_eeg.stages import check_annotations, epoch_labels, scoring_warnings
+    hypnogram belongs to which recording is ``sleep_eeg.recording.edf.scoring_on_recording``'s rule, as in prepare:
+    another night's is refused. ``hypnogram_epoch``: seconds per line of a CSV / TXT hypnogram."""
+    from sleep_eeg.recording.edf import read_hypnogram, scoring_on_recording
+    from sleep_eeg.recording.stages import check_annotations, epoch_labels, scoring_warnings
 
     hypnogram, psg = Path(hypnogram), Path(psg)
     own = hypnogram.resolve() == psg.resolve()
@@ -375,7 +377,7 @@ class Stager:
                  device: str | None = None, batch_size: int = 32, max_new_tokens: int = 256):
         import torch
 
-        from sleep_eeg.render import RenderConfig
+        from sleep_eeg.images.render import RenderConfig
         from vision_modules.checkpoint import load_vision_module
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -401,7 +403,7 @@ class Stager:
         from llava.conversation import checkpoint_conv_template
         from llava.eval import answering
         from llava.model.config import load_config
-        from sleep_eeg.cot import QUESTIONS
+        from sleep_eeg.images.cot import QUESTIONS
 
         config = load_config(vlm)  # checked before the weights load
         check_render(getattr(config, "eeg_render", None), self.vision_config["render"], str(vlm),
@@ -424,9 +426,9 @@ class Stager:
         from tqdm.auto import tqdm
 
         from llava.eval.answering import choose_batch
-        from sleep_eeg.channels import channel_role
-        from sleep_eeg.render import check_rates, render_night
-        from sleep_eeg.stages import flat_warnings
+        from sleep_eeg.images.render import check_rates, render_night
+        from sleep_eeg.recording.channels import channel_role
+        from sleep_eeg.recording.stages import flat_warnings
         from vision_modules.extract import night_features
 
         if explain and self.vlm is None:
@@ -525,8 +527,8 @@ def stage_night(psg, vision: str | Path, vlm: str | Path | None = None,
 # ---------------------------------------------------------------------------------------------
 def nights_in(edf_dir: str | Path) -> list[tuple[Path, Path | None]]:
     """``(PSG, hypnogram or None)`` of every night in a folder or pairing CSV (paired by
-    ``sleep_eeg.edf.find_nights``); a recording with its own stage annotations is its own hypnogram."""
-    from sleep_eeg.edf import find_nights, read_recording, stage_annotations
+    ``sleep_eeg.recording.edf.find_nights``); a recording with its own stage annotations is its own hypnogram."""
+    from sleep_eeg.recording.edf import find_nights, read_recording, stage_annotations
 
     out = []
     for night in find_nights(edf_dir):

@@ -41,7 +41,7 @@ LLAVA_V15_MM_KEYS = {  # as in liuhaotian/llava-v1.5-13b's config.json
 def tokenizer_corpus() -> list[str]:
     """EEG questions and chain-of-thought answers, the conversation prompts and role names."""
     from llava.conversation import conv_templates
-    from sleep_eeg.cot import example_texts
+    from sleep_eeg.images.cot import example_texts
 
     texts = list(example_texts())
     for conv in conv_templates.values():
@@ -112,7 +112,7 @@ def train_stage_only(base: str | os.PathLike, out: str | os.PathLike, images, fe
     from llava.model.builder import load_pretrained_model
     from llava.padding import pad_sequences
     from llava.train.preprocess import preprocess
-    from sleep_eeg.cot import QUESTIONS
+    from sleep_eeg.images.cot import QUESTIONS
 
     out = Path(out)
     shutil.copytree(base, out, dirs_exist_ok=True)

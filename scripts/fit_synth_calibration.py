@@ -3,7 +3,7 @@
     python scripts/fit_synth_calibration.py --shared ../shared/data/sleepedf
 
 Reads ``stats.json`` (figures of all 153 nights) and ``hypnograms_SC400-SC459.json`` (115 expert
-hypnograms) and rewrites the *fitted* sections of ``sleep_eeg/sleepedf_calibration.json``; its
+hypnograms) and rewrites the *fitted* sections of ``sleep_eeg/synthetic/sleepedf_calibration.json``; its
 *chosen* sections are kept as they are. Only fitted parameters and figures enter the project,
 never the hypnograms.
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from eeg_core.atomic import write_json
 from eeg_core.stages import STAGES
-from sleep_eeg import realism, synth
+from sleep_eeg.synthetic import realism, synth
 
 CODE = {"W": "W", "1": "N1", "2": "N2", "3": "N3", "R": "REM"}
 EDGES = list(range(1, 21)) + [21, 26, 31, 41, 51, 71, 101, 151, 241]

@@ -15,6 +15,18 @@ ALLOWED = {
     "eeg_vlm": {"eeg_core", "sleep_eeg", "vision_modules", "llava"},
 }
 
+# sleep_eeg's sub-packages along the data flow -> the sub-packages each may import (besides itself and eeg_core).
+# signal is the leaf; recording reads files; images, synthetic nights and baselines stand side by side on both;
+# evaluation is the top (score --edf-dir puts YASA pretrained beside the answers).
+SLEEP_EEG_LAYERS = {
+    "signal": set(),
+    "recording": {"signal"},
+    "images": {"recording", "signal"},
+    "synthetic": {"recording", "signal"},
+    "baselines": {"recording", "signal"},
+    "evaluation": {"baselines", "recording", "signal"},
+}
+
 # LLaVA's entry-point scripts -> the modules allowed to import them. A script is run, never imported: what a script
 # and another module share lives in a library module (llava.eval.answering for model_vqa.py). train_mem.py is
 # LLaVA's entry to train.py's train().
@@ -68,6 +80,21 @@ def test_each_layer_imports_only_the_layers_below_it():
     wrong = [f"{m} imports {i}" for m, targets in import_graph().items() for i in sorted(targets)
              if i.split(".")[0] != m.split(".")[0] and i.split(".")[0] not in ALLOWED[m.split(".")[0]]]
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_sleep_eeg_sub_packages_import_only_the_ones_below_them():
+    graph = {m: t for m, t in import_graph().items() if m.startswith("sleep_eeg.")}
+    assert {m.split(".")[1] for m in graph} == set(SLEEP_EEG_LAYERS)  # every sub-package is placed, no module loose
+    def allowed(module: str, target: str) -> bool:
+        if not target.startswith("sleep_eeg"):
+            return True
+        if target == "sleep_eeg":
+            return False
+        here, there = module.split(".")[1], target.split(".")[1]
+        return there == here or there in SLEEP_EEG_LAYERS[here]
+
+    wrong = [f"{m} imports {i}" for m, targets in graph.items() for i in sorted(targets) if not allowed(m, i)]
+    assert not wrong, "imports against sleep_eeg's sub-layers:\n" + "\n".join(wrong)
 
 
 def test_the_core_imports_nothing_of_the_rest_of_the_project():

@@ -110,7 +110,7 @@ def ctx(tiny_llava, tmp_path_factory) -> Ctx:
 # ---------------------------------------------------------------------------------------------
 def write_night(folder: Path, annotations, minutes: float = 20, flat: bool = False, name: str = "SC9001E0") -> Path:
     """A Sleep-EDF-style pair (PSG with EEG Fpz-Cz at 100 Hz, hypnogram); returns the hypnogram."""
-    from sleep_eeg import edf
+    from sleep_eeg.recording import edf
 
     fs = 100.0
     n = int(minutes * 60 * fs)
@@ -527,7 +527,7 @@ def baseline_setup(ctx) -> dict:
     records and questions, and a band-power baseline trained on the first."""
     if _BASELINE:
         return _BASELINE
-    from sleep_eeg import baselines
+    from sleep_eeg.baselines import classic as baselines
 
     root = ctx.root / "baseline"
     edf = root / "edf"
@@ -563,7 +563,7 @@ def baseline_config_edited(ctx, tmp):
 
 def baseline_object_array(ctx, tmp):
     """A features model whose model.npz holds an object array (a pickle), its hashes made to match."""
-    from sleep_eeg.baselines import config_sha256
+    from sleep_eeg.baselines.classic import config_sha256
 
     b = baseline_setup(ctx)
     model = tmp / "model"
@@ -744,7 +744,7 @@ def baseline_train_out_under_a_file(ctx, tmp):
 
 def _main(entry: str):
     if entry == "prepare":
-        from sleep_eeg.prepare import main
+        from sleep_eeg.images.prepare import main
     elif entry == "vision":
         from vision_modules.cli import main
     elif entry == "train":
@@ -756,13 +756,13 @@ def _main(entry: str):
     elif entry == "stage":
         from eeg_vlm.stage import main
     elif entry == "synth":
-        from sleep_eeg.synth import main
+        from sleep_eeg.synthetic.synth import main
     elif entry == "demo":
         from eeg_vlm.demo import main
     elif entry == "baseline":
-        from sleep_eeg.baselines import main
+        from sleep_eeg.baselines.classic import main
     else:
-        from sleep_eeg.score import main
+        from sleep_eeg.evaluation.score import main
     return main
 
 
@@ -789,7 +789,7 @@ def write_pair(folder: Path, psg: str = "SC9001E0-PSG.edf", hyp: str = "SC9001EC
     """A PSG (EEG Fpz-Cz at ``fs``, starting NIGHT_START) and a hypnogram whose header starts at ``hyp_start``."""
     import edfio
 
-    from sleep_eeg import edf
+    from sleep_eeg.recording import edf
 
     n = int(minutes * 60 * fs)
     t = np.arange(n) / fs
@@ -827,7 +827,7 @@ def vision_checkpoint(ctx) -> Path:
     ctx.root (whose snapshot the cases compare)."""
     out = ctx.root.parent / f"{ctx.root.name}_rel_eeg_vision"
     if not (out / "config.json").is_file():
-        from sleep_eeg.render import RenderConfig
+        from sleep_eeg.images.render import RenderConfig
         from vision_modules.checkpoint import random_checkpoint
 
         random_checkpoint(out, RenderConfig(px_per_s=4, height=32).to_dict(), image_size=(32, 96))
@@ -1159,7 +1159,7 @@ def case_id(entry, make) -> str:
 # Suspicious but maybe fine: a warning with counts, and the work is done
 # ---------------------------------------------------------------------------------------------
 def test_flat_channel_and_short_hypnogram_are_warnings_with_counts(tmp_path, capsys):
-    from sleep_eeg.prepare import main
+    from sleep_eeg.images.prepare import main
 
     edf_dir = tmp_path / "edf"
     edf_dir.mkdir()
@@ -1179,7 +1179,7 @@ def test_flat_channel_and_short_hypnogram_are_warnings_with_counts(tmp_path, cap
 
 
 def test_baseline_on_a_flat_night_is_a_warning_with_counts(ctx, tmp_path, capsys):
-    from sleep_eeg import baselines
+    from sleep_eeg.baselines import classic as baselines
 
     b = baseline_setup(ctx)
     edf = tmp_path / "edf"
@@ -1241,7 +1241,7 @@ def test_features_without_their_sidecar_are_used_with_a_warning(ctx, tmp_path, c
 
 def test_hedged_answers_are_unparseable_not_guessed(ctx, tmp_path):
     from eeg_core.answer import parse_stage
-    from sleep_eeg.score import score
+    from sleep_eeg.evaluation.score import score
 
     hedged = ["stage 2 or stage 3", "REM? no. Sleep stage: unclear", "Sleep stage: N2/N3", "Sleep stage: N1?",
               "N2, possibly N3", "N2 (maybe N1)", "either N1 or W", "Sleep stage: N2.5", "Sleep stage: N2, possibly N3",
@@ -1453,7 +1453,7 @@ def test_a_hypnogram_longer_than_its_recording_and_a_flat_night_are_warnings_wit
     """A recording cut short under its whole hypnogram (prepare and stage), and a flat EEG (stage): one warning
     line each, with counts, and the work is done."""
     from eeg_vlm.stage import main as stage_main
-    from sleep_eeg.prepare import main as prepare_main
+    from sleep_eeg.images.prepare import main as prepare_main
 
     scoring = ((0, 600, "Sleep stage W"), (600, 1200, "Sleep stage 2"), (1800, 300, "Sleep stage ?"))
     psg, hyp = write_pair(tmp_path / "edf", minutes=20, annotations=scoring)  # scored to 30 min, recorded 20

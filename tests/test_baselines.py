@@ -16,7 +16,8 @@ from eeg_core.atomic import file_sha256, write_json, write_jsonl
 from eeg_core.formats import read_jsonl, read_records
 from eeg_core.stages import STAGES
 from eeg_vlm.cli import main as eeg_vlm
-from sleep_eeg import baselines, features, measures
+from sleep_eeg.baselines import classic as baselines, features
+from sleep_eeg.signal import bands
 
 from refusal import refused
 
@@ -144,7 +145,7 @@ def test_features_baseline_with_yasa(split, tmp_path):
     baselines.predict(model, split["eval"], split["edf"], answers)
     check_answers(answers, split["eval"])
     # The scipy stand-in computes every YASA feature, and each follows YASA's over a night's epochs.
-    from sleep_eeg.edf import read_edf, signal_uv
+    from sleep_eeg.recording.edf import read_edf, signal_uv
 
     psg = split["edf"] / read_records(split["eval"])[0]["psg"]
     x, _ = signal_uv(read_edf(psg), "EEG Fpz-Cz")
@@ -159,9 +160,9 @@ def test_features_baseline_with_yasa(split, tmp_path):
 def test_bandpower_of_a_10_hz_sine_is_alpha():
     fs = 100.0
     t = np.arange(int(90 * fs)) / fs
-    f = measures.log_relative_band_power(20 * np.sin(2 * np.pi * 10 * t), fs, [0, 1, 2])
+    f = bands.log_relative_band_power(20 * np.sin(2 * np.pi * 10 * t), fs, [0, 1, 2])
     assert f.shape == (3, 5)
-    alpha = list(measures.BANDS).index("alpha")
+    alpha = list(bands.BANDS).index("alpha")
     assert (f.argmax(axis=1) == alpha).all()
     assert (np.exp(f[:, alpha]) > 0.95).all() and (np.delete(f, alpha, axis=1) < np.log(0.05)).all()
 
@@ -272,7 +273,7 @@ def test_real_sleep_edf_file(shared_data, bandpower, tmp_path, capsys):
 
 
 def test_score_compare_bad_input(split, bandpower, tmp_path, capsys):
-    from sleep_eeg import score
+    from sleep_eeg.evaluation import score
 
     out = tmp_path / "scores"
     base = ["--question-file", split["eval"], "--answers-file", bandpower[1], "--out", out, "--no-plots"]

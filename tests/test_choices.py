@@ -12,7 +12,7 @@ from eeg_core.errors import FormatError
 from eeg_core.formats import make_question, read_jsonl, save_features
 from eeg_core.stages import STAGES
 from llava.eval import choices, model_vqa
-from sleep_eeg.cot import QUESTIONS
+from sleep_eeg.images.cot import QUESTIONS
 
 
 @pytest.fixture(scope="module")

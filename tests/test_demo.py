@@ -20,7 +20,8 @@ from eeg_core.errors import FormatError
 from eeg_core.layout import FEATURES_EVAL_NAME, FEATURES_TRAIN_NAME, RENDER_FILE
 from eeg_core.stages import STAGES
 from eeg_vlm import demo, steps
-from sleep_eeg import score, yasa_staging
+from sleep_eeg.baselines import yasa_staging
+from sleep_eeg.evaluation import score
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = [s.name for s in demo.pipeline(demo.QUICK, seed=0)]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from eeg_core.errors import FormatError
-from sleep_eeg import edf, stages, synth
+from sleep_eeg.recording import edf, stages
+from sleep_eeg.signal.epochs import epoch_array
+from sleep_eeg.synthetic import synth
 
 
 def test_synthetic_night_round_trips_through_edf_within_quantisation(tmp_path):
@@ -87,7 +89,7 @@ def test_trim_keeps_30_minutes_of_wake_and_drops_unscorable():
     idx_all, _ = stages.scorable_epochs(ann, n_samples, fs, trim_minutes=None)
     assert idx_all[-1] == 366  # 11010 s = 367 epochs, the partial one is not there
     x = np.arange(n_samples, dtype=float)
-    ep = stages.epoch_array(x, fs, idx[:2])
+    ep = epoch_array(x, fs, idx[:2])
     assert ep.shape == (2, 300) and ep[0, 0] == idx[0] * 300
 
 

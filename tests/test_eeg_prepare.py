@@ -12,8 +12,10 @@ from eeg_core.atomic import atomic_folder, staging_folder, swap_folder
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render, read_records, records_render
 from eeg_core.layout import RENDER_FILE
-from sleep_eeg import edf, prepare, stages, synth
-from sleep_eeg.render import RenderConfig
+from sleep_eeg.images import prepare
+from sleep_eeg.images.render import RenderConfig
+from sleep_eeg.recording import edf, stages
+from sleep_eeg.synthetic import synth
 
 from refusal import refused
 

@@ -5,9 +5,9 @@ import pytest
 from eeg_core.answer import stage_line
 from eeg_core.errors import FormatError
 from eeg_core.stages import STAGES
-from sleep_eeg import cot
-from sleep_eeg.measures import epoch_measures
-from sleep_eeg.render import RenderConfig, render_epoch, render_night, segment
+from sleep_eeg.images import cot
+from sleep_eeg.images.measures import epoch_measures
+from sleep_eeg.images.render import RenderConfig, render_epoch, render_night, segment
 
 FS = 100.0
 T = np.arange(3000) / FS
@@ -118,7 +118,7 @@ def test_example_texts_cover_every_template_mode_and_stage():
 
 def test_measured_answer_never_claims_a_number_the_signal_lacks():
     """An epoch scored N3 whose slow waves cover only 12% says "below the 20% criterion", not "more than 20%"."""
-    from sleep_eeg.cot import build_answer
+    from sleep_eeg.images.cot import build_answer
 
     measures = dict(delta=60, theta=15, alpha=5, sigma=5, beta=5, ptp=180, slow_waves=12, spindles=0)
     scored_n3 = build_answer("N3", "measured", measures)

@@ -6,6 +6,7 @@ The dtypes themselves run end to end elsewhere: the documented command in bfloat
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -103,3 +104,22 @@ def test_large_weights_are_hashed_once_and_again_after_a_rewrite(tmp_path, monke
     assert len(calls) == 2 and second != first and second == real(weights)
     # A small file (a config, an adapter) is simply hashed each time.
     assert builder.weights_sha256(weights, min_bytes=1 << 30) == second and len(calls) == 3
+
+
+def test_the_fingerprint_of_a_lora_checkpoint_reads_its_adapter_settings_not_their_order(tmp_path, monkeypatch):
+    """peft writes ``target_modules`` (a set) in an order that changes between runs: two trainings to the same
+    weights get the same fingerprint, and a changed setting another one."""
+    from llava.model.builder import model_fingerprint
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fingerprints = []
+    for i, settings in enumerate([{"r": 8, "target_modules": ["q_proj", "v_proj", "k_proj"]},
+                                  {"target_modules": ["k_proj", "q_proj", "v_proj"], "r": 8},
+                                  {"r": 16, "target_modules": ["k_proj", "q_proj", "v_proj"]}]):
+        folder = tmp_path / f"lora{i}"
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "llava_llama"}')
+        (folder / "adapter_model.safetensors").write_bytes(b"same weights")
+        (folder / "adapter_config.json").write_text(json.dumps(settings))
+        fingerprints.append(model_fingerprint(folder))
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]

@@ -39,7 +39,7 @@ CONVERSATION = [
 
 def training_texts():
     try:
-        from sleep_eeg.cot import example_texts
+        from sleep_eeg.images.cot import example_texts
 
         texts = list(example_texts())
     except ImportError:

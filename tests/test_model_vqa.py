@@ -16,7 +16,7 @@ from eeg_core.formats import make_question, question_answer, read_jsonl, save_fe
 from llava.eval import merge_answers as merge_mod
 from llava.eval import model_vqa
 from llava.model.builder import model_fingerprint
-from sleep_eeg.cot import QUESTIONS
+from sleep_eeg.images.cot import QUESTIONS
 
 from refusal import check_refusal
 

@@ -17,10 +17,10 @@ import pytest
 from eeg_core.cli import run
 from eeg_core.errors import FormatError
 from eeg_core.stages import STAGES
-from sleep_eeg.channels import channel_role, derivation, resolve_channels, with_roles
-from sleep_eeg.edf import Night, read_channels, read_stage_list, unit_warnings
-from sleep_eeg.render import RenderConfig
-from sleep_eeg.stages import map_stage
+from sleep_eeg.images.render import RenderConfig
+from sleep_eeg.recording.channels import channel_role, derivation, resolve_channels, with_roles
+from sleep_eeg.recording.edf import Night, read_channels, read_stage_list, unit_warnings
+from sleep_eeg.recording.stages import map_stage
 from vision_modules.checkpoint import random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_units_implausible_for_their_label_are_warned_about(tmp_path, capsys):
 
 
 def test_prepare_on_another_montage_in_volts_with_a_20_s_csv_hypnogram(lab, tmp_path, capsys):
-    from sleep_eeg import prepare
+    from sleep_eeg.images import prepare
 
     out = tmp_path / "data"
     with pytest.raises(SystemExit) as code:
@@ -136,7 +136,7 @@ def test_prepare_on_another_montage_in_volts_with_a_20_s_csv_hypnogram(lab, tmp_
     assert [r["label"] for r in records] == ["W"] * 4 + ["N1"] * 2 + ["N2"] * 6 + ["N3"] * 2 + ["REM"] * 2
     assert {r["subject"] for r in records} == {"P01"}
     # the band-power baseline on the same pairing CSV, its EEG channel named by role
-    from sleep_eeg import baselines
+    from sleep_eeg.baselines import classic as baselines
 
     with pytest.raises(SystemExit) as code:
         run(baselines.main, ["train", "--records", str(out / "eeg_ft.json"), "--edf-dir", str(lab["pairs"]),
@@ -228,7 +228,7 @@ def test_hypnogram_shorter_longer_or_offset(lab, tmp_path, capsys):
     beyond 5 minutes); one longer drops the epochs past the end (a warning with counts); a dated one starting later
     is placed at its offset; one that does not lie on the recording is refused."""
     from eeg_vlm.stage import read_scored
-    from sleep_eeg.edf import read_recording
+    from sleep_eeg.recording.edf import read_recording
 
     psg = lab["psg"]
     edf = read_recording(psg)
@@ -268,7 +268,7 @@ def test_demo_edf_dir_passes_the_roles_and_the_pairing(lab, tmp_path):
 def test_real_hypnograms_of_yasa_and_the_sleep_edf_emg_level(shared_data):
     """YASA's example hypnograms (integer codes with comment lines; stage names) read as stage lists; Sleep-EDF's
     1-Hz EMG level is not a unit problem."""
-    from sleep_eeg.edf import read_recording, signal_uv
+    from sleep_eeg.recording.edf import read_recording, signal_uv
 
     codes = read_stage_list(shared_data / "yasa_snippets" / "data_full_6hrs_100Hz_hypno_30s.txt").annotations
     assert len(codes) == 720 and [map_stage(a.text) for a in codes].count("REM") == 155
@@ -282,8 +282,8 @@ def test_real_hypnograms_of_yasa_and_the_sleep_edf_emg_level(shared_data):
 @pytest.mark.parametrize("eeg_rate, emg_rate", [(128, 200), (256, 512), (512, 500)])
 def test_any_rate_is_drawn_at_the_render_rate(eeg_rate, emg_rate):
     """EEG at 128 / 256 / 512 Hz and EMG at 200-512 Hz: resampled to the render's fs, the same picture as at 100 Hz."""
-    from sleep_eeg.edf import from_arrays, signal_uv
-    from sleep_eeg.render import check_rates, render_night
+    from sleep_eeg.images.render import check_rates, render_night
+    from sleep_eeg.recording.edf import from_arrays, signal_uv
 
     cfg = RenderConfig(channels=("C4-M1", "Chin1-Chin2"), **RENDER)
 
@@ -328,7 +328,7 @@ def test_demo_runs_on_the_labs_recordings_paired_by_csv(tmp_path):
     summary = json.loads((work / "results" / "demo_summary.json").read_text())
     rows = [r["name"] for r in summary["table"]]
     assert "vision module (resnet18)" in rows
-    from sleep_eeg import yasa_staging
+    from sleep_eeg.baselines import yasa_staging
 
     if yasa_staging.available():  # YASA reads the named channels of the recordings the CSV pairs
         assert yasa_staging.NAME in rows

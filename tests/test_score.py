@@ -10,8 +10,8 @@ from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.atomic import write_jsonl
 from eeg_core.cli import run
 from eeg_core.formats import make_answer, make_question
-from sleep_eeg.metrics import format_comparison, summary_row
-from sleep_eeg.score import main, score
+from sleep_eeg.evaluation.metrics import format_comparison, summary_row
+from sleep_eeg.evaluation.score import main, score
 
 from refusal import check_refusal, refused
 
@@ -180,12 +180,12 @@ def test_cli_writes_metrics_and_pngs(tmp_path, capsys):
 def test_python_dash_m_and_eeg_vlm_entry(tmp_path):
     qf, af = write_case(tmp_path)
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    for cmd in ([sys.executable, "-m", "sleep_eeg.score"], [sys.executable, "-m", "eeg_vlm.cli", "score"]):
+    for cmd in ([sys.executable, "-m", "sleep_eeg.evaluation.score"], [sys.executable, "-m", "eeg_vlm.cli", "score"]):
         r = subprocess.run(cmd + ["--question-file", str(qf), "--answers-file", str(af), "--no-plots"],
                            capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 0, r.stderr
         assert "macro-F1 0.7200" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "sleep_eeg.score", "--question-file", str(qf),
+    r = subprocess.run([sys.executable, "-m", "sleep_eeg.evaluation.score", "--question-file", str(qf),
                         "--answers-file", str(tmp_path / "nope.jsonl")], capture_output=True, text=True, env=env,
                        timeout=120)
     check_refusal(r.returncode, r.stderr, ["nope.jsonl"], alone=True)
@@ -291,7 +291,7 @@ def test_probabilities_give_log_loss_and_a_calibration_figure(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def _night_questions(tmp_path):
     """A 15-min synthetic night, a question per scored epoch (with its psg and epoch) and answers."""
-    from sleep_eeg import synth
+    from sleep_eeg.synthetic import synth
 
     edf_dir = tmp_path / "edf"
     psg = synth.synth_nights(edf_dir, nights=1, seed=2, hours=0.25, verbose=False)[0]
@@ -312,7 +312,7 @@ def _night_questions(tmp_path):
 
 def test_yasa_row_beside_the_scores_when_installed(tmp_path, capsys):
     pytest.importorskip("yasa")
-    from sleep_eeg import yasa_staging
+    from sleep_eeg.baselines import yasa_staging
 
     qf, af, edf_dir = _night_questions(tmp_path)
     assert main(["--question-file", str(qf), "--answers-file", str(af), "--no-plots", "--compare",
@@ -325,7 +325,7 @@ def test_yasa_row_beside_the_scores_when_installed(tmp_path, capsys):
 
 
 def test_no_yasa_row_without_yasa_or_edf_dir(tmp_path, monkeypatch):
-    from sleep_eeg import yasa_staging
+    from sleep_eeg.baselines import yasa_staging
 
     qf, af, edf_dir = _night_questions(tmp_path)
     metrics = score(qf, af, plots=False, compare=[("again", af)])  # no --edf-dir: no row, YASA or not

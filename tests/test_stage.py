@@ -17,7 +17,7 @@ import pytest
 from eeg_core.errors import FormatError
 from eeg_core.stages import STAGES
 from eeg_vlm.cli import main as eeg_vlm_main
-from sleep_eeg.render import RenderConfig
+from sleep_eeg.images.render import RenderConfig
 from vision_modules.checkpoint import random_checkpoint
 
 from refusal import refused
@@ -29,7 +29,7 @@ RENDER = RenderConfig(channels=CHANNELS, px_per_s=4, height=32, eog_height=16)  
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
     """Two 15-minute synthetic nights (30 epochs each) and a random vision module trained on RENDER's images."""
-    from sleep_eeg.synth import synth_nights
+    from sleep_eeg.synthetic.synth import synth_nights
 
     root = tmp_path_factory.mktemp("stage")
     psgs = synth_nights(root / "edf", 2, seed=0, hours=0.25, verbose=False)
@@ -260,8 +260,9 @@ def test_stage_draws_the_pixels_prepare_wrote(nights, tmp_path, monkeypatch):
     from scipy.signal import resample_poly
 
     from eeg_vlm.stage import stage_night
-    from sleep_eeg import edf, prepare
-    from sleep_eeg.render import png_bytes
+    from sleep_eeg.images import prepare
+    from sleep_eeg.images.render import png_bytes
+    from sleep_eeg.recording import edf
     from vision_modules import extract
 
     night = edf.find_nights(nights["root"] / "edf")[0]
@@ -299,7 +300,8 @@ def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, t
     epoch the feature that `eeg-vlm vision extract` gives its record after `eeg-vlm prepare`."""
     from eeg_vlm.stage import stage_night
     from eeg_core.formats import read_records
-    from sleep_eeg import edf, prepare
+    from sleep_eeg.images import prepare
+    from sleep_eeg.recording import edf
     from vision_modules import extract
 
     night = edf.find_nights(nights["root"] / "edf")[0]
@@ -333,10 +335,11 @@ def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, t
 
 
 def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_path, capsys):
-    """One rule (sleep_eeg.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording, which
-    starts ten minutes later and runs past its end, is refused by both commands with the same line."""
+    """One rule (sleep_eeg.recording.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording,
+    which starts ten minutes later and runs past its end, is refused by both commands with the same line."""
     from eeg_vlm import stage
-    from sleep_eeg import edf, prepare
+    from sleep_eeg.images import prepare
+    from sleep_eeg.recording import edf
 
     night = edf.find_nights(nights["root"] / "edf")[0]
     hyp = edf.read_edf(night.hypnogram)

@@ -1,10 +1,10 @@
-"""sleep_eeg.statistics against a hypnogram computed by hand."""
+"""sleep_eeg.evaluation.statistics against a hypnogram computed by hand."""
 from __future__ import annotations
 
 import pytest
 
 from eeg_core.errors import FormatError
-from sleep_eeg.statistics import sleep_statistics
+from sleep_eeg.evaluation.statistics import sleep_statistics
 
 #            0    1    2     3     4     5    6     7     8     9      10     11   12    13   14
 NIGHT = ["W", "W", "N1", "N2", "N2", "W", "N2", "N3", "N3", "REM", "REM", "W", "N2", "W", "W"]

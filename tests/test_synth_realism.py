@@ -1,5 +1,5 @@
 """Synthetic nights are as hard as real ones: their figures against the real Sleep-EDF figures kept in
-``sleep_eeg/sleepedf_calibration.json`` (a user's clone has no ``../shared``). The precise figures come
+``sleep_eeg/synthetic/sleepedf_calibration.json`` (a user's clone has no ``../shared``). The precise figures come
 from ``benchmarks/realism.py``; these tests hold the generator to the tolerances of the real data."""
 import itertools
 
@@ -10,7 +10,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from eeg_core.stages import STAGES
-from sleep_eeg import measures, realism, synth
+from sleep_eeg.images import measures
+from sleep_eeg.signal import bands
+from sleep_eeg.synthetic import realism, synth
 
 REAL = synth.load_calibration()["reference"]
 
@@ -99,7 +101,7 @@ def test_signals_read_back_as_their_drawn_spectra():
     spectra = synth.sample_spectra(rng, subject, stages)
     eeg = synth.synth_eeg(rng, subject, stages, spectra)
     for c in range(len(synth.EEG_CHANNELS)):
-        err = measures.log_relative_band_power(eeg[c], synth.FS) - spectra[c]
+        err = bands.log_relative_band_power(eeg[c], synth.FS) - spectra[c]
         assert np.abs(err).mean() < 0.03 and np.percentile(np.abs(err), 95) < 0.15
 
 
@@ -153,12 +155,12 @@ def test_same_seed_same_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Absolute levels: the real-data judge's features (sleep_eeg.realism) on synthetic and real nights
+# Absolute levels: the real-data judge's features (sleep_eeg.synthetic.realism) on synthetic and real nights
 # ---------------------------------------------------------------------------------------------
 def test_judge_features_are_the_shared_real_features(shared_data):
     """Computed on the first 300 s of the real SC4001E0 recording, the features equal the shared set's
     first rows (which were computed on the whole recording: its edges differ in the rolling columns)."""
-    from sleep_eeg.edf import read_edf, signal_uv
+    from sleep_eeg.recording.edf import read_edf, signal_uv
 
     edf = read_edf(shared_data / "edfio_sleepedf_SC4001" / "short_psg.edf")
     ours = realism.night_features({c: signal_uv(edf, c)[0] for c in realism.JUDGE_CHANNELS}, 10)

@@ -112,7 +112,7 @@ def test_learns_a_task_carried_only_by_the_features(tiny_llava, tmp_path):
 def test_batch_sizes_and_fusion_modes_train(tiny_llava, tmp_path, recwarn, batch, fusion, projector, balance):
     from llava.train.train import train
     from llava.train.trainer import ClassBalancedSampler
-    from sleep_eeg.render import RenderConfig
+    from sleep_eeg.images.render import RenderConfig
 
     data = make_data(tmp_path / "data", n=5)
     drawn = RenderConfig(px_per_s=6).to_dict()

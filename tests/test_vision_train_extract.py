@@ -96,7 +96,7 @@ def test_extraction_rows_follow_records_and_sidecar_matches(trained, tmp_path):
 
 def test_predict_answers_score_like_any_model(trained, tmp_path):
     """`eeg-vlm vision predict`: one answer per question with the head's probabilities, scored by `score`."""
-    from sleep_eeg.score import score
+    from sleep_eeg.evaluation.score import score
 
     root, records, ckpt, _ = trained
     recs = read_records(records)
@@ -443,7 +443,7 @@ def test_sequence_feature_reads_its_window_and_nothing_across_nights_or_files(tr
 
 
 def test_sequence_encoder_trains_end_to_end_and_render_settings_bind_the_checkpoint(trained, tmp_path):
-    from sleep_eeg.render import RenderConfig
+    from sleep_eeg.images.render import RenderConfig
     from vision_modules.checkpoint import load_vision_module
     from vision_modules.predict import predict_stages
 

@@ -4,7 +4,7 @@ names are ``eeg_core.layout.VISION_WEIGHTS`` and ``VISION_CONFIG``).
 ``config.json`` holds ``arch``, ``import_path`` (the Python module that registered a user arch),
 ``feature_dim``, ``num_classes``, ``classes`` (index -> stage), ``module_kwargs`` (e.g. ``image_size``,
 ``tap``), ``input_size``, ``mean``, ``std``, the training ``args``, the best ``val_metrics``, ``render`` (how
-the training images were drawn, ``sleep_eeg.render``) and, with a sequence encoder, ``sequence`` (its ``name``,
+the training images were drawn, ``sleep_eeg.images.render``) and, with a sequence encoder, ``sequence`` (its ``name``,
 ``import_path`` and ``context``: epochs either side or ``"night"``; weights in ``sequence.safetensors``, see
 ``vision_modules.sequence``).
 """

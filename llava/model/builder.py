@@ -83,6 +83,18 @@ def weights_sha256(path: Path, min_bytes: int = CACHED_HASH_BYTES) -> str:
     return digest
 
 
+def adapter_config_sha256(path: Path) -> str:
+    """sha256 of a LoRA ``adapter_config.json`` as settings, not as text: keys sorted, and ``target_modules`` (a
+    set to peft, written in an order that changes from run to run) sorted, so two trainings to the same weights
+    give the same fingerprint."""
+    import hashlib
+
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
 def model_fingerprint(model_path, model_base=None) -> str:
     """sha256 identifying a checkpoint by content, not by folder name: its ``config.json`` and the weights it
     holds (the adapter and ``non_lora_trainables`` of a LoRA checkpoint, ``mm_projector.bin`` of a projector-only
@@ -103,7 +115,9 @@ def model_fingerprint(model_path, model_base=None) -> str:
         names += sorted({p.name for pattern in WEIGHT_PATTERNS + ("*.index.json",) for p in folder.glob(pattern)})
     h = hashlib.sha256(f"{kind}\n".encode())
     for name in names:
-        if (folder / name).is_file():
+        if name == "adapter_config.json" and (folder / name).is_file():
+            h.update(f"{name} {adapter_config_sha256(folder / name)}\n".encode())
+        elif (folder / name).is_file():
             h.update(f"{name} {weights_sha256(folder / name)}\n".encode())
     if model_base and kind != "full":
         base = resolve_model_dir(model_base, what="model base", hint="--model-base")

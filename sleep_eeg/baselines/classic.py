@@ -11,7 +11,7 @@ start), so they are trained on the same records (subjects) as the vision module 
 held-out questions, in the answers format, so ``eeg-vlm score`` scores them like any model.
 
 - ``bandpower``: the project's reference baseline. A standardised logistic regression (scikit-learn) on
-  the five log relative band powers of each epoch (``sleep_eeg.measures.log_relative_band_power``), five per
+  the five log relative band powers of each epoch (``sleep_eeg.signal.bands.log_relative_band_power``), five per
   channel; default channel ``EEG Fpz-Cz``. Real Sleep-EDF, 16 held-out subjects: 0.678 accuracy on
   Fpz-Cz, 0.741 with Fpz-Cz + Pz-Oz + EOG horizontal.
 - ``features``: the sleep field's everyday feature set, YASA's ``SleepStaging`` features (spectral and
@@ -19,7 +19,7 @@ held-out questions, in the answers format, so ``eeg-vlm score`` scores them like
   ``HistGradientBoostingClassifier`` (balanced class weights: N1 is rare) trained on our training split,
   not YASA's pre-trained classifier. YASA installs cleanly with the project's pins and is the default
   (``--extractor auto``) when present (``pip install -e '.[baselines]'``); without it the same feature set
-  is computed on scipy (``--extractor scipy``, see ``sleep_eeg.features``), so the command works either way.
+  is computed on scipy (``--extractor scipy``, see ``sleep_eeg.baselines.features``), so the command works either way.
   At most one EEG, one EOG and one EMG channel (named so), as in YASA.
 
 The model folder holds ``config.json`` (kind, channels, feature names, classes, the training records'
@@ -51,9 +51,9 @@ from eeg_core.errors import FormatError
 from eeg_core.outputs import check_output
 from eeg_core.formats import question_answer, question_keys, read_records, record_id
 from eeg_core.stages import EPOCH_S, STAGES, check_stage
-from sleep_eeg import features as F
-from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
-from sleep_eeg.measures import BANDS, log_relative_band_power
+from sleep_eeg.baselines import features as F
+from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
+from sleep_eeg.signal.bands import BANDS, log_relative_band_power
 
 KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")
@@ -156,11 +156,11 @@ def night_features(
         What to compute (see the module docstring).
     role_names : dict, optional
         The recording's channel for each role (``{"eeg": "C4-M1"}``); else each channel is the file's channel of
-        its derivation (``sleep_eeg.channels.resolve_channels``).
+        its derivation (``sleep_eeg.recording.channels.resolve_channels``).
     """
     from scipy.signal import resample_poly
 
-    from sleep_eeg.edf import read_recording, signal_uv
+    from sleep_eeg.recording.edf import read_recording, signal_uv
 
     first = record_id(records[items[0][0]])
     if not psg.is_file():
@@ -202,10 +202,10 @@ def dataset(
     extractor: str | None, need_label: bool, role_names: dict | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Feature matrix of all records (row i for record i), reading each night once. ``edf_dir``: the folder the
-    records' psg names are in, or the pairing CSV that names them (``sleep_eeg.edf.read_pairs``)."""
+    records' psg names are in, or the pairing CSV that names them (``sleep_eeg.recording.edf.read_pairs``)."""
     from tqdm.auto import tqdm
 
-    from sleep_eeg.edf import recording_lookup
+    from sleep_eeg.recording.edf import recording_lookup
 
     recording = recording_lookup(edf_dir)
     nights = group_by_night(records, records_path, need_label)

@@ -1,9 +1,9 @@
-"""Per-epoch features of a night's signals for the classic baselines (``sleep_eeg.baselines``).
+"""Per-epoch features of a night's signals for the classic baselines (``sleep_eeg.baselines.classic``).
 
 Two feature sets:
 
 - **Band power** (the project's reference baseline): per channel, the five log relative band powers
-  of :func:`sleep_eeg.measures.log_relative_band_power`.
+  of :func:`sleep_eeg.signal.bands.log_relative_band_power`.
 - **The sleep field's everyday feature set**, as YASA's ``SleepStaging`` computes it (Vallat & Walker,
   eLife 2021): ``yasa_night_features`` calls YASA itself when it is installed (the ``[baselines]``
   extra); ``scipy_night_features`` is the stand-in on scipy alone. Per channel: std, IQR, skewness,
@@ -25,8 +25,8 @@ from scipy.signal import welch
 from scipy.signal.windows import triang
 
 from eeg_core.stages import EPOCH_S
-from sleep_eeg.render import bandpass
-from sleep_eeg.stages import epoch_array
+from sleep_eeg.signal.epochs import epoch_array
+from sleep_eeg.signal.filters import bandpass
 
 FEATURES_FS = 100.0
 

@@ -1,7 +1,7 @@
 """Sleep-staging scores: eval questions (with labels) + model answers -> metrics, a table and plots.
 
     eeg-vlm score --question-file Q --answers-file A [--out DIR] [--allow-missing] [--compare NAME=ANSWERS.jsonl ...]
-    python -m sleep_eeg.score ...
+    python -m sleep_eeg.evaluation.score ...
 
 The stage of each answer is parsed from its final ``Sleep stage: X`` line, else from the last stage the
 text states (``parse_stage``); a hedge ("stage 2 or stage 3", "REM?") is unparseable. Question ids are
@@ -53,7 +53,7 @@ from eeg_core.formats import (
     record_id,
 )
 from eeg_core.stages import STAGES
-from sleep_eeg.metrics import (
+from sleep_eeg.evaluation.metrics import (
     MAJORITY,
     answer_probabilities,
     compute_metrics,
@@ -63,7 +63,7 @@ from sleep_eeg.metrics import (
     probability_metrics,
     summary_row,
 )
-from sleep_eeg.plots import plot_calibration, plot_confusion_matrix, plot_hypnograms
+from sleep_eeg.evaluation.plots import plot_calibration, plot_confusion_matrix, plot_hypnograms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def compare_rows(question_file: str | Path, named: Sequence[tuple[str, str | Pat
     counts = {s: labels.count(s) for s in STAGES}
     top = max(STAGES, key=lambda s: counts[s])
     rows = [summary_row(f"{MAJORITY} ({top})", None, compute_metrics(labels, [top] * len(labels)))]
-    from sleep_eeg import yasa_staging  # YASA itself is imported only to stage a night
+    from sleep_eeg.baselines import yasa_staging  # YASA itself is imported only to stage a night
 
     if edf_dir is not None and yasa_staging.available():
         pred = yasa_staging.answer_questions(questions, order, edf_dir, role_names)

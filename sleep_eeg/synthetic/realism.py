@@ -23,7 +23,7 @@ from eeg_core.stages import STAGES
 FEATURE_BANDS = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 50.0))
 FEATURE_NAMES = ("delta", "theta", "alpha", "beta", "gamma", "theta/alpha", "alpha/delta", "logvar", "mobility")
 JUDGE_CHANNELS = ("EEG Fpz-Cz", "EEG Pz-Oz")
-SHARED_FEATURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sleepedf_features"
+SHARED_FEATURES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sleepedf_features"
 EDGE_WAKE_EPOCHS = 60  # 30 min of wake kept before the first and after the last sleep epoch
 _EPS = 1e-10
 

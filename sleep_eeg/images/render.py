@@ -36,8 +36,8 @@ from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.formats import settings_id
 from eeg_core.stages import EPOCH_S
-from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role
-from sleep_eeg.edf import resample
+from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role
+from sleep_eeg.signal.filters import bandpass, resample
 
 CONTEXT_GREY = 170  # ink of the neighbouring epochs
 # night_norm: the night's median epoch standard deviation is drawn as this many µV (about the real Sleep-EDF
@@ -152,13 +152,6 @@ class RenderConfig:
         return self.to_dict()["id"]
 
 
-def bandpass(signal: np.ndarray, fs: float, band: tuple[float, float]) -> np.ndarray:
-    """Zero-phase Butterworth band-pass of a whole night (the top edge is kept below Nyquist)."""
-    lo, hi = band
-    hi = min(hi, 0.45 * fs)  # fs is the drawing rate of the render settings: the edge is part of their identity
-    sos = butter(4, (lo, hi), btype="bandpass", fs=fs, output="sos")
-    return sosfiltfilt(sos, np.asarray(signal, dtype=np.float64))
-
 
 def emg_level(signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
     """An EMG channel as a level in µV: a channel of 10 Hz or less is taken as a level already (Sleep-EDF's
@@ -193,8 +186,8 @@ def check_rates(signals: Mapping[str, tuple[np.ndarray, float]], cfg: RenderConf
 
 def prepare_night(signals: Mapping[str, tuple[np.ndarray, float]], cfg: RenderConfig) -> list[tuple[np.ndarray, float]]:
     """Each of ``cfg.channels`` ready to cut into epochs: resampled to ``cfg.fs`` (channels above 10 Hz, see
-    ``sleep_eeg.edf.resample``), EEG / EOG band-passed, EMG as its level. Prepare and stage both draw through this
-    function and :func:`render_epoch`, so the same recording gives the same pixels in both."""
+    ``sleep_eeg.signal.filters.resample``), EEG / EOG band-passed, EMG as its level. Prepare and stage both draw
+    through this function and :func:`render_epoch`, so the same recording gives the same pixels in both."""
     out = []
     for c in cfg.channels:
         x, fs = resample(*signals[c], cfg.fs)

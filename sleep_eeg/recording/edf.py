@@ -22,19 +22,18 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
 import edfio
 import numpy as np
-from scipy.signal import resample_poly
 
 from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.stages import EPOCH_S
-from sleep_eeg.channels import DEFAULT_CHANNEL, resolve_channels
-from sleep_eeg.stages import UNSCORED_TEXT, YASA_CODES, map_stage, stage_text
+from sleep_eeg.recording.channels import DEFAULT_CHANNEL, resolve_channels
+from sleep_eeg.recording.stages import UNSCORED_TEXT, YASA_CODES, map_stage, stage_text
+from sleep_eeg.signal.filters import resample
 
 STAGE_PREFIX = "Sleep stage"
 _SLEEP_EDF_NAME = re.compile(r"^(S[CT]\d\d\d)(\d)")  # SC4 + subject (2 digits), then the night
@@ -543,14 +542,6 @@ def read_channels(
                                            read_hypnogram(night.hypnogram, night.hypnogram_epoch))
     return signals, annotations
 
-
-def resample(data: np.ndarray, rate: float, fs: float) -> tuple[np.ndarray, float]:
-    """A waveform channel (above 10 Hz) at ``fs`` Hz (polyphase, ``scipy.signal.resample_poly``); a slower
-    channel (a 1-Hz EMG level) and one at ``fs`` already are returned as they are."""
-    if rate <= 10.0 or abs(fs - rate) <= 1e-9:
-        return data, rate
-    ratio = Fraction(fs / rate).limit_denominator(1000)
-    return resample_poly(data, ratio.numerator, ratio.denominator), float(fs)
 
 
 def read_night(

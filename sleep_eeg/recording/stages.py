@@ -8,6 +8,7 @@ import numpy as np
 
 from eeg_core.errors import FormatError
 from eeg_core.stages import EPOCH_S
+from sleep_eeg.signal.epochs import epoch_array
 
 # Sleep-EDF's R&K annotation texts: each stage as written in its hypnograms (N3 as S3 or S4), and the unscorable.
 RK_TEXT: dict[str, str] = {"W": "Sleep stage W", "N1": "Sleep stage 1", "N2": "Sleep stage 2", "N3": "Sleep stage 3",
@@ -189,9 +190,3 @@ def scorable_epochs(
     labels = epoch_labels(annotations, n_epochs, epoch_s)
     keep = [i for i in trim_wake(labels, trim_minutes, epoch_s) if labels[i] is not None]
     return np.asarray(keep, dtype=np.int64), [labels[i] for i in keep]
-
-
-def epoch_array(signal: np.ndarray, fs: float, indices: Sequence[int], epoch_s: float = EPOCH_S) -> np.ndarray:
-    """``[len(indices), samples_per_epoch]`` view-copy of the signal's epochs."""
-    n = int(round(epoch_s * fs))
-    return np.stack([signal[i * n : (i + 1) * n] for i in indices]) if len(indices) else np.zeros((0, n))

@@ -5,7 +5,7 @@ Answer modes (``--cot``):
 - ``stage``: stage-wise reasoning that walks the scoring criteria in precedence order
   (W, N3, N2, N1, REM) and stops at the first one met; the last line is ``Sleep stage: <stage>``.
 - ``measured``: the same steps, each citing a number computed from the epoch's own signal
-  (see ``sleep_eeg.measures.epoch_measures``). Comparisons with a numeric criterion ("above / below the
+  (see ``sleep_eeg.images.measures.epoch_measures``). Comparisons with a numeric criterion ("above / below the
   20% criterion") follow the number; the verdicts follow the scored stage, so a line never claims a
   number the signal does not have.
 - ``none``: only the line ``Sleep stage: <stage>``.

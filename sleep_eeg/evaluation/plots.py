@@ -14,7 +14,7 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE
 from eeg_core.atomic import atomic_path
 from eeg_core.stages import EPOCH_S, STAGES
-from sleep_eeg.metrics import HEADLINE, metric_line
+from sleep_eeg.evaluation.metrics import HEADLINE, metric_line
 
 # Hypnogram rows, top to bottom (the sleep field's convention).
 HYPNOGRAM_ORDER: tuple[str, ...] = ("W", "REM", "N1", "N2", "N3")

@@ -10,8 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sleep_eeg.channels import DEFAULT_CHANNEL
-from sleep_eeg.features import yasa_version
+from sleep_eeg.baselines.features import yasa_version
+from sleep_eeg.recording.channels import DEFAULT_CHANNEL
 
 NAME = "YASA, pretrained (no training)"
 # YASA's spellings (0.8 returns a Hypnogram of "WAKE" ... "REM"; earlier versions an array of "W" ... "R")
@@ -63,8 +63,8 @@ def answer_questions(questions: dict[str, dict], order: Sequence[str], edf_dir: 
     or named by the pairing CSV ``edf_dir``) at its ``epoch``; each night is staged once, whole, on its EEG
     channel (EEG Fpz-Cz, or ``names["eeg"]``) and its EOG (EOG horizontal, or ``names["eog"]``) when present."""
     from eeg_core.errors import FormatError
-    from sleep_eeg.channels import DEFAULT_CHANNEL, resolve_channels
-    from sleep_eeg.edf import read_recording, recording_lookup, signal_uv
+    from sleep_eeg.recording.channels import resolve_channels
+    from sleep_eeg.recording.edf import read_recording, recording_lookup, signal_uv
 
     recording = recording_lookup(edf_dir)
     names = {"eeg": (names or {}).get("eeg"), "eog": (names or {}).get("eog")}

@@ -4,7 +4,7 @@
     <out>/eeg_images_eval/<night>_<epoch>.png   <out>/eeg_eval.jsonl   (eval questions with labels)
     <out>/render.json                           (how the images were drawn; every record names its id)
 
-With several ``--channels`` each image stacks one panel per channel (see ``sleep_eeg.render``); the first
+With several ``--channels`` each image stacks one panel per channel (see ``sleep_eeg.images.render``); the first
 channel decides the epochs and the ``measured`` chain of thought.
 
 Every night is read and checked before anything is written: an unknown stage text or overlapping,
@@ -41,17 +41,17 @@ from eeg_core.layout import (
 )
 from eeg_core.outputs import check_out_folder
 from eeg_core.stages import STAGES
-from sleep_eeg import cot
-from sleep_eeg.channels import DEFAULT_CHANNEL, channel_role, with_roles
-from sleep_eeg.edf import Night, find_nights, read_channels
-from sleep_eeg.measures import epoch_measures
-from sleep_eeg.render import RenderConfig, check_rates, prepare_night, render_epochs
-from sleep_eeg.stages import (
+from sleep_eeg.images import cot
+from sleep_eeg.images.measures import epoch_measures
+from sleep_eeg.images.render import RenderConfig, check_rates, prepare_night, render_epochs
+from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role, with_roles
+from sleep_eeg.recording.edf import Night, find_nights, read_channels
+from sleep_eeg.recording.stages import (
     check_annotations,
-    epoch_array,
     night_warnings,
     scorable_epochs,
 )
+from sleep_eeg.signal.epochs import epoch_array
 
 
 def split_subjects(
@@ -118,8 +118,8 @@ def load_night(night: Night, render: RenderConfig, trim_minutes: float | None) -
     return LoadedNight(night, signals, epochs.tolist(), labels)
 
 
-def render_night(loaded: LoadedNight, folder: Path, is_eval: bool, cot_mode: str, render: RenderConfig,
-                 rng: random.Random, pool=None) -> list[dict]:
+def write_night_records(loaded: LoadedNight, folder: Path, is_eval: bool, cot_mode: str, render: RenderConfig,
+                        rng: random.Random, pool=None) -> list[dict]:
     """Draw the night's epoch images into ``folder`` and return its records: eval questions when
     ``is_eval``, else train records with their answers (one question text drawn from ``rng`` per epoch)."""
     night, epochs = loaded.night, loaded.epochs
@@ -225,10 +225,10 @@ class PrepareOptions:
 def prepare(edf_dir: str | Path, out: str | Path, options: PrepareOptions | None = None,
             render: RenderConfig = RenderConfig(), **overrides) -> PrepareResult:
     """Run the whole conversion: list and check the nights (:func:`load_night`), split the subjects
-    (:func:`split_subjects`), draw each night (:func:`render_night`) into temporary folders that then
+    (:func:`split_subjects`), draw each night (:func:`write_night_records`) into temporary folders that then
     replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`). ``edf_dir``: a
-    folder, or a pairing CSV (``sleep_eeg.edf.read_pairs``); ``options``: :class:`PrepareOptions` with ``overrides``
-    by keyword applied; ``render``: how the images are drawn."""
+    folder, or a pairing CSV (``sleep_eeg.recording.edf.read_pairs``); ``options``: :class:`PrepareOptions` with
+    ``overrides`` by keyword applied; ``render``: how the images are drawn."""
     opts = replace(options or PrepareOptions(), **overrides)
     cot_mode, eval_fraction, seed = opts.cot_mode, opts.eval_fraction, opts.seed
     if cot_mode not in cot.COT_MODES:
@@ -252,8 +252,8 @@ def prepare(edf_dir: str | Path, out: str | Path, options: PrepareOptions | None
     try:
         for night in loaded:
             is_eval = night.night.subject in eval_set
-            records = render_night(night, staging[EVAL_IMAGES if is_eval else TRAIN_IMAGES], is_eval, cot_mode,
-                                   render, rng, pool)
+            records = write_night_records(night, staging[EVAL_IMAGES if is_eval else TRAIN_IMAGES], is_eval,
+                                          cot_mode, render, rng, pool)
             (questions if is_eval else train).extend(records)
             counts["eval" if is_eval else "train"].update(night.labels)
         drawn = True
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--context", type=float, default=0.0, help="seconds of neighbouring epochs drawn in grey")
     p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below each EEG panel")
     p.add_argument("--night-norm", action="store_true",
-                   help="scale each channel by its own night's median level (sleep_eeg.render.night_scale)")
+                   help="scale each channel by its own night's median level (sleep_eeg.images.render.night_scale)")
     args = p.parse_args(argv)
     channels = with_roles(tuple(c.strip() for c in args.channels.split(",") if c.strip()), role_names(args))
     cfg = RenderConfig(channels=channels, fs=args.fs, px_per_s=args.px_per_s, height=args.height, uv=args.uv,

@@ -8,23 +8,11 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 from scipy.signal import butter, sosfiltfilt, welch
 
-from eeg_core.stages import EPOCH_S
-from sleep_eeg.render import bandpass
-from sleep_eeg.stages import epoch_array
+from sleep_eeg.signal.bands import BANDS
 
-BANDS: dict[str, tuple[float, float]] = {
-    "delta": (0.5, 4.0),
-    "theta": (4.0, 8.0),
-    "alpha": (8.0, 12.0),
-    "sigma": (12.0, 16.0),
-    "beta": (16.0, 30.0),
-}
-BROAD = (0.5, 30.0)  # relative powers are relative to this band
 SLOW_WAVE_BAND = (0.5, 2.0)
 SLOW_WAVE_UV = 75.0
 SPINDLE_BAND = (11.0, 16.0)
@@ -42,47 +30,6 @@ def band_powers(x: np.ndarray, fs: float) -> dict[str, float]:
         out[name] = float(100.0 * p[m].sum() / total) if total > 0 else 0.0
     return out
 
-
-def log_relative_band_power(
-    signal: np.ndarray, fs: float, indices: Sequence[int] | None = None, epoch_s: float = EPOCH_S
-) -> np.ndarray:
-    """The reference spectral features: natural log of each band's power over the 0.5-30 Hz power.
-
-    The definition of the real Sleep-EDF figures that the synthetic nights are calibrated against and
-    of the band-power baseline: the whole recording is band-passed to 0.5-30 Hz (zero-phase
-    Butterworth), each 30-s epoch gets a Welch spectrum (4-s Hamming windows, half overlap, **median**
-    averaging, which ignores brief bursts), and the bands 0.5-4, 4-8, 8-12, 12-16 and 16-30 Hz are
-    summed.
-
-    Parameters
-    ----------
-    signal : ndarray, shape (n_samples,)
-        A whole channel in µV.
-    fs : float
-        Sampling rate in Hz (above 60 Hz).
-    indices : sequence of int, optional
-        The epochs (counted from the start) to return; default every complete epoch.
-
-    Returns
-    -------
-    ndarray, shape (n_epochs, 5)
-        A flat epoch gives ``log(1e-12)`` in every band.
-
-    Examples
-    --------
-    >>> x = np.sin(2 * np.pi * 10 * np.arange(6000) / 100)
-    >>> log_relative_band_power(x, 100.0).argmax(axis=1)  # alpha, 8-12 Hz
-    array([2, 2])
-    """
-    n_per = int(round(epoch_s * fs))
-    filtered = bandpass(signal, fs, BROAD)
-    if indices is None:
-        indices = range(len(filtered) // n_per)
-    epochs = epoch_array(filtered, fs, indices, epoch_s)
-    f, p = welch(epochs, fs=fs, window="hamming", nperseg=int(round(4 * fs)), average="median", axis=-1)
-    total = p[:, (f >= BROAD[0]) & (f < BROAD[1])].sum(axis=1, keepdims=True)
-    bands = np.stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in BANDS.values()], axis=1)
-    return np.log(np.maximum(bands / np.maximum(total, 1e-12), 1e-12))
 
 
 def slow_wave_share(x: np.ndarray, fs: float, min_uv: float = SLOW_WAVE_UV) -> float:
@@ -112,7 +59,7 @@ def spindle_count(x: np.ndarray, fs: float, ratio: float = 2.5, floor_uv: float 
 
 
 def epoch_measures(x: np.ndarray, fs: float) -> dict[str, float]:
-    """Every number the ``measured`` chain of thought cites (keys as ``sleep_eeg.cot.MEASURE_KEYS``)."""
+    """Every number the ``measured`` chain of thought cites (keys as ``sleep_eeg.images.cot.MEASURE_KEYS``)."""
     x = np.asarray(x, dtype=np.float64)
     out = band_powers(x, fs)
     out["ptp"] = float(x.max() - x.min())

@@ -22,7 +22,7 @@ How a night is made:
    waves and slow eye movements in N1, spindles and K-complexes in N2, high-amplitude slow waves in
    N3, sawtooth waves and rapid eye movements in REM; the rates follow each epoch's drawn spectrum.
 4. **Calibration of the signal**: each band of each epoch is rescaled so that the reference measure
-   (:func:`sleep_eeg.measures.log_relative_band_power`) reads the drawn spectrum back.
+   (:func:`sleep_eeg.signal.bands.log_relative_band_power`) reads the drawn spectrum back.
    **Absolute levels** (fitted on the per-epoch features of 20 real nights): per stage and EEG channel the
    0.5-30 Hz power, the 30-50 Hz floor and the drift below 0.5 Hz, with the real spread between epochs
    and nights and a slow wander across the night (:func:`_levels`); so variance, absolute band powers and
@@ -47,9 +47,9 @@ from scipy import fft as sp_fft
 from scipy.ndimage import gaussian_filter1d
 
 from eeg_core.stages import EPOCH_S, STAGES
-from sleep_eeg.edf import write_night
-from sleep_eeg.measures import BANDS, log_relative_band_power
-from sleep_eeg.stages import MOVEMENT_TEXT, RK_S4_TEXT, RK_TEXT, UNSCORED_TEXT
+from sleep_eeg.recording.edf import write_night
+from sleep_eeg.recording.stages import MOVEMENT_TEXT, RK_S4_TEXT, RK_TEXT, UNSCORED_TEXT
+from sleep_eeg.signal.bands import BANDS, log_relative_band_power
 
 CALIBRATION = Path(__file__).with_name("sleepedf_calibration.json")
 FS = 100.0

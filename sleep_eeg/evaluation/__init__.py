@@ -1,0 +1,1 @@
+"""Answers to scores: metrics, plots, AASM sleep statistics and the score command."""

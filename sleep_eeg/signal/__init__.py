@@ -1,0 +1,1 @@
+"""Signal processing shared by images, baselines and synthetic nights: filters, 30-s epochs, EEG bands."""

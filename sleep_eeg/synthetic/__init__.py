@@ -1,0 +1,1 @@
+"""Synthetic Sleep-EDF-style nights calibrated on real figures, and the real-data judge's features."""
