@@ -177,3 +177,27 @@ def test_night_norm_draws_a_night_the_same_at_any_gain_from_the_night_alone():
     louder = {c: (np.where(np.arange(len(x)) < len(x) // 2, x, 4 * x), fs) for c, (x, fs) in night.items()}
     first = np.asarray(render_night(louder, [0], cfg)[0])
     assert (first < 255)[:96].sum() < (base[0] < 255)[:96].sum()
+
+
+def test_a_render_setting_added_later_keeps_the_ids_of_what_was_drawn_before_it(monkeypatch):
+    """A new setting at the value that draws what was drawn before leaves the recorded settings and their id as they
+    were (render.json files and checkpoints made before still match), and joins them at any other value."""
+    from dataclasses import dataclass
+
+    from sleep_eeg.images import render
+
+    before = RenderConfig(px_per_s=4).to_dict()
+
+    @dataclass(frozen=True)
+    class WithInvert(RenderConfig):
+        invert: bool = False
+
+    monkeypatch.setattr(render, "ADDED_SETTINGS", {"invert": False})
+    assert WithInvert(px_per_s=4).to_dict() == before
+    assert WithInvert.from_dict(before) == WithInvert(px_per_s=4)
+    inverted = WithInvert(px_per_s=4, invert=True).to_dict()
+    assert inverted["invert"] is True and inverted["id"] != before["id"]
+    assert WithInvert.from_dict(inverted).invert
+    monkeypatch.setattr(render, "ADDED_SETTINGS", {})  # not listed: settings recorded before it are refused
+    with pytest.raises(FormatError, match="without invert"):
+        WithInvert.from_dict(before)

@@ -293,21 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated channels, one image panel each (e.g. 'EEG Fpz-Cz,EOG horizontal,EMG submental')")
     add_role_arguments(p)
     add_options(p, PrepareOptions)
-    p.add_argument("--fs", type=float, default=RenderConfig.fs,
-                   help="rate (Hz) the channels above 10 Hz are resampled to before drawing (a render setting)")
-    p.add_argument("--px-per-s", type=float, default=RenderConfig.px_per_s)
-    p.add_argument("--height", type=int, default=RenderConfig.height, help="EEG panel height (px)")
-    p.add_argument("--uv", type=float, default=RenderConfig.uv, help="µV at an EEG panel's edge (clipped beyond)")
-    p.add_argument("--band", type=float, nargs=2, default=RenderConfig.band, metavar=("LO", "HI"))
-    p.add_argument("--context", type=float, default=0.0, help="seconds of neighbouring epochs drawn in grey")
-    p.add_argument("--spectrogram", action="store_true", help="add a spectrogram panel below each EEG panel")
-    p.add_argument("--night-norm", action="store_true",
-                   help="scale each channel by its own night's median level (sleep_eeg.images.render.night_scale)")
+    add_options(p, RenderConfig)
     args = p.parse_args(argv)
     channels = with_roles(tuple(c.strip() for c in args.channels.split(",") if c.strip()), role_names(args))
-    cfg = RenderConfig(channels=channels, fs=args.fs, px_per_s=args.px_per_s, height=args.height, uv=args.uv,
-                       band=tuple(args.band), context_s=args.context, spectrogram=args.spectrogram,
-                       night_norm=args.night_norm)
+    cfg = options_from_args(RenderConfig, args, channels=channels)
     opts = options_from_args(PrepareOptions, args)
     result = prepare(args.edf_dir, args.out, replace(opts, workers=max(1, opts.workers)), render=cfg)
     print(count_table(result.counts))

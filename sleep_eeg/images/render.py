@@ -25,7 +25,7 @@ import io
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from eeg_core.atomic import atomic_path
 from eeg_core.errors import FormatError
 from eeg_core.formats import settings_id
+from eeg_core.options import option
 from eeg_core.stages import EPOCH_S
 from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role
 from sleep_eeg.signal.filters import bandpass, resample
@@ -44,28 +45,38 @@ CONTEXT_GREY = 170  # ink of the neighbouring epochs
 # Fpz-Cz and horizontal EOG medians, so that the default uv / eog_uv keep their meaning) ...
 NORM_UV = {"eeg": 20.0, "eog": 25.0}
 NORM_EMG_UV = 10.0  # ... and the night's median EMG level as this (the middle of the default log strip 1-100 µV)
+# Settings added to RenderConfig after images were first drawn, each with its value that draws what was drawn before
+# it existed. At that value a setting stays out of the recorded settings and their id, so render.json files, vision
+# modules and LLaVA checkpoints made before it keep their id; at any other value it joins them.
+ADDED_SETTINGS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
 class RenderConfig:
-    channels: tuple[str, ...] = (DEFAULT_CHANNEL,)  # one panel each, top to bottom
-    fs: float = 100.0  # Hz: every channel above 10 Hz is resampled to this rate before it is filtered and drawn
-    px_per_s: float = 12.0  # 30 s -> 360 px wide
-    height: int = 128  # EEG panel height (px)
-    uv: float = 150.0  # an EEG panel spans -uv..+uv µV; larger values are clipped
-    band: tuple[float, float] = (0.3, 35.0)  # EEG band-pass, applied to the whole night before drawing
+    """How an epoch image is drawn. The fields made with ``option`` are also ``eeg-vlm prepare``'s flags."""
+
+    channels: tuple[str, ...] = (DEFAULT_CHANNEL,)  # one panel each, top to bottom (prepare's --channels)
+    fs: float = option(100.0, "rate (Hz) the channels above 10 Hz are resampled to before they are filtered and "
+                              "drawn")
+    px_per_s: float = option(12.0, "image width in pixels per second (30 s at 12 px/s: 360 px)")
+    height: int = option(128, "EEG panel height (px)")
+    uv: float = option(150.0, "µV at an EEG panel's edge (clipped beyond)")
+    band: tuple[float, float] = option((0.3, 35.0), "EEG band-pass (Hz), applied to the whole night before drawing",
+                                       nargs=2, type=float, metavar=("LO", "HI"))
     eog_height: int = 64
     eog_uv: float = 200.0
     eog_band: tuple[float, float] = (0.3, 10.0)
     emg_height: int = 24
     emg_uv: tuple[float, float] = (1.0, 100.0)  # log scale: the strip's bottom and top
-    context_s: float = 0.0  # seconds of each neighbouring epoch drawn in grey
-    spectrogram: bool = False  # a spectrogram panel below each EEG panel
+    context_s: float = option(0.0, "seconds of each neighbouring epoch drawn in grey", flag="--context",
+                              metavar="SECONDS")
+    spectrogram: bool = option(False, "add a spectrogram panel below each EEG panel")
     spec_height: int = 48
     spec_fmax: float = 30.0
     spec_window_s: float = 2.0  # spectrogram window (Hann), hop a quarter of it
     spec_db: tuple[float, float] = (-10.0, 30.0)  # dB re 1 µV²/Hz mapped to white..black
-    night_norm: bool = False  # scale each channel by its own night's level (see the module's docstring)
+    night_norm: bool = option(False, "scale each channel by its own night's median level "
+                                      "(sleep_eeg.images.render.night_scale)")
     compress_level: int = 1  # PNG zlib level: fast, still lossless (not part of the settings' identity)
 
     def __post_init__(self) -> None:
@@ -124,7 +135,8 @@ class RenderConfig:
 
     def to_dict(self) -> dict:
         """The settings that decide the pixels (JSON types), with their ``id``."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "compress_level"}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+             if k != "compress_level" and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
         return {**d, "id": settings_id(d)}
 
     @classmethod
@@ -133,7 +145,7 @@ class RenderConfig:
         unknown = sorted(set(d) - known - {"id"})
         if unknown:
             raise FormatError(f"{where}: unknown render setting(s) {', '.join(unknown)}")
-        lacking = sorted(known - set(d) - {"compress_level"})
+        lacking = sorted(known - set(d) - {"compress_level"} - set(ADDED_SETTINGS))
         if "id" in d and lacking:
             raise FormatError(f"{where}: render settings without {', '.join(lacking)} (recorded before every setting "
                               "that changes a pixel was): draw the images again with eeg-vlm prepare and retrain")
