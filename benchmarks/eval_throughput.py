@@ -208,7 +208,7 @@ def cpu_name() -> str:
     return f"{names[0] if names else platform.processor()} x{os.cpu_count()} cores"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--questions", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -224,19 +224,74 @@ def main() -> None:
                         "and check choices' probabilities against whole-sequence scoring")
     p.add_argument("--check-questions", type=int, default=8,
                    help="questions whose choices probabilities are checked (--cache-memory)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
+    """The tiny checkpoint (fine-tuned stage-only with ``--stage-only``) and the question file, under ``tmp``."""
+    model_path = build_tiny_llava(tmp / "tiny", seed=0)
+    qfile = make_questions(tmp / "data", args.questions, pairs=args.stage_only)
+    if args.stage_only:
+        images = [tmp / "data" / "images" / f"epoch_{k}.png" for k in range(8)]
+        model_path = train_stage_only(model_path, tmp / "stage_only", images,
+                                      np.load(tmp / "data" / "eval_high_level_features.npy")[:8],
+                                      [STAGES[k % len(STAGES)] for k in range(8)], steps=60)
+    return model_path, qfile
+
+
+def timed_runs(common: dict, tmp: Path, args: argparse.Namespace, runs: list[tuple[str, int]]
+               ) -> tuple[dict, dict]:
+    """``--repeats`` rounds over ``runs`` (answer mode, batch size), interleaved: each run's best seconds, and the
+    answers of every run and round (``(question_id, text)`` in file order)."""
+    seconds = {run: float("inf") for run in runs}
+    answers = {}
+    for rep in range(args.repeats):
+        for mode, bs in runs:
+            out = tmp / f"answers_{mode}_bs{bs}_{rep}.jsonl"
+            result = model_vqa.run(answers_file=str(out), batch_size=bs, answer_mode=mode, **common)
+            seconds[mode, bs] = min(seconds[mode, bs], result["seconds"])
+            answers[mode, bs, rep] = [(r["question_id"], r["text"]) for r in read_jsonl(out)]
+    return seconds, answers
+
+
+def print_rates(args: argparse.Namespace, runs: list[tuple[str, int]], seconds: dict, answers: dict) -> dict:
+    """One line per run: seconds, questions/s, whether its answers are the first batch size's; stops on a change.
+    Returns the questions/s of each run."""
+    results = {}
+    for mode, bs in runs:
+        reference = answers[mode, args.batch_sizes[0], 0]
+        same = all(answers[mode, bs, rep] == reference for rep in range(args.repeats))
+        results[mode, bs] = args.questions / seconds[mode, bs]
+        print(f"{mode:<9} batch {bs:>3}: {seconds[mode, bs]:7.2f} s  {results[mode, bs]:7.2f} questions/s  "
+              f"answers identical to batch {args.batch_sizes[0]}: {same}")
+        if not same:
+            raise SystemExit(f"{mode} at batch {bs} changed the answers")
+    return results
+
+
+def print_ratios(args: argparse.Namespace, results: dict, answers: dict) -> None:
+    """Each mode's speed-up over the first batch size; with both modes, how often they agree and their ratio."""
+    for mode in args.answer_modes:
+        base = results[mode, args.batch_sizes[0]]
+        print(f"{mode}: ratios vs batch {args.batch_sizes[0]}: "
+              + ", ".join(f"batch {bs} x{results[mode, bs] / base:.2f}" for bs in args.batch_sizes))
+    if {"generate", "choices"} <= set(args.answer_modes):
+        stages = {mode: [parse_stage(t) for _, t in answers[mode, args.batch_sizes[0], 0]]
+                  for mode in ("generate", "choices")}
+        agree = np.mean([a == b for a, b in zip(stages["generate"], stages["choices"])])
+        print(f"choices gives the stage of generate on {agree:.0%} of the questions; choices / generate: "
+              + ", ".join(f"batch {bs} x{results['choices', bs] / results['generate', bs]:.2f}"
+                          for bs in args.batch_sizes))
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_path = build_tiny_llava(tmp / "tiny", seed=0)
-        qfile = make_questions(tmp / "data", args.questions, pairs=args.stage_only)
-        if args.stage_only:
-            images = [tmp / "data" / "images" / f"epoch_{k}.png" for k in range(8)]
-            model_path = train_stage_only(model_path, tmp / "stage_only", images,
-                                          np.load(tmp / "data" / "eval_high_level_features.npy")[:8],
-                                          [STAGES[k % len(STAGES)] for k in range(8)], steps=60)
+        model_path, qfile = prepare(tmp, args)
         loaded = answering.load_model(str(model_path), None, args.device)
         common = dict(model_path=str(model_path), question_file=str(qfile), image_folder=str(tmp / "data" / "images"),
                       max_new_tokens=args.max_new_tokens, device=args.device, loaded=loaded, progress=False)
@@ -248,34 +303,9 @@ def main() -> None:
         print(f"machine: {cpu_name()}, torch threads {torch.get_num_threads()}, device {args.device}; "
               f"{args.questions} questions, {args.max_new_tokens} new tokens max, greedy, best of {args.repeats}; "
               f"{'stage-only checkpoint' if args.stage_only else 'random tiny checkpoint'}")
-        seconds = {run: float("inf") for run in runs}
-        answers = {}
-        for rep in range(args.repeats):
-            for mode, bs in runs:
-                out = tmp / f"answers_{mode}_bs{bs}_{rep}.jsonl"
-                result = model_vqa.run(answers_file=str(out), batch_size=bs, answer_mode=mode, **common)
-                seconds[mode, bs] = min(seconds[mode, bs], result["seconds"])
-                answers[mode, bs, rep] = [(r["question_id"], r["text"]) for r in read_jsonl(out)]
-        results = {}
-        for mode, bs in runs:
-            reference = answers[mode, args.batch_sizes[0], 0]
-            same = all(answers[mode, bs, rep] == reference for rep in range(args.repeats))
-            results[mode, bs] = args.questions / seconds[mode, bs]
-            print(f"{mode:<9} batch {bs:>3}: {seconds[mode, bs]:7.2f} s  {results[mode, bs]:7.2f} questions/s  "
-                  f"answers identical to batch {args.batch_sizes[0]}: {same}")
-            if not same:
-                raise SystemExit(f"{mode} at batch {bs} changed the answers")
-        for mode in args.answer_modes:
-            base = results[mode, args.batch_sizes[0]]
-            print(f"{mode}: ratios vs batch {args.batch_sizes[0]}: "
-                  + ", ".join(f"batch {bs} x{results[mode, bs] / base:.2f}" for bs in args.batch_sizes))
-        if {"generate", "choices"} <= set(args.answer_modes):
-            stages = {mode: [parse_stage(t) for _, t in answers[mode, args.batch_sizes[0], 0]]
-                      for mode in ("generate", "choices")}
-            agree = np.mean([a == b for a, b in zip(stages["generate"], stages["choices"])])
-            print(f"choices gives the stage of generate on {agree:.0%} of the questions; choices / generate: "
-                  + ", ".join(f"batch {bs} x{results['choices', bs] / results['generate', bs]:.2f}"
-                              for bs in args.batch_sizes))
+        seconds, answers = timed_runs(common, tmp, args, runs)
+        results = print_rates(args, runs, seconds, answers)
+        print_ratios(args, results, answers)
         if args.cache_memory:
             cache_memory(common, tmp, args.answer_modes, max(args.batch_sizes), loaded, str(model_path), qfile,
                          args.check_questions)

@@ -650,12 +650,49 @@ def first_divergence(ref: dict, got: dict, ids: list, tokenizer) -> str | None:
 # --------------------------------------------------------------------------------------------------------
 # 4. the specialized vision modules
 # --------------------------------------------------------------------------------------------------------
+def bare_model_rates(arch: str, args) -> tuple[list[int], dict]:
+    """The bare module at batch ``args.vision_batch``, float32 vs bf16 autocast, channels_last, at the module's own
+    input size (or ``args.vision_size``): its input size, and training and extraction images/s."""
+    import torch
+
+    from vision_modules import create_vision_module
+
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    kw = {"image_size": args.vision_size} if args.vision_size else {}
+    model = create_vision_module(arch, **kw).to(args.device, memory_format=torch.channels_last)
+    x = torch.randn(args.vision_batch, *model.input_size, device=args.device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 5, (args.vision_batch,), device=args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bare = {}
+    for amp in (False, True):
+        def fwd_bwd():
+            with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(model(x).logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def fwd():
+            with torch.no_grad(), torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+                model(x)
+
+        for name, fn in (("train", fwd_bwd), ("extract", fwd)):
+            fn()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.vision_repeats):
+                fn()
+            sync()
+            bare[f"{name}_{'bf16' if amp else 'fp32'}_img_s"] = args.vision_batch * args.vision_repeats / (
+                time.perf_counter() - t0)
+    return list(model.input_size), bare
+
+
 def run_vision(data: dict, work: Path, args, budget: Budget) -> list[dict]:
     import torch
 
     from eeg_core import formats
     from eeg_core.atomic import write_json
-    from vision_modules import create_vision_module
     from vision_modules.extract import extract_features
     from vision_modules.train import train_vision_module
 
@@ -663,8 +700,6 @@ def run_vision(data: dict, work: Path, args, budget: Budget) -> list[dict]:
     path = work / "vision_records.json"
     write_json(path, records)
     rows = []
-    cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for arch in args.archs:
         if budget.left() < 20:
             rows.append({"arch": arch, "skipped": "time budget"})
@@ -677,39 +712,11 @@ def run_vision(data: dict, work: Path, args, budget: Budget) -> list[dict]:
         t0 = time.perf_counter()
         extract_features(out, path, data["images"], batch_size=args.vision_batch, device=args.device, progress=False)
         extract_s = time.perf_counter() - t0
-        # The bare model: float32 vs bf16 autocast, channels_last, at the module's own input size.
-        kw = {"image_size": args.vision_size} if args.vision_size else {}
-        model = create_vision_module(arch, **kw).to(args.device, memory_format=torch.channels_last)
-        x = torch.randn(args.vision_batch, *model.input_size, device=args.device).to(memory_format=torch.channels_last)
-        y = torch.randint(0, 5, (args.vision_batch,), device=args.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        bare = {}
-        for amp in (False, True):
-            def fwd_bwd():
-                with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-                    loss = torch.nn.functional.cross_entropy(model(x).logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            def fwd():
-                with torch.no_grad(), torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-                    model(x)
-
-            for name, fn in (("train", fwd_bwd), ("extract", fwd)):
-                fn()
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(args.vision_repeats):
-                    fn()
-                sync()
-                bare[f"{name}_{'bf16' if amp else 'fp32'}_img_s"] = args.vision_batch * args.vision_repeats / (
-                    time.perf_counter() - t0)
-        rows.append({"arch": arch, "images": len(records), "input": list(model.input_size),
+        input_size, bare = bare_model_rates(arch, args)
+        rows.append({"arch": arch, "images": len(records), "input": input_size,
                      "train_entry_img_s": len(records) / train_s, "extract_entry_img_s": len(records) / extract_s,
                      **bare})
-        model = opt = None  # frees the memory before the next module (the closures above see None)
-        if cuda:
+        if args.device.startswith("cuda"):  # the bare model is gone: its memory back before the next module
             torch.cuda.empty_cache()
     return rows
 
@@ -726,13 +733,8 @@ def gib(x) -> str:
     return format(x, ".1f") if isinstance(x, (int, float)) else str(x or "-")
 
 
-def print_report(rep: dict) -> None:
-    print()
-    print(f"# GPU benchmark: {rep['device']['name']} ({rep['args']['device']}), size {rep['size_name']}, "
-          f"{rep['size']['layers']} Llama layers, DeepSpeed ZeRO-3: {rep['deepspeed']}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()))
-    print(f"peak bf16 TFLOPs used for MFU: {fmt(rep['peak_tflops'], '.0f')}")
-    print()
+def print_training(rep: dict) -> None:
+    """The training table, the model-level step's and the projected ZeRO-3 memory of the real 13B."""
     print("| training (train_mem.py) | step s | tokens/step | tokens/s | TFLOP/step | MFU | peak mem GiB "
           "| real 13B step s | epoch h, 1 / 4 / 8 GPUs |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -757,7 +759,10 @@ def print_report(rep: dict) -> None:
         print()
         print("ZeRO-3 per-GPU memory of the real 13B (projected, GiB; see memory_projection): " +
               ", ".join(f"{g} GPU{'s' if g > 1 else ''}: {fmt(v, '.0f')}" for g, v in mp.items()))
-    print()
+
+
+def print_vqa(rep: dict) -> None:
+    """The answering table, and whether each model was freed before the next was built."""
     print("| model_vqa (answering only) | batch | questions/s | new tokens/s | peak mem GiB | answering GiB "
           "| answers differing from batch 1 |")
     print("|---|---|---|---|---|---|---|")
@@ -774,7 +779,9 @@ def print_report(rep: dict) -> None:
         print()
         print("models freed before the next was built: " +
               ", ".join(f"{m['model']}: {'yes' if m['freed'] else 'NO'}" for m in rep["models_freed"]))
-    print()
+
+
+def print_vision(rep: dict) -> None:
     print("| vision module | train entry img/s | extract entry img/s | bare train fp32 / bf16 img/s "
           "| bare extract fp32 / bf16 img/s |")
     print("|---|---|---|---|---|")
@@ -785,19 +792,29 @@ def print_report(rep: dict) -> None:
         print(f"| {v['arch']} {v['input'][1]}x{v['input'][2]} | {v['train_entry_img_s']:.0f} | "
               f"{v['extract_entry_img_s']:.0f} | {v['train_fp32_img_s']:.0f} / {v['train_bf16_img_s']:.0f} | "
               f"{v['extract_fp32_img_s']:.0f} / {v['extract_bf16_img_s']:.0f} |")
+
+
+def print_report(rep: dict) -> None:
+    print()
+    print(f"# GPU benchmark: {rep['device']['name']} ({rep['args']['device']}), size {rep['size_name']}, "
+          f"{rep['size']['layers']} Llama layers, DeepSpeed ZeRO-3: {rep['deepspeed']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()))
+    print(f"peak bf16 TFLOPs used for MFU: {fmt(rep['peak_tflops'], '.0f')}")
+    print()
+    print_training(rep)
+    print()
+    print_vqa(rep)
+    print()
+    print_vision(rep)
     print()
     print(f"total {rep['total_s']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in rep.get("part_s", {}).items())
           + ")")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
-    if argv[:2] == ["--worker", "train"]:
-        rest = argv[2:]
-        train_worker(rest[1:] if rest[:1] == ["--"] else rest)
-        return 0
-
+# --------------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--tiny", action="store_true", help="toy sizes (the CPU smoke test): same code path")
@@ -810,7 +827,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--parts", default="train,model,vqa,vision", help="comma list of train,model,vqa,vision")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def size_settings(a: argparse.Namespace) -> tuple[dict, int]:
+    """The run's settings for its size (``--tiny`` or the 13B's width), set on ``a``; returns the model size and
+    the number of questions."""
     tiny = a.tiny
     size = dict(SIZES["tiny" if tiny else "13b"])
     size["layers"] = a.layers or size["layers"]
@@ -825,7 +847,71 @@ def main(argv: list[str] | None = None) -> int:
     a.vision_repeats = 1 if tiny else 10
     a.vision_size = (32, 96) if tiny else None  # None: the modules' own input size
     a.archs = ["resnet18"] if tiny else ["resnet18", "convnext_base"]  # same code path; convnext is slow on a CPU
-    n_questions = 8 if tiny else 32
+    return size, 8 if tiny else 32
+
+
+def run_training_part(rep: dict, model_dir: Path, data: dict, work: Path, a, use_ds: bool, budget: Budget) -> None:
+    """Part 2: each fusion mode through train_mem.py (an error is reported in its row), then the projected
+    memory of the real 13B from the first that trained."""
+    size = rep["size"]
+    for mode in ("add", "token"):
+        if budget.left() < 60:
+            rep["training"].append({"mode": mode, "skipped": "time budget"})
+            continue
+        try:
+            r = run_training(mode, model_dir, data, work, a, use_ds, budget)
+            rep["training"].append(summarise_training(mode, r, size, a, rep["peak_tflops"]))
+        except Exception as e:  # noqa: BLE001 - reported in the table, the other parts still run
+            rep["training"].append({"mode": mode, "error": str(e).splitlines()[0][:200],
+                                    "detail": str(e)[-3000:]})
+        print(f"trained {mode}: {json.dumps({k: v for k, v in rep['training'][-1].items() if k != 'detail'})}",
+              flush=True)
+    ok = [t for t in rep["training"] if "step_s" in t]
+    if ok:
+        t = ok[0]
+        mem = t.get("peak_allocated_gib") if a.device.startswith("cuda") else None
+        rep["memory_projection"] = memory_projection(size, mem, size["layers"], a.batch,
+                                                     t["tokens_per_step"] / a.batch, a.lora_r)
+
+
+def run_parts(rep: dict, work: Path, a, n_questions: int, use_ds: bool, budget: Budget) -> None:
+    """Build the model and the data, then each part asked for in ``--parts``, timed into ``rep["part_s"]``."""
+    parts = set(a.parts.split(","))
+    size = rep["size"]
+    t0 = time.perf_counter()
+    model_dir = build_model(work / "model", size, a.device)
+    rep["part_s"] = {"build": time.perf_counter() - t0}
+    data = make_data(work / "data", max(a.batch * (a.warmup_steps + a.steps), a.vision_images), n_questions,
+                     size["clip_hidden"])
+    print(f"model built in {rep['part_s']['build']:.0f} s: {model_dir}", flush=True)
+    t0 = time.perf_counter()
+    if "train" in parts:
+        run_training_part(rep, model_dir, data, work, a, use_ds, budget)
+    rep["part_s"]["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if "model" in parts and budget.left() > 30:
+        rep["model_level"] = model_level_steps(model_dir, data, a, budget, rep["models_freed"])
+    rep["part_s"]["model_level"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if "vqa" in parts:
+        rep["vqa"] = run_vqa(model_dir, data, work, a, budget, rep["models_freed"])
+    rep["part_s"]["vqa"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if "vision" in parts:
+        rep["vision"] = run_vision(data, work, a, budget)
+    rep["part_s"]["vision"] = time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in argv if not a.startswith("--local_rank")]  # added by the deepspeed launcher
+    if argv[:2] == ["--worker", "train"]:
+        rest = argv[2:]
+        train_worker(rest[1:] if rest[:1] == ["--"] else rest)
+        return 0
+
+    a = parse_args(argv)
+    size, n_questions = size_settings(a)
 
     import torch
 
@@ -839,52 +925,13 @@ def main(argv: list[str] | None = None) -> int:
     use_ds = a.deepspeed == "on" or (a.deepspeed == "auto" and has_ds)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="gpu_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    parts = set(a.parts.split(","))
-    rep: dict = {"args": {k: v for k, v in vars(a).items() if k != "archs"}, "size_name": "tiny" if tiny else "13b",
+    rep: dict = {"args": {k: v for k, v in vars(a).items() if k != "archs"}, "size_name": "tiny" if a.tiny else "13b",
                  "size": size, "versions": versions(), "device": device_info(a.device),
                  "deepspeed": "yes" if use_ds else f"no ({'not installed' if not has_ds else 'off'})",
                  "peak_tflops": peak_tflops(a.device, a.peak_tflops), "training": [], "vqa": [], "vision": [],
                  "models_freed": []}
     try:
-        t0 = time.perf_counter()
-        model_dir = build_model(work / "model", size, a.device)
-        rep["part_s"] = {"build": time.perf_counter() - t0}
-        data = make_data(work / "data", max(a.batch * (a.warmup_steps + a.steps), a.vision_images), n_questions,
-                         size["clip_hidden"])
-        print(f"model built in {rep['part_s']['build']:.0f} s: {model_dir}", flush=True)
-        t0 = time.perf_counter()
-        if "train" in parts:
-            for mode in ("add", "token"):
-                if budget.left() < 60:
-                    rep["training"].append({"mode": mode, "skipped": "time budget"})
-                    continue
-                try:
-                    r = run_training(mode, model_dir, data, work, a, use_ds, budget)
-                    rep["training"].append(summarise_training(mode, r, size, a, rep["peak_tflops"]))
-                except Exception as e:  # noqa: BLE001 - reported in the table, the other parts still run
-                    rep["training"].append({"mode": mode, "error": str(e).splitlines()[0][:200],
-                                            "detail": str(e)[-3000:]})
-                print(f"trained {mode}: {json.dumps({k: v for k, v in rep['training'][-1].items() if k != 'detail'})}",
-                      flush=True)
-            ok = [t for t in rep["training"] if "step_s" in t]
-            if ok:
-                t = ok[0]
-                mem = t.get("peak_allocated_gib") if a.device.startswith("cuda") else None
-                rep["memory_projection"] = memory_projection(size, mem, size["layers"], a.batch,
-                                                             t["tokens_per_step"] / a.batch, a.lora_r)
-        rep["part_s"]["train"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if "model" in parts and budget.left() > 30:
-            rep["model_level"] = model_level_steps(model_dir, data, a, budget, rep["models_freed"])
-        rep["part_s"]["model_level"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if "vqa" in parts:
-            rep["vqa"] = run_vqa(model_dir, data, work, a, budget, rep["models_freed"])
-        rep["part_s"]["vqa"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if "vision" in parts:
-            rep["vision"] = run_vision(data, work, a, budget)
-        rep["part_s"]["vision"] = time.perf_counter() - t0
+        run_parts(rep, work, a, n_questions, use_ds, budget)
     finally:
         rep["total_s"] = time.perf_counter() - started
         if a.json:

@@ -119,7 +119,22 @@ def bout_means(nights) -> dict[str, float]:
     return {s: float(np.mean(v)) for s, v in bouts.items()}
 
 
-def main() -> None:
+class Marks:
+    """``ok`` / ``OUT`` for each figure against its goal; ``all_ok``: whether every figure so far was inside."""
+
+    def __init__(self):
+        self.all_ok = True
+
+    def __call__(self, ok: bool) -> str:
+        self.all_ok &= ok
+        return "ok" if ok else "OUT"
+
+
+def recall_row(r: dict) -> str:
+    return " ".join(f"{s} {r['recall'][s]:.2f}" for s in STAGES)
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nights", type=int, default=10, help="nights (one subject each); 10 or more")
     p.add_argument("--seed", type=int, default=11)
@@ -131,125 +146,158 @@ def main() -> None:
     args = p.parse_args()
     if args.nights < 5:
         p.error("--nights: at least 5 (every 5th subject is held out for (a))")
-    cal = synth.load_calibration()
-    real, spectra = cal["reference"], cal["spectra"]
-    use_yasa = yasa_staging.available() and not args.no_yasa
+    return args
+
+
+def generate_nights(args: argparse.Namespace, use_yasa: bool) -> tuple[list[dict], float]:
+    """The synthetic nights' figures (``night_figures``, over ``--workers`` processes) and the seconds taken."""
     t0 = time.perf_counter()
     with mp.Pool(args.workers) as pool:
         nights = pool.map(night_figures, [(args.seed, i, use_yasa) for i in range(args.nights)])
-    seconds = time.perf_counter() - t0
-    stages = sum((n["stages"] for n in nights), [])
-    feats = np.concatenate([n["bands"] for n in nights])
-    ok_all = True
+    return nights, time.perf_counter() - t0
 
-    def mark(ok: bool) -> str:
-        nonlocal ok_all
-        ok_all &= ok
-        return "ok" if ok else "OUT"
 
-    print(f"{args.nights} synthetic nights (seed {args.seed}), {len(stages)} scored epochs, generated in "
-          f"{seconds:.0f} s ({args.workers} workers)\n")
-    out: dict = {"nights": args.nights, "seed": args.seed, "epochs": len(stages), "seconds": round(seconds, 1)}
+def print_baselines(nights: list[dict], real: dict, mark: Marks) -> dict:
+    """(a): the reference baseline on EEG Fpz-Cz and on all three channels, beside the real figures."""
     print("== (a) reference baseline fitted on the synthetic nights: logistic regression on 5 log relative "
           "band powers, held-out subjects ==")
     print(f"{'channels':<34}{'acc':>7}{'MF1':>7}{'kappa':>7}{'N1 F1':>7}{'REM F1':>8}{'majority':>9}"
           f"{'real acc':>10}{'real MF1':>9}{'real k':>8}")
-    out["baseline"] = {}
+    figures = {}
     for name, chans, key in (("EEG Fpz-Cz", [0], "EEG Fpz-Cz"),
                              ("Fpz-Cz + Pz-Oz + EOG horizontal", [0, 1, 2], "EEG Fpz-Cz + EEG Pz-Oz + EOG horizontal")):
         b = baseline(nights, chans)
         r = real["reference_baseline"][key]
-        out["baseline"][name] = b
+        figures[name] = b
         flag = mark(0.62 <= b["accuracy"] <= 0.74) if len(chans) == 1 else mark(b["accuracy"] <= 0.78)
         print(f"{name:<34}{b['accuracy']:>7.3f}{b['macro_f1']:>7.3f}{b['kappa']:>7.3f}{b['n1_f1']:>7.3f}"
               f"{b['rem_f1']:>8.3f}{b['majority_accuracy']:>9.3f}{r['accuracy']:>10.3f}{r['macro_f1']:>9.3f}"
               f"{r['kappa']:>8.3f}  {flag}")
     print(f"(subjects train/test {b['subjects'][0]}/{b['subjects'][1]}, epochs {b['epochs'][0]}/{b['epochs'][1]}; "
           f"goals: Fpz-Cz accuracy 0.62-0.74, three channels at most 0.78)\n")
+    return figures
 
-    recall_row = lambda r: " ".join(f"{s} {r['recall'][s]:.2f}" for s in STAGES)  # noqa: E731
-    if use_yasa:
-        y = sum((n["yasa"] for n in nights), [])
-        yb = scores(stages, y)
-        per_night = [accuracy_score(n["stages"], n["yasa"]) for n in nights]
-        yb["per_night_accuracy"] = [round(float(a), 3) for a in per_night]
-        out["yasa"] = yb
-        ok = yb["accuracy"] >= 0.75 and yb["kappa"] >= 0.65 and all(yb["recall"][s] >= 0.5 for s in STAGES if s != "N1")
-        print(f"== (b) {yasa_staging.NAME}: YASA {yasa_installed()} SleepStaging on EEG Fpz-Cz + EOG horizontal ==")
-        print(f"accuracy {yb['accuracy']:.3f}  macro-F1 {yb['macro_f1']:.3f}  kappa {yb['kappa']:.3f}  {mark(ok)}")
-        print(f"recall: {recall_row(yb)}")
-        print(f"per night accuracy {min(per_night):.2f}-{max(per_night):.2f}")
-        print("(goals: accuracy >= 0.75, kappa >= 0.65, recall >= 0.5 in every stage but N1)\n")
-    else:
-        why = "--no-yasa" if args.no_yasa else "YASA is not installed: pip install -c constraints.txt -e '.[baselines]'"
-        print(f"== (b) YASA pretrained: skipped ({why}) ==\n")
 
-    real_nights = realism.load_real_features(args.features)
-    if real_nights:
-        sx = np.concatenate([n["judge"] for n in nights])
-        sy = realism.stage_index(stages)
-        j = judge(real_nights, sx, sy)
-        out["judge"] = j
-        held, syn = j["real_held_out"], j["synthetic"]
-        print("== (c) real-data judge: HistGradientBoosting (balanced) on the 18 per-epoch features of 20 real "
-              "Sleep-EDF nights ==")
-        print(f"{'':<32}{'acc':>7}{'MF1':>7}{'kappa':>7}   recall")
-        print(f"{'real, held-out subjects (2 of 10)':<32}{held['accuracy']:>7.3f}{held['macro_f1']:>7.3f}"
-              f"{held['kappa']:>7.3f}   {recall_row(held)}")
-        print(f"{'synthetic nights':<32}{syn['accuracy']:>7.3f}{syn['macro_f1']:>7.3f}{syn['kappa']:>7.3f}   "
-              f"{recall_row(syn)}  {mark(abs(syn['accuracy'] - held['accuracy']) <= 0.05)}")
-        print(f"(real {held['epochs']} epochs; goal: synthetic accuracy within 0.05 of the held-out real one)\n")
+def print_yasa(nights: list[dict], stages: list[str], mark: Marks) -> dict:
+    """(b): YASA's pretrained stager on the synthetic nights."""
+    y = sum((n["yasa"] for n in nights), [])
+    yb = scores(stages, y)
+    per_night = [accuracy_score(n["stages"], n["yasa"]) for n in nights]
+    yb["per_night_accuracy"] = [round(float(a), 3) for a in per_night]
+    ok = yb["accuracy"] >= 0.75 and yb["kappa"] >= 0.65 and all(yb["recall"][s] >= 0.5 for s in STAGES if s != "N1")
+    print(f"== (b) {yasa_staging.NAME}: YASA {yasa_installed()} SleepStaging on EEG Fpz-Cz + EOG horizontal ==")
+    print(f"accuracy {yb['accuracy']:.3f}  macro-F1 {yb['macro_f1']:.3f}  kappa {yb['kappa']:.3f}  {mark(ok)}")
+    print(f"recall: {recall_row(yb)}")
+    print(f"per night accuracy {min(per_night):.2f}-{max(per_night):.2f}")
+    print("(goals: accuracy >= 0.75, kappa >= 0.65, recall >= 0.5 in every stage but N1)\n")
+    return yb
 
-        rx = np.concatenate([n["X"] for n in real_nights])
-        ry = np.concatenate([n["y"] for n in real_nights])
-        print("== (d) per-stage mean of the judge's features, synthetic - real (goal: logvar and delta within 0.25) ==")
-        names = [f[:7] for f in realism.FEATURE_NAMES]
-        print(f"{'channel':<12}{'stage':<6}" + "".join(f"{n:>9}" for n in names) + f"{'real logvar':>13}{'real delta':>11}")
-        out["feature_diff"] = {}
-        for c, ch in enumerate(realism.JUDGE_CHANNELS):
-            for k, s in enumerate(STAGES):
-                d = sx[sy == k, 9 * c: 9 * c + 9].mean(0) - rx[ry == k, 9 * c: 9 * c + 9].mean(0)
-                out["feature_diff"][f"{ch} {s}"] = d.round(4).tolist()
-                flag = mark(abs(d[7]) <= 0.25 and abs(d[0]) <= 0.25)
-                print(f"{ch[4:]:<12}{s:<6}" + "".join(f"{v:>9.3f}" for v in d)
-                      + f"{rx[ry == k, 9 * c + 7].mean():>13.2f}{rx[ry == k, 9 * c].mean():>11.2f}  {flag}")
-        print("(band powers are ln(mean Welch PSD in V²/Hz + 1e-10), so they saturate near -23.03 where power is small)\n")
-    else:
-        print(f"== (c), (d) skipped: no real features in {args.features} ==\n")
 
+def print_judge(real_nights: list[dict], sx: np.ndarray, sy: np.ndarray, mark: Marks) -> dict:
+    """(c): the real-data judge's held-out real accuracy beside its accuracy on the synthetic nights."""
+    j = judge(real_nights, sx, sy)
+    held, syn = j["real_held_out"], j["synthetic"]
+    print("== (c) real-data judge: HistGradientBoosting (balanced) on the 18 per-epoch features of 20 real "
+          "Sleep-EDF nights ==")
+    print(f"{'':<32}{'acc':>7}{'MF1':>7}{'kappa':>7}   recall")
+    print(f"{'real, held-out subjects (2 of 10)':<32}{held['accuracy']:>7.3f}{held['macro_f1']:>7.3f}"
+          f"{held['kappa']:>7.3f}   {recall_row(held)}")
+    print(f"{'synthetic nights':<32}{syn['accuracy']:>7.3f}{syn['macro_f1']:>7.3f}{syn['kappa']:>7.3f}   "
+          f"{recall_row(syn)}  {mark(abs(syn['accuracy'] - held['accuracy']) <= 0.05)}")
+    print(f"(real {held['epochs']} epochs; goal: synthetic accuracy within 0.05 of the held-out real one)\n")
+    return j
+
+
+def print_feature_diffs(real_nights: list[dict], sx: np.ndarray, sy: np.ndarray, mark: Marks) -> dict:
+    """(d): per channel and stage, the synthetic-minus-real mean of the judge's features."""
+    rx = np.concatenate([n["X"] for n in real_nights])
+    ry = np.concatenate([n["y"] for n in real_nights])
+    print("== (d) per-stage mean of the judge's features, synthetic - real (goal: logvar and delta within 0.25) ==")
+    names = [f[:7] for f in realism.FEATURE_NAMES]
+    print(f"{'channel':<12}{'stage':<6}" + "".join(f"{n:>9}" for n in names) + f"{'real logvar':>13}{'real delta':>11}")
+    figures = {}
+    for c, ch in enumerate(realism.JUDGE_CHANNELS):
+        for k, s in enumerate(STAGES):
+            d = sx[sy == k, 9 * c: 9 * c + 9].mean(0) - rx[ry == k, 9 * c: 9 * c + 9].mean(0)
+            figures[f"{ch} {s}"] = d.round(4).tolist()
+            flag = mark(abs(d[7]) <= 0.25 and abs(d[0]) <= 0.25)
+            print(f"{ch[4:]:<12}{s:<6}" + "".join(f"{v:>9.3f}" for v in d)
+                  + f"{rx[ry == k, 9 * c + 7].mean():>13.2f}{rx[ry == k, 9 * c].mean():>11.2f}  {flag}")
+    print("(band powers are ln(mean Welch PSD in V²/Hz + 1e-10), so they saturate near -23.03 where power is small)\n")
+    return figures
+
+
+def print_shares_and_bouts(nights: list[dict], stages: list[str], real: dict, mark: Marks) -> tuple[dict, dict]:
+    """Each stage's share of the epochs and its mean bout length, against all 153 real nights."""
     print("== stage shares and mean bout lengths (epochs), against all 153 real nights ==")
     print(f"{'stage':<7}{'share':>8}{'real':>8}{'':>5}{'bout':>8}{'real':>8}")
     bouts = bout_means(nights)
-    out["share"], out["bout_mean"] = {}, bouts
+    shares = {}
     for s in STAGES:
         share = stages.count(s) / len(stages)
-        out["share"][s] = share
+        shares[s] = share
         rb = real["bout_length_epochs"][s]["mean"]
         print(f"{s:<7}{share:>8.3f}{real['share'][s]:>8.3f}{mark(abs(share - real['share'][s]) <= TOL_SHARE):>5}"
               f"{bouts[s]:>8.2f}{rb:>8.2f}  {mark(abs(bouts[s] / rb - 1) <= TOL_BOUT)}")
+    return shares, bouts
 
+
+def print_spectra(nights: list[dict], stages: list[str], spectra: dict, mark: Marks) -> dict:
+    """Per EEG channel and stage, the synthetic-minus-real mean log relative band powers, with two standard
+    errors of the synthetic mean across nights."""
     print("\n== per-stage mean log relative band power, synthetic - real (tolerance 0.15) ==")
     print("(in brackets: twice the standard error of the synthetic mean across nights; nights differ by the real\n"
           " between-night spread, so with few nights a mean can stray beyond 0.15 by chance: 'ok~' marks a\n"
           " difference beyond 0.15 that is within two standard errors of it)")
     print(f"{'channel':<16}{'stage':<6}" + "".join(f"{b:>14}" for b in BANDS) + "   max|d|")
+    feats = np.concatenate([n["bands"] for n in nights])
     st = np.asarray(stages)
     night_of = np.concatenate([np.full(len(n["stages"]), i) for i, n in enumerate(nights)])
-    out["spectrum_diff"] = {}
+    figures = {}
     for c, ch in enumerate(synth.EEG_CHANNELS):
         for s in STAGES:
             real_mean = np.asarray(spectra[ch][s]["mean"])
             d = feats[st == s, c].mean(0) - real_mean
             per_night = np.stack([feats[(st == s) & (night_of == k), c].mean(0) for k in np.unique(night_of[st == s])])
             se2 = 2 * per_night.std(0, ddof=1) / np.sqrt(len(per_night))
-            out["spectrum_diff"][f"{ch} {s}"] = {"diff": d.round(3).tolist(), "two_se": se2.round(3).tolist()}
+            figures[f"{ch} {s}"] = {"diff": d.round(3).tolist(), "two_se": se2.round(3).tolist()}
             worst = int(np.abs(d).argmax())
             inside = np.abs(d).max() <= TOL_SPECTRUM
             flag = "ok" if inside else ("ok~" if abs(d[worst]) - se2[worst] <= TOL_SPECTRUM else mark(False))
             print(f"{ch:<16}{s:<6}" + "".join(f"{v:>7.2f} ({e:.2f})" for v, e in zip(d, se2))
                   + f"{np.abs(d).max():>9.2f} {flag}")
-    print(f"\nall figures inside their tolerances: {'yes' if ok_all else 'NO'}")
-    out["inside_tolerances"] = ok_all
+    return figures
+
+
+def main() -> None:
+    args = parse_args()
+    cal = synth.load_calibration()
+    real, spectra = cal["reference"], cal["spectra"]
+    use_yasa = yasa_staging.available() and not args.no_yasa
+    nights, seconds = generate_nights(args, use_yasa)
+    stages = sum((n["stages"] for n in nights), [])
+    mark = Marks()
+    print(f"{args.nights} synthetic nights (seed {args.seed}), {len(stages)} scored epochs, generated in "
+          f"{seconds:.0f} s ({args.workers} workers)\n")
+    out: dict = {"nights": args.nights, "seed": args.seed, "epochs": len(stages), "seconds": round(seconds, 1)}
+    out["baseline"] = print_baselines(nights, real, mark)
+    if use_yasa:
+        out["yasa"] = print_yasa(nights, stages, mark)
+    else:
+        why = "--no-yasa" if args.no_yasa else "YASA is not installed: pip install -c constraints.txt -e '.[baselines]'"
+        print(f"== (b) YASA pretrained: skipped ({why}) ==\n")
+    real_nights = realism.load_real_features(args.features)
+    if real_nights:
+        sx = np.concatenate([n["judge"] for n in nights])
+        sy = realism.stage_index(stages)
+        out["judge"] = print_judge(real_nights, sx, sy, mark)
+        out["feature_diff"] = print_feature_diffs(real_nights, sx, sy, mark)
+    else:
+        print(f"== (c), (d) skipped: no real features in {args.features} ==\n")
+    out["share"], out["bout_mean"] = print_shares_and_bouts(nights, stages, real, mark)
+    out["spectrum_diff"] = print_spectra(nights, stages, spectra, mark)
+    print(f"\nall figures inside their tolerances: {'yes' if mark.all_ok else 'NO'}")
+    out["inside_tolerances"] = mark.all_ok
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=float)

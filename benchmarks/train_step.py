@@ -74,9 +74,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="train_step_"))
     model_dir = args.model
     if model_dir is None:
-        from eeg_vlm.tiny import build_tiny_llava
+        from eeg_vlm.tiny import TinyLlavaConfig, build_tiny_llava
 
-        model_dir = build_tiny_llava(tmp / "tiny", seed=0, image_size=args.image_size, clip_layers=args.clip_layers)
+        model_dir = build_tiny_llava(tmp / "tiny", seed=0,
+                                     config=TinyLlavaConfig(image_size=args.image_size, clip_layers=args.clip_layers))
 
     tokenizer, model, processor, _ = load_pretrained_model(str(model_dir), None, "tiny", device="cpu",
                                                            torch_dtype=torch.float32)

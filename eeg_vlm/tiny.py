@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -64,35 +65,55 @@ def build_tiny_clip(out_dir: Path, seed: int, image_size: int = 56, patch_size: 
     return out_dir
 
 
-def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, hidden_size: int = 128, num_layers: int = 2,
-                     num_heads: int = 4, intermediate_size: int | None = None, vocab_size: int = 1000,
-                     max_position_embeddings: int = 2048, image_size: int = 56, patch_size: int = 14,
-                     clip_layers: int = 2, mm_hidden_size: int = FEATURE_DIM, hl_fusion: str = "add",
-                     hl_projector: str = "shared") -> Path:
-    """Write the tiny checkpoint into ``out_dir`` (created) and return it."""
+@dataclass(frozen=True)
+class TinyLlavaConfig:
+    """The tiny checkpoint's sizes and feature fusion (the defaults build the tests' base)."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int | None = None  # None: 4 * hidden_size
+    vocab_size: int = 1000
+    max_position_embeddings: int = 2048
+    image_size: int = 56
+    patch_size: int = 14
+    clip_layers: int = 2
+    mm_hidden_size: int = FEATURE_DIM
+    hl_fusion: str = FUSION_MODES[0]
+    hl_projector: str = FEATURE_PROJECTORS[0]
+
+
+DEFAULT = TinyLlavaConfig()
+
+
+def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, config: TinyLlavaConfig = DEFAULT) -> Path:
+    """Write the tiny checkpoint of ``config``'s sizes into ``out_dir`` (created) and return it."""
     from llava.model.config import LlavaConfig
     from llava.model.llava_llama import LlavaLlamaForCausalLM
     from llava.tokenizer import load_tokenizer, train_sentencepiece
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_sentencepiece(tokenizer_corpus(), out_dir, vocab_size=vocab_size, seed=seed, model_max_length=max_position_embeddings)
+    max_length = config.max_position_embeddings
+    train_sentencepiece(tokenizer_corpus(), out_dir, vocab_size=config.vocab_size, seed=seed,
+                        model_max_length=max_length)
     tokenizer = load_tokenizer(out_dir)
-    build_tiny_clip(out_dir / "clip", seed, image_size, patch_size, clip_layers, mm_hidden_size)
+    build_tiny_clip(out_dir / "clip", seed, config.image_size, config.patch_size, config.clip_layers,
+                    config.mm_hidden_size)
 
-    config = LlavaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        intermediate_size=intermediate_size or 4 * hidden_size, max_position_embeddings=max_position_embeddings,
+    llava_config = LlavaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads,
+        intermediate_size=config.intermediate_size or 4 * config.hidden_size, max_position_embeddings=max_length,
         rms_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
         architectures=["LlavaLlamaForCausalLM"],
-        mm_vision_tower="clip", mm_hidden_size=mm_hidden_size, tokenizer_model_max_length=max_position_embeddings,
-        tokenizer_padding_side="right", mm_hl_fusion=hl_fusion, mm_hl_projector=hl_projector,
+        mm_vision_tower="clip", mm_hidden_size=config.mm_hidden_size, tokenizer_model_max_length=max_length,
+        tokenizer_padding_side="right", mm_hl_fusion=config.hl_fusion, mm_hl_projector=config.hl_projector,
         **LLAVA_V15_MM_KEYS,
     )
     torch.manual_seed(seed)
-    model = LlavaLlamaForCausalLM(config)  # the CLIP shell holds no weights: only Llama + projector are saved
+    model = LlavaLlamaForCausalLM(llava_config)  # the CLIP shell holds no weights: only Llama + projector are saved
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -142,22 +163,22 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--num-heads", type=int, default=4)
-    parser.add_argument("--intermediate-size", type=int, default=None)
-    parser.add_argument("--vocab-size", type=int, default=1000)
-    parser.add_argument("--max-position-embeddings", type=int, default=2048)
-    parser.add_argument("--image-size", type=int, default=56)
-    parser.add_argument("--clip-layers", type=int, default=2)
-    parser.add_argument("--hl-fusion", choices=FUSION_MODES, default=FUSION_MODES[0])
-    parser.add_argument("--hl-projector", choices=FEATURE_PROJECTORS, default=FEATURE_PROJECTORS[0])
+    parser.add_argument("--hidden-size", type=int, default=DEFAULT.hidden_size)
+    parser.add_argument("--num-layers", type=int, default=DEFAULT.num_layers)
+    parser.add_argument("--num-heads", type=int, default=DEFAULT.num_heads)
+    parser.add_argument("--intermediate-size", type=int, default=DEFAULT.intermediate_size)
+    parser.add_argument("--vocab-size", type=int, default=DEFAULT.vocab_size)
+    parser.add_argument("--max-position-embeddings", type=int, default=DEFAULT.max_position_embeddings)
+    parser.add_argument("--image-size", type=int, default=DEFAULT.image_size)
+    parser.add_argument("--clip-layers", type=int, default=DEFAULT.clip_layers)
+    parser.add_argument("--hl-fusion", choices=FUSION_MODES, default=DEFAULT.hl_fusion)
+    parser.add_argument("--hl-projector", choices=FEATURE_PROJECTORS, default=DEFAULT.hl_projector)
     args = parser.parse_args(argv)
-    out = build_tiny_llava(args.out, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers,
-                           num_heads=args.num_heads, intermediate_size=args.intermediate_size,
-                           vocab_size=args.vocab_size, max_position_embeddings=args.max_position_embeddings,
-                           image_size=args.image_size, clip_layers=args.clip_layers, hl_fusion=args.hl_fusion,
-                           hl_projector=args.hl_projector)
+    config = TinyLlavaConfig(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
+                             intermediate_size=args.intermediate_size, vocab_size=args.vocab_size,
+                             max_position_embeddings=args.max_position_embeddings, image_size=args.image_size,
+                             clip_layers=args.clip_layers, hl_fusion=args.hl_fusion, hl_projector=args.hl_projector)
+    out = build_tiny_llava(args.out, seed=args.seed, config=config)
     print(out)
 
 

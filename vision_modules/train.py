@@ -325,12 +325,12 @@ def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
         best["macro_f1"] or 0.0, best["accuracy"] or 0.0)
 
 
-def save_resume(path: Path, t: "Training", optimizer, scheduler, epoch: int, phase: str, config: dict[str, Any],
-                best: dict | None, history: list[dict]) -> None:
-    """The last epoch's full state (atomically), what ``--resume`` continues from, with the run's ``config``."""
+def save_resume(path: Path, t: "Training", optimizer, scheduler, progress: dict[str, Any]) -> None:
+    """The last epoch's full state (atomically), what ``--resume`` continues from: the weights, the optimizer's,
+    scheduler's and generator's states, and ``progress`` (``epoch``, ``phase``, the run's ``config``, ``best``,
+    ``history``) as is."""
     state = {"model": t.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "generator": t.generator.get_state(), "epoch": epoch, "phase": phase, "config": config, "best": best,
-             "history": history}
+             "generator": t.generator.get_state(), **progress}
     if t.encoder is not None:
         state["encoder"] = t.encoder.state_dict()
     with atomic_path(path) as tmp:
@@ -505,7 +505,8 @@ def train_vision_module(
             best = metrics
             save_checkpoint(out, t.model, {**config, "val_metrics": best, "history": history},
                             sequence_encoder=t.encoder)
-        save_resume(out / RESUME_NAME, t, optimizer, scheduler, epoch, phase, config, best, history)
+        save_resume(out / RESUME_NAME, t, optimizer, scheduler,
+                    {"epoch": epoch, "phase": phase, "config": config, "best": best, "history": history})
         val = "" if metrics["accuracy"] is None else f", val acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
         tqdm.write(f"epoch {epoch + 1}/{total}{' (sequence)' if phase == 'sequence' else ''}: train loss "
                    f"{metrics['train_loss']:.4f}{val} ({metrics['seconds']:.0f}s){' *best*' if better else ''}")

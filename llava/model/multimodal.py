@@ -78,14 +78,14 @@ class LlavaMetaForCausalLM:
                                      dtype=_param_dtype(projector, features.dtype)))
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
-                                             labels, images, image_sizes=None, high_level_features=None,
-                                             padding_side=None):
-        """LLaVA's signature and return value: (None, position_ids, attention_mask, past_key_values,
-        inputs_embeds, labels). Batches without any ``<image>`` (and decoding steps) pass through unchanged."""
+                                             labels, images, image_sizes=None, high_level_features=None):
+        """LLaVA's signature (with the high-level features) and return value: (None, position_ids, attention_mask,
+        past_key_values, inputs_embeds, labels), padded on the config's ``tokenizer_padding_side`` (``generate``
+        splices left itself). Batches without any ``<image>`` (and decoding steps) pass through unchanged."""
         has_features = high_level_features is not None and any(f is not None for f in high_level_features)
         if input_ids is None or (not has_features and not (input_ids == IMAGE_TOKEN_INDEX).any()):
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        spliced = self.splice(input_ids, attention_mask, labels, images, high_level_features, padding_side)
+        spliced = self.splice(input_ids, attention_mask, labels, images, high_level_features)
         return (None, spliced.position_ids, spliced.attention_mask, past_key_values, spliced.inputs_embeds,
                 spliced.labels)
 

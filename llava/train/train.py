@@ -21,7 +21,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import transformers
@@ -35,9 +35,17 @@ from llava.train.dataset import make_supervised_data_module
 logger = logging.getLogger("llava.train")
 
 
-def parse_args(argv: Sequence[str] | None = None):
+class Arguments(NamedTuple):
+    """The command line's three argument groups, as LLaVA parses them."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: TrainingArguments
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Arguments:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    return parser.parse_args_into_dataclasses(args=None if argv is None else list(argv))
+    return Arguments(*parser.parse_args_into_dataclasses(args=None if argv is None else list(argv)))
 
 
 def setup_reporting(training_args: TrainingArguments) -> None:
@@ -427,7 +435,8 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
     Steps: parse (no side effect), set up logging, check the options, set up the environment (one call), check
     the output folder, the tokenizer, the records and features, then ``fit``. ``attn_implementation`` (LLaVA's
     argument; ``attn_reason`` says why) defaults to ``attention_implementation``'s choice for the run's dtype."""
-    model_args, data_args, training_args = parse_args(argv)
+    args = parse_args(argv)
+    model_args, data_args, training_args = args
     setup_logging()
     if attn_implementation is None:
         attn_implementation, attn_reason = attention_implementation(training_args.bf16, training_args.fp16)
@@ -448,16 +457,15 @@ def train(argv: Sequence[str] | None = None, attn_implementation: str | None = N
         model_args.vision_tower = portable_name(model_args.vision_tower,
                                                 model_args.model_name_or_path if training_args.lora_enable else None)
     with removed_if_no_step(training_args) as first_step:
-        return fit(model_args=model_args, data_args=data_args, training_args=training_args,
-                   attn_implementation=attn_implementation, tokenizer=tokenizer, records=records, features=features,
-                   resume=resume, callbacks=[first_step])
+        return fit(args, attn_implementation=attn_implementation, tokenizer=tokenizer, records=records,
+                   features=features, resume=resume, callbacks=[first_step])
 
 
-def fit(*, model_args, data_args, training_args, attn_implementation, tokenizer, records, features, resume,
-        callbacks: list):
+def fit(args: Arguments, *, attn_implementation, tokenizer, records, features, resume, callbacks: list):
     """The model, its data, the trainer; trains and saves. Returns the trainer."""
     from llava.model.builder import add_image_patch_token
 
+    model_args, data_args, training_args = args
     transformers.set_seed(training_args.seed)  # seeded init: the same projector weights on every rank count
     model = build_model(model_args, training_args, attn_implementation)
     if model_args.mm_use_im_patch_token:  # as LLaVA: in the tokenizer and the embeddings, never in a prompt
