@@ -1202,11 +1202,11 @@ def test_unknown_fusion_is_refused_wherever_it_is_set(ctx, tmp_path):
     (a base's config.json) or changed in code (a benchmark, a caller's ModelArguments)."""
     from llava.model.config import LlavaConfig, load_config
 
-    with pytest.raises(FormatError, match="mm_hl_fusion 'concat' is not one of add token"):
-        LlavaConfig(mm_hl_fusion="concat")
+    with pytest.raises(FormatError, match="mm_hl_fusion 'no-such-mode' is not one of add token"):
+        LlavaConfig(mm_hl_fusion="no-such-mode")
     config = LlavaConfig()
-    with pytest.raises(FormatError, match="mm_hl_fusion 'concat' is not one of add token"):
-        config.mm_hl_fusion = "concat"
+    with pytest.raises(FormatError, match="mm_hl_fusion 'no-such-mode' is not one of add token"):
+        config.mm_hl_fusion = "no-such-mode"
     with pytest.raises(FormatError, match="mm_hl_projector 'own' is not one of shared separate"):
         config.mm_hl_projector = "own"
     assert config.mm_hl_fusion == "add" and config.mm_hl_projector == "shared"

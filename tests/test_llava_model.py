@@ -100,6 +100,29 @@ def test_token_fusion_adds_exactly_one_position(model, monkeypatch):
     assert lengths["add"] == without_feature + PATCHES
 
 
+def test_a_fusion_mode_is_one_entry_of_the_table(model, monkeypatch):
+    """A mode added to ``FUSIONS`` alone is a valid config choice, fills the slot, and is held to its own rule
+    (a mode that reads Image1 refuses a sample whose only <image> is the placeholder)."""
+    from llava.model.config import LlavaConfig
+    from llava.model.fusion import FUSIONS, Fusion
+
+    monkeypatch.setitem(FUSIONS, "half", Fusion(True, "the mean of P(CLIP(Image1)) and P(h)",
+                                                lambda image1, hl: (image1.to(hl.device) + hl) / 2))
+    assert LlavaConfig(mm_hl_fusion="half").mm_hl_fusion == "half"
+    input_ids, attention_mask, _, images, features = mixed_batch()
+    embeds = {}
+    for fusion in ("add", "half"):
+        monkeypatch.setattr(model.config, "mm_hl_fusion", fusion)
+        with torch.no_grad():
+            embeds[fusion] = model.splice(input_ids[:1], attention_mask[:1], None, images[:1], features[:1])[0][0]
+        with pytest.raises(FormatError, match=f"sample 0: fusion '{fusion}' needs a real image"):
+            model.splice(torch.tensor([[1, 10, IMG, 11]]), None, None, None, features[:1])
+    slot = slice(3 + PATCHES, 3 + 2 * PATCHES)  # [1, 10] Image1 [11] slot [12]
+    assert torch.allclose(embeds["half"][slot], embeds["add"][slot] / 2, atol=1e-6)
+    assert torch.equal(embeds["half"][: 3 + PATCHES], embeds["add"][: 3 + PATCHES])
+    assert not torch.allclose(embeds["half"][slot], embeds["add"][slot], atol=1e-3)
+
+
 def test_separate_feature_projector_and_cls_patch(model, monkeypatch):
     import copy
 

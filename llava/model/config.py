@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import LlamaConfig
 
 from eeg_core.errors import FormatError
+from llava.model.fusion import FUSIONS
 
 # Every multimodal key with its default. Names as in LLaVA-1.5's config.json, plus ours at the end.
 MM_DEFAULTS: dict = {
@@ -23,13 +24,13 @@ MM_DEFAULTS: dict = {
     "tokenizer_model_max_length": None,
     "tokenizer_padding_side": "right",
     # Ours.
-    "mm_hl_fusion": "add",  # add: Image2 slot = P(CLIP(Image1)) + P_hl(h); token: the single token P_hl(h)
+    "mm_hl_fusion": next(iter(FUSIONS)),  # the first mode of llava/model/fusion.py: add (the paper's)
     "mm_hl_projector": "shared",  # shared: P_hl is mm_projector (the paper); separate: model.mm_hl_projector
     "conv_version": None,  # the conversation template the model was trained with
 }
 # The one home of the feature-fusion choices (training flags --hl_fusion / --hl_projector read them from here).
-# How a high-level feature fills its placeholder slot (config mm_hl_fusion):
-FUSION_MODES = ("add", "token")
+# How a high-level feature fills its placeholder slot (config mm_hl_fusion): the modes of llava/model/fusion.py.
+FUSION_MODES = tuple(FUSIONS)
 # Which projector maps the features (config mm_hl_projector; not mm_projector_type, the projector's shape):
 FEATURE_PROJECTORS = ("shared", "separate")
 # model_type values of checkpoints that load through our classes (llava: the released liuhaotian/llava-v1.5-*).
@@ -54,7 +55,7 @@ class LlavaConfig(LlamaConfig):
         super().__setattr__(key, value)
 
 
-_CHOICES = {"mm_hl_fusion": FUSION_MODES, "mm_hl_projector": FEATURE_PROJECTORS}
+_CHOICES = {"mm_hl_fusion": FUSIONS, "mm_hl_projector": FEATURE_PROJECTORS}
 
 
 def load_config(model_path: str | os.PathLike) -> LlavaConfig:

@@ -1,13 +1,13 @@
 """The multimodal splice: image tokens (-200) in ``input_ids`` become projected CLIP patch features, and a
-sample's placeholder image slot takes its high-level feature (fusion ``add`` or ``token``).
+sample's placeholder image slot takes its high-level feature (``FUSIONS`` of ``llava/model/fusion.py``).
 
 Per sample, in order: drop its padding, embed its text, replace each ``<image>`` by its features, mark those
 positions IGNORE_INDEX in the labels, truncate to ``tokenizer_model_max_length``; then pad the batch (right for
 training, left for generation) with an attention mask and position ids counted over the real tokens only.
 
-A sample that carries a feature: its LAST ``<image>`` is the placeholder; it consumes no real image.
-``add``: slot = P(CLIP(first real image of the sample)) + P_hl(h), P_hl(h) broadcast over every patch token.
-``token``: slot = the single token P_hl(h). CLIP runs once per forward, on the real images only.
+A sample that carries a feature: its LAST ``<image>`` is the placeholder; it consumes no real image, and the fusion
+mode fills its slot from the projected feature P_hl(h) and, for ``add``, the sample's first real image. CLIP runs
+once per forward, on the real images only.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 
 from eeg_core.errors import FormatError
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.fusion import FUSIONS
 from llava.padding import pad_sequences
 
 
@@ -106,8 +107,9 @@ class LlavaMetaForCausalLM:
         for i, (count, feature) in enumerate(zip(image_counts, features)):
             if feature is not None and count == 0:
                 raise FormatError(f"sample {i} carries a high-level feature but has no <image> token for it")
-            if feature is not None and count == 1 and config.mm_hl_fusion == "add":
-                raise FormatError(f"sample {i}: fusion 'add' needs a real image before the placeholder <image>")
+            if feature is not None and count == 1 and FUSIONS[config.mm_hl_fusion].reads_image1:
+                raise FormatError(f"sample {i}: fusion {config.mm_hl_fusion!r} needs a real image before the "
+                                  "placeholder <image>")
             real_counts.append(count - (feature is not None))
         images = concat_images(images)
         n_images = 0 if images is None else images.shape[0]
@@ -134,7 +136,7 @@ class LlavaMetaForCausalLM:
                 piece_labels.append(labs[start:position])
                 if i in projected_hl and j == len(image_positions) - 1:
                     hl = projected_hl[i].unsqueeze(0)  # [1, hidden]
-                    slot = first_image.to(hl.device) + hl if config.mm_hl_fusion == "add" else hl
+                    slot = FUSIONS[config.mm_hl_fusion].fill(first_image, hl)
                 else:
                     slot = image_features[next_image]
                     next_image += 1

@@ -30,6 +30,7 @@ import torch
 import transformers
 
 from llava.model.config import FEATURE_PROJECTORS, FUSION_MODES
+from llava.model.fusion import FUSIONS
 
 logger = logging.getLogger("llava.train")
 
@@ -52,9 +53,9 @@ class ModelArguments:
     mm_vision_select_feature: str = field(default="patch")
     # EEG-VLM
     hl_fusion: Literal[FUSION_MODES] = field(
-        default="add",
-        metadata={"help": "How a high-level feature fills its placeholder slot: 'add' P(CLIP(Image1)) + P(h) "
-                  "(the paper's), or 'token' the single token P(h)."},
+        default=FUSION_MODES[0],
+        metadata={"help": "How a high-level feature fills its placeholder slot: "
+                  + "; ".join(f"'{name}' {fusion.about}" for name, fusion in FUSIONS.items()) + "."},
     )
     hl_projector: Literal[FEATURE_PROJECTORS] = field(
         default="shared",
