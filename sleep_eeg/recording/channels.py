@@ -15,11 +15,11 @@ from eeg_core.errors import FormatError
 
 DEFAULT_CHANNEL = "EEG Fpz-Cz"
 ROLES = ("eeg", "eog", "emg")
-_EOG_NAME = re.compile(r"^(E[12]|LOC|ROC|LEOG|REOG)\b|EOG")
+_OLD_REFERENCE = {"A1": "M1", "A2": "M2"}  # earlobe / mastoid references: the same derivation in AASM's names
+_EYE = {"LOC": "E1", "ROC": "E2", "LEOG": "E1", "REOG": "E2"}  # other names of AASM's eye electrodes E1 / E2
+_EOG_NAME = re.compile(r"^(E[12]|" + "|".join(_EYE) + r")\b|EOG")
 _EMG_NAME = re.compile(r"EMG|CHIN|SUBMENTAL|MENTALIS")
 _ROLE_WORD = re.compile(r"^(EEG|EOG|EMG)[\s:_-]*")
-_OLD_REFERENCE = {"A1": "M1", "A2": "M2"}  # earlobe / mastoid references: the same derivation in AASM's names
-_EYE = {"LOC": "E1", "ROC": "E2", "LEOG": "E1", "REOG": "E2"}
 
 
 def channel_role(label: str) -> str:
