@@ -45,7 +45,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        psg = synth_nights(tmp / "edf", 1, seed=0, hours=args.hours, verbose=False)[0]
+        psg = synth_nights(tmp / "edf", nights=1, seed=0, hours=args.hours, verbose=False)[0]
         render = RenderConfig(channels=tuple(c.strip() for c in args.channels.split(",")))
         vision = random_checkpoint(tmp / "vision", render.to_dict())
         images = render_night({c: (np.zeros(3000), 100.0) for c in render.channels}, range(5), render)

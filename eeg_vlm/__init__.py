@@ -6,7 +6,7 @@ so that importing ``eeg_vlm`` stays light.
 
 
 def __getattr__(name: str):
-    if name in ("stage_night", "StagedNight", "Stager"):
+    if name in ("stage_night", "StageOptions", "StagedNight", "Stager"):
         from eeg_vlm import stage
 
         return getattr(stage, name)

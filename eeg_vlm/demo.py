@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +39,7 @@ from eeg_core import layout
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import features_sidecar, read_records
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.outputs import check_out_folder
 from eeg_vlm.commands import train_argv
 from eeg_vlm.steps import Step, run_steps, subprocess_env
@@ -147,21 +148,62 @@ RECIPES = {
 DEFAULT_RECIPE = "sequence-10"  # the best of the ablation that fits the demo's time (docs/benchmarks.md)
 
 
-def pipeline(size: Size, seed: int, cot: str = "none", recipe: Recipe = RECIPES[DEFAULT_RECIPE],
-             edf_dir: Path | None = None, baselines_from: Path | None = None, vlm: bool = True,
-             roles: dict | None = None, hypnogram_epoch: float | None = None) -> list[Step]:
-    """The demo's steps. ``edf_dir``: use these nights instead of synthesizing them. ``baselines_from``: the
-    workdir of an earlier run on the same nights and seed whose baseline answers to reuse. ``vlm=False``
-    stops after the vision module (its answers are then the ones scored). ``roles``: your channel for each role
-    (``{"eeg": "C4-M1", ...}``); ``hypnogram_epoch``: seconds per line of CSV hypnograms."""
+@dataclass(frozen=True)
+class DemoOptions:
+    """``eeg-vlm demo``'s options, one field per flag; :func:`pipeline` reads those that decide the steps (``quick``,
+    ``seed``, ``cot``, ``recipe``, ``edf_dir``, the channel names, ``hypnogram_epoch``, ``baselines_from``,
+    ``vlm``), :func:`main` the others (where and how the steps run)."""
+
+    workdir: str = option("demo_work", "everything the demo writes goes here")
+    quick: bool = option(False, "a toy size (3 short nights, 3 training steps) for CI")
+    threads: int = option(2, "CPU threads per step")
+    seed: int = option(0)
+    cot: str = option("none", "answers: the stage alone (default: the tiny model learns it in time) or a chain of "
+                              "thought", choices=("none", "stage", "measured"))
+    force: bool = option(False, "rerun every step even when its outputs are current")
+    edf_dir: str | Path | None = option(
+        None, "run on this folder of Sleep-EDF-style nights (*-PSG.edf + *-Hypnogram.edf), or a pairing CSV "
+              "(recording, hypnogram, subject), instead of synthetic ones; at least two subjects (some are held out)")
+    eeg_name: str | None = option(None, "with --edf-dir: your EEG channel (e.g. C4-M1)")
+    eog_name: str | None = option(None, "with --edf-dir: your EOG channel (e.g. E1-M2)")
+    emg_name: str | None = option(None, "with --edf-dir: your EMG channel (e.g. Chin1-Chin2)")
+    hypnogram_epoch: float | None = option(None, "with --edf-dir: seconds per line of CSV / TXT hypnograms (default "
+                                                 "30)", type=float)
+    recipe: str = option(DEFAULT_RECIPE, f"what is drawn and trained (default {DEFAULT_RECIPE}; see "
+                                         "docs/benchmarks.md, Ablation)", choices=list(RECIPES))
+    baselines_from: str | Path | None = option(None, "reuse the baseline answers of an earlier demo run on the same "
+                                                     "nights and seed", metavar="WORKDIR")
+    vlm: bool = option(True, "stop after the vision module and the baselines", flag="--no-vlm")
+
+    @property
+    def size(self) -> Size:
+        return QUICK if self.quick else FULL
+
+    @property
+    def roles(self) -> dict[str, str | None]:
+        """Your channel for each role (``{"eeg": "C4-M1", ...}``)."""
+        return {"eeg": self.eeg_name, "eog": self.eog_name, "emg": self.emg_name}
+
+
+def pipeline(options: DemoOptions | None = None, **overrides) -> list[Step]:
+    """The demo's steps for :class:`DemoOptions` (with ``overrides`` by keyword applied): ``quick`` picks the
+    :class:`Size`, ``recipe`` names one of ``RECIPES``. ``edf_dir``: use these nights instead of synthesizing them.
+    ``baselines_from``: the workdir of an earlier run on the same nights and seed whose baseline answers to reuse.
+    ``vlm=False`` stops after the vision module (its answers are then the ones scored). ``eeg_name``,
+    ``eog_name``, ``emg_name``: your channel for each role; ``hypnogram_epoch``: seconds per line of CSV
+    hypnograms."""
+    opts = replace(options or DemoOptions(), **overrides)
+    size, seed, cot, recipe, vlm = opts.size, opts.seed, opts.cot, RECIPES[opts.recipe], opts.vlm
+    edf_dir = None if opts.edf_dir is None else Path(opts.edf_dir)
+    baselines_from = None if opts.baselines_from is None else Path(opts.baselines_from)
     h, w = recipe.image_size()
     edf = str(edf_dir) if edf_dir is not None else EDF
     edf_inputs = sorted(str(p) for p in edf_dir.glob("*.edf")) if edf_dir is not None and edf_dir.is_dir() else []
     if edf_dir is not None and edf_dir.is_file():  # a pairing CSV: it and the files it names
         edf_inputs = [str(edf_dir), *sorted({str(f) for n in find_nights(edf_dir) for f in (n.psg, n.hypnogram)})]
-    roles = {k: v for k, v in (roles or {}).items() if v}
+    roles = {k: v for k, v in opts.roles.items() if v}
     own = [arg for role, name in roles.items() for arg in (f"--{role}-name", name)]
-    own += ["--hypnogram-epoch", f"{hypnogram_epoch:g}"] if hypnogram_epoch else []
+    own += ["--hypnogram-epoch", f"{opts.hypnogram_epoch:g}"] if opts.hypnogram_epoch else []
     yasa_roles = [arg for role in ("eeg", "eog") if roles.get(role) for arg in (f"--{role}-name", roles[role])]
     answers_of = (lambda name: str(baselines_from / baseline_answers(name))) if baselines_from else baseline_answers
     compare = [arg for name, (_, _, row) in BASELINES.items() for arg in ("--compare", f"{row}={answers_of(name)}")]
@@ -314,52 +356,35 @@ def summary(workdir: Path, timings: dict[str, tuple[float, bool]], recipe: str, 
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``eeg-vlm demo``'s command line: :class:`DemoOptions`."""
     p = argparse.ArgumentParser(prog="eeg-vlm demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default="demo_work", help="everything the demo writes goes here")
-    p.add_argument("--quick", action="store_true", help="a toy size (3 short nights, 3 training steps) for CI")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads per step")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cot", default="none", choices=("none", "stage", "measured"),
-                   help="answers: the stage alone (default: the tiny model learns it in time) or a chain of thought")
-    p.add_argument("--force", action="store_true", help="rerun every step even when its outputs are current")
-    p.add_argument("--edf-dir", help="run on this folder of Sleep-EDF-style nights (*-PSG.edf + *-Hypnogram.edf), or "
-                   "a pairing CSV (recording, hypnogram, subject), instead of synthetic ones; at least two subjects "
-                   "(some are held out)")
-    for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
-        p.add_argument(f"--{role}-name", default=None, help=f"with --edf-dir: your {role.upper()} channel (e.g. {example})")
-    p.add_argument("--hypnogram-epoch", type=float, default=None,
-                   help="with --edf-dir: seconds per line of CSV / TXT hypnograms (default 30)")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
-                   help=f"what is drawn and trained (default {DEFAULT_RECIPE}; see docs/benchmarks.md, Ablation)")
-    p.add_argument("--baselines-from", metavar="WORKDIR",
-                   help="reuse the baseline answers of an earlier demo run on the same nights and seed")
-    p.add_argument("--no-vlm", action="store_true", help="stop after the vision module and the baselines")
-    args = p.parse_args(argv)
+    add_options(p, DemoOptions)
+    return p
 
-    workdir = check_out_folder(Path(args.workdir).resolve(), "--workdir")
-    edf_dir = Path(args.edf_dir).resolve() if args.edf_dir else None
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = options_from_args(DemoOptions, build_parser().parse_args(argv))
+    workdir = check_out_folder(Path(opts.workdir).resolve(), "--workdir")
+    edf_dir = Path(opts.edf_dir).resolve() if opts.edf_dir else None
     if edf_dir is not None:
-        subjects = {n.subject for n in find_nights(edf_dir, args.hypnogram_epoch or 30.0)}
+        subjects = {n.subject for n in find_nights(edf_dir, opts.hypnogram_epoch or 30.0)}
         if len(subjects) < 2:
             raise FormatError(f"{edf_dir}: nights of {len(subjects)} subject(s) ({', '.join(sorted(subjects))}); "
                               "the demo holds subjects out for evaluation and needs at least two")
-    baselines_from = Path(args.baselines_from).resolve() if args.baselines_from else None
+    baselines_from = Path(opts.baselines_from).resolve() if opts.baselines_from else None
     if baselines_from is not None:
         missing = [baseline_answers(n) for n in BASELINES if not (baselines_from / baseline_answers(n)).is_file()]
         if missing:
             raise FormatError(f"{baselines_from}: no {missing[0]} (run the demo there with its baselines first)")
     workdir.mkdir(parents=True, exist_ok=True)
-    size = QUICK if args.quick else FULL
-    roles = {"eeg": args.eeg_name, "eog": args.eog_name, "emg": args.emg_name}
-    if edf_dir is None and (any(roles.values()) or args.hypnogram_epoch):
+    if edf_dir is None and (any(opts.roles.values()) or opts.hypnogram_epoch):
         raise FormatError("--eeg-name, --eog-name, --emg-name and --hypnogram-epoch go with --edf-dir (your nights)")
-    steps = pipeline(size, args.seed, args.cot, RECIPES[args.recipe], edf_dir, baselines_from, not args.no_vlm,
-                     roles, args.hypnogram_epoch)
-    env = subprocess_env(args.threads)
-    print(f"EEG-VLM demo in {workdir} ({'quick' if args.quick else 'full'} size, {args.threads} threads)")
-    timings = run_steps(steps, workdir, env, force=args.force)
-    summary(workdir, timings, args.recipe, not args.no_vlm, edf_dir)
+    steps = pipeline(opts, edf_dir=edf_dir, baselines_from=baselines_from)
+    env = subprocess_env(opts.threads)
+    print(f"EEG-VLM demo in {workdir} ({'quick' if opts.quick else 'full'} size, {opts.threads} threads)")
+    timings = run_steps(steps, workdir, env, force=opts.force)
+    summary(workdir, timings, opts.recipe, opts.vlm, edf_dir)
     return 0
 
 

@@ -46,7 +46,7 @@ import hashlib
 import io
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -56,6 +56,7 @@ from eeg_core.atomic import atomic_path, file_sha256, write_files, write_json
 from eeg_core.errors import FormatError
 from eeg_core.formats import check_render
 from eeg_core.layout import VISION_CONFIG
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.outputs import check_out_folder
 from eeg_core.stages import EPOCH_S, STAGES
 from sleep_eeg.evaluation.metrics import HEADLINE, metric_line
@@ -399,6 +400,16 @@ class Stager:
         if vlm is not None:
             self._load_vlm(Path(vlm), model_base)
 
+    @classmethod
+    def from_options(cls, vision: str | Path, options: "StageOptions") -> "Stager":
+        """The stager of ``vision`` and ``options``' VLM, base model, device and batch size."""
+        return cls(vision, options.vlm, options.model_base, options.device, options.batch_size)
+
+    def stage_with(self, psg, options: "StageOptions", progress: bool = False) -> StagedNight:
+        """Stage one night with ``options``' hypnogram, explain, channel names and hypnogram epoch."""
+        return self.stage(psg, options.hypnogram, options.explain, progress, options.eeg_name, options.eog_name,
+                          options.emg_name, options.hypnogram_epoch)
+
     def _load_vlm(self, vlm: Path, model_base) -> None:
         from llava.conversation import checkpoint_conv_template
         from llava.eval import answering
@@ -471,11 +482,26 @@ class Stager:
                             "hypnogram": None if hypnogram is None else str(hypnogram)})
 
 
-def stage_night(psg, vision: str | Path, vlm: str | Path | None = None,
-                model_base: str | Path | None = None, hypnogram: str | Path | None = None, explain: bool = False,
-                device: str | None = None, batch_size: int = 32, eeg_name: str | None = None,
-                eog_name: str | None = None, emg_name: str | None = None,
-                hypnogram_epoch: float = EPOCH_S) -> StagedNight:
+@dataclass(frozen=True)
+class StageOptions:
+    """``eeg-vlm stage``'s options besides the night(s), the vision checkpoint and the output folder: the keyword
+    parameters of :func:`stage_night` (documented there), one field each."""
+
+    vlm: str | Path | None = option(None, "EEG-VLM checkpoint; without it the vision module gives the stages")
+    model_base: str | Path | None = option(None, "base model of a LoRA or projector-only --vlm")
+    hypnogram: str | Path | None = option(None, "the night's scored hypnogram (EDF+, or CSV / TXT of one stage per "
+                                                "line), for agreement")
+    explain: bool = option(False, "keep the VLM's reasoning in stages.csv")
+    device: str | None = option(None, "default: cuda if available, else cpu")
+    batch_size: int = option(32, "epochs per VLM batch")
+    eeg_name: str | None = option(None, "the recording's channel for the checkpoint's EEG panel (e.g. C4-M1)")
+    eog_name: str | None = option(None, "the recording's channel for the checkpoint's EOG panel (e.g. E1-M2)")
+    emg_name: str | None = option(None, "the recording's channel for the checkpoint's EMG panel (e.g. Chin1-Chin2)")
+    hypnogram_epoch: float = option(EPOCH_S, "seconds per line of a CSV / TXT hypnogram (5 or 20: mapped onto 30-s "
+                                             "epochs by majority)")
+
+
+def stage_night(psg, vision: str | Path, options: StageOptions | None = None, **overrides) -> StagedNight:
     """Stage a whole night from its recording.
 
     Parameters
@@ -487,25 +513,29 @@ def stage_night(psg, vision: str | Path, vlm: str | Path | None = None,
         (of the same derivation, or named by role below).
     vision : str or Path
         A vision-module checkpoint folder (``eeg-vlm vision train``).
+    options : StageOptions, optional
+        The keyword parameters below as one object (what ``eeg-vlm stage`` builds from its flags); keywords given
+        beside it replace its fields.
     vlm : str or Path, optional
         An EEG-VLM checkpoint; it answers in choices mode. Without it the vision module's own probabilities
         give the stages.
     model_base : str or Path, optional
         The base model of a LoRA or projector-only ``vlm``.
     hypnogram : str or Path, optional
-        The night's scored hypnogram (EDF+ stage annotations), for ``.agreement``.
-    explain : bool
+        The night's scored hypnogram (EDF+ stage annotations, or CSV / TXT of one stage per line), for
+        ``.agreement``.
+    explain : bool, default False
         Keep the VLM's reasoning before each stage line (``.reasoning``).
     device : str, optional
         Default: cuda if available, else cpu.
-    batch_size : int
+    batch_size : int, default 32
         Epochs per VLM batch.
     eeg_name, eog_name, emg_name : str, optional
         The recording's channel for the checkpoint's EEG, EOG and EMG panel (YASA's names), e.g. ``"C4-M1"``,
         ``"E1-M2"``, ``"Chin1-Chin2"``; comma-separated for several panels of one role. Without one, the
         recording's channel of the checkpoint's derivation (``EEG C4-A1`` for ``C4-M1``). Another derivation than
         the checkpoint's is said in one line.
-    hypnogram_epoch : float
+    hypnogram_epoch : float, default 30
         Seconds per line of a CSV / TXT ``hypnogram`` (5 or 20: mapped onto 30-s epochs by majority).
 
     Returns
@@ -518,8 +548,8 @@ def stage_night(psg, vision: str | Path, vlm: str | Path | None = None,
     >>> night = stage_night("SC4001E0-PSG.edf", vision="checkpoints/vision/resnet18")  # doctest: +SKIP
     >>> night.statistics["TST"], night.stages[:3]  # doctest: +SKIP
     """
-    return Stager(vision, vlm, model_base, device, batch_size).stage(psg, hypnogram, explain, False, eeg_name,
-                                                                    eog_name, emg_name, hypnogram_epoch)
+    opts = replace(options or StageOptions(), **overrides)
+    return Stager.from_options(vision, opts).stage_with(psg, opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,45 +570,40 @@ def nights_in(edf_dir: str | Path) -> list[tuple[Path, Path | None]]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``eeg-vlm stage``'s command line: the night(s), the vision checkpoint, the output folder and
+    :class:`StageOptions`."""
     p = argparse.ArgumentParser(prog="eeg-vlm stage", description=__doc__.split("\n\n")[0])
     p.add_argument("psg", nargs="?", help="the night's PSG EDF file")
     p.add_argument("--edf-dir", default=None, help="stage every night in this folder (or pairing CSV) instead (one "
                    "folder each in --out)")
-    p.add_argument("--hypnogram", default=None,
-                   help="the night's scored hypnogram (EDF+, or CSV / TXT of one stage per line), for agreement")
-    p.add_argument("--hypnogram-epoch", type=float, default=EPOCH_S,
-                   help="seconds per line of a CSV / TXT hypnogram (5 or 20: mapped onto 30-s epochs by majority)")
-    for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
-        p.add_argument(f"--{role}-name", default=None,
-                       help=f"the recording's channel for the checkpoint's {role.upper()} panel (e.g. {example})")
     p.add_argument("--vision", required=True, help="vision-module checkpoint (eeg-vlm vision train)")
-    p.add_argument("--vlm", default=None, help="EEG-VLM checkpoint; without it the vision module gives the stages")
-    p.add_argument("--model-base", default=None, help="base model of a LoRA or projector-only --vlm")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--explain", action="store_true", help="keep the VLM's reasoning in stages.csv")
-    p.add_argument("--batch-size", type=int, default=32, help="epochs per VLM batch")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_options(p, StageOptions)
     p.add_argument("--import-module", action="append", default=[], metavar="MODULE",
                    help="a Python module to import first (it registers the --vision checkpoint's module); repeatable")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = options_from_args(StageOptions, args)
     from vision_modules.registry import import_user_modules
 
     import_user_modules(args.import_module)
     if (args.psg is None) == (args.edf_dir is None):
         raise FormatError("give one PSG file or --edf-dir, not both or neither")
-    if args.edf_dir is not None and args.hypnogram is not None:
+    if args.edf_dir is not None and opts.hypnogram is not None:
         raise FormatError("--hypnogram goes with one PSG file; with --edf-dir hypnograms are paired by their names")
     out = Path(args.out)
     check_out_folder(out)
-    jobs = nights_in(args.edf_dir) if args.edf_dir is not None else [(Path(args.psg), args.hypnogram)]
+    jobs = nights_in(args.edf_dir) if args.edf_dir is not None else [(Path(args.psg), opts.hypnogram)]
     for psg, _ in jobs:  # every output folder is checked before any work
         check_output_folder(out / night_name(Path(psg)) if args.edf_dir is not None else out)
-    stager = Stager(args.vision, args.vlm, args.model_base, args.device, args.batch_size)
+    stager = Stager.from_options(args.vision, opts)
     from tqdm.auto import tqdm
 
-    staged = [stager.stage(psg, hyp, args.explain, True, args.eeg_name, args.eog_name, args.emg_name,
-                           args.hypnogram_epoch)
+    staged = [stager.stage_with(psg, replace(opts, hypnogram=hyp), progress=True)
               for psg, hyp in tqdm(jobs, desc="nights", unit="night", disable=len(jobs) < 2)]
     for night in staged:
         folder = night.save(out / night.name if args.edf_dir is not None else out)

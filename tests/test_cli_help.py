@@ -48,6 +48,30 @@ def test_a_commands_flags_come_from_its_options_dataclass():
     parsed = p.parse_args(["--records", "r.json", "--image-folder", "img", "--out", "o"])
     assert options_from_args(VisionTrainConfig, parsed) == VisionTrainConfig()
     assert {f.name for f in fields(VisionTrainConfig)} <= set(vars(parsed))
+@pytest.mark.parametrize("module, options, argv", [
+    ("sleep_eeg.evaluation.score", "ScoreOptions", ["--question-file", "q.jsonl", "--answers-file", "a.jsonl"]),
+    ("sleep_eeg.baselines.classic", "BaselineTrainOptions", ["train", "--records", "r", "--edf-dir", "e", "--out", "o"]),
+    ("sleep_eeg.baselines.classic", "BaselinePredictOptions",
+     ["predict", "--model", "m", "--question-file", "q", "--edf-dir", "e", "--answers-file", "a"]),
+    ("sleep_eeg.synthetic.synth", "SynthOptions", ["--out", "o"]),
+    ("eeg_vlm.stage", "StageOptions", ["night.edf", "--vision", "v", "--out", "o"]),
+    ("eeg_vlm.demo", "DemoOptions", []),
+])
+def test_a_commands_parser_defaults_are_its_options_defaults(module, options, argv):
+    """score, baseline train / predict, synth, stage, demo: with no option given, the parsed flags are the options
+    dataclass's defaults, which are the API's (options=None), and every option field is a flag."""
+    import importlib
+    from dataclasses import fields
+
+    from eeg_core.options import options_from_args
+
+    mod = importlib.import_module(module)
+    cls = getattr(mod, options)
+    parsed = mod.build_parser().parse_args(argv)
+    assert options_from_args(cls, parsed) == cls()
+    assert {f.name for f in fields(cls)} <= set(vars(parsed))
+
+
 def test_help_lists_every_command_of_the_table(capsys):
     with pytest.raises(SystemExit):
         eeg_vlm_main(["--help"])

@@ -24,7 +24,7 @@ from sleep_eeg.baselines import yasa_staging
 from sleep_eeg.evaluation import score
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = [s.name for s in demo.pipeline(demo.QUICK, seed=0)]
+STEPS = [s.name for s in demo.pipeline(demo.DemoOptions(quick=True, seed=0))]
 
 
 def run_demo(workdir: Path, *extra: str) -> subprocess.CompletedProcess:

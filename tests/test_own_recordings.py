@@ -251,8 +251,8 @@ def test_hypnogram_shorter_longer_or_offset(lab, tmp_path, capsys):
 def test_demo_edf_dir_passes_the_roles_and_the_pairing(lab, tmp_path):
     from eeg_vlm import demo
 
-    roles = {"eeg": "C4-M1", "eog": "E1-M2", "emg": "Chin1-Chin2"}
-    steps = {s.name: s for s in demo.pipeline(demo.QUICK, 0, edf_dir=lab["pairs"], roles=roles, hypnogram_epoch=20)}
+    roles = {"eeg_name": "C4-M1", "eog_name": "E1-M2", "emg_name": "Chin1-Chin2"}
+    steps = {s.name: s for s in demo.pipeline(quick=True, edf_dir=lab["pairs"], **roles, hypnogram_epoch=20)}
     prepare = steps["prepare"]
     assert prepare.argv[-8:] == ["--eeg-name", "C4-M1", "--eog-name", "E1-M2", "--emg-name", "Chin1-Chin2",
                                  "--hypnogram-epoch", "20"]

@@ -32,7 +32,7 @@ def nights(tmp_path_factory):
     from sleep_eeg.synthetic.synth import synth_nights
 
     root = tmp_path_factory.mktemp("stage")
-    psgs = synth_nights(root / "edf", 2, seed=0, hours=0.25, verbose=False)
+    psgs = synth_nights(root / "edf", nights=2, seed=0, hours=0.25, verbose=False)
     hyps = sorted((root / "edf").glob("*-Hypnogram.edf"))
     vision = random_checkpoint(root / "vision", RENDER.to_dict(), image_size=(32, 96))
     return {"root": root, "psgs": psgs, "hyps": hyps, "vision": vision}

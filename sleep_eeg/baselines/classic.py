@@ -39,6 +39,7 @@ import sys
 import warnings
 import zipfile
 from collections import Counter
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Sequence
@@ -48,6 +49,7 @@ import numpy as np
 from eeg_core.answer import stage_line
 from eeg_core.atomic import atomic_folder, file_sha256, write_json, write_jsonl
 from eeg_core.errors import FormatError
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.outputs import check_output
 from eeg_core.formats import question_answer, question_keys, read_records, record_id
 from eeg_core.stages import EPOCH_S, STAGES, check_stage
@@ -413,19 +415,58 @@ def model_proba(config: dict, numbers: dict, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # train / predict
 # ---------------------------------------------------------------------------------------------
-def train(
-    records_path: str | Path, edf_dir: str | Path, out: str | Path, kind: str = "bandpower",
-    channels: str | Sequence[str] | None = None, extractor: str = "auto", role_names: dict | None = None,
-) -> dict:
-    """Fit a baseline on the training records and write its model folder; returns its config. ``role_names``: the
-    recordings' channel for each role (``{"eeg": "C4-M1"}``), replacing that role's channel of ``channels``."""
+def role_option(role: str, example: str):
+    """A ``--<role>-name`` field: the recordings' channel for a role (None: the channel of its derivation)."""
+    return option(None, f"the recordings' {role.upper()} channel (e.g. {example})")
+
+
+class RoleNames:
+    """``role_names`` of an options dataclass with the fields ``eeg_name``, ``eog_name`` and ``emg_name``."""
+
+    @property
+    def role_names(self) -> dict[str, str | None]:
+        return {"eeg": self.eeg_name, "eog": self.eog_name, "emg": self.emg_name}
+
+
+@dataclass(frozen=True)
+class BaselineTrainOptions(RoleNames):
+    """``eeg-vlm baseline train``'s options besides the records, the EDF folder and the model folder. ``eeg_name``,
+    ``eog_name``, ``emg_name``: the recordings' channel for each role (``"C4-M1"``), replacing that role's channel of
+    ``channels``."""
+
+    kind: str = option("bandpower", f"{'|'.join(KINDS)} (default bandpower)")
+    channels: str | Sequence[str] = option(DEFAULT_CHANNEL, "comma-separated channel names")
+    extractor: str = option("auto", "features kind: yasa | scipy | auto (YASA when installed, else scipy)")
+    eeg_name: str | None = role_option("eeg", "C4-M1")
+    eog_name: str | None = role_option("eog", "E1-M2")
+    emg_name: str | None = role_option("emg", "Chin1-Chin2")
+
+
+@dataclass(frozen=True)
+class BaselinePredictOptions(RoleNames):
+    """``eeg-vlm baseline predict``'s options besides the model, the questions, the EDF folder and the answers.
+    ``eeg_name``, ``eog_name``, ``emg_name``: the recordings' channel for each of the model's roles, else the one of
+    its derivation."""
+
+    allow_overlap: bool = option(False, "answer questions of subjects the model was trained on (default: refused)")
+    eeg_name: str | None = role_option("eeg", "C4-M1")
+    eog_name: str | None = role_option("eog", "E1-M2")
+    emg_name: str | None = role_option("emg", "Chin1-Chin2")
+
+
+def train(records_path: str | Path, edf_dir: str | Path, out: str | Path, options: BaselineTrainOptions | None = None,
+          **overrides) -> dict:
+    """Fit a baseline on the training records and write its model folder; returns its config. ``options``:
+    :class:`BaselineTrainOptions` (kind, channels, extractor, channel names), with ``overrides`` by keyword
+    applied."""
     import sklearn
 
-    kind = check_kind(kind)
+    opts = replace(options or BaselineTrainOptions(), **overrides)
+    kind, channels = check_kind(opts.kind), opts.channels
     channels = parse_channels(",".join(with_roles(
         [c.strip() for c in (channels if isinstance(channels, str) else ",".join(channels or [DEFAULT_CHANNEL])).split(",")
-         if c.strip()], role_names or {})), kind)
-    extractor = resolve_extractor(kind, extractor)
+         if c.strip()], opts.role_names)), kind)
+    extractor = resolve_extractor(kind, opts.extractor)
     records_path, edf_dir, out = Path(records_path), Path(edf_dir), Path(out)
     check_out_dir(out)
     if not edf_dir.is_dir() and not (edf_dir.is_file() and edf_dir.suffix.lower() == ".csv"):
@@ -472,12 +513,12 @@ def train(
     return config
 
 
-def predict(
-    model_dir: str | Path, question_file: str | Path, edf_dir: str | Path, answers_file: str | Path,
-    allow_overlap: bool = False, role_names: dict | None = None,
-) -> int:
-    """Answer every question with the baseline; write the answers file whole. Returns the count. ``role_names``: the
-    recordings' channel for each of the model's roles (``{"eeg": "C4-M1"}``), else the one of its derivation."""
+def predict(model_dir: str | Path, question_file: str | Path, edf_dir: str | Path, answers_file: str | Path,
+            options: BaselinePredictOptions | None = None, **overrides) -> int:
+    """Answer every question with the baseline; write the answers file whole. Returns the count. ``options``:
+    :class:`BaselinePredictOptions` (``allow_overlap``, the channel names), with ``overrides`` by keyword applied."""
+    opts = replace(options or BaselinePredictOptions(), **overrides)
+    allow_overlap = opts.allow_overlap
     config, numbers = load_model(model_dir)
     question_file, edf_dir, model_dir = Path(question_file), Path(edf_dir), Path(model_dir)
     if config["kind"] == "features" and config["extractor"] == "yasa":
@@ -509,7 +550,7 @@ def predict(
             f"({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); pass --allow-overlap to answer them anyway"
         )
     x, names = dataset(questions, question_file, edf_dir, config["kind"], config["channels"], config["extractor"],
-                       need_label=False, role_names=role_names)
+                       need_label=False, role_names=opts.role_names)
     if names != config["feature_names"]:
         raise FormatError(f"{model_dir}: the model was trained on other features ({len(config['feature_names'])} "
                           f"named in {CONFIG_NAME}, {len(names)} computed now)")
@@ -526,7 +567,8 @@ def predict(
     return len(answers)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``eeg-vlm baseline train | predict``: the files and folders, and each subcommand's options dataclass."""
     p = argparse.ArgumentParser(prog="eeg-vlm baseline", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -534,33 +576,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--records", required=True, help="train records (eeg_ft.json) with psg / epoch / label")
     t.add_argument("--edf-dir", required=True,
                    help="the folder the records' psg names are relative to (or the pairing CSV prepare read)")
-    t.add_argument("--kind", default="bandpower", help=f"{'|'.join(KINDS)} (default bandpower)")
-    t.add_argument("--channels", default=DEFAULT_CHANNEL, help="comma-separated channel names")
-    t.add_argument("--extractor", default="auto",
-                   help="features kind: yasa | scipy | auto (YASA when installed, else scipy)")
     t.add_argument("--out", required=True, help="model folder to write")
+    add_options(t, BaselineTrainOptions)
     q = sub.add_parser("predict", help="answer eval questions with a trained baseline")
     q.add_argument("--model", required=True, help="model folder from baseline train")
     q.add_argument("--question-file", required=True, help="eval questions (eeg_eval.jsonl)")
     q.add_argument("--edf-dir", required=True)
     q.add_argument("--answers-file", required=True)
-    q.add_argument("--allow-overlap", action="store_true",
-                   help="answer questions of subjects the model was trained on (default: refused)")
-    for parser in (t, q):
-        for role, example in (("eeg", "C4-M1"), ("eog", "E1-M2"), ("emg", "Chin1-Chin2")):
-            parser.add_argument(f"--{role}-name", default=None,
-                                help=f"the recordings' {role.upper()} channel (e.g. {example})")
-    args = p.parse_args(argv)
-    names = {"eeg": args.eeg_name, "eog": args.eog_name, "emg": args.emg_name}
+    add_options(q, BaselinePredictOptions)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.cmd == "train":
-        cfg = train(args.records, args.edf_dir, args.out, args.kind, args.channels, args.extractor, names)
+        cfg = train(args.records, args.edf_dir, args.out, options_from_args(BaselineTrainOptions, args))
         tr = cfg["training"]
         what = cfg["kind"] + (f" ({cfg['extractor']} features)" if cfg["extractor"] else "")
         print(f"{what} baseline on {tr['n_records']} records of {len(tr['subjects'])} subjects, "
               f"{len(cfg['feature_names'])} features from {', '.join(cfg['channels'])}; "
               f"training accuracy {tr['accuracy']:.3f} -> {args.out}")
     else:
-        n = predict(args.model, args.question_file, args.edf_dir, args.answers_file, args.allow_overlap, names)
+        n = predict(args.model, args.question_file, args.edf_dir, args.answers_file,
+                    options_from_args(BaselinePredictOptions, args))
         print(f"wrote {n} answers -> {args.answers_file}")
     return 0
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +45,7 @@ import numpy as np
 from eeg_core.answer import UNPARSEABLE, parse_stage
 from eeg_core.atomic import write_json
 from eeg_core.errors import FormatError
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.outputs import check_output
 from eeg_core.formats import (
     answer_keys,
@@ -184,21 +186,33 @@ def parse_compare(specs: Sequence[str]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # The API and the command
 # ---------------------------------------------------------------------------------------------
-def score(
-    question_file: str | Path,
-    answers_file: str | Path,
-    out_dir: str | Path | None = None,
-    allow_missing: bool = False,
-    plots: bool = True,
-    compare: Sequence[tuple[str, str | Path]] = (),
-    edf_dir: str | Path | None = None,
-    role_names: dict | None = None,
-) -> dict:
-    """Score answers against labelled questions; write ``metrics.json`` (and the PNGs) into ``out_dir``
-    (default: the answers file's folder) and return the metrics. With ``compare`` (``(name, answers file)``
-    pairs) ``metrics["comparison"]`` puts the majority class, each of them and these answers side by side;
-    with ``edf_dir`` (the questions' PSG folder or pairing CSV) and YASA installed, YASA's pretrained stager too,
-    on the channels ``role_names`` names (``{"eeg": ..., "eog": ...}``; default EEG Fpz-Cz and EOG horizontal)."""
+@dataclass(frozen=True)
+class ScoreOptions:
+    """``eeg-vlm score``'s options besides the questions, the answers and the output folder."""
+
+    allow_missing: bool = option(False, "score the answered subset when some questions have no answer (default: "
+                                        "error)")
+    plots: bool = option(True, "write metrics.json only", flag="--no-plots")
+    compare: Sequence[tuple[str, str | Path]] = option(
+        (), "also score these answers on the same questions and print one table beside the majority class and the "
+            "main answers (repeatable)", action="append", metavar="NAME=ANSWERS.jsonl")
+    edf_dir: str | Path | None = option(
+        None, "the questions' PSG folder (or pairing CSV): with --compare, adds a row for YASA's pretrained stager (no "
+              "training; EEG Fpz-Cz + EOG horizontal) when YASA is installed (the [baselines] extra)")
+    eeg_name: str | None = option(None, "with --edf-dir: the EEG channel YASA reads (e.g. C4-M1)")
+    eog_name: str | None = option(None, "with --edf-dir: the EOG channel YASA reads (e.g. E1-M2)")
+
+
+def score(question_file: str | Path, answers_file: str | Path, out_dir: str | Path | None = None,
+          options: ScoreOptions | None = None, **overrides) -> dict:
+    """Score answers against labelled questions; write ``metrics.json`` (and the PNGs, unless ``plots`` is off) into
+    ``out_dir`` (default: the answers file's folder) and return the metrics. ``options``: :class:`ScoreOptions`, with
+    ``overrides`` by keyword applied. With ``compare`` (``(name, answers file)`` pairs) ``metrics["comparison"]``
+    puts the majority class, each of them and these answers side by side; with ``edf_dir`` (the questions' PSG
+    folder or pairing CSV) and YASA installed, YASA's pretrained stager too, on the channels ``eeg_name`` and
+    ``eog_name`` (default EEG Fpz-Cz and EOG horizontal)."""
+    opts = replace(options or ScoreOptions(), **overrides)
+    allow_missing = opts.allow_missing
     questions, order = load_labels(question_file)
     answers = load_answers(answers_file, questions)
     missing = [k for k in order if k not in answers]
@@ -232,14 +246,14 @@ def score(
         metrics["per_subject"] = per_subject_metrics(rows)
     metrics["question_file"] = str(question_file)
     metrics["answers_file"] = str(answers_file)
-    if compare:
-        metrics["comparison"] = compare_rows(question_file, compare, metrics, Path(answers_file).stem, allow_missing,
-                                             edf_dir, role_names)
+    if opts.compare:
+        metrics["comparison"] = compare_rows(question_file, opts.compare, metrics, Path(answers_file).stem,
+                                             allow_missing, opts.edf_dir, {"eeg": opts.eeg_name, "eog": opts.eog_name})
 
     out = Path(out_dir) if out_dir is not None else Path(answers_file).parent
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    if plots:
+    if opts.plots:
         files.append(plot_confusion_matrix(metrics, out / "confusion_matrix.png"))
         if with_probs:
             files.append(plot_calibration(metrics, out / "calibration.png"))
@@ -251,27 +265,22 @@ def score(
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``eeg-vlm score``'s command line: the files, the output folder and :class:`ScoreOptions`."""
     p = argparse.ArgumentParser(prog="eeg-vlm score", description=__doc__.split("\n\n")[0])
     p.add_argument("--question-file", required=True, help="eval questions (JSONL) with labels")
     p.add_argument("--answers-file", required=True, help="model_vqa.py answers (JSONL)")
     p.add_argument("--out", default=None, help="output folder (default: the answers file's folder)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="score the answered subset when some questions have no answer (default: error)")
-    p.add_argument("--no-plots", action="store_true", help="write metrics.json only")
-    p.add_argument("--compare", action="append", default=[], metavar="NAME=ANSWERS.jsonl",
-                   help="also score these answers on the same questions and print one table beside the majority "
-                        "class and the main answers (repeatable)")
-    p.add_argument("--edf-dir", help="the questions' PSG folder (or pairing CSV): with --compare, adds a row for YASA's "
-                   "pretrained stager (no training; EEG Fpz-Cz + EOG horizontal) when YASA is installed (the "
-                   "[baselines] extra)")
-    p.add_argument("--eeg-name", default=None, help="with --edf-dir: the EEG channel YASA reads (e.g. C4-M1)")
-    p.add_argument("--eog-name", default=None, help="with --edf-dir: the EOG channel YASA reads (e.g. E1-M2)")
-    args = p.parse_args(argv)
+    add_options(p, ScoreOptions)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     check_output(args.out if args.out else Path(args.answers_file).parent, "--out", folder=True)
-    named = parse_compare(args.compare)
-    metrics = score(args.question_file, args.answers_file, args.out, args.allow_missing, plots=not args.no_plots,
-                    compare=named, edf_dir=args.edf_dir, role_names={"eeg": args.eeg_name, "eog": args.eog_name})
+    named = parse_compare(args.compare or [])
+    metrics = score(args.question_file, args.answers_file, args.out,
+                    options_from_args(ScoreOptions, args, compare=named))
     print(format_table(metrics))
     if named:
         print("\n" + format_comparison(metrics["comparison"]))

@@ -38,7 +38,7 @@ import argparse
 import datetime
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +46,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy.ndimage import gaussian_filter1d
 
+from eeg_core.options import add_options, option, options_from_args
 from eeg_core.stages import EPOCH_S, STAGES
 from sleep_eeg.recording.edf import write_night
 from sleep_eeg.recording.stages import MOVEMENT_TEXT, RK_S4_TEXT, RK_TEXT, UNSCORED_TEXT
@@ -594,11 +595,24 @@ def synth_night(seed: int, index: int, nights_per_subject: int = 1, hours: float
     return stages, signals, texts, rng
 
 
-def synth_nights(
-    out: str | Path, nights: int, seed: int = 0, hours: float | None = None, nights_per_subject: int = 1,
-    verbose: bool = True,
-) -> list[Path]:
-    """Write ``nights`` synthetic nights into ``out``; returns the PSG paths."""
+@dataclass(frozen=True)
+class SynthOptions:
+    """``eeg-vlm synth``'s options besides the output folder."""
+
+    nights: int = option(10, "number of nights")
+    nights_per_subject: int = option(1, "nights recorded from each subject")
+    hours: float | None = option(None, "length of each recording (8 h = 960 epochs); default: a real-length night "
+                                       "(sleep period drawn from Sleep-EDF, plus 30 min of wake on each side)",
+                                 type=float)
+    seed: int = option(0)
+
+
+def synth_nights(out: str | Path, options: SynthOptions | None = None, verbose: bool = True,
+                 **overrides) -> list[Path]:
+    """Write ``nights`` synthetic nights into ``out``; returns the PSG paths. ``options``: :class:`SynthOptions`,
+    with ``overrides`` by keyword applied (``hours`` None: each night of a real length)."""
+    opts = replace(options or SynthOptions(), **overrides)
+    nights, seed, hours, nights_per_subject = opts.nights, opts.seed, opts.hours, opts.nights_per_subject
     if nights < 1 or (hours is not None and hours <= 0) or nights_per_subject < 1:
         raise ValueError("--nights, --hours and --nights-per-subject must be positive")
     if (nights - 1) // nights_per_subject > 99:
@@ -620,25 +634,26 @@ def synth_nights(
 MIN_EPOCHS = 4  # the shortest night synth_hypnogram draws
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """``eeg-vlm synth``'s command line: the output folder and :class:`SynthOptions`."""
+    p = argparse.ArgumentParser(prog="eeg-vlm synth", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for the EDF files")
+    add_options(p, SynthOptions)
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from eeg_core.outputs import check_out_folder
     from eeg_core.errors import FormatError
 
-    p = argparse.ArgumentParser(prog="eeg-vlm synth", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="folder for the EDF files")
-    p.add_argument("--nights", type=int, default=10, help="number of nights")
-    p.add_argument("--nights-per-subject", type=int, default=1, help="nights recorded from each subject")
-    p.add_argument("--hours", type=float, default=None,
-                   help="length of each recording (8 h = 960 epochs); default: a real-length night "
-                        "(sleep period drawn from Sleep-EDF, plus 30 min of wake on each side)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    opts = options_from_args(SynthOptions, args)
     check_out_folder(args.out)
-    if args.hours is not None and not args.hours * 3600 >= MIN_EPOCHS * EPOCH_S:
-        raise FormatError(f"--hours {args.hours:g} is {args.hours * 3600:g} s; a synthetic night is at least "
+    if opts.hours is not None and not opts.hours * 3600 >= MIN_EPOCHS * EPOCH_S:
+        raise FormatError(f"--hours {opts.hours:g} is {opts.hours * 3600:g} s; a synthetic night is at least "
                           f"{MIN_EPOCHS} epochs of {EPOCH_S:g} s ({MIN_EPOCHS * EPOCH_S / 3600:.4f} h)")
     try:
-        synth_nights(args.out, args.nights, args.seed, args.hours, args.nights_per_subject)
+        synth_nights(args.out, opts)
     except ValueError as e:
         raise FormatError(str(e)) from None
     return 0
