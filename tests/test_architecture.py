@@ -150,8 +150,6 @@ LIMITED = [*ALLOWED, "benchmarks", "scripts"]
 LIMIT_EXCEPTIONS = {
     "llava.model.builder.load_pretrained_model": "LLaVA's public signature (9 parameters)",
     "llava.model.llava_llama.LlavaLlamaForCausalLM.forward": "Hugging Face's forward signature",
-    "eeg_vlm.demo.pipeline": "being reworked",
-    "eeg_vlm.stage.stage_night": "being reworked",
 }
 
 
