@@ -282,3 +282,23 @@ def test_score_compare_bad_input(split, bandpower, tmp_path, capsys):
     for extra, needle in ((["--compare", "no-equals-sign"], "NAME=ANSWERS.jsonl"),
                           (["--compare", f"x={short}"], str(short))):
         refused(score.main, base + extra, capsys, [needle], watch=[out, tmp_path], alone=True)
+
+
+def test_a_baseline_is_one_entry_of_the_kinds_table(split, tmp_path, monkeypatch):
+    """A kind added to ``KINDS`` alone (its features, an existing classifier) trains, is saved, loads and answers,
+    in process as through the API, with the file and the config its classifier names."""
+    def amplitude(signals, epochs, extractor=None):
+        rows = [[np.ptp(x[e * int(30 * fs):(e + 1) * int(30 * fs)]) for x, fs in signals.values()] for e in epochs]
+        return np.log(np.asarray(rows) + 1e-6), [f"{c}: log ptp" for c in signals]
+
+    monkeypatch.setitem(baselines.KINDS, "amplitude", baselines.Kind(amplitude, baselines.BOOSTED))
+    model, answers = tmp_path / "amplitude", tmp_path / "amplitude.jsonl"
+    assert in_process("baseline", "train", "--records", split["train"], "--edf-dir", split["edf"],
+                      "--kind", "amplitude", "--channels", "EEG Fpz-Cz,EEG Pz-Oz", "--out", model) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["kind"] == "amplitude" and config["extractor"] is None
+    assert config["classifier"].startswith("HistGradientBoostingClassifier") and config["model_file"] == "model.npz"
+    assert config["feature_names"] == ["EEG Fpz-Cz: log ptp", "EEG Pz-Oz: log ptp"]
+    assert in_process("baseline", "predict", "--model", model, "--question-file", split["eval"],
+                      "--edf-dir", split["edf"], "--answers-file", answers) == 0
+    assert {a["metadata"]["baseline"] for a in check_answers(answers, split["eval"])} == {"amplitude"}

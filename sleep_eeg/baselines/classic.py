@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -57,12 +57,10 @@ from sleep_eeg.baselines import features as F
 from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
 from sleep_eeg.signal.bands import BANDS, log_relative_band_power
 
-KINDS = ("bandpower", "features")
 EXTRACTORS = ("auto", "yasa", "scipy")
 FORMAT = "eeg-vlm baseline"
 FORMAT_VERSION = 2  # 2: config.json is covered by config_sha256
 CONFIG_NAME = "config.json"
-MODEL_FILES = {"bandpower": "model.json", "features": "model.npz"}
 MIN_FS = 60.0  # the top band edge (30 Hz) must lie below Nyquist
 
 
@@ -76,16 +74,16 @@ def parse_channels(text: str | None, kind: str) -> list[str]:
         raise FormatError("--channels: no channel named")
     if len(set(channels)) != len(channels):
         raise FormatError(f"--channels: a channel is named twice ({', '.join(channels)})")
-    if kind == "features":
+    if KINDS[kind].one_per_role:
         roles = [channel_role(c) for c in channels]
         twice = [r for r, n in Counter(roles).items() if n > 1]
         if twice:
             raise FormatError(
-                f"--channels: the features baseline takes at most one EEG, one EOG and one EMG channel (as YASA); "
+                f"--channels: the {kind} baseline takes at most one EEG, one EOG and one EMG channel (as YASA); "
                 f"got {Counter(roles)[twice[0]]} {twice[0].upper()} channels ({', '.join(channels)})"
             )
         if "eeg" not in roles:
-            raise FormatError(f"--channels: the features baseline needs an EEG channel; got {', '.join(channels)}")
+            raise FormatError(f"--channels: the {kind} baseline needs an EEG channel; got {', '.join(channels)}")
     return channels
 
 
@@ -96,10 +94,10 @@ def check_kind(kind: str) -> str:
 
 
 def resolve_extractor(kind: str, extractor: str) -> str | None:
-    """``yasa`` or ``scipy`` for the features kind (``auto``: YASA when installed), None for band power."""
+    """``yasa`` or ``scipy`` for a kind whose features come from either (``auto``: YASA when installed), else None."""
     if extractor not in EXTRACTORS:
         raise FormatError(f"--extractor must be one of {'|'.join(EXTRACTORS)}, got {extractor!r}")
-    if kind != "features":
+    if not KINDS[kind].extractors:
         return None
     if extractor == "auto":
         return "yasa" if F.yasa_version() else "scipy"
@@ -160,8 +158,6 @@ def night_features(
         The recording's channel for each role (``{"eeg": "C4-M1"}``); else each channel is the file's channel of
         its derivation (``sleep_eeg.recording.channels.resolve_channels``).
     """
-    from scipy.signal import resample_poly
-
     from sleep_eeg.recording.edf import read_recording, signal_uv
 
     first = record_id(records[items[0][0]])
@@ -180,11 +176,22 @@ def night_features(
                     f"{psg}: record {record_id(records[pos])!r} of {records_path}: epoch {epoch} is outside the "
                     f"recording ({n_epochs} complete 30-s epochs in {c!r})"
                 )
-    epochs = [e for _, e in items]
-    if kind == "bandpower":
-        blocks = [log_relative_band_power(x, fs, epochs) for x, fs in signals.values()]
-        names = [f"{c}: log rel {b}" for c in channels for b in BANDS]
-        return np.concatenate(blocks, axis=1), names
+    return KINDS[kind].features(signals, [e for _, e in items], extractor)
+
+
+def bandpower_features(signals: dict[str, tuple[np.ndarray, float]], epochs: Sequence[int],
+                       extractor: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """The five log relative band powers of each epoch, per channel (the ``bandpower`` kind)."""
+    blocks = [log_relative_band_power(x, fs, epochs) for x, fs in signals.values()]
+    return np.concatenate(blocks, axis=1), [f"{c}: log rel {b}" for c in signals for b in BANDS]
+
+
+def yasa_style_features(signals: dict[str, tuple[np.ndarray, float]], epochs: Sequence[int],
+                        extractor: str | None) -> tuple[np.ndarray, list[str]]:
+    """YASA's ``SleepStaging`` feature set of each epoch, by channel role, from YASA or from scipy (the
+    ``features`` kind)."""
+    from scipy.signal import resample_poly
+
     by_role = {}
     for c, (x, fs) in signals.items():
         if abs(fs - F.FEATURES_FS) > 1e-9:
@@ -196,7 +203,7 @@ def night_features(
     compute = F.yasa_night_features if extractor == "yasa" else F.scipy_night_features
     table, names = compute(by_role, F.FEATURES_FS)
     table = np.where(np.isfinite(table), table, np.nan)
-    return table[epochs], names
+    return table[list(epochs)], names
 
 
 def dataset(
@@ -310,6 +317,58 @@ def boosted_proba(a: dict[str, np.ndarray], x: np.ndarray, chunk: int = 2048) ->
     return _probabilities(raw)
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise FormatError(f"{path}: not a model file of plain numbers ({first[:120]})") from None
+
+
+class Classifier(NamedTuple):
+    """How a kind's model is fitted, kept as plain numbers in one file, read back and applied."""
+
+    description: str  # the config's "classifier"
+    model_file: str
+    fit: Callable[[np.ndarray, Sequence[str]], tuple[Any, Any]]  # (x, y) -> (numbers, scikit-learn's estimator)
+    proba: Callable[[Any, np.ndarray], np.ndarray]  # (numbers, x) -> [n, classes], as the estimator's predict_proba
+    write: Callable[[Path, Any], None]
+    read: Callable[[Path], Any]
+
+
+LOGISTIC = Classifier("StandardScaler + LogisticRegression", "model.json", fit_logistic, logistic_proba,
+                      write_json, _read_json)
+BOOSTED = Classifier("HistGradientBoostingClassifier(class_weight='balanced', random_state=0)", "model.npz",
+                     fit_boosted, boosted_proba, _write_npz, _read_npz)
+
+
+class Kind(NamedTuple):
+    """A baseline: the features of one night's epochs (``features(signals, epochs, extractor)`` -> table and
+    names), its classifier, and its rules for ``--channels`` and ``--extractor``."""
+
+    features: Callable[[dict, Sequence[int], str | None], tuple[np.ndarray, list[str]]]
+    classifier: Classifier
+    one_per_role: bool = False  # at most one EEG, one EOG and one EMG channel, an EEG one among them (as YASA)
+    extractors: bool = False  # its features are computed by YASA or on scipy (--extractor)
+
+
+# The baselines, by --kind; the first is the default.
+KINDS: dict[str, Kind] = {
+    "bandpower": Kind(bandpower_features, LOGISTIC),
+    "features": Kind(yasa_style_features, BOOSTED, one_per_role=True, extractors=True),
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # The model folder
 # ---------------------------------------------------------------------------------------------
@@ -330,12 +389,9 @@ def check_out_dir(out: Path) -> None:
 def save_model(out: Path, config: dict, numbers: dict | dict[str, np.ndarray]) -> None:
     """Write the model folder whole: into a temporary folder beside it, then swapped in (``atomic_folder``)."""
     with atomic_folder(out) as tmp:
-        model_file = tmp / MODEL_FILES[config["kind"]]
-        if config["kind"] == "bandpower":
-            write_json(model_file, numbers)
-        else:
-            with open(model_file, "wb") as f:
-                np.savez(f, **numbers)
+        classifier = KINDS[config["kind"]].classifier
+        model_file = tmp / classifier.model_file
+        classifier.write(model_file, numbers)
         config = {**config, "model_file": model_file.name, "model_sha256": file_sha256(model_file)}
         write_json(tmp / CONFIG_NAME, {**config, "config_sha256": config_sha256(config)})
 
@@ -366,24 +422,17 @@ def load_model(model_dir: str | Path) -> tuple[dict, dict]:
     kind = config.get("kind")
     if kind not in KINDS:
         raise FormatError(f"{cfg_path}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
-    model_file = model_dir / MODEL_FILES[kind]
-    if config.get("model_file") != MODEL_FILES[kind] or not model_file.is_file():
-        raise FormatError(f"{model_dir}: a {kind} model needs {MODEL_FILES[kind]}; the folder holds a model of another kind or none")
+    classifier = KINDS[kind].classifier
+    model_file = model_dir / classifier.model_file
+    if config.get("model_file") != classifier.model_file or not model_file.is_file():
+        raise FormatError(f"{model_dir}: a {kind} model needs {classifier.model_file}; the folder holds a model of "
+                          "another kind or none")
     if config.get("config_sha256") != config_sha256(config):
         raise FormatError(f"{cfg_path}: its content differs from its config_sha256; the config was edited after "
                           "training (classes, features, channels would no longer match the model)")
     if file_sha256(model_file) != config.get("model_sha256"):
         raise FormatError(f"{model_file}: sha256 differs from {cfg_path}; the model file was changed or replaced")
-    if kind == "bandpower":
-        numbers = json.loads(model_file.read_text(encoding="utf-8"))
-    else:
-        try:
-            with np.load(model_file, allow_pickle=False) as z:
-                numbers = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise FormatError(f"{model_file}: not a model file of plain numbers ({first[:120]})") from None
-    return config, numbers
+    return config, classifier.read(model_file)
 
 
 def check_flat_nights(records: Sequence[dict], records_path: Path, x: np.ndarray) -> None:
@@ -409,7 +458,7 @@ def check_flat_nights(records: Sequence[dict], records_path: Path, x: np.ndarray
 
 def model_proba(config: dict, numbers: dict, x: np.ndarray) -> np.ndarray:
     """``[n, len(config['classes'])]`` class probabilities."""
-    return logistic_proba(numbers, x) if config["kind"] == "bandpower" else boosted_proba(numbers, x)
+    return KINDS[config["kind"]].classifier.proba(numbers, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +483,7 @@ class BaselineTrainOptions(RoleNames):
     ``eog_name``, ``emg_name``: the recordings' channel for each role (``"C4-M1"``), replacing that role's channel of
     ``channels``."""
 
-    kind: str = option("bandpower", f"{'|'.join(KINDS)} (default bandpower)")
+    kind: str = option(next(iter(KINDS)), f"{'|'.join(KINDS)} (default {next(iter(KINDS))})")
     channels: str | Sequence[str] = option(DEFAULT_CHANNEL, "comma-separated channel names")
     extractor: str = option("auto", "features kind: yasa | scipy | auto (YASA when installed, else scipy)")
     eeg_name: str | None = role_option("eeg", "C4-M1")
@@ -477,12 +526,9 @@ def train(records_path: str | Path, edf_dir: str | Path, out: str | Path, option
     check_flat_nights(records, records_path, x)
     if len(set(y)) < 2:
         raise FormatError(f"{records_path}: the training records hold one stage only ({y[0]}); a classifier needs two or more")
-    if kind == "bandpower":
-        numbers, est = fit_logistic(x, y)
-        mine = logistic_proba(numbers, x)
-    else:
-        numbers, est = fit_boosted(x, y)
-        mine = boosted_proba(numbers, x)
+    classifier = KINDS[kind].classifier
+    numbers, est = classifier.fit(x, y)
+    mine = classifier.proba(numbers, x)
     if not np.allclose(mine, est.predict_proba(x), atol=1e-6):  # the exported numbers must be the model
         raise RuntimeError(f"the exported {kind} model disagrees with scikit-learn {sklearn.__version__}; please report")
     classes = [str(c) for c in est.classes_]
@@ -491,8 +537,7 @@ def train(records_path: str | Path, edf_dir: str | Path, out: str | Path, option
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": kind,
-        "classifier": "StandardScaler + LogisticRegression" if kind == "bandpower"
-        else "HistGradientBoostingClassifier(class_weight='balanced', random_state=0)",
+        "classifier": classifier.description,
         "extractor": extractor,
         "extractor_version": F.yasa_version() if extractor == "yasa" else None,
         "channels": list(channels),
@@ -521,7 +566,7 @@ def predict(model_dir: str | Path, question_file: str | Path, edf_dir: str | Pat
     allow_overlap = opts.allow_overlap
     config, numbers = load_model(model_dir)
     question_file, edf_dir, model_dir = Path(question_file), Path(edf_dir), Path(model_dir)
-    if config["kind"] == "features" and config["extractor"] == "yasa":
+    if config["extractor"] == "yasa":
         installed = F.yasa_version()
         if not installed:
             raise FormatError(f"{model_dir}: trained on YASA features, and YASA is not installed; pip install -e '.[baselines]'")
