@@ -169,7 +169,8 @@ def test_edf_dir_runs_a_recipe_on_your_own_nights(quick_run, tmp_path):
     summary = json.loads((mine / "results" / "demo_summary.json").read_text())
     assert summary["ran"] == ["prepare", "vision-train", "vision-predict", "score"]  # no synth, no VLM
     assert not (mine / "edf").exists() and "$ eeg-vlm synth" not in out
-    assert [r["name"] for r in summary["table"]][-2:] == ["feature baseline (EEG + EOG)", "vision module (resnet18)"]
+    last_baseline = list(demo.BASELINES.values())[-1][2]
+    assert [r["name"] for r in summary["table"]][-2:] == [last_baseline, "vision module (resnet18)"]
     questions = formats.read_records(mine / demo.EVAL_RECORDS)
     assert [q["question_id"] for q in questions] == [
         q["question_id"] for q in formats.read_records(workdir / demo.EVAL_RECORDS)]  # the same held-out epochs
