@@ -44,7 +44,7 @@ from eeg_core.outputs import check_out_folder
 from eeg_vlm.commands import train_argv
 from eeg_vlm.steps import Step, run_steps, subprocess_env
 from llava.constants import NON_LORA_TRAINABLES
-from sleep_eeg.recording.edf import find_nights
+from sleep_eeg.recording.nights import find_nights
 
 REPO = Path(__file__).resolve().parents[1]
 

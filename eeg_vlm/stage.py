@@ -33,7 +33,7 @@ it there itself (a hidden manifest, .eeg-vlm-stage.json, keeps their sha256), el
 Refused in one line, before anything is written: an --out that is a file (or lies under one), an unreadable EDF, a missing channel, a vision checkpoint without
 recorded render settings, an EDF+D recording with gaps, a channel sampled too slowly for its band, a VLM trained on
 images drawn otherwise (other channels or rendering) or on features of another size, and a hypnogram of another
-night (sleep_eeg.recording.edf.scoring_on_recording, the rule prepare follows). A flat channel and a hypnogram that
+night (sleep_eeg.recording.nights.scoring_on_recording, the rule prepare follows). A flat channel and a hypnogram that
 runs past the recording are warnings with counts. With --edf-dir every night is staged before any folder is
 written. Python: ``from eeg_vlm import stage_night``.
 """
@@ -339,9 +339,10 @@ def read_signals(psg: Path, channels: Sequence[str], vision: str, names: dict | 
 def read_scored(hypnogram: Path, psg: Path, edf, n_epochs: int,
                 hypnogram_epoch: float = EPOCH_S) -> tuple[list[str | None], list[str]]:
     """The scored stage of each epoch, and the warnings about the scoring (one line each, with counts). Which
-    hypnogram belongs to which recording is ``sleep_eeg.recording.edf.scoring_on_recording``'s rule, as in prepare:
+    hypnogram belongs to which recording is ``sleep_eeg.recording.nights.scoring_on_recording``'s rule, as in prepare:
     another night's is refused. ``hypnogram_epoch``: seconds per line of a CSV / TXT hypnogram."""
-    from sleep_eeg.recording.edf import read_hypnogram, scoring_on_recording
+    from sleep_eeg.recording.hypnogram import read_hypnogram
+    from sleep_eeg.recording.nights import scoring_on_recording
     from sleep_eeg.recording.stages import check_annotations, epoch_labels, scoring_warnings
 
     hypnogram, psg = Path(hypnogram), Path(psg)
@@ -557,8 +558,10 @@ def stage_night(psg, vision: str | Path, options: StageOptions | None = None, **
 # ---------------------------------------------------------------------------------------------
 def nights_in(edf_dir: str | Path) -> list[tuple[Path, Path | None]]:
     """``(PSG, hypnogram or None)`` of every night in a folder or pairing CSV (paired by
-    ``sleep_eeg.recording.edf.find_nights``); a recording with its own stage annotations is its own hypnogram."""
-    from sleep_eeg.recording.edf import find_nights, read_recording, stage_annotations
+    ``sleep_eeg.recording.nights.find_nights``); a recording with its own stage annotations is its own hypnogram."""
+    from sleep_eeg.recording.edf import read_recording
+    from sleep_eeg.recording.hypnogram import stage_annotations
+    from sleep_eeg.recording.nights import find_nights
 
     out = []
     for night in find_nights(edf_dir):

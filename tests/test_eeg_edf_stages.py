@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eeg_core.errors import FormatError
-from sleep_eeg.recording import edf, stages
+from sleep_eeg.recording import edf, hypnogram, nights, stages
 from sleep_eeg.signal.epochs import epoch_array
 from sleep_eeg.synthetic import synth
 
@@ -20,15 +20,15 @@ def test_synthetic_night_round_trips_through_edf_within_quantisation(tmp_path):
     start = datetime.datetime(2000, 1, 1, 23, 0)
     edf.write_night(tmp_path / "SC4001E0-PSG.edf", tmp_path / "SC4001EC-Hypnogram.edf", signals, synth.RATES,
                     synth.hypnogram_annotations(texts), start)
-    night, = edf.find_nights(tmp_path)
+    night, = nights.find_nights(tmp_path)
     assert (night.subject, night.night) == ("SC400", 1)
     assert set(signals) == {"EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental"}
     for channel, x in signals.items():
-        data, fs, annotations = edf.read_night(night, channel)
+        data, fs, annotations = nights.read_night(night, channel)
         assert fs == synth.RATES[channel] and data.shape == x.shape
         step = 1000.0 / 65535  # physical range -500..500 µV on 16 bits
         assert np.max(np.abs(data - np.clip(x, -500, 500))) <= step / 2 + 1e-9
-    assert edf.read_night(night, "EMG submental")[1] == 1.0  # a 1-Hz level, as in sleep-cassette files
+    assert nights.read_night(night, "EMG submental")[1] == 1.0  # a 1-Hz level, as in sleep-cassette files
     labels = stages.epoch_labels(annotations, len(seq))
     assert labels == [None if s in (synth.MOVE, synth.UNSCORED) else s for s in seq]
 
@@ -38,14 +38,14 @@ def test_synth_command_writes_sleep_edf_names(tmp_path, capsys):
     names = sorted(os.listdir(tmp_path))
     assert names == ["SC9001E0-PSG.edf", "SC9001EC-Hypnogram.edf", "SC9002E0-PSG.edf", "SC9002EC-Hypnogram.edf",
                      "SC9011E0-PSG.edf", "SC9011EC-Hypnogram.edf"]
-    nights = edf.find_nights(tmp_path)
-    assert [(n.subject, n.night) for n in nights] == [("SC900", 1), ("SC900", 2), ("SC901", 1)]
+    found = nights.find_nights(tmp_path)
+    assert [(n.subject, n.night) for n in found] == [("SC900", 1), ("SC900", 2), ("SC901", 1)]
     assert edf.read_edf(tmp_path / names[0]).labels == ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal", "EMG submental")
     # beside a real Sleep-EDF night of the same subject number, nothing is overwritten or mispaired
     real = tmp_path / "SC4001E0-PSG.edf", tmp_path / "SC4001EC-Hypnogram.edf"
     for src, dst in zip(names[:2], real):
         shutil.copy(tmp_path / src, dst)
-    pairs = {n.psg.name: (n.hypnogram.name, n.subject) for n in edf.find_nights(tmp_path)}
+    pairs = {n.psg.name: (n.hypnogram.name, n.subject) for n in nights.find_nights(tmp_path)}
     assert pairs["SC4001E0-PSG.edf"] == ("SC4001EC-Hypnogram.edf", "SC400")
     assert pairs["SC9001E0-PSG.edf"] == ("SC9001EC-Hypnogram.edf", "SC900")
 
@@ -53,22 +53,22 @@ def test_synth_command_writes_sleep_edf_names(tmp_path, capsys):
 def test_pairing_by_stem_and_ambiguous_hypnograms(tmp_path):
     for name in ("a1-PSG.edf", "a1-Hypnogram.edf", "a2-PSG.edf", "a2-Hypnogram.edf", "b1-PSG.edf"):
         (tmp_path / name).write_bytes(b"")
-    pairs = {n.psg.name: n.hypnogram.name for n in edf.find_nights(tmp_path)}
+    pairs = {n.psg.name: n.hypnogram.name for n in nights.find_nights(tmp_path)}
     assert pairs == {"a1-PSG.edf": "a1-Hypnogram.edf", "a2-PSG.edf": "a2-Hypnogram.edf", "b1-PSG.edf": "b1-PSG.edf"}
     (tmp_path / "a1-Hypnogram.edf").rename(tmp_path / "a3-Hypnogram.edf")  # agrees with a1 and a2 up to the end
     with pytest.raises(FormatError, match=r"a3-Hypnogram.edf: hypnogram matches several PSG files \(a1-PSG.edf, a2-PSG.edf\)"):
-        edf.find_nights(tmp_path)
+        nights.find_nights(tmp_path)
     (tmp_path / "a3-Hypnogram.edf").unlink()
     (tmp_path / "a2-Hypnogram.edf").rename(tmp_path / "a2H-Hypnogram.edf")
     (tmp_path / "a2C-Hypnogram.edf").write_bytes(b"")
     (tmp_path / "a2E-PSG.edf").write_bytes(b"")
     with pytest.raises(FormatError, match="a2E-PSG.edf already has the hypnogram"):
-        edf.find_nights(tmp_path)
+        nights.find_nights(tmp_path)
     for name in ("a2C-Hypnogram.edf", "a2E-PSG.edf", "a2H-Hypnogram.edf"):
         (tmp_path / name).unlink()
     (tmp_path / "b1.edf").write_bytes(b"")  # a plain EDF+ night named as b1-PSG.edf's night
     with pytest.raises(FormatError, match=r"b1.edf: the night name 'b1' is also b1-PSG.edf's"):
-        edf.find_nights(tmp_path)
+        nights.find_nights(tmp_path)
 
 
 def test_rk_to_aasm_mapping():
@@ -95,7 +95,7 @@ def test_trim_keeps_30_minutes_of_wake_and_drops_unscorable():
 
 def test_real_hypnogram_trimmed_gives_841_epochs(shared_data):
     path = shared_data / "edfio_sleepedf_SC4001" / "SC4001EC-Hypnogram.edf"
-    ann = edf.stage_annotations(edf.read_edf(path), path)
+    ann = hypnogram.stage_annotations(edf.read_edf(path), path)
     labels = stages.epoch_labels(ann)
     assert len(labels) == 2880
     kept = [labels[i] for i in stages.trim_wake(labels, 30) if labels[i] is not None]
@@ -106,11 +106,11 @@ def test_real_short_psg_has_ten_wake_epochs(shared_data, tmp_path):
     src = shared_data / "edfio_sleepedf_SC4001"
     os.symlink(src / "short_psg.edf", tmp_path / "SC4001E0-PSG.edf")
     os.symlink(src / "SC4001EC-Hypnogram.edf", tmp_path / "SC4001EC-Hypnogram.edf")
-    night, = edf.find_nights(tmp_path)
-    x, fs, ann = edf.read_night(night, "EEG Fpz-Cz")
+    night, = nights.find_nights(tmp_path)
+    x, fs, ann = nights.read_night(night, "EEG Fpz-Cz")
     idx, labels = stages.scorable_epochs(ann, len(x), fs, trim_minutes=None)
     assert fs == 100.0 and list(idx) == list(range(10)) and labels == ["W"] * 10
-    x50, fs50, _ = edf.read_night(night, "EEG Fpz-Cz", fs=50.0)
+    x50, fs50, _ = nights.read_night(night, "EEG Fpz-Cz", fs=50.0)
     assert fs50 == 50.0 and len(x50) == len(x) // 2
 
 
@@ -135,9 +135,9 @@ def test_real_hypnogram_over_a_cut_recording_is_kept_with_a_warning(shared_data,
     src = shared_data / "edfio_sleepedf_SC4001"
     os.symlink(src / "short_psg.edf", tmp_path / "SC4001E0-PSG.edf")
     os.symlink(src / "SC4001EC-Hypnogram.edf", tmp_path / "SC4001EC-Hypnogram.edf")
-    night, = edf.find_nights(tmp_path)
+    night, = nights.find_nights(tmp_path)
     psg = edf.read_recording(night.psg)
-    annotations = edf.scoring_on_recording(night.psg, psg, night.hypnogram, edf.read_edf(night.hypnogram))
+    annotations = nights.scoring_on_recording(night.psg, psg, night.hypnogram, edf.read_edf(night.hypnogram))
     assert stages.scoring_warnings(annotations, 10, psg.duration, night.psg, night.hypnogram) == [
         f"{night.hypnogram}: the hypnogram scores 2640 epochs (22.00 h) after the recording ends (0.08 h in "
         f"{night.psg}); they have no signal and are dropped"]

@@ -15,6 +15,7 @@ from eeg_core.layout import RENDER_FILE
 from sleep_eeg.images import prepare
 from sleep_eeg.images.render import RenderConfig
 from sleep_eeg.recording import edf, stages
+from sleep_eeg.recording.nights import find_nights, read_channels, read_night
 from sleep_eeg.synthetic import synth
 
 from refusal import refused
@@ -40,8 +41,8 @@ def test_records_schema_split_and_alignment(nights, tmp_path, capsys):
     assert train and evals
     assert {r["subject"] for r in train}.isdisjoint({r["subject"] for r in evals})
     truth = {}
-    for night in edf.find_nights(nights):
-        x, fs, ann = edf.read_night(night)
+    for night in find_nights(nights):
+        x, fs, ann = read_night(night)
         idx, labels = stages.scorable_epochs(ann, len(x), fs)
         truth.update({f"{night.name}_{i:04d}": lab for i, lab in zip(idx, labels)})
     assert len(train) + len(evals) == len(truth)
@@ -75,9 +76,9 @@ def test_images_do_not_depend_on_labels(nights, tmp_path, night_norm):
     swap = {"Sleep stage W": "Sleep stage 2", "Sleep stage 1": "Sleep stage R", "Sleep stage 2": "Sleep stage 3",
             "Sleep stage 3": "Sleep stage W", "Sleep stage 4": "Sleep stage 1", "Sleep stage R": "Sleep stage 4"}
     ann = [(x.onset, x.duration, swap.get(x.text, x.text)) for x in hyp.annotations]
-    night, = edf.find_nights(a)
+    night, = find_nights(a)
     cfg = RenderConfig(channels=PANELS, spectrogram=True, context_s=5, night_norm=night_norm)
-    signals, _ = edf.read_channels(night, PANELS)
+    signals, _ = read_channels(night, PANELS)
     edf.write_night(b / "ignored-PSG.edf", b / "SC9001EC-Hypnogram.edf", {c: x for c, (x, _) in signals.items()},
                     {c: fs for c, (_, fs) in signals.items()}, ann, hyp.startdatetime)
     (b / "ignored-PSG.edf").unlink()
@@ -94,8 +95,8 @@ def test_images_do_not_depend_on_labels(nights, tmp_path, night_norm):
 
 def test_night_norm_reads_nothing_outside_its_night(nights, tmp_path):
     """Another night's recording, louder or absent, leaves this night's normalised images as they were."""
-    night = next(n for n in edf.find_nights(nights) if n.name == "SC9001E0")
-    other = next(n for n in edf.find_nights(nights) if n.subject != night.subject)
+    night = next(n for n in find_nights(nights) if n.name == "SC9001E0")
+    other = next(n for n in find_nights(nights) if n.subject != night.subject)
     cfg = RenderConfig(channels=PANELS, px_per_s=4, spectrogram=True, night_norm=True)
     images = {}
     for case in ("alone", "with a loud other night"):
@@ -103,7 +104,7 @@ def test_night_norm_reads_nothing_outside_its_night(nights, tmp_path):
         d.mkdir()
         shutil.copy(night.psg, d), shutil.copy(night.hypnogram, d)
         if case != "alone":
-            signals, _ = edf.read_channels(other, PANELS)
+            signals, _ = read_channels(other, PANELS)
             hyp = edf.read_edf(other.hypnogram)
             edf.write_night(d / other.psg.name, d / other.hypnogram.name,
                             {c: 6.0 * x for c, (x, _) in signals.items()}, {c: fs for c, (_, fs) in signals.items()},
@@ -166,7 +167,7 @@ def test_bad_inputs_give_one_line_errors_and_no_records(nights, tmp_path, capsys
     psg.write_bytes(data)
     hyp = edf.read_edf(src / "SC9001EC-Hypnogram.edf")
     n = int(hyp.annotations[-1].onset + hyp.annotations[-1].duration)
-    x = edf.read_night(edf.find_nights(src)[0])[0]
+    x = read_night(find_nights(src)[0])[0]
     edf.write_night(tmp_path / "unused.edf", src / "SC9001EC-Hypnogram.edf", {"EEG Fpz-Cz": x}, 100.0,
                     [(0, n, "Sleep stage ?")], hyp.startdatetime)
     _expect_error(tmp_path, src, "no scorable 30-s epoch", capsys)

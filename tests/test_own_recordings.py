@@ -19,7 +19,9 @@ from eeg_core.errors import FormatError
 from eeg_core.stages import STAGES
 from sleep_eeg.images.render import RenderConfig
 from sleep_eeg.recording.channels import channel_role, derivation, resolve_channels, with_roles
-from sleep_eeg.recording.edf import Night, read_channels, read_stage_list, unit_warnings
+from sleep_eeg.recording.edf import unit_warnings
+from sleep_eeg.recording.hypnogram import read_stage_list
+from sleep_eeg.recording.nights import Night, read_channels
 from sleep_eeg.recording.stages import map_stage
 from vision_modules.checkpoint import random_checkpoint
 

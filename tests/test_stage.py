@@ -263,10 +263,11 @@ def test_stage_draws_the_pixels_prepare_wrote(nights, tmp_path, monkeypatch):
     from sleep_eeg.images import prepare
     from sleep_eeg.images.render import png_bytes
     from sleep_eeg.recording import edf
+    from sleep_eeg.recording.nights import find_nights, read_channels
     from vision_modules import extract
 
-    night = edf.find_nights(nights["root"] / "edf")[0]
-    signals, _ = edf.read_channels(night, CHANNELS)
+    night = find_nights(nights["root"] / "edf")[0]
+    signals, _ = read_channels(night, CHANNELS)
     src = tmp_path / "edf"
     hyp = edf.read_edf(night.hypnogram)
     edf.write_night(src / night.psg.name, src / night.hypnogram.name,
@@ -301,10 +302,10 @@ def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, t
     from eeg_vlm.stage import stage_night
     from eeg_core.formats import read_records
     from sleep_eeg.images import prepare
-    from sleep_eeg.recording import edf
+    from sleep_eeg.recording.nights import find_nights
     from vision_modules import extract
 
-    night = edf.find_nights(nights["root"] / "edf")[0]
+    night = find_nights(nights["root"] / "edf")[0]
     src = tmp_path / "edf"
     src.mkdir()
     shutil.copy(night.psg, src), shutil.copy(night.hypnogram, src)
@@ -335,13 +336,14 @@ def test_stage_gives_a_night_the_features_extraction_gives_its_records(nights, t
 
 
 def test_another_nights_hypnogram_is_refused_by_stage_as_by_prepare(nights, tmp_path, capsys):
-    """One rule (sleep_eeg.recording.edf.scoring_on_recording): the hypnogram of night 2 beside night 1's recording,
+    """One rule (sleep_eeg.recording.nights.scoring_on_recording): the hypnogram of night 2 beside night 1's recording,
     which starts ten minutes later and runs past its end, is refused by both commands with the same line."""
     from eeg_vlm import stage
     from sleep_eeg.images import prepare
     from sleep_eeg.recording import edf
+    from sleep_eeg.recording.nights import find_nights
 
-    night = edf.find_nights(nights["root"] / "edf")[0]
+    night = find_nights(nights["root"] / "edf")[0]
     hyp = edf.read_edf(night.hypnogram)
     src = tmp_path / "edf"
     src.mkdir()

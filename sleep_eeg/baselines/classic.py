@@ -211,10 +211,10 @@ def dataset(
     extractor: str | None, need_label: bool, role_names: dict | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Feature matrix of all records (row i for record i), reading each night once. ``edf_dir``: the folder the
-    records' psg names are in, or the pairing CSV that names them (``sleep_eeg.recording.edf.read_pairs``)."""
+    records' psg names are in, or the pairing CSV that names them (``sleep_eeg.recording.nights.read_pairs``)."""
     from tqdm.auto import tqdm
 
-    from sleep_eeg.recording.edf import recording_lookup
+    from sleep_eeg.recording.nights import recording_lookup
 
     recording = recording_lookup(edf_dir)
     nights = group_by_night(records, records_path, need_label)

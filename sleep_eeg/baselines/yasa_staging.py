@@ -64,7 +64,8 @@ def answer_questions(questions: dict[str, dict], order: Sequence[str], edf_dir: 
     channel (EEG Fpz-Cz, or ``names["eeg"]``) and its EOG (EOG horizontal, or ``names["eog"]``) when present."""
     from eeg_core.errors import FormatError
     from sleep_eeg.recording.channels import resolve_channels
-    from sleep_eeg.recording.edf import read_recording, recording_lookup, signal_uv
+    from sleep_eeg.recording.edf import read_recording, signal_uv
+    from sleep_eeg.recording.nights import recording_lookup
 
     recording = recording_lookup(edf_dir)
     names = {"eeg": (names or {}).get("eeg"), "eog": (names or {}).get("eog")}

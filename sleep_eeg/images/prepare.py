@@ -45,7 +45,7 @@ from sleep_eeg.images import cot
 from sleep_eeg.images.measures import epoch_measures
 from sleep_eeg.images.render import RenderConfig, check_rates, prepare_night, render_epochs
 from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role, with_roles
-from sleep_eeg.recording.edf import Night, find_nights, read_channels
+from sleep_eeg.recording.nights import Night, find_nights, read_channels
 from sleep_eeg.recording.stages import (
     check_annotations,
     night_warnings,
@@ -227,7 +227,7 @@ def prepare(edf_dir: str | Path, out: str | Path, options: PrepareOptions | None
     """Run the whole conversion: list and check the nights (:func:`load_night`), split the subjects
     (:func:`split_subjects`), draw each night (:func:`write_night_records`) into temporary folders that then
     replace the image folders (:func:`replace_folders`), write the records (:func:`write_records`). ``edf_dir``: a
-    folder, or a pairing CSV (``sleep_eeg.recording.edf.read_pairs``); ``options``: :class:`PrepareOptions` with
+    folder, or a pairing CSV (``sleep_eeg.recording.nights.read_pairs``); ``options``: :class:`PrepareOptions` with
     ``overrides`` by keyword applied; ``render``: how the images are drawn."""
     opts = replace(options or PrepareOptions(), **overrides)
     cot_mode, eval_fraction, seed = opts.cot_mode, opts.eval_fraction, opts.seed
