@@ -16,7 +16,7 @@ from eeg_core.atomic import file_sha256, write_json, write_jsonl
 from eeg_core.formats import read_jsonl, read_records
 from eeg_core.stages import STAGES
 from eeg_vlm.cli import main as eeg_vlm
-from sleep_eeg.baselines import classic as baselines, features
+from sleep_eeg.baselines import classic as baselines, classifiers, features
 from sleep_eeg.signal import bands
 
 from refusal import refused
@@ -172,10 +172,10 @@ def test_exported_trees_give_sklearns_probabilities_with_missing_values():
     x = rng.normal(size=(250, 6))
     y = np.asarray(STAGES)[(x[:, 0] > 0) + 2 * (x[:, 1] > 0.5) + (x[:, 2] > 1.5)]
     x[rng.random(x.shape) < 0.15] = np.nan  # missing values take the learned side of every split
-    arrays, clf = baselines.fit_boosted(x, y)
+    arrays, clf = classifiers.fit_boosted(x, y)
     test = rng.normal(size=(300, 6))
     test[rng.random(test.shape) < 0.2] = np.nan
-    assert np.allclose(baselines.boosted_proba(arrays, test), clf.predict_proba(test), atol=1e-9)
+    assert np.allclose(classifiers.boosted_proba(arrays, test), clf.predict_proba(test), atol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_a_baseline_is_one_entry_of_the_kinds_table(split, tmp_path, monkeypatch
         rows = [[np.ptp(x[e * int(30 * fs):(e + 1) * int(30 * fs)]) for x, fs in signals.values()] for e in epochs]
         return np.log(np.asarray(rows) + 1e-6), [f"{c}: log ptp" for c in signals]
 
-    monkeypatch.setitem(baselines.KINDS, "amplitude", baselines.Kind(amplitude, baselines.BOOSTED))
+    monkeypatch.setitem(baselines.KINDS, "amplitude", baselines.Kind(amplitude, classifiers.BOOSTED))
     model, answers = tmp_path / "amplitude", tmp_path / "amplitude.jsonl"
     assert in_process("baseline", "train", "--records", split["train"], "--edf-dir", split["edf"],
                       "--kind", "amplitude", "--channels", "EEG Fpz-Cz,EEG Pz-Oz", "--out", model) == 0
