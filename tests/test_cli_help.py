@@ -56,6 +56,7 @@ def test_a_commands_flags_come_from_its_options_dataclass():
     ("sleep_eeg.synthetic.synth", "SynthOptions", ["--out", "o"]),
     ("eeg_vlm.stage", "StageOptions", ["night.edf", "--vision", "v", "--out", "o"]),
     ("eeg_vlm.demo", "DemoOptions", []),
+    ("sleep_eeg.images.prepare", "PrepareOptions", ["--edf-dir", "e"]),
 ])
 def test_a_commands_parser_defaults_are_its_options_defaults(module, options, argv):
     """score, baseline train / predict, synth, stage, demo: with no option given, the parsed flags are the options
@@ -70,6 +71,22 @@ def test_a_commands_parser_defaults_are_its_options_defaults(module, options, ar
     parsed = mod.build_parser().parse_args(argv)
     assert options_from_args(cls, parsed) == cls()
     assert {f.name for f in fields(cls)} <= set(vars(parsed))
+
+
+def test_prepares_render_flags_default_to_the_render_settings():
+    """Each render flag of prepare is a RenderConfig field made with option(): with none given, prepare draws
+    with RenderConfig's defaults (the channels come from --channels)."""
+    from dataclasses import fields
+
+    from eeg_core.options import options_from_args
+    from sleep_eeg.images.prepare import build_parser
+    from sleep_eeg.images.render import RenderConfig
+
+    parsed = build_parser().parse_args(["--edf-dir", "e"])
+    assert options_from_args(RenderConfig, parsed, channels=RenderConfig().channels) == RenderConfig()
+    flags = {f.name for f in fields(RenderConfig) if "help" in f.metadata}
+    assert {"fs", "px_per_s", "height", "uv", "band", "context_s", "spectrogram", "night_norm"} == flags
+    assert flags <= set(vars(parsed))
 
 
 def test_help_lists_every_command_of_the_table(capsys):

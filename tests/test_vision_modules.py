@@ -87,6 +87,8 @@ def test_user_module_registers_in_a_few_lines(scratch_registry):
     assert "test_tiny_cnn" in list_vision_modules()
     model = create_vision_module("test_tiny_cnn", feature_dim=32, image_size=(16, 48))
     assert _forward(model).features.shape == (2, 1, 32)
+    with pytest.raises(FormatError, match=r"vision module 'test_tiny_cnn' does not take these settings \(.*'tap'"):
+        create_vision_module("test_tiny_cnn", tap=2)  # its builder has no taps
     with pytest.raises(ValueError, match="already registered"):
         register_vision_module("test_tiny_cnn")(nn.Identity)
     with pytest.raises(ValueError, match="reserved"):

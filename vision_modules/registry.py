@@ -30,11 +30,13 @@ Register your own module in a few lines; training, extraction and the CLI then t
     # extraction imports it again only when named: eeg-vlm vision extract --import-module my_modules ...)
 
 The builder is called as ``builder(feature_dim=..., num_classes=..., pretrained=..., **kw)`` where
-``kw`` may hold ``image_size`` (H, W) and ``tap`` when the user passes them; accept what you use.
+``kw`` may hold ``image_size`` (H, W; a list when read back from a checkpoint) and ``tap`` when the user passes
+them: accept those your module uses; one it does not take is refused in one line.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -178,7 +180,13 @@ def create_vision_module(
         raise FormatError(
             f"unknown vision module {name!r}; registered: {', '.join(list_vision_modules())}, or timm:<timm model name>"
         )
-    module = _REGISTRY[name](feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw)
+    builder = _REGISTRY[name]
+    try:  # a setting the builder does not take (--tap for a module without taps) is the user's, in one line
+        inspect.signature(builder).bind(feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw)
+    except TypeError as e:
+        raise FormatError(f"{where + ': ' if where else ''}vision module {name!r} does not take these settings "
+                          f"({e})") from None
+    module = builder(feature_dim=feature_dim, num_classes=num_classes, pretrained=pretrained, **kw)
     for attr in ("feature_dim", "input_size", "mean", "std"):
         if not hasattr(module, attr):
             raise FormatError(f"vision module {name!r} does not declare {attr!r}")

@@ -283,7 +283,9 @@ def role_names(args: argparse.Namespace) -> dict[str, str | None]:
     return {"eeg": args.eeg_name, "eog": args.eog_name, "emg": args.emg_name}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``eeg-vlm prepare``: the nights, the output folder, the channels, and the flags of :class:`PrepareOptions`
+    and of :class:`RenderConfig`."""
     p = argparse.ArgumentParser(prog="eeg-vlm prepare", description=__doc__.splitlines()[0])
     p.add_argument("--edf-dir", required=True,
                    help="folder of *-PSG.edf + *-Hypnogram.edf (or EDF+ with stages), or a pairing CSV (columns "
@@ -294,7 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_role_arguments(p)
     add_options(p, PrepareOptions)
     add_options(p, RenderConfig)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     channels = with_roles(tuple(c.strip() for c in args.channels.split(",") if c.strip()), role_names(args))
     cfg = options_from_args(RenderConfig, args, channels=channels)
     opts = options_from_args(PrepareOptions, args)
