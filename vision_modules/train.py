@@ -48,12 +48,14 @@ from vision_modules.registry import (
     builder_import_path,
     create_vision_module,
     import_user_modules,
+    list_vision_modules,
 )
 from vision_modules.sequence import (
     DEFAULT_SEQUENCE,
     create_sequence_encoder,
     describe,
     encode,
+    list_sequence_encoders,
     night_keys,
     night_rows,
     parse_context,
@@ -132,8 +134,8 @@ class VisionTrainConfig:
     context: int | str = option(0, "a sequence encoder trained with the image model: each epoch's feature reads "
                                    "epochs i-K..i+K of its night, or the whole night with 'night' (default 0: none)",
                                 type=parse_context, metavar="K|night")
-    sequence: str = option(DEFAULT_SEQUENCE, "the registered sequence encoder for --context (gru, transformer, or "
-                                             "your own)")
+    sequence: str = option(DEFAULT_SEQUENCE, "the registered sequence encoder for --context (built in: "
+                                             f"{', '.join(list_sequence_encoders())}; or your own)")
     sequence_epochs: int = option(3, "with --context: epochs of the image model and the encoder together, after "
                                      "--epochs")
     progress: bool = option(True, "no progress bars", flag="--no-progress")
@@ -517,7 +519,8 @@ def train_vision_module(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="resnet18", help="registered name (resnet18, convnext_base, ...) or timm:<timm model name>")
+    p.add_argument("--arch", default="resnet18", help=f"registered name (built in: {', '.join(list_vision_modules())}; "
+                   "or your own) or timm:<timm model name>")
     p.add_argument("--records", required=True, help="train records (JSON array) or questions (JSONL) with a 'label'")
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
     p.add_argument("--out", required=True, help=f"checkpoint folder ({VISION_WEIGHTS} + {VISION_CONFIG})")
