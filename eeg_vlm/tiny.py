@@ -21,6 +21,7 @@ import torch
 
 from eeg_core.answer import IMAGE_TOKEN, stage_line, user_prompt
 from eeg_core.formats import FEATURE_DIM
+from eeg_core.options import add_options, option, options_from_args
 from llava.model.config import FEATURE_PROJECTORS, FUSION_MODES
 
 LLAVA_V15_MM_KEYS = {  # as in liuhaotian/llava-v1.5-13b's config.json
@@ -67,20 +68,22 @@ def build_tiny_clip(out_dir: Path, seed: int, image_size: int = 56, patch_size: 
 
 @dataclass(frozen=True)
 class TinyLlavaConfig:
-    """The tiny checkpoint's sizes and feature fusion (the defaults build the tests' base)."""
+    """The tiny checkpoint's sizes and feature fusion (the defaults build the tests' base); the fields made with
+    ``option`` are ``python -m eeg_vlm.tiny``'s flags."""
 
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int | None = None  # None: 4 * hidden_size
-    vocab_size: int = 1000
-    max_position_embeddings: int = 2048
-    image_size: int = 56
+    hidden_size: int = option(128, "the language model's width")
+    num_layers: int = option(2, "its decoder layers")
+    num_heads: int = option(4, "its attention heads")
+    intermediate_size: int | None = option(None, "its MLP width (default 4 x hidden size)", type=int)
+    vocab_size: int = option(1000, "the SentencePiece vocabulary trained on the EEG texts")
+    max_position_embeddings: int = option(2048, "the longest sequence (and the tokenizer's model_max_length)")
+    image_size: int = option(56, "the CLIP tower's input size (px)")
     patch_size: int = 14
-    clip_layers: int = 2
+    clip_layers: int = option(2, "the CLIP tower's layers")
     mm_hidden_size: int = FEATURE_DIM
-    hl_fusion: str = FUSION_MODES[0]
-    hl_projector: str = FEATURE_PROJECTORS[0]
+    hl_fusion: str = option(FUSION_MODES[0], "how a feature fills its placeholder slot", choices=FUSION_MODES)
+    hl_projector: str = option(FEATURE_PROJECTORS[0], "which projector maps the features",
+                               choices=FEATURE_PROJECTORS)
 
 
 DEFAULT = TinyLlavaConfig()
@@ -163,21 +166,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden-size", type=int, default=DEFAULT.hidden_size)
-    parser.add_argument("--num-layers", type=int, default=DEFAULT.num_layers)
-    parser.add_argument("--num-heads", type=int, default=DEFAULT.num_heads)
-    parser.add_argument("--intermediate-size", type=int, default=DEFAULT.intermediate_size)
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT.vocab_size)
-    parser.add_argument("--max-position-embeddings", type=int, default=DEFAULT.max_position_embeddings)
-    parser.add_argument("--image-size", type=int, default=DEFAULT.image_size)
-    parser.add_argument("--clip-layers", type=int, default=DEFAULT.clip_layers)
-    parser.add_argument("--hl-fusion", choices=FUSION_MODES, default=DEFAULT.hl_fusion)
-    parser.add_argument("--hl-projector", choices=FEATURE_PROJECTORS, default=DEFAULT.hl_projector)
+    add_options(parser, TinyLlavaConfig)
     args = parser.parse_args(argv)
-    config = TinyLlavaConfig(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
-                             intermediate_size=args.intermediate_size, vocab_size=args.vocab_size,
-                             max_position_embeddings=args.max_position_embeddings, image_size=args.image_size,
-                             clip_layers=args.clip_layers, hl_fusion=args.hl_fusion, hl_projector=args.hl_projector)
+    config = options_from_args(TinyLlavaConfig, args)
     out = build_tiny_llava(args.out, seed=args.seed, config=config)
     print(out)
 
