@@ -6,8 +6,12 @@ so that importing ``eeg_vlm`` stays light.
 
 
 def __getattr__(name: str):
-    if name in ("stage_night", "StageOptions", "StagedNight", "Stager"):
+    if name in ("stage_night", "StageOptions", "Stager"):
         from eeg_vlm import stage
 
         return getattr(stage, name)
+    if name == "StagedNight":
+        from eeg_vlm.staged import StagedNight
+
+        return StagedNight
     raise AttributeError(f"module 'eeg_vlm' has no attribute {name!r}")
