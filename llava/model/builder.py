@@ -89,7 +89,12 @@ def adapter_config_sha256(path: Path) -> str:
     give the same fingerprint."""
     import hashlib
 
-    settings = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        settings = None
+    if not isinstance(settings, dict):  # not settings: hashed as bytes; loading the adapter says what is wrong
+        return weights_sha256(path)
     if isinstance(settings.get("target_modules"), list):
         settings["target_modules"] = sorted(settings["target_modules"])
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

@@ -50,7 +50,7 @@ class LlavaConfig(LlamaConfig):
     def __setattr__(self, key, value):
         """The fusion choices are checked whenever they are set (a config built, read, or changed in code):
         a name outside ``FUSION_MODES`` / ``FEATURE_PROJECTORS`` would otherwise fall through to another mode."""
-        if key in _CHOICES and value not in _CHOICES[key]:
+        if key in _CHOICES and (not isinstance(value, str) or value not in _CHOICES[key]):
             raise FormatError(f"{key} {value!r} is not one of {' '.join(_CHOICES[key])}")
         super().__setattr__(key, value)
 

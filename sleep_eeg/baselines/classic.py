@@ -39,7 +39,6 @@ import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, NamedTuple, Sequence
 
@@ -56,6 +55,7 @@ from sleep_eeg.baselines import features as F
 from sleep_eeg.baselines.classifiers import BOOSTED, LOGISTIC, Classifier
 from sleep_eeg.recording.channels import DEFAULT_CHANNEL, channel_role, resolve_channels, with_roles
 from sleep_eeg.signal.bands import BANDS, log_relative_band_power
+from sleep_eeg.signal.filters import resample
 
 EXTRACTORS = ("auto", "yasa", "scipy")
 FORMAT = "eeg-vlm baseline"
@@ -88,7 +88,7 @@ def parse_channels(text: str | None, kind: str) -> list[str]:
 
 
 def check_kind(kind: str) -> str:
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise FormatError(f"--kind must be one of {'|'.join(KINDS)}, got {kind!r}")
     return kind
 
@@ -190,14 +190,7 @@ def yasa_style_features(signals: dict[str, tuple[np.ndarray, float]], epochs: Se
                         extractor: str | None) -> tuple[np.ndarray, list[str]]:
     """YASA's ``SleepStaging`` feature set of each epoch, by channel role, from YASA or from scipy (the
     ``features`` kind)."""
-    from scipy.signal import resample_poly
-
-    by_role = {}
-    for c, (x, fs) in signals.items():
-        if abs(fs - F.FEATURES_FS) > 1e-9:
-            ratio = Fraction(F.FEATURES_FS / fs).limit_denominator(1000)
-            x = resample_poly(x, ratio.numerator, ratio.denominator)
-        by_role[channel_role(c)] = x
+    by_role = {channel_role(c): resample(x, fs, F.FEATURES_FS)[0] for c, (x, fs) in signals.items()}
     n = min(len(x) for x in by_role.values())
     by_role = {r: x[:n] for r, x in by_role.items()}
     compute = F.yasa_night_features if extractor == "yasa" else F.scipy_night_features
@@ -299,7 +292,7 @@ def load_model(model_dir: str | Path) -> tuple[dict, dict]:
         raise FormatError(f"{cfg_path}: format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION} "
                           "(train the baseline again)")
     kind = config.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise FormatError(f"{cfg_path}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     classifier = KINDS[kind].classifier
     model_file = model_dir / classifier.model_file
@@ -390,10 +383,10 @@ def train(records_path: str | Path, edf_dir: str | Path, out: str | Path, option
     import sklearn
 
     opts = replace(options or BaselineTrainOptions(), **overrides)
-    kind, channels = check_kind(opts.kind), opts.channels
-    channels = parse_channels(",".join(with_roles(
-        [c.strip() for c in (channels if isinstance(channels, str) else ",".join(channels or [DEFAULT_CHANNEL])).split(",")
-         if c.strip()], opts.role_names)), kind)
+    kind = check_kind(opts.kind)
+    text = opts.channels if isinstance(opts.channels, str) else ",".join(opts.channels)
+    named = [c.strip() for c in text.split(",") if c.strip()]
+    channels = parse_channels(",".join(with_roles(named, opts.role_names)), kind)
     extractor = resolve_extractor(kind, opts.extractor)
     records_path, edf_dir, out = Path(records_path), Path(edf_dir), Path(out)
     check_out_dir(out)

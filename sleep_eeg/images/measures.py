@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import butter, sosfiltfilt, welch
 
-from sleep_eeg.signal.bands import BANDS
+from sleep_eeg.signal.bands import BANDS, BROAD
 
 SLOW_WAVE_BAND = (0.5, 2.0)
 SLOW_WAVE_UV = 75.0
@@ -22,7 +22,7 @@ def band_powers(x: np.ndarray, fs: float) -> dict[str, float]:
     """Relative power (%) of each band in 0.5-30 Hz."""
     nper = min(len(x), int(4 * fs))
     f, p = welch(x, fs=fs, nperseg=nper, window="hann", detrend="constant")
-    total_mask = (f >= 0.5) & (f < 30.0)
+    total_mask = (f >= BROAD[0]) & (f < BROAD[1])
     total = p[total_mask].sum()
     out = {}
     for name, (lo, hi) in BANDS.items():

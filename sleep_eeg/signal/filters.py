@@ -10,7 +10,7 @@ from scipy.signal import butter, resample_poly, sosfiltfilt
 def bandpass(signal: np.ndarray, fs: float, band: tuple[float, float]) -> np.ndarray:
     """Zero-phase Butterworth band-pass of a whole night (the top edge is kept below Nyquist)."""
     lo, hi = band
-    hi = min(hi, 0.45 * fs)  # fs is the drawing rate of the render settings: the edge is part of their identity
+    hi = min(hi, 0.45 * fs)  # with the render settings' fs, this edge is part of their identity
     sos = butter(4, (lo, hi), btype="bandpass", fs=fs, output="sos")
     return sosfiltfilt(sos, np.asarray(signal, dtype=np.float64))
 
