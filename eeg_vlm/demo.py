@@ -193,6 +193,8 @@ def pipeline(options: DemoOptions | None = None, **overrides) -> list[Step]:
     ``eog_name``, ``emg_name``: your channel for each role; ``hypnogram_epoch``: seconds per line of CSV
     hypnograms."""
     opts = replace(options or DemoOptions(), **overrides)
+    if opts.recipe not in RECIPES:
+        raise FormatError(f"recipe {opts.recipe!r} is not one of {', '.join(RECIPES)}")
     size, seed, cot, recipe, vlm = opts.size, opts.seed, opts.cot, RECIPES[opts.recipe], opts.vlm
     edf_dir = None if opts.edf_dir is None else Path(opts.edf_dir)
     baselines_from = None if opts.baselines_from is None else Path(opts.baselines_from)
